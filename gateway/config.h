@@ -1,0 +1,85 @@
+/*
+ * config.h - the gateway's configuration: one JSON file (--config).
+ *
+ * cfg_load() reads the file, applies the defaults below for absent keys, and
+ * validates every key.  An unknown key, a wrong type or an out-of-range value
+ * is an error whose message names the file, the key (as a JSON path such as
+ * "upstream.port") and what was expected, e.g.
+ *   fleetgw.json: upstream.port: expected an integer 1..65535, got "abc"
+ * Every key is documented in README.md with its default.
+ *
+ * Strings in struct gw_config are owned by it (freed by cfg_free).  NULL means
+ * "not set" for optional strings.
+ */
+#ifndef FLEETGW_CONFIG_H
+#define FLEETGW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cfg_predefined {
+  uint16_t id;       /* 1..65534 */
+  char *topic;       /* valid MQTT topic name */
+};
+
+struct gw_config {
+  char *path;                  /* the file it was loaded from */
+  int log_level;               /* "log_level": enum log_level; default "info" */
+  uint8_t gateway_id;          /* "gateway_id": 1..255; default 1 */
+
+  struct {
+    char *bind;                /* "lan.bind": default "0.0.0.0" */
+    uint16_t port;             /* "lan.port": default 1884 */
+    uint32_t recv_buffer_bytes;/* "lan.recv_buffer_bytes": default 4194304 (SO_RCVBUF) */
+    uint32_t max_client_id_len;/* "lan.max_client_id_len": 1..255; default 23 (spec) */
+    uint32_t max_leaves;       /* "lan.max_leaves": default 10000 */
+    uint32_t t_retry_ms;       /* "lan.t_retry_ms": default 10000 (spec 10-15 s) */
+    uint32_t n_retry;          /* "lan.n_retry": default 3 (spec 3-5) */
+    uint32_t connack_timeout_ms; /* "lan.connack_timeout_ms": default 10000 */
+    uint32_t queue_max;        /* "lan.queue_max": messages buffered per leaf (asleep or busy); default 100 */
+    char *advertise_address;   /* "lan.advertise.address": NULL = ADVERTISE off */
+    uint16_t advertise_port;   /* "lan.advertise.port": default 1884 */
+    uint32_t advertise_interval_s; /* "lan.advertise.interval_s": default 900 (spec T_ADV > 15 min) */
+    struct cfg_predefined *predefined; /* "lan.predefined_topics": {"1": "a/b", ...} */
+    size_t n_predefined;
+  } lan;
+
+  struct {
+    char *host;                /* "upstream.host": required */
+    uint16_t port;             /* "upstream.port": default 8883 with TLS, 1883 without */
+    bool tls;                  /* "upstream.tls": default true */
+    char *ca_file;             /* "upstream.ca_file": required when tls */
+    char *cert_file;           /* "upstream.cert_file": one client cert for all leaves */
+    char *key_file;            /* "upstream.key_file" */
+    char *cert_dir;            /* "upstream.cert_dir": <dir>/<ClientId>.crt + .key per leaf */
+    char *alpn;                /* "upstream.alpn": NULL, or e.g. "x-amzn-mqtt-ca" */
+    char *client_id_template;  /* "upstream.client_id_template": default "{client_id}";
+                                  placeholders {client_id}, {gateway_id} */
+    char *username;            /* "upstream.username": NULL */
+    char *password;            /* read from the env var named by "upstream.password_env" */
+    char *password_env;
+    uint16_t keepalive_s;      /* "upstream.keepalive_s": 30..1200; default 60 */
+    bool clean_session;        /* "upstream.clean_session": default true */
+    uint32_t connect_timeout_ms; /* "upstream.connect_timeout_ms": default 10000 */
+    uint32_t backoff_base_ms;  /* "upstream.backoff_base_ms": default 1000 */
+    uint32_t backoff_cap_ms;   /* "upstream.backoff_cap_ms": default 60000 */
+    uint32_t give_up_after_s;  /* "upstream.give_up_after_s": default 120; leaves told DISCONNECT */
+    uint32_t max_queue;        /* "upstream.max_queue": outgoing messages per session; default 1000 */
+    uint32_t max_packet;       /* "upstream.max_packet": default 131072 + 1024 */
+    char *qos_m1_client_id;    /* "upstream.qos_minus1_client_id": NULL = QoS -1 dropped */
+  } upstream;
+};
+
+/* Load and validate.  On success returns 0 and *out (free with cfg_free).  On
+ * failure returns -1 and writes one line into err[errlen] naming the file, the
+ * key and the expectation. */
+int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen);
+void cfg_free(struct gw_config *cfg);
+
+/* Expand client_id_template for a leaf into out[cap]; returns 0, or -1 when
+ * it does not fit. */
+int cfg_upstream_client_id(const struct gw_config *cfg, const char *leaf_client_id, char *out,
+                           size_t cap);
+
+#endif

@@ -1,0 +1,89 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum log_level g_level = LOG_INFO;
+static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
+
+int log_level_parse(const char *s)
+{
+  static const char *const names[] = {"error", "warn", "info", "debug", "trace"};
+  for (int i = 0; i < 5; i++)
+    if (strcmp(s, names[i]) == 0)
+      return i;
+  return -1;
+}
+
+void log_set_level(enum log_level level) { g_level = level; }
+enum log_level log_get_level(void) { return g_level; }
+
+static void vlog(enum log_level level, const char *module, const char *fmt, va_list ap)
+{
+  char line[2048];
+  struct timespec ts;
+  struct tm tm;
+  size_t n;
+  int k;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+  k = snprintf(line + n, sizeof line - n, ".%03ldZ %-5s %s: ", ts.tv_nsec / 1000000L,
+               level_names[level], module);
+  if (k > 0)
+    n += (size_t)k;
+  if (n < sizeof line) {
+    k = vsnprintf(line + n, sizeof line - n, fmt, ap);
+    if (k > 0)
+      n += (size_t)k;
+  }
+  if (n > sizeof line - 2)
+    n = sizeof line - 2; /* truncated: keep the newline */
+  line[n++] = '\n';
+  /* One write per line; a short write to stderr is not worth a retry loop. */
+  ssize_t w = write(STDERR_FILENO, line, n);
+  (void)w;
+}
+
+void log_msg(enum log_level level, const char *module, const char *fmt, ...)
+{
+  va_list ap;
+  if (level > g_level)
+    return;
+  va_start(ap, fmt);
+  vlog(level, module, fmt, ap);
+  va_end(ap);
+}
+
+void log_ratelimited(struct log_ratelimit *rl, enum log_level level, const char *module,
+                     const char *fmt, ...)
+{
+  enum { BURST = 5 };
+  struct timespec ts;
+  double now;
+  va_list ap;
+
+  if (level > g_level)
+    return;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  if (now - rl->window_start >= 10.0) {
+    if (rl->suppressed)
+      log_msg(level, module, "(%u similar messages suppressed in the last 10 s)", rl->suppressed);
+    rl->window_start = now;
+    rl->count = 0;
+    rl->suppressed = 0;
+  }
+  if (rl->count >= BURST) {
+    rl->suppressed++;
+    return;
+  }
+  rl->count++;
+  va_start(ap, fmt);
+  vlog(level, module, fmt, ap);
+  va_end(ap);
+}
