@@ -1,1 +1,180 @@
-int main(void) { return 0; }
+/*
+ * main.c - the composition root: arguments, configuration, signals, the loop.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "gw.h"
+#include "log.h"
+
+#define STOP_GRACE_MS 10000
+
+static const char usage[] =
+    "Usage: fleetgw --config FILE [--check-config]\n"
+    "       fleetgw --help | --version\n"
+    "\n"
+    "fleetgw relays MQTT-SN v1.2 leaves (UDP) to an MQTT broker, one upstream\n"
+    "MQTT session per leaf over TLS.\n"
+    "\n"
+    "Options:\n"
+    "  -c, --config FILE   the JSON configuration file (see README.md)\n"
+    "      --check-config  validate the configuration and exit (0 = valid)\n"
+    "  -h, --help          show this help and exit\n"
+    "  -V, --version       show the version and exit\n"
+    "\n"
+    "Signals: SIGINT/SIGTERM stop gracefully (leaves and upstream sessions get\n"
+    "DISCONNECT); SIGUSR1 logs the metrics as one JSON line.\n";
+
+struct app {
+  uv_loop_t *loop;
+  struct gw *gw;
+  uv_signal_t sigint, sigterm, sigusr1;
+  uv_timer_t stop_timer;
+  int stopping;
+  int forced;
+};
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static void stopped(void *ud)
+{
+  struct app *app = ud;
+  /* Everything of the gateway is closed: close our own handles; the loop
+   * then ends by itself. */
+  uv_close((uv_handle_t *)&app->sigint, NULL);
+  uv_close((uv_handle_t *)&app->sigterm, NULL);
+  uv_close((uv_handle_t *)&app->sigusr1, NULL);
+  uv_close((uv_handle_t *)&app->stop_timer, NULL);
+}
+
+static void stop_timeout_cb(uv_timer_t *t)
+{
+  struct app *app = t->data;
+  LOGW("main", "graceful stop did not finish within %d ms; closing what is left",
+       STOP_GRACE_MS);
+  app->forced = 1;
+  uv_stop(app->loop);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+  struct app *app = h->data;
+  if (signum == SIGUSR1) {
+    gw_log_metrics(app->gw);
+    return;
+  }
+  if (app->stopping) {
+    LOGW("main", "second %s: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    app->forced = 1;
+    uv_stop(app->loop);
+    return;
+  }
+  app->stopping = 1;
+  LOGI("main", "%s received: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  gw_log_metrics(app->gw);
+  uv_timer_start(&app->stop_timer, stop_timeout_cb, STOP_GRACE_MS, 0);
+  uv_unref((uv_handle_t *)&app->stop_timer);
+  gw_stop(app->gw, stopped, app);
+}
+
+int main(int argc, char **argv)
+{
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check-config", no_argument, NULL, 'k'},
+      {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, 'V'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *path = NULL;
+  int check = 0, c, rc;
+  struct gw_config *cfg = NULL;
+  char err[1024];
+  struct app app;
+
+  while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      path = optarg;
+      break;
+    case 'k':
+      check = 1;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return 0;
+    case 'V':
+      printf("fleetgw %s\n", FLEETGW_VERSION);
+      return 0;
+    default:
+      fputs(usage, stderr);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "fleetgw: unexpected argument '%s'\n%s", argv[optind], usage);
+    return 2;
+  }
+  if (!path) {
+    fprintf(stderr, "fleetgw: --config FILE is required\n%s", usage);
+    return 2;
+  }
+  if (cfg_load(path, &cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "fleetgw: invalid configuration: %s\n", err);
+    return 1;
+  }
+  if (check) {
+    printf("%s: configuration is valid\n", path);
+    cfg_free(cfg);
+    return 0;
+  }
+  log_set_level((enum log_level)cfg->log_level);
+  signal(SIGPIPE, SIG_IGN);
+
+  memset(&app, 0, sizeof app);
+  app.loop = uv_default_loop();
+  if (gw_new(app.loop, cfg, &app.gw) != 0) {
+    cfg_free(cfg);
+    return 1;
+  }
+  uv_signal_init(app.loop, &app.sigint);
+  uv_signal_init(app.loop, &app.sigterm);
+  uv_signal_init(app.loop, &app.sigusr1);
+  uv_timer_init(app.loop, &app.stop_timer);
+  app.sigint.data = app.sigterm.data = app.sigusr1.data = app.stop_timer.data = &app;
+  uv_signal_start(&app.sigint, signal_cb, SIGINT);
+  uv_signal_start(&app.sigterm, signal_cb, SIGTERM);
+  uv_signal_start(&app.sigusr1, signal_cb, SIGUSR1);
+
+  LOGI("main", "fleetgw %s starting (config %s)", FLEETGW_VERSION, path);
+  rc = gw_start(app.gw);
+  if (rc != 0) {
+    app.stopping = 1;
+    gw_stop(app.gw, stopped, &app);
+  }
+  uv_run(app.loop, UV_RUN_DEFAULT);
+  if (app.forced) {
+    /* Handles are still open: leave the clean-up to the operating system. */
+    LOGW("main", "stopped without finishing the graceful shutdown");
+    return 1;
+  }
+  if (uv_loop_close(app.loop) != 0) {
+    uv_walk(app.loop, close_walk_cb, NULL);
+    uv_run(app.loop, UV_RUN_DEFAULT);
+    uv_loop_close(app.loop);
+  }
+  gw_free(app.gw);
+  cfg_free(cfg);
+  LOGI("main", "stopped");
+  return rc != 0 ? 1 : 0;
+}

@@ -1,1 +1,453 @@
-/* placeholder: implemented in progress */
+/*
+ * tls.c - TLS client over memory BIOs (see tls.h).
+ *
+ * Each tls_conn owns an SSL with two BIO_s_mem: OpenSSL reads ciphertext
+ * from `rbio` (filled by tls_feed) and writes ciphertext into `wbio`
+ * (drained by tls_take_output).  OpenSSL never sees a socket, so the same
+ * code runs under libuv or in a unit test.
+ *
+ * Memory: the gateway keeps thousands of these alive, mostly idle.
+ * SSL_MODE_RELEASE_BUFFERS lets OpenSSL free its record buffers between
+ * records, and a memory BIO whose buffer grew past BIO_SHRINK_AT is replaced
+ * by a fresh one as soon as it is empty, because BUF_MEM never shrinks.
+ */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+
+#define TLS_ERR_LEN 256
+/* A memory BIO that held more than this is replaced once drained. */
+#define BIO_SHRINK_AT 4096
+
+struct tls_ctx {
+  SSL_CTX *ssl_ctx;
+};
+
+struct tls_conn {
+  SSL *ssl;
+  BIO *rbio;          /* ciphertext from the peer; owned by ssl */
+  BIO *wbio;          /* ciphertext to the peer; owned by ssl */
+  size_t rbio_hwm;    /* largest fill of each BIO since it was created */
+  size_t wbio_hwm;
+  bool established;
+  char err[TLS_ERR_LEN];
+};
+
+/* Appends OpenSSL's error queue to buf (after what is there already) and
+ * clears the queue, so one connection's failure never leaks into the next
+ * connection's diagnosis. */
+static void append_openssl_errors(char *buf, size_t len)
+{
+  unsigned long e;
+  size_t used = strlen(buf);
+
+  while ((e = ERR_get_error()) != 0) {
+    char one[160];
+    ERR_error_string_n(e, one, sizeof one);
+    if (used + 3 < len) {
+      int k = snprintf(buf + used, len - used, "%s%s", used ? "; " : "", one);
+      if (k > 0)
+        used += (size_t)k < len - used ? (size_t)k : len - used - 1;
+    }
+  }
+}
+
+static void set_err(char *buf, size_t len, const char *what, const char *file)
+{
+  if (!buf || len == 0) {
+    ERR_clear_error();
+    return;
+  }
+  if (file)
+    snprintf(buf, len, "%s '%s'", what, file);
+  else
+    snprintf(buf, len, "%s", what);
+  append_openssl_errors(buf, len);
+}
+
+struct tls_ctx *tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
+                            char *err, size_t errlen)
+{
+  struct tls_ctx *ctx;
+
+  if (err && errlen)
+    err[0] = '\0';
+  if (!ca_file || (cert_file == NULL) != (key_file == NULL)) {
+    set_err(err, errlen, "a CA file is required, and a certificate needs its key", NULL);
+    return NULL;
+  }
+  ERR_clear_error();
+  ctx = calloc(1, sizeof *ctx);
+  if (!ctx) {
+    set_err(err, errlen, "out of memory", NULL);
+    return NULL;
+  }
+  ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx->ssl_ctx) {
+    set_err(err, errlen, "SSL_CTX_new failed", NULL);
+    goto out_free_ctx;
+  }
+  if (SSL_CTX_set_min_proto_version(ctx->ssl_ctx, TLS1_2_VERSION) != 1) {
+    set_err(err, errlen, "cannot set TLS 1.2 as the minimum", NULL);
+    goto out_free_ssl_ctx;
+  }
+  /* Release record buffers when idle: thousands of mostly quiet
+   * connections would otherwise each hold ~34 KiB of buffers. */
+  SSL_CTX_set_mode(ctx->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
+  if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, ca_file, NULL) != 1) {
+    set_err(err, errlen, "cannot load CA file", ca_file);
+    goto out_free_ssl_ctx;
+  }
+  if (cert_file) {
+    if (SSL_CTX_use_certificate_chain_file(ctx->ssl_ctx, cert_file) != 1) {
+      set_err(err, errlen, "cannot load certificate file", cert_file);
+      goto out_free_ssl_ctx;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx->ssl_ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+      set_err(err, errlen, "cannot load key file", key_file);
+      goto out_free_ssl_ctx;
+    }
+    if (SSL_CTX_check_private_key(ctx->ssl_ctx) != 1) {
+      set_err(err, errlen, "key does not match certificate", cert_file);
+      goto out_free_ssl_ctx;
+    }
+  }
+  return ctx;
+
+out_free_ssl_ctx:
+  SSL_CTX_free(ctx->ssl_ctx);
+out_free_ctx:
+  free(ctx);
+  return NULL;
+}
+
+void tls_ctx_free(struct tls_ctx *ctx)
+{
+  if (!ctx)
+    return;
+  SSL_CTX_free(ctx->ssl_ctx);
+  free(ctx);
+}
+
+static BIO *new_mem_bio(void)
+{
+  BIO *b = BIO_new(BIO_s_mem());
+  /* An empty read BIO means "no data yet", not end of file. */
+  if (b)
+    BIO_set_mem_eof_return(b, -1);
+  return b;
+}
+
+static bool is_ip_literal(const char *host)
+{
+  unsigned char addr[16];
+  return inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
+}
+
+/* Hostname or IP verification and SNI (names only, RFC 6066 §3). */
+static int setup_peer_name(struct tls_conn *c, const char *host, char *err, size_t errlen)
+{
+  X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+
+  if (is_ip_literal(host)) {
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1) {
+      set_err(err, errlen, "cannot set IP to verify", host);
+      return -1;
+    }
+    return 0;
+  }
+  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+  if (X509_VERIFY_PARAM_set1_host(param, host, 0) != 1) {
+    set_err(err, errlen, "cannot set host name to verify", host);
+    return -1;
+  }
+  if (SSL_set_tlsext_host_name(c->ssl, host) != 1) {
+    set_err(err, errlen, "cannot set SNI", host);
+    return -1;
+  }
+  return 0;
+}
+
+static int setup_alpn(struct tls_conn *c, const char *alpn, char *err, size_t errlen)
+{
+  unsigned char wire[256];
+  size_t n = strlen(alpn);
+
+  if (n == 0 || n > 255) {
+    set_err(err, errlen, "bad ALPN protocol name", alpn);
+    return -1;
+  }
+  wire[0] = (unsigned char)n;
+  memcpy(wire + 1, alpn, n);
+  /* Unlike most of OpenSSL, SSL_set_alpn_protos returns 0 on success. */
+  if (SSL_set_alpn_protos(c->ssl, wire, (unsigned)(n + 1)) != 0) {
+    set_err(err, errlen, "cannot set ALPN", alpn);
+    return -1;
+  }
+  return 0;
+}
+
+static int setup_client_cert(struct tls_conn *c, const char *cert_file, const char *key_file,
+                             char *err, size_t errlen)
+{
+  if (!cert_file || !key_file) {
+    set_err(err, errlen, "a client certificate needs both a certificate and a key", NULL);
+    return -1;
+  }
+  if (SSL_use_certificate_chain_file(c->ssl, cert_file) != 1) {
+    set_err(err, errlen, "cannot load certificate file", cert_file);
+    return -1;
+  }
+  if (SSL_use_PrivateKey_file(c->ssl, key_file, SSL_FILETYPE_PEM) != 1) {
+    set_err(err, errlen, "cannot load key file", key_file);
+    return -1;
+  }
+  if (SSL_check_private_key(c->ssl) != 1) {
+    set_err(err, errlen, "key does not match certificate", cert_file);
+    return -1;
+  }
+  return 0;
+}
+
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char *alpn,
+                              const char *cert_file, const char *key_file, char *err,
+                              size_t errlen)
+{
+  struct tls_conn *c;
+
+  if (err && errlen)
+    err[0] = '\0';
+  if (!ctx || !host || !host[0]) {
+    set_err(err, errlen, "a TLS context and a host name are required", NULL);
+    return NULL;
+  }
+  ERR_clear_error();
+  c = calloc(1, sizeof *c);
+  if (!c) {
+    set_err(err, errlen, "out of memory", NULL);
+    return NULL;
+  }
+  c->ssl = SSL_new(ctx->ssl_ctx);
+  if (!c->ssl) {
+    set_err(err, errlen, "SSL_new failed", NULL);
+    goto out_free_conn;
+  }
+  c->rbio = new_mem_bio();
+  c->wbio = new_mem_bio();
+  if (!c->rbio || !c->wbio) {
+    BIO_free(c->rbio);
+    BIO_free(c->wbio);
+    set_err(err, errlen, "out of memory (BIO)", NULL);
+    goto out_free_ssl;
+  }
+  SSL_set_bio(c->ssl, c->rbio, c->wbio); /* the SSL owns both from here */
+  SSL_set_connect_state(c->ssl);
+  if (setup_peer_name(c, host, err, errlen) < 0)
+    goto out_free_ssl;
+  if (alpn && setup_alpn(c, alpn, err, errlen) < 0)
+    goto out_free_ssl;
+  if ((cert_file || key_file) && setup_client_cert(c, cert_file, key_file, err, errlen) < 0)
+    goto out_free_ssl;
+  return c;
+
+out_free_ssl:
+  SSL_free(c->ssl);
+out_free_conn:
+  free(c);
+  return NULL;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+  if (!c)
+    return;
+  SSL_free(c->ssl);
+  free(c);
+}
+
+/* Records the reason of a failure: the verification result when the chain
+ * or the name was rejected, then OpenSSL's error queue. */
+static void record_failure(struct tls_conn *c, const char *what)
+{
+  long vr = SSL_get_verify_result(c->ssl);
+
+  if (vr != X509_V_OK)
+    snprintf(c->err, sizeof c->err, "%s: certificate verify failed: %s", what,
+             X509_verify_cert_error_string(vr));
+  else
+    snprintf(c->err, sizeof c->err, "%s", what);
+  append_openssl_errors(c->err, sizeof c->err);
+}
+
+/* Maps an SSL_get_error() result after a failed call. */
+static int map_ssl_error(struct tls_conn *c, int ret, int fatal_code, const char *what)
+{
+  int e = SSL_get_error(c->ssl, ret);
+
+  switch (e) {
+  case SSL_ERROR_WANT_READ:
+  case SSL_ERROR_WANT_WRITE:
+    return TLS_WANT_IO;
+  case SSL_ERROR_ZERO_RETURN:
+    snprintf(c->err, sizeof c->err, "peer sent close_notify");
+    return TLS_ERR_CLOSED;
+  default:
+    record_failure(c, what);
+    return fatal_code;
+  }
+}
+
+/* Replaces a drained BIO that once grew large: BUF_MEM never gives memory
+ * back, and an idle connection should not keep the high-water mark of its
+ * largest message.  Failing to allocate the new BIO is harmless (the old
+ * one is kept). */
+static void maybe_shrink_rbio(struct tls_conn *c)
+{
+  if (c->rbio_hwm <= BIO_SHRINK_AT || BIO_ctrl_pending(c->rbio) != 0)
+    return;
+  BIO *b = new_mem_bio();
+  if (!b)
+    return;
+  SSL_set0_rbio(c->ssl, b); /* frees the old one */
+  c->rbio = b;
+  c->rbio_hwm = 0;
+}
+
+static void maybe_shrink_wbio(struct tls_conn *c)
+{
+  if (c->wbio_hwm <= BIO_SHRINK_AT || BIO_ctrl_pending(c->wbio) != 0)
+    return;
+  BIO *b = new_mem_bio();
+  if (!b)
+    return;
+  SSL_set0_wbio(c->ssl, b);
+  c->wbio = b;
+  c->wbio_hwm = 0;
+}
+
+static void note_wbio_fill(struct tls_conn *c)
+{
+  size_t p = BIO_ctrl_pending(c->wbio);
+  if (p > c->wbio_hwm)
+    c->wbio_hwm = p;
+}
+
+int tls_handshake(struct tls_conn *c)
+{
+  int ret;
+
+  if (c->established)
+    return TLS_OK;
+  ERR_clear_error();
+  ret = SSL_do_handshake(c->ssl);
+  note_wbio_fill(c);
+  if (ret == 1) {
+    c->established = true;
+    return TLS_OK;
+  }
+  ret = map_ssl_error(c, ret, TLS_ERR_HANDSHAKE, "TLS handshake failed");
+  /* A close_notify during the handshake is a failed handshake too. */
+  return ret == TLS_ERR_CLOSED ? TLS_ERR_HANDSHAKE : ret;
+}
+
+bool tls_is_established(const struct tls_conn *c) { return c->established; }
+
+int tls_feed(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+  while (len > 0) {
+    int chunk = len > INT_MAX ? INT_MAX : (int)len;
+    int k = BIO_write(c->rbio, data, chunk);
+    if (k <= 0) {
+      snprintf(c->err, sizeof c->err, "out of memory buffering ciphertext");
+      ERR_clear_error();
+      return TLS_ERR_NOMEM;
+    }
+    data += k;
+    len -= (size_t)k;
+  }
+  size_t p = BIO_ctrl_pending(c->rbio);
+  if (p > c->rbio_hwm)
+    c->rbio_hwm = p;
+  return TLS_OK;
+}
+
+int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
+{
+  size_t got = 0;
+  int ret;
+
+  if (cap == 0)
+    return TLS_WANT_IO;
+  if (cap > INT_MAX)
+    cap = INT_MAX;
+  ERR_clear_error();
+  ret = SSL_read_ex(c->ssl, buf, cap, &got);
+  /* Reading may produce output too (TLS 1.3 key update, alerts). */
+  note_wbio_fill(c);
+  if (ret == 1) {
+    if (!c->established && SSL_is_init_finished(c->ssl))
+      c->established = true;
+    return (int)got;
+  }
+  ret = map_ssl_error(c, 0, TLS_ERR_PROTOCOL, "TLS read failed");
+  if (ret == TLS_WANT_IO)
+    maybe_shrink_rbio(c);
+  return ret;
+}
+
+int tls_write(struct tls_conn *c, const uint8_t *data, size_t len)
+{
+  size_t done = 0;
+
+  ERR_clear_error();
+  while (done < len) {
+    size_t wrote = 0;
+    /* Memory BIOs never push back, so a write completes unless the
+     * connection failed. */
+    int ret = SSL_write_ex(c->ssl, data + done, len - done, &wrote);
+    note_wbio_fill(c);
+    if (ret != 1) {
+      ret = map_ssl_error(c, 0, TLS_ERR_PROTOCOL, "TLS write failed");
+      return ret == TLS_WANT_IO ? TLS_ERR_PROTOCOL : ret;
+    }
+    done += wrote;
+  }
+  return TLS_OK;
+}
+
+size_t tls_pending_output(const struct tls_conn *c) { return BIO_ctrl_pending(c->wbio); }
+
+size_t tls_take_output(struct tls_conn *c, uint8_t *buf, size_t cap)
+{
+  size_t got = 0;
+
+  if (cap == 0 || BIO_ctrl_pending(c->wbio) == 0)
+    return 0;
+  if (BIO_read_ex(c->wbio, buf, cap, &got) != 1)
+    got = 0;
+  maybe_shrink_wbio(c);
+  return got;
+}
+
+void tls_shutdown(struct tls_conn *c)
+{
+  /* Before the handshake there is no session to close: nothing to send. */
+  if (!c->established)
+    return;
+  ERR_clear_error();
+  (void)SSL_shutdown(c->ssl);
+  note_wbio_fill(c);
+  ERR_clear_error();
+}
+
+const char *tls_last_error(const struct tls_conn *c) { return c->err; }

@@ -1,0 +1,56 @@
+/*
+ * metrics.h - the gateway's counters and gauges.
+ *
+ * One X-macro table names every metric once; it generates the struct, the
+ * JSON dump (SIGUSR1 logs "metrics {...}") and, later, the Prometheus output.
+ * Counters only grow; gauges (G) are recomputed when dumped.
+ */
+#ifndef FLEETGW_METRICS_H
+#define FLEETGW_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define METRICS_MAP(C, G)                                                      \
+  C(datagrams_in, "UDP datagrams received")                                    \
+  C(datagrams_out, "UDP datagrams sent")                                       \
+  C(datagrams_malformed, "datagrams rejected by the MQTT-SN decoder")          \
+  C(datagrams_unexpected, "well-formed messages not valid in the session state")\
+  C(datagrams_unknown_client, "messages from an address with no session")      \
+  C(send_errors, "UDP sends that failed")                                      \
+  C(connects, "CONNECT messages accepted for processing")                      \
+  C(connects_refused, "CONNECTs refused (bad id, bound elsewhere, full)")      \
+  C(connack_congestion, "CONNACK congestion: upstream not up in time")         \
+  C(publish_in_qos_m1, "PUBLISH QoS -1 from leaves")                           \
+  C(publish_in_qos0, "PUBLISH QoS 0 from leaves")                              \
+  C(publish_in_qos1, "PUBLISH QoS 1 from leaves")                              \
+  C(publish_in_qos2, "PUBLISH QoS 2 from leaves")                              \
+  C(publish_out_qos0, "PUBLISH QoS 0 to leaves")                               \
+  C(publish_out_qos1, "PUBLISH QoS 1 to leaves")                               \
+  C(qos_m1_dropped, "QoS -1 publishes dropped (no gateway session or bad id)") \
+  C(invalid_topic_id, "publishes rejected with 'invalid topic id'")            \
+  C(uplink_congestion, "leaf publishes refused: upstream queue full")          \
+  C(queue_dropped, "messages for a leaf dropped: its queue was full")          \
+  C(queue_discarded, "queued messages discarded when a session ended")         \
+  C(retransmissions, "messages re-sent to leaves (T_RETRY)")                   \
+  C(leaves_lost, "leaves lost (keep-alive or sleep timer, retries)")           \
+  C(wills_published, "wills published for lost leaves")                        \
+  C(upstream_connects, "upstream sessions that came up")                       \
+  C(upstream_failures, "upstream attempts failed or connections lost")         \
+  C(upstream_given_up, "leaves told DISCONNECT: upstream gone for good")       \
+  G(leaves_active, "leaves connected and active")                              \
+  G(leaves_asleep, "leaves asleep or awake")                                   \
+  G(leaves_connecting, "leaves waiting for their upstream session")            \
+  G(sessions, "session records held")                                          \
+  G(upstreams_up, "upstream sessions up")
+
+struct metrics {
+#define METRICS_FIELD(name, help) uint64_t name;
+  METRICS_MAP(METRICS_FIELD, METRICS_FIELD)
+#undef METRICS_FIELD
+};
+
+/* Writes a JSON object of every metric into buf; returns the length or -1. */
+int metrics_to_json(const struct metrics *m, char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,644 @@
+/*
+ * test_config.c - cfg_load / cfg_free / cfg_upstream_client_id.
+ *
+ * Each case writes a temporary config file (mkstemp in /tmp), loads it and
+ * checks either the resulting values or the one-line error message, which
+ * must start with the file name and name the offending key as a JSON path.
+ */
+#include "config.h"
+#include "log.h"
+#include "test.h"
+
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* An existing, readable file and directory for the *_file / cert_dir keys. */
+static char g_ca[64];
+static char g_cert[64];
+static char g_key[64];
+static char g_dir[64];
+
+static void make_file(char *path, size_t cap, const char *content)
+{
+  int fd;
+  snprintf(path, cap, "/tmp/fleetgw-test-XXXXXX");
+  fd = mkstemp(path);
+  ASSERT_TRUE(fd >= 0);
+  if (fd < 0)
+    return;
+  if (content)
+    ASSERT_EQ(write(fd, content, strlen(content)), (long long)strlen(content));
+  close(fd);
+}
+
+/* Writes json (a printf format) to a temp file and loads it.  The file name
+ * is returned in path so messages can be checked against it. */
+static int load_fmt(struct gw_config **cfg, char *err, size_t errlen, char *path, size_t pcap,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static int load_fmt(struct gw_config **cfg, char *err, size_t errlen, char *path, size_t pcap,
+                    const char *fmt, ...)
+{
+  char json[8192];
+  va_list ap;
+  int rc;
+
+  va_start(ap, fmt);
+  vsnprintf(json, sizeof json, fmt, ap);
+  va_end(ap);
+  make_file(path, pcap, json);
+  rc = cfg_load(path, cfg, err, errlen);
+  unlink(path);
+  return rc;
+}
+
+/* Loads json and checks that it fails with "<file>: <expect>" exactly, or,
+ * when exact is false, with a message that starts "<file>: " and contains
+ * expect.  The message must be a single line. */
+static void expect_error(bool exact, const char *expect, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void expect_error(bool exact, const char *expect, const char *fmt, ...)
+{
+  char json[8192], path[64], err[512], want[600];
+  struct gw_config *cfg = (struct gw_config *)1;
+  va_list ap;
+  int rc;
+
+  va_start(ap, fmt);
+  vsnprintf(json, sizeof json, fmt, ap);
+  va_end(ap);
+  make_file(path, sizeof path, json);
+  memset(err, 'x', sizeof err);
+  rc = cfg_load(path, &cfg, err, sizeof err);
+  unlink(path);
+
+  ASSERT_EQ(rc, -1);
+  ASSERT_TRUE(cfg == NULL);
+  ASSERT_TRUE(strchr(err, '\n') == NULL);
+  snprintf(want, sizeof want, "%s: %s", path, expect);
+  if (exact) {
+    ASSERT_STR_EQ(err, want);
+  } else {
+    ASSERT_TRUE(strncmp(err, path, strlen(path)) == 0 && err[strlen(path)] == ':');
+    ASSERT_TRUE(strstr(err, expect) != NULL);
+    if (!strstr(err, expect))
+      fprintf(stderr, "  message was: %s\n  wanted: %s\n", err, expect);
+  }
+}
+
+static void test_minimal_defaults(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"upstream\": {\"host\": \"broker.example\", \"ca_file\": \"%s\"}}", g_ca);
+  ASSERT_EQ(rc, 0);
+  ASSERT_STR_EQ(err, "");
+  if (!cfg)
+    return;
+  ASSERT_STR_EQ(cfg->path, path);
+  ASSERT_EQ(cfg->log_level, LOG_INFO);
+  ASSERT_EQ(cfg->gateway_id, 1);
+  ASSERT_STR_EQ(cfg->lan.bind, "0.0.0.0");
+  ASSERT_EQ(cfg->lan.port, 1884);
+  ASSERT_EQ(cfg->lan.recv_buffer_bytes, 4194304);
+  ASSERT_EQ(cfg->lan.max_client_id_len, 23);
+  ASSERT_EQ(cfg->lan.max_leaves, 10000);
+  ASSERT_EQ(cfg->lan.t_retry_ms, 10000);
+  ASSERT_EQ(cfg->lan.n_retry, 3);
+  ASSERT_EQ(cfg->lan.connack_timeout_ms, 10000);
+  ASSERT_EQ(cfg->lan.queue_max, 100);
+  ASSERT_TRUE(cfg->lan.advertise_address == NULL);
+  ASSERT_EQ(cfg->lan.advertise_port, 1884);
+  ASSERT_EQ(cfg->lan.advertise_interval_s, 900);
+  ASSERT_TRUE(cfg->lan.predefined == NULL);
+  ASSERT_EQ(cfg->lan.n_predefined, 0);
+  ASSERT_STR_EQ(cfg->upstream.host, "broker.example");
+  ASSERT_EQ(cfg->upstream.port, 8883);
+  ASSERT_TRUE(cfg->upstream.tls);
+  ASSERT_STR_EQ(cfg->upstream.ca_file, g_ca);
+  ASSERT_TRUE(cfg->upstream.cert_file == NULL);
+  ASSERT_TRUE(cfg->upstream.key_file == NULL);
+  ASSERT_TRUE(cfg->upstream.cert_dir == NULL);
+  ASSERT_TRUE(cfg->upstream.alpn == NULL);
+  ASSERT_STR_EQ(cfg->upstream.client_id_template, "{client_id}");
+  ASSERT_TRUE(cfg->upstream.username == NULL);
+  ASSERT_TRUE(cfg->upstream.password == NULL);
+  ASSERT_TRUE(cfg->upstream.password_env == NULL);
+  ASSERT_EQ(cfg->upstream.keepalive_s, 60);
+  ASSERT_TRUE(cfg->upstream.clean_session);
+  ASSERT_EQ(cfg->upstream.connect_timeout_ms, 10000);
+  ASSERT_EQ(cfg->upstream.backoff_base_ms, 1000);
+  ASSERT_EQ(cfg->upstream.backoff_cap_ms, 60000);
+  ASSERT_EQ(cfg->upstream.give_up_after_s, 120);
+  ASSERT_EQ(cfg->upstream.max_queue, 1000);
+  ASSERT_EQ(cfg->upstream.max_packet, 132096);
+  ASSERT_TRUE(cfg->upstream.qos_m1_client_id == NULL);
+  cfg_free(cfg);
+}
+
+static void test_plain_port_default(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"upstream\": {\"host\": \"127.0.0.1\", \"tls\": false}}");
+  ASSERT_EQ(rc, 0);
+  if (!cfg)
+    return;
+  ASSERT_EQ(cfg->upstream.port, 1883);
+  ASSERT_TRUE(!cfg->upstream.tls);
+  ASSERT_TRUE(cfg->upstream.ca_file == NULL);
+  cfg_free(cfg);
+}
+
+static void test_full_file(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc;
+
+  setenv("FLEETGW_TEST_PW", "s3cret", 1);
+  rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                "{\n"
+                "  \"log_level\": \"debug\",\n"
+                "  \"gateway_id\": 42,\n"
+                "  \"lan\": {\n"
+                "    \"bind\": \"::1\",\n"
+                "    \"port\": 10000,\n"
+                "    \"recv_buffer_bytes\": 65536,\n"
+                "    \"max_client_id_len\": 64,\n"
+                "    \"max_leaves\": 50,\n"
+                "    \"t_retry_ms\": 15000,\n"
+                "    \"n_retry\": 5,\n"
+                "    \"connack_timeout_ms\": 2000,\n"
+                "    \"queue_max\": 7,\n"
+                "    \"advertise\": {\"address\": \"127.0.0.1\", \"port\": 1885, "
+                "\"interval_s\": 1000},\n"
+                "    \"predefined_topics\": {\"300\": \"c\", \"1\": \"a/b\", \"65534\": "
+                "\"$SYS/x\"}\n"
+                "  },\n"
+                "  \"upstream\": {\n"
+                "    \"host\": \"abc.iot.eu-west-1.amazonaws.com\",\n"
+                "    \"port\": 443,\n"
+                "    \"tls\": true,\n"
+                "    \"ca_file\": \"%s\",\n"
+                "    \"cert_file\": \"%s\",\n"
+                "    \"key_file\": \"%s\",\n"
+                "    \"cert_dir\": null,\n"
+                "    \"alpn\": \"x-amzn-mqtt-ca\",\n"
+                "    \"client_id_template\": \"gw{gateway_id}-{client_id}\",\n"
+                "    \"username\": \"user\",\n"
+                "    \"password_env\": \"FLEETGW_TEST_PW\",\n"
+                "    \"keepalive_s\": 1200,\n"
+                "    \"clean_session\": false,\n"
+                "    \"connect_timeout_ms\": 5000,\n"
+                "    \"backoff_base_ms\": 500,\n"
+                "    \"backoff_cap_ms\": 30000,\n"
+                "    \"give_up_after_s\": 0,\n"
+                "    \"max_queue\": 10,\n"
+                "    \"max_packet\": 1024,\n"
+                "    \"qos_minus1_client_id\": \"gw-qosm1\"\n"
+                "  }\n"
+                "}\n",
+                g_ca, g_cert, g_key);
+  ASSERT_EQ(rc, 0);
+  if (rc != 0)
+    fprintf(stderr, "  message was: %s\n", err);
+  if (!cfg)
+    return;
+  ASSERT_EQ(cfg->log_level, LOG_DEBUG);
+  ASSERT_EQ(cfg->gateway_id, 42);
+  ASSERT_STR_EQ(cfg->lan.bind, "::1");
+  ASSERT_EQ(cfg->lan.port, 10000);
+  ASSERT_EQ(cfg->lan.recv_buffer_bytes, 65536);
+  ASSERT_EQ(cfg->lan.max_client_id_len, 64);
+  ASSERT_EQ(cfg->lan.max_leaves, 50);
+  ASSERT_EQ(cfg->lan.t_retry_ms, 15000);
+  ASSERT_EQ(cfg->lan.n_retry, 5);
+  ASSERT_EQ(cfg->lan.connack_timeout_ms, 2000);
+  ASSERT_EQ(cfg->lan.queue_max, 7);
+  ASSERT_STR_EQ(cfg->lan.advertise_address, "127.0.0.1");
+  ASSERT_EQ(cfg->lan.advertise_port, 1885);
+  ASSERT_EQ(cfg->lan.advertise_interval_s, 1000);
+  ASSERT_EQ(cfg->lan.n_predefined, 3);
+  if (cfg->lan.n_predefined == 3) {
+    /* Sorted by id. */
+    ASSERT_EQ(cfg->lan.predefined[0].id, 1);
+    ASSERT_STR_EQ(cfg->lan.predefined[0].topic, "a/b");
+    ASSERT_EQ(cfg->lan.predefined[1].id, 300);
+    ASSERT_STR_EQ(cfg->lan.predefined[1].topic, "c");
+    ASSERT_EQ(cfg->lan.predefined[2].id, 65534);
+    ASSERT_STR_EQ(cfg->lan.predefined[2].topic, "$SYS/x");
+  }
+  ASSERT_STR_EQ(cfg->upstream.host, "abc.iot.eu-west-1.amazonaws.com");
+  ASSERT_EQ(cfg->upstream.port, 443);
+  ASSERT_TRUE(cfg->upstream.tls);
+  ASSERT_STR_EQ(cfg->upstream.ca_file, g_ca);
+  ASSERT_STR_EQ(cfg->upstream.cert_file, g_cert);
+  ASSERT_STR_EQ(cfg->upstream.key_file, g_key);
+  ASSERT_TRUE(cfg->upstream.cert_dir == NULL);
+  ASSERT_STR_EQ(cfg->upstream.alpn, "x-amzn-mqtt-ca");
+  ASSERT_STR_EQ(cfg->upstream.client_id_template, "gw{gateway_id}-{client_id}");
+  ASSERT_STR_EQ(cfg->upstream.username, "user");
+  ASSERT_STR_EQ(cfg->upstream.password_env, "FLEETGW_TEST_PW");
+  ASSERT_STR_EQ(cfg->upstream.password, "s3cret");
+  ASSERT_EQ(cfg->upstream.keepalive_s, 1200);
+  ASSERT_TRUE(!cfg->upstream.clean_session);
+  ASSERT_EQ(cfg->upstream.connect_timeout_ms, 5000);
+  ASSERT_EQ(cfg->upstream.backoff_base_ms, 500);
+  ASSERT_EQ(cfg->upstream.backoff_cap_ms, 30000);
+  ASSERT_EQ(cfg->upstream.give_up_after_s, 0);
+  ASSERT_EQ(cfg->upstream.max_queue, 10);
+  ASSERT_EQ(cfg->upstream.max_packet, 1024);
+  ASSERT_STR_EQ(cfg->upstream.qos_m1_client_id, "gw-qosm1");
+  cfg_free(cfg);
+  unsetenv("FLEETGW_TEST_PW");
+}
+
+static void test_cert_dir(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"cert_dir\": \"%s\"}}",
+                    g_ca, g_dir);
+  ASSERT_EQ(rc, 0);
+  if (!cfg)
+    return;
+  ASSERT_STR_EQ(cfg->upstream.cert_dir, g_dir);
+  cfg_free(cfg);
+}
+
+/* A valid upstream object with TLS off, to embed in error cases. */
+#define UP "\"upstream\": {\"host\": \"h\", \"tls\": false}"
+
+static void test_wrong_types(void)
+{
+  expect_error(true, "upstream.port: expected an integer 1..65535, got \"abc\"",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"port\": \"abc\"}}");
+  expect_error(true, "upstream.tls: expected true or false, got \"yes\"",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": \"yes\"}}");
+  expect_error(true, "upstream.host: expected a host name or IP address, got 12",
+               "{\"upstream\": {\"host\": 12, \"tls\": false}}");
+  expect_error(true, "lan: expected an object, got an array", "{\"lan\": [], " UP "}");
+  expect_error(true, "lan.port: expected an integer 1..65535, got 1.5",
+               "{\"lan\": {\"port\": 1.5}, " UP "}");
+  expect_error(true, "lan.bind: expected an IPv4 or IPv6 address literal, got null",
+               "{\"lan\": {\"bind\": null}, " UP "}");
+  expect_error(false, "log_level: expected one of \"error\"", "{\"log_level\": \"verbose\", " UP "}");
+  expect_error(false, "log_level: expected one of", "{\"log_level\": 3, " UP "}");
+  expect_error(true, "expected a JSON object at the top level, got an array", "[1, 2]");
+}
+
+static void test_out_of_range(void)
+{
+  expect_error(true, "upstream.keepalive_s: expected an integer 30..1200, got 20",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"keepalive_s\": 20}}");
+  expect_error(true, "upstream.keepalive_s: expected an integer 30..1200, got 1201",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"keepalive_s\": 1201}}");
+  expect_error(true, "lan.max_client_id_len: expected an integer 1..255, got 0",
+               "{\"lan\": {\"max_client_id_len\": 0}, " UP "}");
+  expect_error(true, "lan.max_client_id_len: expected an integer 1..255, got 256",
+               "{\"lan\": {\"max_client_id_len\": 256}, " UP "}");
+  expect_error(true, "lan.n_retry: expected an integer 0..20, got 21",
+               "{\"lan\": {\"n_retry\": 21}, " UP "}");
+  expect_error(true, "lan.n_retry: expected an integer 0..20, got -1",
+               "{\"lan\": {\"n_retry\": -1}, " UP "}");
+  expect_error(true, "gateway_id: expected an integer 1..255, got 0", "{\"gateway_id\": 0, " UP "}");
+  expect_error(true, "gateway_id: expected an integer 1..255, got 256",
+               "{\"gateway_id\": 256, " UP "}");
+  expect_error(false, "upstream.port: expected an integer 1..65535, got 1e+20",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"port\": 1e20}}");
+  expect_error(true, "lan.advertise.interval_s: expected an integer 1..65535, got 65536",
+               "{\"lan\": {\"advertise\": {\"interval_s\": 65536}}, " UP "}");
+  expect_error(true, "upstream.backoff_cap_ms: expected an integer >= upstream.backoff_base_ms "
+                     "(5000), got 4000",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"backoff_base_ms\": 5000, "
+               "\"backoff_cap_ms\": 4000}}");
+}
+
+static void test_unknown_keys(void)
+{
+  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream)",
+               "{\"frobnicate\": 1, " UP "}");
+  expect_error(true, "upstreem: unknown key (did you mean \"upstream\"?)",
+               "{\"upstreem\": {}, " UP "}");
+  expect_error(true, "upstream.prot: unknown key (did you mean \"port\"?)",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"prot\": 1}}");
+  expect_error(true, "lan.advertise.adress: unknown key (did you mean \"address\"?)",
+               "{\"lan\": {\"advertise\": {\"adress\": \"127.0.0.1\"}}, " UP "}");
+  /* Keys are case-sensitive. */
+  expect_error(false, "lan.Port: unknown key", "{\"lan\": {\"Port\": 1}, " UP "}");
+  expect_error(true, "upstream.host: duplicate key",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"host\": \"i\"}}");
+}
+
+static void test_missing_required(void)
+{
+  expect_error(true, "upstream.host: required key missing (expected a host name or IP address)",
+               "{}");
+  expect_error(true, "upstream.host: required key missing (expected a host name or IP address)",
+               "{\"upstream\": {\"tls\": false}}");
+  expect_error(true,
+               "upstream.ca_file: required key missing when upstream.tls is true (expected a "
+               "readable file)",
+               "{\"upstream\": {\"host\": \"h\"}}");
+  expect_error(false, "upstream.ca_file: expected a readable file, got "
+                      "\"/nonexistent/fleetgw/ca.pem\" (No such file or directory)",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"/nonexistent/fleetgw/ca.pem\"}}");
+  expect_error(false, "upstream.ca_file: expected a readable file, got \"/tmp\" (is a directory)",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"/tmp\"}}");
+  expect_error(false, "upstream.key_file: required key missing when upstream.cert_file is set",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"cert_file\": \"%s\"}}",
+               g_ca, g_cert);
+  expect_error(false, "upstream.cert_file: required key missing when upstream.key_file is set",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"key_file\": \"%s\"}}",
+               g_ca, g_key);
+  expect_error(false, "upstream.cert_dir: expected either upstream.cert_dir or upstream.cert_file",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"cert_file\": \"%s\", "
+               "\"key_file\": \"%s\", \"cert_dir\": \"%s\"}}",
+               g_ca, g_cert, g_key, g_dir);
+  expect_error(false, "upstream.cert_dir: expected a readable directory, got",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"cert_dir\": \"%s\"}}",
+               g_ca, g_ca);
+}
+
+static void test_bad_addresses(void)
+{
+  expect_error(true, "lan.bind: expected an IPv4 or IPv6 address literal, got \"1.2.3\"",
+               "{\"lan\": {\"bind\": \"1.2.3\"}, " UP "}");
+  expect_error(true, "lan.bind: expected an IPv4 or IPv6 address literal, got \"localhost\"",
+               "{\"lan\": {\"bind\": \"localhost\"}, " UP "}");
+  expect_error(true,
+               "lan.advertise.address: expected an IPv4 or IPv6 address literal, got \"::g\"",
+               "{\"lan\": {\"advertise\": {\"address\": \"::g\"}}, " UP "}");
+  expect_error(false, "upstream.host: expected a host name or IP address, got \"a b\"",
+               "{\"upstream\": {\"host\": \"a b\", \"tls\": false}}");
+  expect_error(false, "upstream.host: expected a host name or IP address, got \"\"",
+               "{\"upstream\": {\"host\": \"\", \"tls\": false}}");
+}
+
+static void test_bad_template(void)
+{
+  expect_error(false, "upstream.client_id_template: expected a template containing {client_id}",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"client_id_template\": "
+               "\"gw-{gateway_id}\"}}");
+  expect_error(false, "(unknown placeholder or stray brace)",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"client_id_template\": "
+               "\"{client_id}-{thing}\"}}");
+  expect_error(false, "upstream.client_id_template: expected",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"client_id_template\": "
+               "\"{client_id}}\"}}");
+}
+
+static void test_bad_predefined(void)
+{
+  expect_error(true, "lan.predefined_topics.0: expected a topic id \"1\"..\"65534\" as the key, "
+                     "got \"0\"",
+               "{\"lan\": {\"predefined_topics\": {\"0\": \"a\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.65535: expected a topic id",
+               "{\"lan\": {\"predefined_topics\": {\"65535\": \"a\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.abc: expected a topic id",
+               "{\"lan\": {\"predefined_topics\": {\"abc\": \"a\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.07: expected a topic id",
+               "{\"lan\": {\"predefined_topics\": {\"07\": \"a\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.-1: expected a topic id",
+               "{\"lan\": {\"predefined_topics\": {\"-1\": \"a\"}}, " UP "}");
+  expect_error(true,
+               "lan.predefined_topics.5: expected a valid MQTT topic name without wildcards, "
+               "got \"a/+/b\"",
+               "{\"lan\": {\"predefined_topics\": {\"5\": \"a/+/b\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.5: expected a valid MQTT topic name",
+               "{\"lan\": {\"predefined_topics\": {\"5\": \"\"}}, " UP "}");
+  expect_error(false, "lan.predefined_topics.5: expected a valid MQTT topic name",
+               "{\"lan\": {\"predefined_topics\": {\"5\": 5}}, " UP "}");
+  expect_error(true, "lan.predefined_topics.5: duplicate topic id",
+               "{\"lan\": {\"predefined_topics\": {\"5\": \"a\", \"6\": \"b\", \"5\": \"c\"}}, " UP
+               "}");
+  expect_error(false, "lan.predefined_topics: expected an object",
+               "{\"lan\": {\"predefined_topics\": [\"a\"]}, " UP "}");
+}
+
+static void test_password_env(void)
+{
+  unsetenv("FLEETGW_TEST_UNSET_PW");
+  expect_error(true,
+               "upstream.password_env: expected the name of a set environment variable, got "
+               "\"FLEETGW_TEST_UNSET_PW\" (not set)",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"username\": \"u\", "
+               "\"password_env\": \"FLEETGW_TEST_UNSET_PW\"}}");
+  expect_error(false, "upstream.password_env: expected an environment variable name",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"username\": \"u\", "
+               "\"password_env\": \"1BAD\"}}");
+  setenv("FLEETGW_TEST_PW2", "pw", 1);
+  expect_error(false, "upstream.username: required key missing when upstream.password_env is set",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false, \"password_env\": "
+               "\"FLEETGW_TEST_PW2\"}}");
+  unsetenv("FLEETGW_TEST_PW2");
+}
+
+static void test_syntax_and_file_errors(void)
+{
+  char path[64], err[512];
+  struct gw_config *cfg = NULL;
+  FILE *f;
+
+  expect_error(false, "line 3, column 17: JSON syntax error near",
+               "{\n  \"upstream\": {\n    \"host\": \"h\",,\n    \"tls\": false\n  }\n}\n");
+  expect_error(false, "line 1, column 1: JSON syntax error", "%s", "");
+  expect_error(false, "JSON syntax error", "{\"upstream\": {\"host\": \"h\", \"tls\": false}} x");
+  expect_error(false, "line 1, column ", "{\"upstream\": {");
+  expect_error(false, "unexpected end of input", "{\"upstream\": {\"host\": \"h\",\n\n");
+
+  ASSERT_EQ(cfg_load("/nonexistent/fleetgw.json", &cfg, err, sizeof err), -1);
+  ASSERT_STR_EQ(err, "/nonexistent/fleetgw.json: cannot open: No such file or directory");
+  ASSERT_TRUE(cfg == NULL);
+
+  ASSERT_EQ(cfg_load("/tmp", &cfg, err, sizeof err), -1);
+  ASSERT_STR_EQ(err, "/tmp: expected a JSON file, got a directory");
+
+  /* More than 1 MiB: refused before parsing. */
+  make_file(path, sizeof path, NULL);
+  f = fopen(path, "w");
+  ASSERT_TRUE(f != NULL);
+  if (f) {
+    fputs("{\"upstream\": {\"host\": \"h\", \"tls\": false}}", f);
+    for (int i = 0; i < 1024 * 1024; i++)
+      fputc(' ', f);
+    fclose(f);
+    ASSERT_EQ(cfg_load(path, &cfg, err, sizeof err), -1);
+    ASSERT_TRUE(strstr(err, "at most 1 MiB") != NULL);
+  }
+  unlink(path);
+
+  /* A tiny error buffer is truncated, never overrun, and NULL is allowed. */
+  {
+    char small[8];
+    ASSERT_EQ(cfg_load("/nonexistent/fleetgw.json", &cfg, small, sizeof small), -1);
+    ASSERT_EQ(strlen(small), 7);
+    ASSERT_EQ(cfg_load("/nonexistent/fleetgw.json", &cfg, NULL, 0), -1);
+  }
+}
+
+static void test_client_id_expansion(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64], out[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"gateway_id\": 7, \"upstream\": {\"host\": \"h\", \"tls\": false, "
+                    "\"client_id_template\": \"gw{gateway_id}/{client_id}/{gateway_id}\"}}");
+  ASSERT_EQ(rc, 0);
+  if (!cfg)
+    return;
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "leaf-1", out, sizeof out), 0);
+  ASSERT_STR_EQ(out, "gw7/leaf-1/7");
+  /* "gw7/leaf-1/7" is 12 bytes: 13 fits exactly, 12 does not. */
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "leaf-1", out, 13), 0);
+  ASSERT_STR_EQ(out, "gw7/leaf-1/7");
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "leaf-1", out, 12), -1);
+  ASSERT_STR_EQ(out, "");
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "leaf-1", out, 1), -1);
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "leaf-1", out, 0), -1);
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "", out, sizeof out), 0);
+  ASSERT_STR_EQ(out, "gw7//7");
+  ASSERT_EQ(cfg_upstream_client_id(cfg, NULL, out, sizeof out), -1);
+
+  free(cfg->upstream.client_id_template);
+  cfg->upstream.client_id_template = strdup("{client_id}");
+  ASSERT_TRUE(cfg->upstream.client_id_template != NULL);
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "thing-42", out, sizeof out), 0);
+  ASSERT_STR_EQ(out, "thing-42");
+  ASSERT_EQ(cfg_upstream_client_id(cfg, "thing-42", out, 8), -1);
+  cfg_free(cfg);
+}
+
+/* deploy/fleetgw.example.json must be valid, use only known keys, mention
+ * every key, and hold the defaults.  Its ca_file does not exist here, so a
+ * copy with ca_file pointing to a temp file is loaded. */
+static void test_example_file(void)
+{
+  static const char *const keys[] = {
+      "log_level", "gateway_id", "lan", "upstream", NULL,
+  };
+  static const char *const lan_keys[] = {
+      "bind", "port", "recv_buffer_bytes", "max_client_id_len", "max_leaves", "t_retry_ms",
+      "n_retry", "connack_timeout_ms", "queue_max", "advertise", "predefined_topics", NULL,
+  };
+  static const char *const adv_keys[] = {"address", "port", "interval_s", NULL};
+  static const char *const up_keys[] = {
+      "host", "port", "tls", "ca_file", "cert_file", "key_file", "cert_dir", "alpn",
+      "client_id_template", "username", "password_env", "keepalive_s", "clean_session",
+      "connect_timeout_ms", "backoff_base_ms", "backoff_cap_ms", "give_up_after_s",
+      "max_queue", "max_packet", "qos_minus1_client_id", NULL,
+  };
+  const char *data = getenv("FLEETGW_TEST_DATA");
+  char src[1024], path[64], err[512] = "";
+  struct gw_config *cfg = NULL;
+  cJSON *root, *up, *lan;
+  char *text = NULL;
+  long len;
+  FILE *f;
+
+  ASSERT_TRUE(data != NULL);
+  if (!data)
+    return;
+  snprintf(src, sizeof src, "%s/../deploy/fleetgw.example.json", data);
+  f = fopen(src, "rb");
+  ASSERT_TRUE(f != NULL);
+  if (!f)
+    return;
+  fseek(f, 0, SEEK_END);
+  len = ftell(f);
+  rewind(f);
+  text = calloc(1, (size_t)len + 1);
+  ASSERT_TRUE(text != NULL);
+  if (text)
+    ASSERT_EQ(fread(text, 1, (size_t)len, f), len);
+  fclose(f);
+  if (!text)
+    return;
+
+  root = cJSON_Parse(text);
+  free(text);
+  ASSERT_TRUE(root != NULL);
+  if (!root)
+    return;
+  up = cJSON_GetObjectItemCaseSensitive(root, "upstream");
+  lan = cJSON_GetObjectItemCaseSensitive(root, "lan");
+  ASSERT_TRUE(up != NULL && lan != NULL);
+  for (int i = 0; keys[i]; i++)
+    ASSERT_TRUE(cJSON_HasObjectItem(root, keys[i]));
+  for (int i = 0; lan_keys[i]; i++)
+    ASSERT_TRUE(cJSON_HasObjectItem(lan, lan_keys[i]));
+  for (int i = 0; adv_keys[i]; i++)
+    ASSERT_TRUE(cJSON_HasObjectItem(cJSON_GetObjectItemCaseSensitive(lan, "advertise"),
+                                    adv_keys[i]));
+  for (int i = 0; up_keys[i]; i++)
+    ASSERT_TRUE(cJSON_HasObjectItem(up, up_keys[i]));
+  ASSERT_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(up, "ca_file")),
+                "/etc/fleetgw/ca.pem");
+
+  /* Point ca_file at an existing file and load the rewritten copy. */
+  ASSERT_TRUE(cJSON_ReplaceItemInObjectCaseSensitive(up, "ca_file", cJSON_CreateString(g_ca)));
+  text = cJSON_Print(root);
+  cJSON_Delete(root);
+  ASSERT_TRUE(text != NULL);
+  if (!text)
+    return;
+  make_file(path, sizeof path, text);
+  free(text);
+  ASSERT_EQ(cfg_load(path, &cfg, err, sizeof err), 0);
+  if (!cfg)
+    fprintf(stderr, "  message was: %s\n", err);
+  unlink(path);
+  if (!cfg)
+    return;
+  ASSERT_STR_EQ(cfg->upstream.host, "localhost");
+  ASSERT_STR_EQ(cfg->upstream.ca_file, g_ca);
+  ASSERT_TRUE(cfg->upstream.tls);
+  ASSERT_EQ(cfg->upstream.port, 8883);
+  ASSERT_EQ(cfg->log_level, LOG_INFO);
+  ASSERT_EQ(cfg->lan.port, 1884);
+  ASSERT_EQ(cfg->lan.max_client_id_len, 23);
+  ASSERT_TRUE(cfg->lan.advertise_address == NULL);
+  ASSERT_EQ(cfg->upstream.max_packet, 132096);
+  ASSERT_EQ(cfg->upstream.keepalive_s, 60);
+  cfg_free(cfg);
+}
+
+int main(void)
+{
+  make_file(g_ca, sizeof g_ca, "-----BEGIN CERTIFICATE-----\n");
+  make_file(g_cert, sizeof g_cert, "-----BEGIN CERTIFICATE-----\n");
+  make_file(g_key, sizeof g_key, "-----BEGIN PRIVATE KEY-----\n");
+  snprintf(g_dir, sizeof g_dir, "/tmp/fleetgw-test-dir-XXXXXX");
+  ASSERT_TRUE(mkdtemp(g_dir) != NULL);
+
+  RUN(test_minimal_defaults);
+  RUN(test_plain_port_default);
+  RUN(test_full_file);
+  RUN(test_cert_dir);
+  RUN(test_wrong_types);
+  RUN(test_out_of_range);
+  RUN(test_unknown_keys);
+  RUN(test_missing_required);
+  RUN(test_bad_addresses);
+  RUN(test_bad_template);
+  RUN(test_bad_predefined);
+  RUN(test_password_env);
+  RUN(test_syntax_and_file_errors);
+  RUN(test_client_id_expansion);
+  RUN(test_example_file);
+
+  unlink(g_ca);
+  unlink(g_cert);
+  unlink(g_key);
+  rmdir(g_dir);
+  return TEST_END();
+}
