@@ -162,14 +162,18 @@ static int fail_oom(const struct loader *ld)
   return fail(ld, NULL, "out of memory while loading the configuration");
 }
 
+/* out = prefix.key (or key at the top level), truncated to fit: a cut-off
+ * path still identifies the key well enough, and hostile keys can be long.
+ * Copied by hand because gcc -O2 flags every possibly-truncating snprintf. */
 static void join_path(char *out, size_t cap, const char *prefix, const char *key)
 {
-  int n;
-  if (prefix[0])
-    n = snprintf(out, cap, "%s.%s", prefix, key);
-  else
-    n = snprintf(out, cap, "%s", key);
-  (void)n; /* a truncated path still identifies the key well enough */
+  size_t n = 0;
+  const char *parts[3] = {prefix, prefix[0] ? "." : "", key};
+
+  for (size_t p = 0; p < 3; p++)
+    for (const char *c = parts[p]; *c && n + 1 < cap; c++)
+      out[n++] = *c;
+  out[n] = '\0';
 }
 
 /* ---- string validators -------------------------------------------------- */

@@ -338,7 +338,8 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
   if (other && other != s) {
     LOGI(MOD, "%s: address reused by %.*s, session ended", other->client_id, (int)id->len,
          (const char *)id->p);
-    sess_shutdown(other);
+    /* No DISCONNECT: it would reach the new leaf at the same address. */
+    sess_shutdown(other, false);
     gw_unbind_addr(gw, other);
   }
   if (!s) {
@@ -649,7 +650,7 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
       if (sess_is_live(s))
         live++;
       queued += s->q_len;
-      sess_shutdown(s);
+      sess_shutdown(s, true);
       s = next;
     }
   }

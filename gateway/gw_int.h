@@ -196,8 +196,9 @@ void sess_free(struct session *s);
 void sess_on_message(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
 void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
 void sess_on_wake(struct session *s, const struct sockaddr *from);
-/* Gateway shutdown: DISCONNECT to the leaf, graceful upstream stop. */
-void sess_shutdown(struct session *s);
+/* Ends the session: DISCONNECT to the leaf when notify, graceful upstream
+ * stop (no will). */
+void sess_shutdown(struct session *s, bool notify);
 bool sess_is_live(const struct session *s);
 const char *sess_state_name(enum sess_state st);
 void sess_count(const struct session *s, struct metrics *m);

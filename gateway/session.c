@@ -278,13 +278,17 @@ static void up_on_up(void *ud, bool session_present)
   pump(s);
 }
 
-static void give_up(struct session *s, const char *why)
+/* The upstream session is gone for good: the leaf is told (CONNACK with
+ * connack_rc while it waits for one, DISCONNECT otherwise) so that it
+ * reconnects instead of publishing into the void. */
+static void give_up(struct session *s, const char *why, uint8_t connack_rc)
 {
   s->gw->m.upstream_given_up++;
-  LOGW(MOD, "%s: upstream session gone for good (%s): leaf told DISCONNECT", s->client_id, why);
+  LOGW(MOD, "%s: upstream session gone for good (%s): leaf told so", s->client_id, why);
   if (s->state == SESS_WAIT_UPSTREAM) {
-    s->gw->m.connack_congestion++;
-    send_connack(s, MQTTSN_RC_CONGESTION);
+    if (connack_rc == MQTTSN_RC_CONGESTION)
+      s->gw->m.connack_congestion++;
+    send_connack(s, connack_rc);
   } else {
     send_disconnect(s);
   }
@@ -314,7 +318,8 @@ static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint3
    * now instead of letting it publish into the void. */
   if (why == UPSTREAM_R_CONNACK &&
       (connack_rc == 2 || connack_rc == 4 || connack_rc == 5)) {
-    give_up(s, "connection refused by the broker");
+    /* MQTT-SN has no "not authorized"; 0x03 is the nearest (as Paho does). */
+    give_up(s, "connection refused by the broker", MQTTSN_RC_NOT_SUPPORTED);
     return;
   }
   sess_arm(s);
@@ -641,7 +646,6 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
 {
   struct gw *gw = s->gw;
   const struct mqttsn_connect *c = &m->u.connect;
-  bool resume = !c->flags.clean_session && s->link;
 
   gw->m.connects++;
   gw_bind_addr(gw, s, from);
@@ -656,9 +660,8 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
     free_will(s);
     topics_clear(&s->topics);
     clear_queue(s, false);
-  } else if (!resume) {
-    /* CleanSession=0 without an upstream: keep subscriptions and will. */
   }
+  /* CleanSession=0 keeps subscriptions, topic ids and will (§6.3). */
   s->clean = c->flags.clean_session;
   /* A new connection restarts the downlink from the head of the queue. */
   s->inflight = INF_NONE;
@@ -1160,6 +1163,16 @@ static void pump(struct session *s)
     int pre = -1;
     struct topic_entry *e = topics_by_name(&s->topics, d->data, d->topic_len);
 
+    if (d->len > 65535 - 9) {
+      /* §6.10: a message that does not fit in one MQTT-SN datagram (the
+       * 3-octet length form allows 65535 octets) is dropped. */
+      static struct log_ratelimit rl;
+      log_ratelimited(&rl, LOG_WARN, MOD, "%s: message of %zu bytes on %s too big for MQTT-SN, "
+                      "dropped", s->client_id, d->len, d->data);
+      gw->m.queue_dropped++;
+      finish_inflight(s);
+      continue;
+    }
     if (!e && d->topic_len == 2) {
       s->inf_topic_id = (uint16_t)(((uint8_t)d->data[0] << 8) | (uint8_t)d->data[1]);
     } else if (!e && (pre = gw_predefined_id(gw, d->data, d->topic_len)) >= 0) {
@@ -1326,15 +1339,15 @@ static void timer_cb(uv_timer_t *t)
   }
   if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since &&
       now >= s->up_down_since + (uint64_t)gw->cfg->upstream.give_up_after_s * 1000u) {
-    give_up(s, "upstream down too long");
+    give_up(s, "upstream down too long", MQTTSN_RC_CONGESTION);
     return;
   }
   sess_arm(s);
 }
 
-void sess_shutdown(struct session *s)
+void sess_shutdown(struct session *s, bool notify)
 {
-  if (sess_is_live(s))
+  if (notify && sess_is_live(s))
     send_disconnect(s);
   end_upstream(s, true, false);
   set_state(s, SESS_DISCONNECTED);

@@ -166,6 +166,8 @@ int mqtt_decode(const uint8_t *buf, size_t len, struct mqtt_packet *pkt)
     return PROTO_MALFORMED;
   body = buf + 1 + hdr;
 
+  /* Set before the server-only check so a caller can log what arrived. */
+  pkt->type = (enum mqtt_type)type;
   switch (type) {
   case MQTT_CONNECT:
   case MQTT_SUBSCRIBE:
@@ -178,7 +180,6 @@ int mqtt_decode(const uint8_t *buf, size_t len, struct mqtt_packet *pkt)
     break;
   }
 
-  pkt->type = (enum mqtt_type)type;
   if (type == MQTT_PUBLISH)
     return decode_publish(flags, body, remaining, pkt);
   if (flags != required_flags(type))

@@ -19,13 +19,7 @@
 #include <string.h>
 
 #include "mqtt.h"
-/* mqtt_stream.h has the sequence slash-star inside a comment ("*pkt/ *pkt_len"
- * without the space), which -Wcomment turns into an error; silence it for
- * that header only until the header is fixed. */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "mqtt_stream.h"
-#pragma GCC diagnostic pop
 
 /* Dead-stream markers: both larger than any packet MQTT can describe
  * (1 + 4 + 268435455 bytes), so they never collide with a real size. */

@@ -35,7 +35,7 @@ struct mqtt_stream {
 void mqtt_stream_init(struct mqtt_stream *s, uint8_t *storage, size_t cap);
 
 /* Consume up to len bytes of data.  Returns the number of bytes consumed
- * (>= 0), and sets *pkt/*pkt_len to a whole packet when one is complete
+ * (>= 0), and sets *pkt and *pkt_len to a whole packet when one is complete
  * (*pkt == NULL otherwise).  Returns PROTO_MALFORMED for a bad Remaining
  * Length or PROTO_TOO_BIG for a packet larger than cap; the stream is then
  * dead (reset it to reuse).  A packet is returned as soon as it is complete,

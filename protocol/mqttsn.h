@@ -174,7 +174,8 @@ int mqttsn_decode(const uint8_t *buf, size_t len, struct mqttsn_msg *msg);
 int mqttsn_encoded_size(const struct mqttsn_msg *msg);
 
 /* Encode msg into buf[0..cap).  Returns the number of octets written, or
- * PROTO_BUF_TOO_SMALL / PROTO_INVALID_ARG. */
+ * PROTO_BUF_TOO_SMALL, PROTO_INVALID_ARG, or PROTO_TOO_BIG when the message
+ * would exceed 65535 octets (§6.10: such a message is dropped). */
 int mqttsn_encode(const struct mqttsn_msg *msg, uint8_t *buf, size_t cap);
 
 /* Name of a message type for logs ("PUBLISH"), "UNKNOWN" otherwise. */

@@ -54,7 +54,9 @@ static int check_flags(const struct mqttsn_flags *f, bool allow_m1)
  * at MAX_TOTAL one by one so that summing a handful of them cannot wrap. */
 static int check_str(const struct mqttsn_str *s, size_t min)
 {
-  if (s->len < min || s->len > MAX_TOTAL || (s->len > 0 && !s->p))
+  if (s->len > MAX_TOTAL)
+    return PROTO_TOO_BIG;
+  if (s->len < min || (s->len > 0 && !s->p))
     return PROTO_INVALID_ARG;
   return PROTO_OK;
 }
@@ -376,13 +378,14 @@ int mqttsn_encode(const struct mqttsn_msg *msg, uint8_t *buf, size_t cap)
     return PROTO_BUF_TOO_SMALL;
 
   wire_writer_init(&w, buf, cap);
-  if (long_form)
-    rc = wire_write_u8(&w, LONG_LENGTH_MARK) < 0 ? PROTO_BUF_TOO_SMALL
-                                                 : wire_write_u16(&w, (uint16_t)declared);
-  else
-    rc = wire_write_u8(&w, (uint8_t)declared);
-  if (rc < 0 || (rc = wire_write_u8(&w, (uint8_t)msg->type)) < 0 ||
-      (rc = write_body(&w, msg)) < 0)
+  if (long_form) {
+    if ((rc = wire_write_u8(&w, LONG_LENGTH_MARK)) < 0 ||
+        (rc = wire_write_u16(&w, (uint16_t)declared)) < 0)
+      return rc;
+  } else if ((rc = wire_write_u8(&w, (uint8_t)declared)) < 0) {
+    return rc;
+  }
+  if ((rc = wire_write_u8(&w, (uint8_t)msg->type)) < 0 || (rc = write_body(&w, msg)) < 0)
     return rc;
   /* body_size and write_body describe the same layout; if they ever drift
    * apart, fail loudly rather than send a lying Length field. */

@@ -687,6 +687,13 @@ class Leaf:
         return self._take(lambda m: m.type in types
                           and (msg_id is None or m.fields.get("msg_id") == msg_id), timeout)
 
+    def expect(self, types, timeout=None, msg_id=None):
+        """Take the next reply of the given type(s) (and msg id) that no
+        request method consumed; raises Timeout."""
+        if isinstance(types, int):
+            types = (types,)
+        return self._take_types(tuple(types), timeout, msg_id)
+
     def wait_for(self, msg_type, timeout=None, since=0.0, pred=None):
         """Wait for an inbox entry of msg_type received at or after `since`
         (a time.monotonic() value) and matching pred(msg); returns it without
