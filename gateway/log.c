@@ -21,7 +21,9 @@ int log_level_parse(const char *s)
 void log_set_level(enum log_level level) { g_level = level; }
 enum log_level log_get_level(void) { return g_level; }
 
-static void vlog(enum log_level level, const char *module, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void vlog(enum log_level level,
+                                                     const char *module, const char *fmt,
+                                                     va_list ap)
 {
   char line[2048];
   struct timespec ts;

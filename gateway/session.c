@@ -353,7 +353,9 @@ static void up_on_message(void *ud, const char *topic, size_t topic_len, const u
     return;
   }
   d->next = NULL;
-  d->up_pid = qos > 0 ? packet_id : 0;
+  /* QoS 2 from the broker is completed by the upstream itself; only QoS 1
+   * waits for the leaf's acknowledgement. */
+  d->up_pid = qos == 1 ? packet_id : 0;
   d->qos = (uint8_t)(qos > 1 ? 1 : qos);
   d->retain = retain;
   d->topic_len = (uint16_t)topic_len;

@@ -26,7 +26,7 @@
 
 #define TLS_ERR_LEN 256
 /* A memory BIO that held more than this is replaced once drained. */
-#define BIO_SHRINK_AT 4096
+#define BIO_SHRINK_AT 1024
 
 struct tls_ctx {
   SSL_CTX *ssl_ctx;
@@ -335,6 +335,17 @@ static void maybe_shrink_wbio(struct tls_conn *c)
   c->wbio_hwm = 0;
 }
 
+/* Called when everything received has been consumed.  SSL_MODE_RELEASE_BUFFERS
+ * does not cover every path: a read that ends in "want more" after a
+ * post-handshake message (TLS 1.3 session tickets) keeps the 16 KiB record
+ * buffer, so free it explicitly (SSL_free_buffers refuses while a partial
+ * record is buffered). */
+static void release_idle_buffers(struct tls_conn *c)
+{
+  (void)SSL_free_buffers(c->ssl);
+  maybe_shrink_rbio(c);
+}
+
 static void note_wbio_fill(struct tls_conn *c)
 {
   size_t p = BIO_ctrl_pending(c->wbio);
@@ -390,6 +401,14 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
     return TLS_WANT_IO;
   if (cap > INT_MAX)
     cap = INT_MAX;
+  /* Nothing buffered anywhere: SSL_read could not make progress, but it
+   * would allocate its 16 KiB record buffer before finding that out and
+   * keep it (SSL_MODE_RELEASE_BUFFERS frees it only after a record was
+   * consumed).  Skipping the call keeps idle connections small. */
+  if (c->established && !SSL_has_pending(c->ssl) && BIO_ctrl_pending(c->rbio) == 0) {
+    release_idle_buffers(c);
+    return TLS_WANT_IO;
+  }
   ERR_clear_error();
   ret = SSL_read_ex(c->ssl, buf, cap, &got);
   /* Reading may produce output too (TLS 1.3 key update, alerts). */
@@ -400,8 +419,8 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
     return (int)got;
   }
   ret = map_ssl_error(c, 0, TLS_ERR_PROTOCOL, "TLS read failed");
-  if (ret == TLS_WANT_IO)
-    maybe_shrink_rbio(c);
+  if (ret == TLS_WANT_IO && c->established && !SSL_has_pending(c->ssl))
+    release_idle_buffers(c);
   return ret;
 }
 

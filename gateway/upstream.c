@@ -43,12 +43,7 @@
 #include "mqtt.h"
 #include "tls.h"
 #include "topic.h"
-/* mqtt_stream.h has a comment containing slash-star ("*pkt/ *pkt_len"
- * without the space), which -Wcomment rejects; see the report. */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "mqtt_stream.h"
-#pragma GCC diagnostic pop
 
 #define MOD "upstream"
 

@@ -46,11 +46,12 @@ LOOPBACK = "127.0.0.1"
 # --- assumptions about the gateway's observable output (provisional) ------
 READY_RE = re.compile(r"\bready\b")
 METRICS_RE = re.compile(r"\bmetrics (\{.*\})\s*$")
+# harness key -> the gateway's metric name (gateway/metrics.h METRICS_MAP).
 METRIC = {
-    "malformed": "datagrams_malformed",      # bad datagrams rejected on the LAN side
+    "malformed": "datagrams_malformed",      # datagrams rejected by the MQTT-SN decoder
     "qos_m1_dropped": "qos_m1_dropped",      # QoS -1 publishes dropped (no proxy client)
-    "sleep_dropped": "sleep_dropped",        # messages dropped because a sleep buffer was full
-    "leaves_connected": "leaves_connected",  # gauge: leaves currently connected
+    "sleep_dropped": "queue_dropped",        # messages for a leaf dropped: its queue was full
+    "leaves_connected": "leaves_active",     # gauge: leaves connected and active
 }
 SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer)"
                           r"|runtime error:")
@@ -626,6 +627,8 @@ class Gateway:
             self.proc.wait(5)
 
     def close_leaves(self):
+        for lf in self.leaves:
+            lf.request_stop()
         for lf in self.leaves:
             lf.close()
 

@@ -73,8 +73,8 @@ class FakeGw:
         self.sessions = {}
         self.by_addr = {}
         self.events = queue.Queue()
-        self.metrics = dict(datagrams_malformed=0, qos_m1_dropped=0, sleep_dropped=0,
-                            leaves_connected=0)
+        self.metrics = dict(datagrams_malformed=0, qos_m1_dropped=0, queue_dropped=0,
+                            leaves_active=0)
         self.predef = {int(k): v for k, v in lan.get("predefined_topics", {}).items()}
         self.predef_by_name = {v: k for k, v in self.predef.items()}
         self.stop = False
@@ -138,7 +138,7 @@ class FakeGw:
         self.update_gauge()
 
     def update_gauge(self):
-        self.metrics["leaves_connected"] = sum(1 for s in self.sessions.values()
+        self.metrics["leaves_active"] = sum(1 for s in self.sessions.values()
                                                if s.state != "connecting")
 
     # --- main loop --------------------------------------------------------
@@ -163,9 +163,16 @@ class FakeGw:
             if self.dump:
                 self.dump = False
                 log("metrics " + json.dumps(self.metrics))
+        clients = []
         for s in list(self.sessions.values()):
             self.send(s.addr, sn.encode_disconnect())
-            self.drop_session(s)
+            if s.client is not None:
+                s.client.disconnect()
+                clients.append(s.client)
+        for c in clients:
+            c._thread_terminate = True   # stop all loops together, not one by one
+        for c in clients:
+            c.loop_stop()
         if self.m1:
             self.m1.disconnect()
             self.m1.loop_stop()
@@ -266,7 +273,7 @@ class FakeGw:
                 self.send(s.addr, sn.encode_puback(what[2], what[1], 0))
         elif kind == "message":
             if s.state == "asleep" and len(s.out_queue) >= self.lan.get("queue_max", 100):
-                self.metrics["sleep_dropped"] += 1
+                self.metrics["queue_dropped"] += 1
                 return
             s.out_queue.append(arg)
             self.pump(s)
@@ -437,7 +444,11 @@ class FakeGw:
         info = s.client.publish(topic, m.data, fl.qos, fl.retain)
         if fl.qos == 1:
             s.up_mid_to_leaf[info.mid] = ("puback", m.msg_id, m.topic_id)
-            if info.is_published():
+            try:
+                done = info.is_published()
+            except RuntimeError:      # not connected: paho keeps it for the reconnect
+                done = False
+            if done:
                 self.events.put(("puback", s.cid, info.mid))
 
 

@@ -27,8 +27,10 @@ def test_sleep_buffers_then_wake_delivers_then_pingresp(broker, gateway, broker_
     assert all(r.t <= pingresp.t for r in got)
     # Nothing left: the next wake-up gets PINGRESP at once.
     assert lf.wake_and_drain(timeout=5) == []
-    # Back to active with CONNECT: live delivery again.
-    assert lf.connect(keepalive=60) == sn.RC_ACCEPTED
+    # Back to active with CONNECT: live delivery again.  CleanSession=0, so
+    # the subscription survives under any reading of the spec (PROTOCOLS.md
+    # C.13.1: a CONNECT from asleep/awake resumes the same session).
+    assert lf.connect(keepalive=60, clean=False) == sn.RC_ACCEPTED
     bc.publish("fleet/sleep/leaf-sleepy", b"awake", qos=1)
     assert lf.recv_publishes(1, since_index=3) == [("fleet/sleep/leaf-sleepy", b"awake", 1)]
 

@@ -575,10 +575,16 @@ class Leaf:
         self._thread.start()
 
     # --- plumbing ----------------------------------------------------------
+    def request_stop(self):
+        """Ask the receiver thread to stop without waiting (close() waits);
+        lets a caller shut many leaves down in parallel."""
+        self._running = False
+
     def close(self):
-        if self._running:
-            self._running = False
+        self._running = False
+        if self._thread.is_alive():
             self._thread.join(2)
+        if self.sock.fileno() != -1:
             self.sock.close()
 
     def __enter__(self):

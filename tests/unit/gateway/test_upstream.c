@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -234,6 +235,7 @@ struct probe {
   bool retain;
   uint16_t msg_id;
   bool auto_puback;
+  bool stop_in_up, stop_in_down; /* re-entrancy: stop from a callback */
 };
 
 static void on_up(void *ud, bool sp)
@@ -241,6 +243,8 @@ static void on_up(void *ud, bool sp)
   struct probe *p = ud;
   p->up++;
   p->session_present = sp;
+  if (p->stop_in_up)
+    upstream_stop(p->u, true);
 }
 
 static void on_down(void *ud, enum upstream_reason why, int rc, uint32_t retry_ms)
@@ -250,6 +254,8 @@ static void on_down(void *ud, enum upstream_reason why, int rc, uint32_t retry_m
   p->last_why = why;
   p->last_rc = rc;
   p->last_retry = retry_ms;
+  if (p->stop_in_down)
+    upstream_stop(p->u, false);
 }
 
 static void on_message(void *ud, const char *topic, size_t tlen, const uint8_t *payload,
@@ -438,6 +444,24 @@ static void test_plain(void)
     ASSERT_EQ(a.payload_len, sizeof big);
     ASSERT_MEM_EQ(a.payload, big, sizeof big);
   }
+
+  /* Incoming QoS 2 (published by mosquitto_pub): delivered once, with
+   * PUBREC/PUBREL/PUBCOMP done here.  The broker keeps one message in flight,
+   * so the second arrives only if the first flow completed. */
+  ASSERT_EQ(upstream_subscribe(a.u, "fgw/q2/#", 8, 2, NULL), 0);
+  WAIT_FOR(a.subacks == 2, STEP_MS);
+  ASSERT_EQ(a.suback_code, 2);
+  ASSERT_EQ(run_cmd("/usr/bin/mosquitto_pub -h 127.0.0.1 -p %u -q 2 -t fgw/q2/x -m first && "
+                    "/usr/bin/mosquitto_pub -h 127.0.0.1 -p %u -q 2 -t fgw/q2/y -m second",
+                    g_port_plain, g_port_plain),
+            0);
+  WAIT_FOR(a.messages == 6, STEP_MS);
+  ASSERT_EQ(a.messages, 6);
+  ASSERT_STR_EQ(a.topic, "fgw/q2/y");
+  ASSERT_EQ(a.qos, 2);
+  ASSERT_MEM_EQ(a.payload, "second", 6);
+  run_for(200);
+  ASSERT_EQ(a.messages, 6);
 
   ASSERT_EQ(upstream_unsubscribe(a.u, "fgw/t/#", 7, &uid), 0);
   ASSERT_TRUE(uid != 0 && uid != sid);
@@ -739,6 +763,161 @@ static void test_broker_restart(void)
   stop_probe(&q, true);
 }
 
+/* upstream_stop() called from inside on_up and on_down: the upstream must
+ * finish closing on its own, with on_closed and nothing else afterwards. */
+static void test_stop_from_callbacks(void)
+{
+  static struct probe a, b;
+  struct upstream_opts o = plain_opts("fgw-stop-in-up");
+  int tok;
+
+  a.stop_in_up = true;
+  ASSERT_EQ(start_probe(&a, &o), 0);
+  ASSERT_EQ(upstream_publish(a.u, "fgw/s", 5, (const uint8_t *)"x", 1, 1, false, &tok), 0);
+  WAIT_FOR(a.closed == 1, STEP_MS);
+  ASSERT_EQ(a.up, 1);
+  ASSERT_EQ(a.closed, 1);
+  ASSERT_EQ(a.down, 0);
+  /* The message was written before on_up; its PUBACK may not have been
+   * read: it is either acknowledged or reported dropped, exactly once. */
+  ASSERT_EQ(a.pubacks + a.dropped, 1);
+
+  o = plain_opts("fgw-stop-in-down");
+  o.port = free_port();
+  b.stop_in_down = true;
+  ASSERT_EQ(start_probe(&b, &o), 0);
+  WAIT_FOR(b.closed == 1, STEP_MS);
+  ASSERT_EQ(b.down, 1);
+  ASSERT_EQ(b.closed, 1);
+  run_for(300);
+  ASSERT_EQ(b.down, 1);
+}
+
+/* ---- a scripted broker in a child process, for the DUP resend ---- */
+
+static int read_full(int fd, uint8_t *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t k = read(fd, p, n);
+    if (k <= 0)
+      return -1;
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+/* Reads one MQTT packet; returns its first byte (type and flags) and copies
+ * up to cap bytes of its body into body. */
+static int read_packet(int fd, uint8_t *body, size_t cap, size_t *len)
+{
+  uint8_t b0, c;
+  uint32_t rl = 0;
+  int shift = 0;
+
+  if (read_full(fd, &b0, 1) < 0)
+    return -1;
+  do {
+    if (read_full(fd, &c, 1) < 0 || shift > 21)
+      return -1;
+    rl |= (uint32_t)(c & 0x7f) << shift;
+    shift += 7;
+  } while (c & 0x80);
+  if (rl > cap || read_full(fd, body, rl) < 0)
+    return -1;
+  *len = rl;
+  return b0;
+}
+
+/* The script: CONNACK, take a QoS 1 PUBLISH without acknowledging it, drop
+ * the connection; on the next connection expect the same PUBLISH again with
+ * DUP=1 and the same packet id, acknowledge it, then wait for the close.
+ * The exit status says which step failed. */
+static int scripted_broker(int lfd)
+{
+  static const uint8_t connack_new[] = {0x20, 0x02, 0x00, 0x00};
+  static const uint8_t connack_sp[] = {0x20, 0x02, 0x01, 0x00};
+  uint8_t body[512], puback[4] = {0x40, 0x02, 0, 0};
+  size_t len, len2, tlen;
+  uint16_t id;
+  int fd, t;
+
+  fd = accept(lfd, NULL, NULL);
+  if (fd < 0 || read_packet(fd, body, sizeof body, &len) != 0x10)
+    return 1;
+  if (write(fd, connack_new, 4) != 4)
+    return 2;
+  t = read_packet(fd, body, sizeof body, &len);
+  tlen = (size_t)(body[0] << 8 | body[1]);
+  if (t != 0x32 || len < 4 + tlen)
+    return 3; /* QoS 1, no DUP on the first transmission */
+  id = (uint16_t)(body[2 + tlen] << 8 | body[3 + tlen]);
+  if (id == 0)
+    return 10;
+  close(fd);
+
+  fd = accept(lfd, NULL, NULL);
+  if (fd < 0 || read_packet(fd, body + 256, 256, &len2) != 0x10)
+    return 4;
+  if ((body[256 + 7] & 0x02) != 0)
+    return 5; /* clean_session must be 0 */
+  if (write(fd, connack_sp, 4) != 4)
+    return 6;
+  uint8_t again[512];
+  t = read_packet(fd, again, sizeof again, &len2);
+  if (t != 0x3a || len2 != len || memcmp(again, body, len) != 0)
+    return 7; /* DUP=1, same id, same topic and payload */
+  puback[2] = (uint8_t)(id >> 8);
+  puback[3] = (uint8_t)id;
+  if (write(fd, puback, 4) != 4)
+    return 8;
+  /* Expect DISCONNECT (graceful stop), then EOF. */
+  if (read_packet(fd, body, sizeof body, &len) != 0xe0)
+    return 9;
+  close(fd);
+  return 0;
+}
+
+static void test_dup_resend(void)
+{
+  static struct probe a;
+  struct upstream_opts o = plain_opts("fgw-dup");
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct timeval tv = {5, 0};
+  socklen_t slen = sizeof sa;
+  int lfd = socket(AF_INET, SOCK_STREAM, 0), status = -1, tok;
+  pid_t pid;
+
+  ASSERT_TRUE(lfd >= 0);
+  ASSERT_EQ(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  ASSERT_EQ(getsockname(lfd, (struct sockaddr *)&sa, &slen), 0);
+  setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  pid = fork();
+  if (pid == 0)
+    _exit(scripted_broker(lfd));
+  close(lfd);
+  ASSERT_TRUE(pid > 0);
+
+  o.port = ntohs(sa.sin_port);
+  o.clean_session = false;
+  o.backoff_base_ms = 50;
+  o.backoff_cap_ms = 50;
+  ASSERT_EQ(start_probe(&a, &o), 0);
+  ASSERT_EQ(upstream_publish(a.u, "fgw/dup", 7, (const uint8_t *)"again", 5, 1, false, &tok), 0);
+  WAIT_FOR(a.up == 2 && a.pubacks == 1, STEP_MS);
+  ASSERT_EQ(a.up, 2);
+  ASSERT_TRUE(a.session_present);
+  ASSERT_EQ(a.down, 1);
+  ASSERT_EQ(a.last_why, UPSTREAM_R_TCP);
+  ASSERT_EQ(a.pubacks, 1);
+  ASSERT_TRUE(a.puback_tokens[0] == &tok);
+  stop_probe(&a, true);
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
   (void)arg;
@@ -787,6 +966,8 @@ int main(void)
   RUN(test_tls_failures);
   RUN(test_will);
   RUN(test_broker_restart);
+  RUN(test_dup_resend);
+  RUN(test_stop_from_callbacks);
 
   uv_close((uv_handle_t *)&g_tick, NULL);
   uv_run(&g_loop, UV_RUN_DEFAULT);
