@@ -47,7 +47,7 @@ for t in $targets; do
   work=$(mktemp -d)
   cp -r "tests/fuzz/corpus/$t/." "$work/"
   echo "-- $t"
-  ./build-fuzz/$t -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 $dict "$work" 2>&1 | tail -n 2
+  ./build-fuzz/tests/$t -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 $dict "$work" 2>&1 | tail -n 2
   rm -rf "$work"
 done
 

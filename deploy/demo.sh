@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# deploy/demo.sh - the whole system on this machine, no cloud account needed:
+#   - a real mosquitto broker on 127.0.0.1 with TLS and client certificates,
+#   - fleetgw relaying MQTT-SN leaves to it, one upstream TLS session per leaf,
+#   - a fleet of simulated MQTT-SN leaves that publish telemetry and receive
+#     commands,
+#   - a watcher at the broker printing what arrives, and a command sent to a
+#     leaf every 10 s.
+# Ctrl-C stops everything it started.  State (certificates, logs, config) is in
+# ./demo-state and is reused by the next run.
+#
+# Usage: deploy/demo.sh            LEAVES=N to change the fleet size (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LEAVES=${LEAVES:-20}
+BROKER_PORT=${BROKER_PORT:-18883}
+GW_PORT=${GW_PORT:-1884}
+STATE="$ROOT/demo-state"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+PACKAGES="build-essential cmake pkg-config libuv1-dev libwebsockets-dev libssl-dev \
+  libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "== installing:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+echo "== building fleetgw"
+cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-demo -j"$(nproc)" --target fleetgw fleetgw-leafsim >/dev/null
+FLEETGW="$ROOT/build-demo/fleetgw"
+LEAFSIM="$ROOT/build-demo/tests/leaf/fleetgw-leafsim"
+
+mkdir -p "$STATE"
+cd "$STATE"
+if [ ! -f ca.crt ]; then
+  echo "== creating a demo CA, the broker's certificate and the gateway's client certificate"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=fleetgw demo CA" -keyout ca.key -out ca.crt 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+    -keyout broker.key -out broker.csr 2>/dev/null
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" > broker.ext
+  openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -extfile broker.ext -out broker.crt 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=fleetgw" \
+    -keyout gateway.key -out gateway.csr 2>/dev/null
+  openssl x509 -req -in gateway.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+    -out gateway.crt 2>/dev/null
+  chmod 600 ./*.key
+fi
+
+cat > mosquitto.conf <<EOF
+listener $BROKER_PORT 127.0.0.1
+cafile $STATE/ca.crt
+certfile $STATE/broker.crt
+keyfile $STATE/broker.key
+require_certificate true
+allow_anonymous true
+max_queued_messages 10000
+log_dest file $STATE/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+connection_messages true
+EOF
+
+cat > fleetgw.json <<EOF
+{
+  "log_level": "info",
+  "gateway_id": 1,
+  "lan": { "bind": "127.0.0.1", "port": $GW_PORT },
+  "upstream": {
+    "host": "localhost",
+    "port": $BROKER_PORT,
+    "tls": true,
+    "ca_file": "$STATE/ca.crt",
+    "cert_file": "$STATE/gateway.crt",
+    "key_file": "$STATE/gateway.key",
+    "keepalive_s": 60
+  }
+}
+EOF
+"$FLEETGW" --config fleetgw.json --check-config
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "== stopping"
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  echo "== stopped; logs in $STATE"
+}
+trap cleanup INT TERM EXIT
+
+ulimit -n 65536 2>/dev/null || true
+/usr/sbin/mosquitto -c mosquitto.conf &
+pids+=($!)
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/$BROKER_PORT) 2>/dev/null && break
+  sleep 0.1
+done
+
+"$FLEETGW" --config fleetgw.json 2> >(tee -a fleetgw.log >&2) &
+pids+=($!)
+for _ in $(seq 50); do grep -q "ready:" fleetgw.log 2>/dev/null && break; sleep 0.1; done
+
+TLS=(--cafile "$STATE/ca.crt" --cert "$STATE/gateway.crt" --key "$STATE/gateway.key")
+echo "== the broker sees (mosquitto_sub on fleet/+/telemetry):"
+mosquitto_sub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-watcher -t 'fleet/+/telemetry' -v \
+  | sed -u 's/^/[broker] /' &
+pids+=($!)
+
+"$LEAFSIM" --gw "127.0.0.1:$GW_PORT" -n "$LEAVES" --prefix leaf- --rate 0.2 --qos 1 \
+  --topic 'fleet/%s/telemetry' --subscribe 'fleet/%s/cmd' | sed -u 's/^/[leaf]   /' &
+pids+=($!)
+
+echo "== $LEAVES leaves; a command goes to one of them every 10 s. Ctrl-C stops the demo."
+i=0
+while true; do
+  sleep 10
+  leaf="leaf-$((i % LEAVES))"
+  mosquitto_pub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-commander -q 1 \
+    -t "fleet/$leaf/cmd" -m "blink $i" || true
+  echo "[demo]   sent 'blink $i' to fleet/$leaf/cmd"
+  kill -USR1 "${pids[1]}" 2>/dev/null || true
+  i=$((i + 1))
+done
