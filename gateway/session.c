@@ -13,8 +13,8 @@
  *
  * Choices where the specification is silent or ambiguous (PROTOCOLS.md
  * C.13), each also marked where it is made:
- *   - CONNECT while asleep/awake with CleanSession=0 resumes the session
- *     (the upstream stays up); with CleanSession=1 it starts a new one.
+ *   - CONNECT while asleep/awake resumes the session whatever its
+ *     CleanSession flag (the upstream, subscriptions and queue stay).
  *   - A wildcard SUBSCRIBE is answered with TopicId 0x0000 as §5.4.16 says
  *     (Paho allocates an id); concrete topics are REGISTERed later.
  *   - A leaf's QoS 2 is completed with the leaf and relayed upstream as QoS 1
@@ -649,12 +649,20 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
   struct gw *gw = s->gw;
   const struct mqttsn_connect *c = &m->u.connect;
 
+  /* A CONNECT from a sleeping leaf is its way back to active, not a new
+   * session: the upstream session, subscriptions and buffered messages stay,
+   * whatever CleanSession says (PROTOCOLS.md C.13.1; Paho and Bisquitt read
+   * the specification the same way).  Many leaves always send
+   * CleanSession=1, and dropping their subscriptions on every wake-up would
+   * lose their commands. */
+  bool clean = c->flags.clean_session && s->state != SESS_ASLEEP && s->state != SESS_AWAKE;
+
   gw->m.connects++;
   gw_bind_addr(gw, s, from);
   s->last_rx = uv_now(gw->loop);
   s->keepalive = c->duration;
 
-  if (c->flags.clean_session) {
+  if (clean) {
     /* §6.3: CleanSession deletes subscriptions and will; the upstream
      * session is made again with CleanSession=1 as well. */
     end_upstream(s, true, false);
@@ -664,7 +672,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
     clear_queue(s, false);
   }
   /* CleanSession=0 keeps subscriptions, topic ids and will (§6.3). */
-  s->clean = c->flags.clean_session;
+  s->clean = clean;
   /* A new connection restarts the downlink from the head of the queue. */
   s->inflight = INF_NONE;
   if (c->flags.will) {

@@ -27,12 +27,26 @@ def test_sleep_buffers_then_wake_delivers_then_pingresp(broker, gateway, broker_
     assert all(r.t <= pingresp.t for r in got)
     # Nothing left: the next wake-up gets PINGRESP at once.
     assert lf.wake_and_drain(timeout=5) == []
-    # Back to active with CONNECT: live delivery again.  CleanSession=0, so
-    # the subscription survives under any reading of the spec (PROTOCOLS.md
-    # C.13.1: a CONNECT from asleep/awake resumes the same session).
-    assert lf.connect(keepalive=60, clean=False) == sn.RC_ACCEPTED
+    # Back to active with CONNECT: live delivery again.  PROTOCOLS.md C.13.1:
+    # a CONNECT from asleep/awake resumes the same session even with
+    # CleanSession=1 (what most leaves send), so the subscription survives.
+    assert lf.connect(keepalive=60, clean=True) == sn.RC_ACCEPTED
     bc.publish("fleet/sleep/leaf-sleepy", b"awake", qos=1)
     assert lf.recv_publishes(1, since_index=3) == [("fleet/sleep/leaf-sleepy", b"awake", 1)]
+
+
+def test_connect_while_asleep_resumes_with_buffered_messages(broker, gateway, broker_client):
+    gw = gateway(broker)
+    lf = gw.connected_leaf("leaf-resume")
+    assert lf.subscribe("fleet/resume/cmd", qos=1)[2] == sn.RC_ACCEPTED
+    assert lf.sleep(30) is not None
+    bc = broker_client(broker)
+    bc.publish("fleet/resume/cmd", b"while-asleep", qos=1)
+    time.sleep(0.5)
+    # CONNECT (CleanSession=1) instead of a PINGREQ wake-up: the session is
+    # resumed, and what was buffered during the sleep is delivered.
+    assert lf.connect(keepalive=60, clean=True) == sn.RC_ACCEPTED
+    assert lf.recv_publishes(1, timeout=5) == [("fleet/resume/cmd", b"while-asleep", 1)]
 
 
 def test_sleep_buffer_overflow_counted(broker, gateway, broker_client):
