@@ -21,158 +21,26 @@
 
 /* ---- tables ------------------------------------------------------------- */
 
-static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
-{
-  const uint8_t *b = p;
-  for (size_t i = 0; i < n; i++) {
-    h ^= b[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
-static uint64_t hash_id(const char *id, size_t len)
-{
-  return fnv1a(id, len, 14695981039346656037ull);
-}
 
-/* Hashes what identifies a UDP peer: family, port and address bytes. */
-static uint64_t hash_addr(const struct sockaddr *a)
-{
-  uint64_t h = 14695981039346656037ull;
-  if (a->sa_family == AF_INET) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-    h = fnv1a(&in->sin_port, sizeof in->sin_port, h);
-    h = fnv1a(&in->sin_addr, sizeof in->sin_addr, h);
-  } else {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
-    h = fnv1a(&in6->sin6_port, sizeof in6->sin6_port, h);
-    h = fnv1a(&in6->sin6_addr, sizeof in6->sin6_addr, h);
-  }
-  return h;
-}
 
-static bool addr_eq(const struct sockaddr *a, const struct sockaddr *b)
-{
-  if (a->sa_family != b->sa_family)
-    return false;
-  if (a->sa_family == AF_INET) {
-    const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
-    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-  }
-  const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
-  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
 
-static void addr_str(const struct sockaddr *a, char *out, size_t cap)
-{
-  char ip[64] = "?";
-  int port = 0;
-  if (a->sa_family == AF_INET) {
-    uv_ip4_name((const struct sockaddr_in *)a, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in *)a)->sin_port);
-  } else if (a->sa_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)a, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
-  }
-  snprintf(out, cap, "%s:%d", ip, port);
-}
 
-struct session *gw_session_by_id(struct gw *gw, const char *id, size_t len)
-{
-  struct session *s = gw->by_id[hash_id(id, len) & (gw->nbuckets - 1)];
-  for (; s; s = s->next_by_id)
-    if (s->id_len == len && memcmp(s->client_id, id, len) == 0)
-      return s;
-  return NULL;
-}
 
-struct session *gw_session_by_addr(struct gw *gw, const struct sockaddr *addr)
-{
-  struct session *s = gw->by_addr[hash_addr(addr) & (gw->nbuckets - 1)];
-  for (; s; s = s->next_by_addr)
-    if (addr_eq((const struct sockaddr *)&s->addr, addr))
-      return s;
-  return NULL;
-}
 
-void gw_unbind_addr(struct gw *gw, struct session *s)
-{
-  struct session **pp;
-  if (!s->in_addr_table)
-    return;
-  pp = &gw->by_addr[hash_addr((struct sockaddr *)&s->addr) & (gw->nbuckets - 1)];
-  for (; *pp; pp = &(*pp)->next_by_addr) {
-    if (*pp == s) {
-      *pp = s->next_by_addr;
-      break;
-    }
-  }
-  s->in_addr_table = false;
-  s->next_by_addr = NULL;
-}
 
-void gw_bind_addr(struct gw *gw, struct session *s, const struct sockaddr *addr)
-{
-  size_t b;
-  if (s->in_addr_table && addr_eq((struct sockaddr *)&s->addr, addr))
-    return;
-  gw_unbind_addr(gw, s);
-  memset(&s->addr, 0, sizeof s->addr);
-  memcpy(&s->addr, addr,
-         addr->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-  b = hash_addr(addr) & (gw->nbuckets - 1);
-  s->next_by_addr = gw->by_addr[b];
-  gw->by_addr[b] = s;
-  s->in_addr_table = true;
-}
 
-/* Doubles both tables when the load factor passes 1. */
-static int grow_tables(struct gw *gw)
-{
-  size_t n = gw->nbuckets * 2;
-  struct session **ids = calloc(n, sizeof *ids), **addrs = calloc(n, sizeof *addrs);
-  if (!ids || !addrs) {
-    free(ids);
-    free(addrs);
-    return -1;
-  }
-  for (size_t i = 0; i < gw->nbuckets; i++) {
-    struct session *s = gw->by_id[i];
-    while (s) {
-      struct session *next = s->next_by_id;
-      size_t b = hash_id(s->client_id, s->id_len) & (n - 1);
-      s->next_by_id = ids[b];
-      ids[b] = s;
-      s = next;
-    }
-    s = gw->by_addr[i];
-    while (s) {
-      struct session *next = s->next_by_addr;
-      size_t b = hash_addr((struct sockaddr *)&s->addr) & (n - 1);
-      s->next_by_addr = addrs[b];
-      addrs[b] = s;
-      s = next;
-    }
-  }
-  free(gw->by_id);
-  free(gw->by_addr);
-  gw->by_id = ids;
-  gw->by_addr = addrs;
-  gw->nbuckets = n;
-  return 0;
-}
 
 static void remove_session(struct gw *gw, struct session *s)
 {
-  struct session **pp = &gw->by_id[hash_id(s->client_id, s->id_len) & (gw->nbuckets - 1)];
+  struct session **pp = &gw->by_id[leaves_hash_id(s->client_id, s->id_len) & (gw->nbuckets - 1)];
   for (; *pp; pp = &(*pp)->next_by_id) {
     if (*pp == s) {
       *pp = s->next_by_id;
       break;
     }
   }
-  gw_unbind_addr(gw, s);
+  leaves_unbind_addr(gw, s);
   gw->nsessions--;
   sess_free(s);
 }
@@ -199,12 +67,12 @@ static struct session *add_session(struct gw *gw, const char *id, size_t len)
   size_t b;
   if (gw->nsessions >= gw->cfg->lan.max_leaves && !evict_one(gw))
     return NULL;
-  if (gw->nsessions + 1 > gw->nbuckets && grow_tables(gw) != 0)
+  if (gw->nsessions + 1 > gw->nbuckets && leaves_grow(gw) != 0)
     return NULL;
   s = sess_new(gw, id, len);
   if (!s)
     return NULL;
-  b = hash_id(id, len) & (gw->nbuckets - 1);
+  b = leaves_hash_id(id, len) & (gw->nbuckets - 1);
   s->next_by_id = gw->by_id[b];
   gw->by_id[b] = s;
   gw->nsessions++;
@@ -213,65 +81,9 @@ static struct session *add_session(struct gw *gw, const char *id, size_t len)
 
 /* ---- sending ------------------------------------------------------------ */
 
-int gw_send(struct gw *gw, const struct sockaddr *to, const struct mqttsn_msg *msg)
-{
-  int n = mqttsn_encode(msg, gw->tx, sizeof gw->tx);
-  if (n < 0) {
-    /* §6.10: what does not fit is dropped. */
-    static struct log_ratelimit rl;
-    gw->m.send_errors++;
-    log_ratelimited(&rl, LOG_WARN, MOD, "cannot encode %s: %s", mqttsn_type_name(msg->type),
-                    proto_strerror(n));
-    return n;
-  }
-  if (lan_send(gw->lan, to, gw->tx, (size_t)n) != 0) {
-    gw->m.send_errors++;
-    return -1;
-  }
-  gw->m.datagrams_out++;
-  return 0;
-}
 
-const char *gw_predefined_topic(const struct gw *gw, uint16_t id)
-{
-  for (size_t i = 0; i < gw->cfg->lan.n_predefined; i++)
-    if (gw->cfg->lan.predefined[i].id == id)
-      return gw->cfg->lan.predefined[i].topic;
-  return NULL;
-}
 
-int gw_predefined_id(const struct gw *gw, const char *topic, size_t len)
-{
-  for (size_t i = 0; i < gw->cfg->lan.n_predefined; i++) {
-    const char *t = gw->cfg->lan.predefined[i].topic;
-    if (strlen(t) == len && memcmp(t, topic, len) == 0)
-      return gw->cfg->lan.predefined[i].id;
-  }
-  return -1;
-}
 
-void gw_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
-                      const char *cert, const char *key)
-{
-  const struct gw_config *cfg = gw->cfg;
-  memset(o, 0, sizeof *o);
-  o->host = cfg->upstream.host;
-  o->port = cfg->upstream.port;
-  o->tls = gw->tls;
-  o->alpn = cfg->upstream.alpn;
-  o->cert_file = cert;
-  o->key_file = key;
-  o->client_id = client_id;
-  o->username = cfg->upstream.username;
-  o->password = cfg->upstream.password;
-  o->keepalive = cfg->upstream.keepalive_s;
-  o->clean_session = cfg->upstream.clean_session;
-  o->connect_timeout_ms = cfg->upstream.connect_timeout_ms;
-  o->backoff_base_ms = cfg->upstream.backoff_base_ms;
-  o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
-  o->max_queue = cfg->upstream.max_queue;
-  o->max_packet = cfg->upstream.max_packet;
-}
 
 /* ---- dispatch ----------------------------------------------------------- */
 
@@ -280,7 +92,7 @@ static void reply_simple(struct gw *gw, const struct sockaddr *to, enum mqttsn_t
   struct mqttsn_msg m;
   memset(&m, 0, sizeof m);
   m.type = t;
-  gw_send(gw, to, &m);
+  leaves_send(gw, to, &m);
 }
 
 static void reply_connack(struct gw *gw, const struct sockaddr *to, uint8_t rc)
@@ -289,7 +101,7 @@ static void reply_connack(struct gw *gw, const struct sockaddr *to, uint8_t rc)
   memset(&m, 0, sizeof m);
   m.type = MQTTSN_CONNACK;
   m.u.connack.rc = rc;
-  gw_send(gw, to, &m);
+  leaves_send(gw, to, &m);
 }
 
 /* A ClientId is 1..max octets of printable ASCII: it becomes part of an
@@ -313,34 +125,34 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
   if (!client_id_ok(gw, id)) {
     static struct log_ratelimit rl;
     gw->m.connects_refused++;
-    addr_str(from, a, sizeof a);
+    leaves_addr_str(from, a, sizeof a);
     log_ratelimited(&rl, LOG_WARN, MOD,
                     "CONNECT from %s refused: ClientId of %zu octets (allowed: 1..%u printable)",
                     a, id->len, gw->cfg->lan.max_client_id_len);
     reply_connack(gw, from, MQTTSN_RC_NOT_SUPPORTED);
     return;
   }
-  s = gw_session_by_id(gw, (const char *)id->p, id->len);
-  if (s && s->in_addr_table && !addr_eq((struct sockaddr *)&s->addr, from) && sess_is_live(s)) {
+  s = leaves_by_id(gw, (const char *)id->p, id->len);
+  if (s && s->in_addr_table && !leaves_addr_eq((struct sockaddr *)&s->addr, from) && sess_is_live(s)) {
     /* The ClientId is in use by a live leaf at another address: a second box
      * must not take over an identity. */
     static struct log_ratelimit rl;
     gw->m.connects_refused++;
-    addr_str(from, a, sizeof a);
-    addr_str((struct sockaddr *)&s->addr, b, sizeof b);
+    leaves_addr_str(from, a, sizeof a);
+    leaves_addr_str((struct sockaddr *)&s->addr, b, sizeof b);
     log_ratelimited(&rl, LOG_WARN, MOD, "CONNECT %s from %s refused: bound to %s", s->client_id,
                     a, b);
     reply_connack(gw, from, MQTTSN_RC_NOT_SUPPORTED);
     return;
   }
   /* Another session at this address: that leaf came back under a new id. */
-  other = gw_session_by_addr(gw, from);
+  other = leaves_by_addr(gw, from);
   if (other && other != s) {
     LOGI(MOD, "%s: address reused by %.*s, session ended", other->client_id, (int)id->len,
          (const char *)id->p);
     /* No DISCONNECT: it would reach the new leaf at the same address. */
     sess_shutdown(other, false);
-    gw_unbind_addr(gw, other);
+    leaves_unbind_addr(gw, other);
   }
   if (!s) {
     s = add_session(gw, (const char *)id->p, id->len);
@@ -364,7 +176,7 @@ static void on_qos_m1(struct gw *gw, const struct mqttsn_publish *p)
 
   gw->m.publish_in_qos_m1++;
   if (p->flags.topic_type == MQTTSN_TOPIC_PREDEFINED) {
-    name = gw_predefined_topic(gw, p->topic_id);
+    name = leaves_predefined_topic(gw, p->topic_id);
     nlen = name ? strlen(name) : 0;
   } else if (p->flags.topic_type == MQTTSN_TOPIC_SHORT) {
     sb[0] = (char)(p->topic_id >> 8);
@@ -403,7 +215,7 @@ static void on_datagram(void *ud, const struct sockaddr *from, const uint8_t *da
     static struct log_ratelimit rl;
     char a[80];
     gw->m.datagrams_malformed++;
-    addr_str(from, a, sizeof a);
+    leaves_addr_str(from, a, sizeof a);
     log_ratelimited(&rl, LOG_WARN, MOD, "malformed datagram of %zu bytes from %s: %s", len, a,
                     proto_strerror(rc));
     return;
@@ -418,7 +230,7 @@ static void on_datagram(void *ud, const struct sockaddr *from, const uint8_t *da
     memset(&r, 0, sizeof r);
     r.type = MQTTSN_GWINFO;
     r.u.gwinfo.gw_id = gw->cfg->gateway_id;
-    gw_send(gw, from, &r);
+    leaves_send(gw, from, &r);
     return;
   }
   case MQTTSN_ADVERTISE:
@@ -436,14 +248,14 @@ static void on_datagram(void *ud, const struct sockaddr *from, const uint8_t *da
   case MQTTSN_PINGREQ:
     if (m.u.pingreq.client_id.len > 0) {
       /* A sleeping leaf waking up (§6.14); it must come from its address. */
-      s = gw_session_by_id(gw, (const char *)m.u.pingreq.client_id.p, m.u.pingreq.client_id.len);
+      s = leaves_by_id(gw, (const char *)m.u.pingreq.client_id.p, m.u.pingreq.client_id.len);
       if (s && (s->state == SESS_ASLEEP || s->state == SESS_AWAKE) && s->in_addr_table &&
-          addr_eq((struct sockaddr *)&s->addr, from)) {
+          leaves_addr_eq((struct sockaddr *)&s->addr, from)) {
         sess_on_wake(s, from);
         return;
       }
       if (s && s->state == SESS_ACTIVE && s->in_addr_table &&
-          addr_eq((struct sockaddr *)&s->addr, from)) {
+          leaves_addr_eq((struct sockaddr *)&s->addr, from)) {
         sess_on_message(s, from, &m);
         return;
       }
@@ -455,7 +267,7 @@ static void on_datagram(void *ud, const struct sockaddr *from, const uint8_t *da
   default:
     break;
   }
-  s = gw_session_by_addr(gw, from);
+  s = leaves_by_addr(gw, from);
   if (!s) {
     /* §6.12: not a connected client; a DISCONNECT tells it to connect again
      * (after a gateway restart, for example).  A DISCONNECT is not answered,
@@ -487,7 +299,7 @@ static void adv_cb(uv_timer_t *t)
   m.u.advertise.duration = (uint16_t)(gw->cfg->lan.advertise_interval_s > 0xFFFF
                                           ? 0xFFFF
                                           : gw->cfg->lan.advertise_interval_s);
-  gw_send(gw, (struct sockaddr *)&ss, &m);
+  leaves_send(gw, (struct sockaddr *)&ss, &m);
 }
 
 /* ---- QoS -1 session ----------------------------------------------------- */
@@ -525,7 +337,7 @@ static void qm1_on_closed(void *ud)
   struct uplink *l = ud;
   struct gw *gw = l->gw;
   free(l);
-  gw_close_done(gw);
+  leaves_close_done(gw);
 }
 
 static const struct upstream_cbs qm1_cbs = {
@@ -588,7 +400,7 @@ int gw_start(struct gw *gw)
     if (!l)
       return UV_ENOMEM;
     l->gw = gw;
-    gw_upstream_opts(gw, &o, cfg->upstream.qos_m1_client_id, NULL, NULL);
+    leaves_upstream_opts(gw, &o, cfg->upstream.qos_m1_client_id, NULL, NULL);
     if (upstream_new(gw->loop, &o, &qm1_cbs, l, &l->u) != UPSTREAM_OK) {
       free(l);
       LOGE(MOD, "cannot create the QoS -1 upstream session");
@@ -610,25 +422,15 @@ int gw_start(struct gw *gw)
   return 0;
 }
 
-void gw_close_done(struct gw *gw)
-{
-  if (gw->pending_closes > 0)
-    gw->pending_closes--;
-  if (gw->stopping && gw->pending_closes == 0 && gw->stop_done) {
-    void (*done)(void *) = gw->stop_done;
-    gw->stop_done = NULL;
-    done(gw->stop_ud);
-  }
-}
 
 static void lan_closed(void *ud)
 {
-  gw_close_done(ud);
+  leaves_close_done(ud);
 }
 
 static void adv_closed(uv_handle_t *h)
 {
-  gw_close_done(h->data);
+  leaves_close_done(h->data);
 }
 
 void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
@@ -675,7 +477,7 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
   }
   LOGI(MOD, "stopping: %zu leaves told DISCONNECT, %llu queued downlink messages discarded",
        live, (unsigned long long)queued);
-  gw_close_done(gw);
+  leaves_close_done(gw);
 }
 
 void gw_free(struct gw *gw)

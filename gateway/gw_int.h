@@ -1,8 +1,8 @@
 /*
- * gw_int.h - gateway internals shared by gw.c (the process: socket, tables,
- * dispatch, shutdown) and session.c (one leaf's MQTT-SN state machine and its
- * relay to its upstream session).  Nothing outside gateway/gw.c and
- * gateway/session.c includes this header.
+ * gw_int.h - gateway internals shared by gw.c (the process: dispatch, start,
+ * shutdown), session.c (one leaf's MQTT-SN state machine and its relay to its
+ * upstream session) and leaves.c (what sessions share: tables, sending).
+ * Dependencies run gw.c -> session.c -> leaves.c.  Nothing else includes it.
  */
 #ifndef FLEETGW_GW_INT_H
 #define FLEETGW_GW_INT_H
@@ -18,6 +18,7 @@
 #include "topics.h"
 
 struct upstream;
+struct upstream_opts;
 struct tls_ctx;
 struct lan;
 
@@ -178,15 +179,26 @@ struct gw {
   uint8_t tx[65540];            /* encode buffer for datagrams */
 };
 
-/* gw.c */
-struct session *gw_session_by_id(struct gw *gw, const char *id, size_t len);
-struct session *gw_session_by_addr(struct gw *gw, const struct sockaddr *addr);
-void gw_bind_addr(struct gw *gw, struct session *s, const struct sockaddr *addr);
-void gw_unbind_addr(struct gw *gw, struct session *s);
-int gw_send(struct gw *gw, const struct sockaddr *to, const struct mqttsn_msg *msg);
-const char *gw_predefined_topic(const struct gw *gw, uint16_t id);
-int gw_predefined_id(const struct gw *gw, const char *topic, size_t len);
-void gw_close_done(struct gw *gw);
+/* leaves.c: tables, sending, shared lookups (below session.c and gw.c) */
+uint64_t leaves_hash_id(const char *id, size_t len);
+uint64_t leaves_hash_addr(const struct sockaddr *a);
+bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b);
+void leaves_addr_str(const struct sockaddr *a, char *out, size_t cap);
+/* Doubles both tables; -1 when out of memory. */
+int leaves_grow(struct gw *gw);
+struct session *leaves_by_id(struct gw *gw, const char *id, size_t len);
+struct session *leaves_by_addr(struct gw *gw, const struct sockaddr *addr);
+void leaves_bind_addr(struct gw *gw, struct session *s, const struct sockaddr *addr);
+void leaves_unbind_addr(struct gw *gw, struct session *s);
+int leaves_send(struct gw *gw, const struct sockaddr *to, const struct mqttsn_msg *msg);
+const char *leaves_predefined_topic(const struct gw *gw, uint16_t id);
+int leaves_predefined_id(const struct gw *gw, const char *topic, size_t len);
+/* One asynchronous close finished (upstream, timer, socket); the last one
+ * during gw_stop() runs the stop callback. */
+void leaves_close_done(struct gw *gw);
+/* Upstream options for a client id, shared by leaf and QoS -1 sessions. */
+void leaves_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
+                          const char *cert, const char *key);
 
 /* session.c */
 struct session *sess_new(struct gw *gw, const char *id, size_t len);
@@ -203,9 +215,5 @@ bool sess_is_live(const struct session *s);
 const char *sess_state_name(enum sess_state st);
 void sess_count(const struct session *s, struct metrics *m);
 
-/* Upstream options for a client id, shared by leaf and QoS -1 sessions. */
-struct upstream_opts;
-void gw_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
-                      const char *cert, const char *key);
 
 #endif

@@ -96,7 +96,7 @@ static uint64_t tolerance_ms(uint32_t seconds)
 
 static void send_msg(struct session *s, const struct mqttsn_msg *m)
 {
-  gw_send(s->gw, (const struct sockaddr *)&s->addr, m);
+  leaves_send(s->gw, (const struct sockaddr *)&s->addr, m);
 }
 
 static void send_simple(struct session *s, enum mqttsn_type t)
@@ -219,7 +219,7 @@ static void free_cb(uv_handle_t *h)
   struct session *s = h->data;
   struct gw *gw = s->gw;
   free(s);
-  gw_close_done(gw);
+  leaves_close_done(gw);
 }
 
 void sess_free(struct session *s)
@@ -507,7 +507,7 @@ static void up_on_closed(void *ud)
   if (l->s && l->s->link == l)
     l->s->link = NULL;
   free(l);
-  gw_close_done(gw);
+  leaves_close_done(gw);
 }
 
 static const struct upstream_cbs up_cbs = {
@@ -581,7 +581,7 @@ static int start_upstream(struct session *s)
     certp = cert;
     keyp = key;
   }
-  gw_upstream_opts(gw, &o, cid, certp, keyp);
+  leaves_upstream_opts(gw, &o, cid, certp, keyp);
   o.clean_session = cfg->upstream.clean_session && s->clean;
   if (s->will_set) {
     o.will.topic = s->will_topic;
@@ -658,7 +658,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
   bool clean = c->flags.clean_session && s->state != SESS_ASLEEP && s->state != SESS_AWAKE;
 
   gw->m.connects++;
-  gw_bind_addr(gw, s, from);
+  leaves_bind_addr(gw, s, from);
   s->last_rx = uv_now(gw->loop);
   s->keepalive = c->duration;
 
@@ -730,7 +730,7 @@ static int resolve_topic(struct session *s, int type, uint16_t id, char *shortbu
     return e->len;
   }
   case MQTTSN_TOPIC_PREDEFINED: {
-    const char *t = gw_predefined_topic(s->gw, id);
+    const char *t = leaves_predefined_topic(s->gw, id);
     if (!t)
       return -1;
     *name = t;
@@ -868,7 +868,7 @@ static void on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, b
     }
     break;
   case MQTTSN_TOPIC_PREDEFINED:
-    filter = gw_predefined_topic(s->gw, sb->topic_id);
+    filter = leaves_predefined_topic(s->gw, sb->topic_id);
     if (!filter) {
       m.u.suback.rc = MQTTSN_RC_INVALID_TOPIC_ID;
       goto reply_error;
@@ -1143,7 +1143,7 @@ static void send_inflight(struct session *s, bool dup)
     m.type = MQTTSN_PUBLISH;
     if (d->topic_len == 2 && !topics_by_name(&s->topics, d->data, 2)) {
       type = MQTTSN_TOPIC_SHORT;
-    } else if (gw_predefined_id(s->gw, d->data, d->topic_len) >= 0 &&
+    } else if (leaves_predefined_id(s->gw, d->data, d->topic_len) >= 0 &&
                !topics_by_name(&s->topics, d->data, d->topic_len)) {
       type = MQTTSN_TOPIC_PREDEFINED;
     } else {
@@ -1185,7 +1185,7 @@ static void pump(struct session *s)
     }
     if (!e && d->topic_len == 2) {
       s->inf_topic_id = (uint16_t)(((uint8_t)d->data[0] << 8) | (uint8_t)d->data[1]);
-    } else if (!e && (pre = gw_predefined_id(gw, d->data, d->topic_len)) >= 0) {
+    } else if (!e && (pre = leaves_predefined_id(gw, d->data, d->topic_len)) >= 0) {
       s->inf_topic_id = (uint16_t)pre;
     } else {
       if (!e)
@@ -1237,7 +1237,7 @@ static void go_lost(struct session *s, const char *why)
   LOGI(MOD, "%s: lost (%s)%s", s->client_id, why, s->will_set ? ", publishing its will" : "");
   end_upstream(s, true, true);
   set_state(s, SESS_LOST);
-  gw_unbind_addr(s->gw, s);
+  leaves_unbind_addr(s->gw, s);
   sess_arm(s);
 }
 

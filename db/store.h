@@ -1,0 +1,263 @@
+/*
+ * store.h - the registry: devices, certificates, the provisioning journal and
+ * the audit log, in one SQLite file (WAL mode, numbered migrations recorded in
+ * PRAGMA user_version).
+ *
+ * The central invariant is held by the schema itself, not only by this code:
+ *   - at most ONE certificate with status 'active' per device (a partial
+ *     UNIQUE index on certificates(device_id) WHERE status = 'active');
+ *   - ClientId UNIQUE, thing name UNIQUE (NULL allowed until known);
+ *   - at most ONE unfinished provisioning run per device (a partial UNIQUE
+ *     index on runs(device_id) WHERE finished = 0), so a leaf that reconnects
+ *     while its run is in flight can never start a second one.
+ * A write that would break one of these fails with STORE_CONFLICT.
+ *
+ * Private keys are stored encrypted (AES-256-GCM, random 96-bit nonce per
+ * key, the device's ClientId as associated data) with a 256-bit key kept in
+ * a separate key file, created 0600 on first open.  Keys are returned only
+ * by store_cert_key() and must be wiped with store_secret_free().  This module
+ * never logs (it has no logger): it returns codes and store_errmsg() text,
+ * and the text never contains key material.
+ *
+ * Times are Unix seconds (int64_t) given by the caller, so tests control them.
+ * Strings returned inside structs are fixed-size arrays; PEMs are malloc'd and
+ * owned by the caller (free()).
+ *
+ * Not thread-safe: one struct store per thread (the gateway uses one, on its
+ * loop; the queries are short).
+ */
+#ifndef FLEETGW_STORE_H
+#define FLEETGW_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+enum store_err {
+  STORE_OK = 0,
+  STORE_NOTFOUND = -1,  /* no such row */
+  STORE_CONFLICT = -2,  /* a UNIQUE constraint (the invariant) refused the write */
+  STORE_IO = -3,        /* SQLite or file error; see store_errmsg() */
+  STORE_NOMEM = -4,
+  STORE_CRYPTO = -5,    /* key file unusable, or a stored key fails to decrypt */
+  STORE_CORRUPT = -6,   /* schema newer than this build, or integrity failure */
+  STORE_INVAL = -7,     /* bad argument (empty id, over-long field, ...) */
+};
+const char *store_strerror(int err);
+/* The last error's detail (SQLite's message, file name); never secrets. */
+const char *store_errmsg(const struct store *st);
+
+struct store_opts {
+  const char *path;       /* SQLite file; created if absent */
+  const char *key_file;   /* 32-byte key file; created 0600 if absent */
+  int synchronous;        /* 0 OFF, 1 NORMAL (default), 2 FULL */
+};
+
+/* Opens (creating and migrating as needed).  Returns STORE_OK and *out. */
+int store_open(const struct store_opts *opts, struct store **out);
+void store_close(struct store *st);
+/* The schema version after migrations (PRAGMA user_version). */
+int store_schema_version(struct store *st);
+/* Size of the database file in bytes (for status pages). */
+int64_t store_size_bytes(struct store *st);
+
+/* Explicit transactions (BEGIN IMMEDIATE).  Every function below is atomic on
+ * its own; use these only to group several. */
+int store_begin(struct store *st);
+int store_commit(struct store *st);
+int store_rollback(struct store *st);
+
+/* ---- devices ------------------------------------------------------------ */
+
+enum store_dev_state {
+  DEV_PENDING = 0,      /* waiting for an operator's approval */
+  DEV_APPROVED = 1,     /* admitted, not yet provisioned */
+  DEV_PROVISIONING = 2, /* a run is in flight */
+  DEV_ACTIVE = 3,       /* has its active certificate */
+  DEV_FAILED = 4,       /* permanently rejected; waits for an operator */
+  DEV_BLOCKED = 5,      /* refused by an operator */
+  DEV_REVOKED = 6,      /* decommissioned */
+};
+const char *store_dev_state_name(int state);   /* "pending", ... */
+int store_dev_state_parse(const char *name);    /* -1 if unknown */
+
+struct store_device {
+  int64_t id;
+  char client_id[256];
+  char thing_name[129];   /* "" until known */
+  int state;              /* enum store_dev_state */
+  char bound_addr[64];    /* "ip:port" the ClientId is bound to, "" if none */
+  int64_t first_seen;
+  int64_t last_seen;
+  char last_error[512];   /* last rejection: "statusCode errorCode: errorMessage" */
+  int64_t retry_at;       /* earliest next provisioning attempt (back-off), 0 = now */
+  uint32_t attempts;      /* provisioning attempts since the last success */
+};
+
+int store_device_get(struct store *st, const char *client_id, struct store_device *out);
+int store_device_get_by_thing(struct store *st, const char *thing_name, struct store_device *out);
+/* Creates a device row (CONFLICT if the ClientId exists).  out may be NULL. */
+int store_device_create(struct store *st, const char *client_id, int state, const char *bound_addr,
+                        int64_t now, struct store_device *out);
+int store_device_set_state(struct store *st, const char *client_id, int state);
+/* Records a provisioning error text and the back-off deadline; attempts++. */
+int store_device_set_error(struct store *st, const char *client_id, const char *error,
+                           int64_t retry_at);
+/* Clears error, attempts and retry_at (after success or an operator reset). */
+int store_device_clear_error(struct store *st, const char *client_id);
+/* Sets the thing name; CONFLICT when another device has it. */
+int store_device_set_thing(struct store *st, const char *client_id, const char *thing_name);
+/* Binds the ClientId to an address ("" or NULL releases the binding). */
+int store_device_bind(struct store *st, const char *client_id, const char *addr);
+int store_device_touch(struct store *st, const char *client_id, int64_t now);
+/* Counts devices by state: counts[DEV_PENDING..DEV_REVOKED]. */
+int store_device_counts(struct store *st, int64_t counts[7]);
+
+/* Paged listing: state filter (-1 = any), text filter (substring of ClientId
+ * or thing name, NULL = any), ordered by ClientId.  cb returns 0 to go on. */
+typedef int (*store_device_cb)(void *ud, const struct store_device *d);
+int store_device_list(struct store *st, int state, const char *text, int64_t offset,
+                      int64_t limit, store_device_cb cb, void *ud, int64_t *total);
+
+/* ---- certificates ------------------------------------------------------- */
+
+enum store_cert_status {
+  CERT_PENDING = 0,     /* issued by the CA/cloud, not yet registered (RegisterThing) */
+  CERT_ACTIVE = 1,      /* the device's one active certificate */
+  CERT_ORPHANED = 2,    /* issued but abandoned (crash, token expired): clean it up in the cloud */
+  CERT_SUPERSEDED = 3,  /* replaced by an operator's reprovision */
+  CERT_INACTIVE = 4,    /* decommissioned */
+};
+const char *store_cert_status_name(int status);
+
+struct store_cert {
+  int64_t id;
+  char cert_id[129];      /* the cloud's certificateId (64 hex) or the local CA's */
+  char client_id[256];
+  int status;
+  int64_t not_after;      /* Unix seconds, parsed from the certificate */
+  char fingerprint[65];   /* SHA-256 of the DER, hex */
+  char reason[256];       /* why orphaned/superseded/inactive */
+  int64_t created_at;
+  int64_t updated_at;
+  char *pem;              /* malloc'd, NULL when not requested */
+};
+
+/* Inserts a certificate with its private key (PEM, encrypted here) in status
+ * CERT_PENDING or CERT_ACTIVE.  key_pem may be NULL (key held elsewhere).
+ * CONFLICT if cert_id exists or, for CERT_ACTIVE, the device already has an
+ * active certificate. */
+int store_cert_insert(struct store *st, const char *client_id, const char *cert_id,
+                      const char *pem, const char *key_pem, int64_t not_after,
+                      const char *fingerprint, int status, int64_t now);
+/* Changes status (and reason).  Making a certificate ACTIVE while the device
+ * has another active one fails with CONFLICT. */
+int store_cert_set_status(struct store *st, const char *cert_id, int status, const char *reason,
+                          int64_t now);
+/* The device's active certificate (with_pem: also its PEM). */
+int store_cert_get_active(struct store *st, const char *client_id, bool with_pem,
+                          struct store_cert *out);
+int store_cert_get(struct store *st, const char *cert_id, bool with_pem, struct store_cert *out);
+/* Decrypts the certificate's private key into *key_pem (free with
+ * store_secret_free). */
+int store_cert_key(struct store *st, const char *cert_id, char **key_pem);
+void store_secret_free(char *secret);
+/* Number of certificates of a device in a status (-1 = any). */
+int store_cert_count(struct store *st, const char *client_id, int status, int64_t *count);
+typedef int (*store_cert_cb)(void *ud, const struct store_cert *c);
+/* Paged listing, status filter (-1 = any), newest first. */
+int store_cert_list(struct store *st, int status, int64_t offset, int64_t limit, store_cert_cb cb,
+                    void *ud, int64_t *total);
+void store_cert_clear(struct store_cert *c); /* frees c->pem */
+
+/* ---- provisioning journal ----------------------------------------------- */
+
+/* Steps of a run, written BEFORE the action they announce is taken, so that a
+ * crash between any two steps is recoverable. */
+enum store_run_step {
+  RUN_STARTED = 0,        /* the run exists; nothing sent yet */
+  RUN_KEY_READY = 1,      /* key pair generated and stored (encrypted) in the run */
+  RUN_CSR_SENT = 2,       /* CreateCertificateFromCsr (or CreateKeysAndCertificate) about to be published */
+  RUN_CERT_RECEIVED = 3,  /* certificate id, PEM, token stored (cert row CERT_PENDING) */
+  RUN_REGISTER_SENT = 4,  /* RegisterThing about to be published */
+  RUN_REGISTERED = 5,     /* RegisterThing accepted: thing name stored */
+  RUN_DONE = 6,           /* certificate ACTIVE, device ACTIVE (finished) */
+  RUN_FAILED = 7,         /* finished without a certificate */
+};
+const char *store_run_step_name(int step);
+
+struct store_run {
+  int64_t id;
+  char client_id[256];
+  char backend[16];       /* "aws" or "local-ca" */
+  int step;
+  bool finished;
+  char cert_id[129];      /* once RUN_CERT_RECEIVED */
+  char token[2048];       /* certificateOwnershipToken, once RUN_CERT_RECEIVED */
+  int64_t token_at;       /* when the token was received */
+  char thing_name[129];   /* once RUN_REGISTERED */
+  int64_t started_at;
+  int64_t updated_at;
+  char outcome[256];      /* for RUN_FAILED */
+};
+
+/* Starts a run for a device.  CONFLICT when the device already has an
+ * unfinished run (the schema forbids two). */
+int store_run_begin(struct store *st, const char *client_id, const char *backend, int64_t now,
+                    int64_t *run_id);
+int store_run_get(struct store *st, int64_t run_id, struct store_run *out);
+/* The device's unfinished run, NOTFOUND if none. */
+int store_run_get_open(struct store *st, const char *client_id, struct store_run *out);
+int store_run_set_step(struct store *st, int64_t run_id, int step, int64_t now);
+/* Stores the generated private key with the run (encrypted), RUN_KEY_READY. */
+int store_run_set_key(struct store *st, int64_t run_id, const char *key_pem, int64_t now);
+/* Decrypts the run's key (free with store_secret_free); NOTFOUND if none. */
+int store_run_key(struct store *st, int64_t run_id, char **key_pem);
+/* Atomically: inserts the certificate (CERT_PENDING, with the run's key or
+ * key_pem when given, e.g. from CreateKeysAndCertificate), stores cert id and
+ * token on the run, RUN_CERT_RECEIVED. */
+int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_id,
+                            const char *pem, const char *key_pem, int64_t not_after,
+                            const char *fingerprint, const char *token, int64_t now);
+/* Atomically: thing name on the device (CONFLICT if taken), RUN_REGISTERED. */
+int store_run_registered(struct store *st, int64_t run_id, const char *thing_name, int64_t now);
+/* Atomically: certificate ACTIVE (CONFLICT if the device has another active
+ * one), device ACTIVE, error cleared, run RUN_DONE and finished. */
+int store_run_complete(struct store *st, int64_t run_id, int64_t now);
+/* Atomically: run RUN_FAILED and finished with outcome; if the run holds a
+ * certificate that is not active, it becomes CERT_ORPHANED with reason. */
+int store_run_fail(struct store *st, int64_t run_id, const char *outcome, int64_t now);
+typedef int (*store_run_cb)(void *ud, const struct store_run *r);
+/* Every unfinished run (on start-up, to resume or abandon each). */
+int store_run_list_open(struct store *st, store_run_cb cb, void *ud);
+
+/* ---- audit -------------------------------------------------------------- */
+
+struct store_audit {
+  int64_t id;
+  int64_t at;
+  char actor[64];         /* "gateway", "operator", "api:<token name>" */
+  char action[64];        /* "admitted", "refused", "provision.started", "cert.issued", ... */
+  char client_id[256];    /* "" when not about one device */
+  char detail[1024];      /* free text / small JSON, never secrets */
+};
+int store_audit(struct store *st, int64_t now, const char *actor, const char *action,
+                const char *client_id, const char *detail);
+typedef int (*store_audit_cb)(void *ud, const struct store_audit *a);
+/* Paged, newest first; client_id filter (NULL = all). */
+int store_audit_list(struct store *st, const char *client_id, int64_t offset, int64_t limit,
+                     store_audit_cb cb, void *ud, int64_t *total);
+
+/* ---- allowlist ---------------------------------------------------------- */
+
+/* Entries are exact ClientIds or glob patterns (fnmatch: '*', '?', '[...]'). */
+int store_allow_add(struct store *st, const char *entry, int64_t now);
+int store_allow_remove(struct store *st, const char *entry);
+/* True (1) when client_id matches an entry, 0 when not, negative on error. */
+int store_allow_match(struct store *st, const char *client_id);
+typedef int (*store_allow_cb)(void *ud, const char *entry, int64_t added_at);
+int store_allow_list(struct store *st, store_allow_cb cb, void *ud);
+
+#endif
