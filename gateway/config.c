@@ -14,6 +14,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "provisioning.h"
 #include "topic.h"
 
 #include <arpa/inet.h>
@@ -42,6 +43,9 @@ enum key_kind {
   K_LOG_LEVEL,  /* "error" .. "trace" -> enum log_level */
   K_OBJECT,     /* nested table */
   K_PREDEFINED, /* lan.predefined_topics: {"<id>": "<topic>", ...} */
+  K_ENUM,       /* one of .choices; its index stored in an int (or a bool) */
+  K_STRLIST,    /* admission.allowlist: ["entry", ...] */
+  K_PARAMS,     /* provisioning.aws.parameters: {"name": "value", ...} */
 };
 
 /* A string validator returns true when s is acceptable.  It may set *why to a
@@ -59,6 +63,7 @@ struct key_spec {
   bool nullable;               /* K_STR: JSON null means "not set" */
   const struct key_spec *sub;  /* K_OBJECT */
   size_t n_sub;
+  const char *const *choices;  /* K_ENUM: NULL-terminated */
 };
 
 struct loader {
@@ -296,6 +301,35 @@ static bool check_alpn(const char *s, const char **why)
   return true;
 }
 
+/* A prefix for claim client ids: printable, no spaces, only {gateway_id}. */
+static bool check_claim_prefix(const char *s, const char **why)
+{
+  (void)why;
+  for (const char *p = s; *p; p++) {
+    if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+      return false;
+    if (*p == '{') {
+      if (strncmp(p, PH_GATEWAY_ID, sizeof PH_GATEWAY_ID - 1) != 0)
+        return false;
+      p += sizeof PH_GATEWAY_ID - 2;
+    } else if (*p == '}') {
+      return false;
+    }
+  }
+  return s[0] != '\0';
+}
+
+static bool check_template_name(const char *s, const char **why)
+{
+  (void)why;
+  return prov_template_name_ok(s) != 0;
+}
+
+static const char *const policy_names[] = {"open", "allowlist", "approve", NULL};
+static const char *const backend_names[] = {"none", "local-ca", "aws", NULL};
+static const char *const sync_names[] = {"off", "normal", "full", NULL};
+static const char *const method_names[] = {"csr", "create-keys", NULL};
+
 /* ---- key tables --------------------------------------------------------- */
 
 #define FIELD(f) .off = offsetof(struct gw_config, f), .size = sizeof(((struct gw_config *)0)->f)
@@ -305,6 +339,8 @@ static bool check_alpn(const char *s, const char **why)
   {.name = n, .kind = K_STR, FIELD(f), .check = fn, .expect = what, .nullable = null_ok}
 #define OBJ_KEY(n, table) \
   {.name = n, .kind = K_OBJECT, .sub = table, .n_sub = sizeof table / sizeof table[0]}
+
+#define ENUM_KEY(n, f, list) {.name = n, .kind = K_ENUM, FIELD(f), .choices = list}
 
 #define WHAT_IP "an IPv4 or IPv6 address literal"
 #define WHAT_FILE "a readable file"
@@ -361,11 +397,63 @@ static const struct key_spec upstream_keys[] = {
             "a non-empty string", true),
 };
 
+static const struct key_spec registry_keys[] = {
+    STR_KEY("path", registry.path, check_nonempty, "a file path", false),
+    STR_KEY("key_file", registry.key_file, check_nonempty, "a file path", true),
+    ENUM_KEY("synchronous", registry.synchronous, sync_names),
+};
+
+static const struct key_spec admission_keys[] = {
+    ENUM_KEY("policy", admission.policy, policy_names),
+    STR_KEY("pattern", admission.pattern, check_nonempty, "a glob pattern", false),
+    {.name = "allowlist", .kind = K_STRLIST, FIELD(admission.allowlist)},
+    BOOL_KEY("bind_address", admission.bind_address),
+};
+
+static const struct key_spec local_ca_keys[] = {
+    STR_KEY("cert_file", provisioning.local_ca.cert_file, check_nonempty, "a file path", false),
+    STR_KEY("key_file", provisioning.local_ca.key_file, check_nonempty, "a file path", false),
+    BOOL_KEY("create", provisioning.local_ca.create),
+    UINT_KEY("days", provisioning.local_ca.days, 1, 36500),
+};
+
+static const struct key_spec aws_keys[] = {
+    STR_KEY("claim_cert_file", provisioning.aws.claim_cert_file, check_readable_file, WHAT_FILE,
+            true),
+    STR_KEY("claim_key_file", provisioning.aws.claim_key_file, check_readable_file, WHAT_FILE,
+            true),
+    STR_KEY("template_name", provisioning.aws.template_name, check_template_name,
+            "a provisioning template name: 1..36 of [0-9A-Za-z_-]", true),
+    ENUM_KEY("method", provisioning.aws.create_keys, method_names),
+    UINT_KEY("pool_size", provisioning.aws.pool_size, 1, 64),
+    STR_KEY("client_id_prefix", provisioning.aws.client_id_prefix, check_claim_prefix,
+            "printable characters with no placeholder but {gateway_id}", false),
+    STR_KEY("serial_parameter", provisioning.aws.serial_parameter, check_nonempty,
+            "a template parameter name", false),
+    {.name = "parameters", .kind = K_PARAMS, FIELD(provisioning.aws.params)},
+    UINT_KEY("token_ttl_s", provisioning.aws.token_ttl_s, 1, 86400),
+};
+
+static const struct key_spec provisioning_keys[] = {
+    ENUM_KEY("backend", provisioning.backend, backend_names),
+    STR_KEY("thing_name_template", provisioning.thing_name_template, check_template,
+            WHAT_TEMPLATE, false),
+    UINT_KEY("rate_per_s", provisioning.rate_per_s, 1, 10000),
+    UINT_KEY("retry_base_ms", provisioning.retry_base_ms, 10, 3600000),
+    UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000),
+    UINT_KEY("request_timeout_ms", provisioning.request_timeout_ms, 100, 600000),
+    OBJ_KEY("local_ca", local_ca_keys),
+    OBJ_KEY("aws", aws_keys),
+};
+
 static const struct key_spec top_keys[] = {
     {.name = "log_level", .kind = K_LOG_LEVEL, FIELD(log_level)},
     UINT_KEY("gateway_id", gateway_id, 1, 255),
     OBJ_KEY("lan", lan_keys),
     OBJ_KEY("upstream", upstream_keys),
+    OBJ_KEY("registry", registry_keys),
+    OBJ_KEY("admission", admission_keys),
+    OBJ_KEY("provisioning", provisioning_keys),
 };
 
 /* ---- value loaders ------------------------------------------------------ */
@@ -514,6 +602,90 @@ static int load_predefined(const struct loader *ld, const char *path, const cJSO
   return 0;
 }
 
+static int load_enum(const struct loader *ld, const char *path, const struct key_spec *ks,
+                     const cJSON *v)
+{
+  char what[160];
+  size_t n = 0;
+  int idx = -1;
+
+  n = (size_t)snprintf(what, sizeof what, "one of");
+  for (int i = 0; ks->choices[i]; i++) {
+    if (n < sizeof what)
+      n += (size_t)snprintf(what + n, sizeof what - n, "%s \"%s\"", i ? "," : "",
+                            ks->choices[i]);
+    if (cJSON_IsString(v) && strcmp(v->valuestring, ks->choices[i]) == 0)
+      idx = i;
+  }
+  if (idx < 0)
+    return fail_expected(ld, path, what, v, NULL);
+  if (ks->size == sizeof(bool)) {
+    bool b = idx != 0;
+    memcpy(slot(ld, ks), &b, sizeof b);
+  } else {
+    memcpy(slot(ld, ks), &idx, sizeof idx);
+  }
+  return 0;
+}
+
+static int load_strlist(const struct loader *ld, const char *path, const cJSON *arr)
+{
+  struct gw_config *cfg = ld->cfg;
+  const cJSON *it;
+  int n;
+
+  if (!cJSON_IsArray(arr))
+    return fail_expected(ld, path, "an array of strings", arr, NULL);
+  n = cJSON_GetArraySize(arr);
+  if (n == 0)
+    return 0;
+  cfg->admission.allowlist = calloc((size_t)n, sizeof(char *));
+  if (!cfg->admission.allowlist)
+    return fail_oom(ld);
+  cJSON_ArrayForEach(it, arr) {
+    char *copy;
+    if (!cJSON_IsString(it) || it->valuestring[0] == '\0' || strlen(it->valuestring) > 255)
+      return fail_expected(ld, path, "an array of non-empty strings (ClientIds or patterns)",
+                           it, NULL);
+    copy = strdup(it->valuestring);
+    if (!copy)
+      return fail_oom(ld);
+    cfg->admission.allowlist[cfg->admission.n_allowlist++] = copy;
+  }
+  return 0;
+}
+
+static int load_params(const struct loader *ld, const char *path, const cJSON *obj)
+{
+  struct gw_config *cfg = ld->cfg;
+  char key[KEY_PATH_CAP];
+  const cJSON *it;
+  int n;
+
+  if (!cJSON_IsObject(obj))
+    return fail_expected(ld, path, "an object of string parameters", obj, NULL);
+  n = cJSON_GetArraySize(obj);
+  if (n == 0)
+    return 0;
+  cfg->provisioning.aws.params = calloc((size_t)n, sizeof *cfg->provisioning.aws.params);
+  if (!cfg->provisioning.aws.params)
+    return fail_oom(ld);
+  cJSON_ArrayForEach(it, obj) {
+    struct cfg_param *p = &cfg->provisioning.aws.params[cfg->provisioning.aws.n_params];
+    const char *name = it->string ? it->string : "";
+    join_path(key, sizeof key, path, name);
+    /* RegisterThing parameters are a flat string map (PROTOCOLS.md A.2). */
+    if (!cJSON_IsString(it) || name[0] == '\0')
+      return fail_expected(ld, key, "a string value", it, NULL);
+    p->key = strdup(name);
+    p->value = strdup(it->valuestring);
+    cfg->provisioning.aws.n_params++;
+    if (!p->key || !p->value)
+      return fail_oom(ld);
+  }
+  return 0;
+}
+
 /* Levenshtein distance, for "did you mean" hints; capped at small inputs. */
 static size_t edit_distance(const char *a, const char *b)
 {
@@ -630,6 +802,15 @@ static int load_object(const struct loader *ld, const char *prefix, const cJSON 
     case K_PREDEFINED:
       rc = load_predefined(ld, path, it);
       break;
+    case K_ENUM:
+      rc = load_enum(ld, path, ks, it);
+      break;
+    case K_STRLIST:
+      rc = load_strlist(ld, path, it);
+      break;
+    case K_PARAMS:
+      rc = load_params(ld, path, it);
+      break;
     }
     if (rc != 0)
       return rc;
@@ -670,7 +851,30 @@ static int set_defaults(const struct loader *ld)
   cfg->upstream.max_queue = 1000;
   cfg->upstream.max_packet = 131072 + 1024;
 
-  if (!cfg->lan.bind || !cfg->upstream.client_id_template)
+  cfg->registry.path = strdup("fleetgw-registry.db");
+  cfg->registry.synchronous = 1;
+  cfg->admission.policy = POLICY_OPEN;
+  cfg->admission.pattern = strdup("*");
+  cfg->admission.bind_address = true;
+  cfg->provisioning.backend = BACKEND_NONE;
+  cfg->provisioning.thing_name_template = strdup(PH_CLIENT_ID);
+  cfg->provisioning.rate_per_s = 10;        /* AWS: RegisterThing 10 TPS (PROTOCOLS.md A.9) */
+  cfg->provisioning.retry_base_ms = 2000;
+  cfg->provisioning.retry_cap_ms = 300000;
+  cfg->provisioning.request_timeout_ms = 30000;
+  cfg->provisioning.local_ca.cert_file = strdup("fleetgw-ca.crt");
+  cfg->provisioning.local_ca.key_file = strdup("fleetgw-ca.key");
+  cfg->provisioning.local_ca.create = true;
+  cfg->provisioning.local_ca.days = 3650;
+  cfg->provisioning.aws.pool_size = 2;
+  cfg->provisioning.aws.client_id_prefix = strdup("fleetgw-{gateway_id}-claim-");
+  cfg->provisioning.aws.serial_parameter = strdup("SerialNumber");
+  cfg->provisioning.aws.token_ttl_s = 3600; /* the ownership token's life (A.4) */
+
+  if (!cfg->lan.bind || !cfg->upstream.client_id_template || !cfg->registry.path ||
+      !cfg->admission.pattern || !cfg->provisioning.thing_name_template ||
+      !cfg->provisioning.local_ca.cert_file || !cfg->provisioning.local_ca.key_file ||
+      !cfg->provisioning.aws.client_id_prefix || !cfg->provisioning.aws.serial_parameter)
     return fail_oom(ld);
   return 0;
 }
@@ -719,6 +923,35 @@ static int check_rules(const struct loader *ld)
     if (!cfg->upstream.password)
       return fail_oom(ld);
   }
+
+  if (!cfg->registry.key_file) {
+    size_t n = strlen(cfg->registry.path) + 5;
+    cfg->registry.key_file = malloc(n);
+    if (!cfg->registry.key_file)
+      return fail_oom(ld);
+    snprintf(cfg->registry.key_file, n, "%s.key", cfg->registry.path);
+  }
+  if (cfg->provisioning.retry_cap_ms < cfg->provisioning.retry_base_ms)
+    return fail(ld, "provisioning.retry_cap_ms",
+                "expected an integer >= provisioning.retry_base_ms (%lu), got %lu",
+                (unsigned long)cfg->provisioning.retry_base_ms,
+                (unsigned long)cfg->provisioning.retry_cap_ms);
+  if (cfg->provisioning.backend == BACKEND_AWS) {
+    if (!cfg->upstream.tls)
+      return fail(ld, "upstream.tls", "expected true with provisioning.backend \"aws\"");
+    if (!cfg->provisioning.aws.claim_cert_file)
+      return fail_missing(ld, "provisioning.aws.claim_cert_file",
+                          " with provisioning.backend \"aws\"", WHAT_FILE);
+    if (!cfg->provisioning.aws.claim_key_file)
+      return fail_missing(ld, "provisioning.aws.claim_key_file",
+                          " with provisioning.backend \"aws\"", WHAT_FILE);
+    if (!cfg->provisioning.aws.template_name)
+      return fail_missing(ld, "provisioning.aws.template_name",
+                          " with provisioning.backend \"aws\"", "a provisioning template name");
+  }
+  if (cfg->provisioning.backend != BACKEND_NONE && (cfg->upstream.cert_file || cfg->upstream.cert_dir))
+    return fail(ld, cfg->upstream.cert_file ? "upstream.cert_file" : "upstream.cert_dir",
+                "expected no upstream certificate with a provisioning backend (each leaf gets its own)");
 
   if (cfg->upstream.backoff_cap_ms < cfg->upstream.backoff_base_ms)
     return fail(ld, "upstream.backoff_cap_ms",
@@ -914,22 +1147,40 @@ void cfg_free(struct gw_config *cfg)
   }
   free(cfg->upstream.password_env);
   free(cfg->upstream.qos_m1_client_id);
+  free(cfg->registry.path);
+  free(cfg->registry.key_file);
+  free(cfg->admission.pattern);
+  for (size_t i = 0; i < cfg->admission.n_allowlist; i++)
+    free(cfg->admission.allowlist[i]);
+  free(cfg->admission.allowlist);
+  free(cfg->provisioning.thing_name_template);
+  free(cfg->provisioning.local_ca.cert_file);
+  free(cfg->provisioning.local_ca.key_file);
+  free(cfg->provisioning.aws.claim_cert_file);
+  free(cfg->provisioning.aws.claim_key_file);
+  free(cfg->provisioning.aws.template_name);
+  free(cfg->provisioning.aws.client_id_prefix);
+  free(cfg->provisioning.aws.serial_parameter);
+  for (size_t i = 0; i < cfg->provisioning.aws.n_params; i++) {
+    free(cfg->provisioning.aws.params[i].key);
+    free(cfg->provisioning.aws.params[i].value);
+  }
+  free(cfg->provisioning.aws.params);
   free(cfg);
 }
 
-int cfg_upstream_client_id(const struct gw_config *cfg, const char *leaf_client_id, char *out,
-                           size_t cap)
+/* Expands {client_id} and {gateway_id} in template t into out[cap]. */
+static int expand(const struct gw_config *cfg, const char *t, const char *leaf_client_id,
+                  char *out, size_t cap)
 {
-  const char *t;
   char gw[4];
   size_t n = 0;
 
   if (!out || cap == 0)
     return -1;
   out[0] = '\0';
-  if (!cfg || !leaf_client_id)
+  if (!cfg || !leaf_client_id || !t)
     return -1;
-  t = cfg->upstream.client_id_template ? cfg->upstream.client_id_template : PH_CLIENT_ID;
   snprintf(gw, sizeof gw, "%u", (unsigned)cfg->gateway_id);
 
   while (*t) {
@@ -957,4 +1208,30 @@ int cfg_upstream_client_id(const struct gw_config *cfg, const char *leaf_client_
   }
   out[n] = '\0';
   return 0;
+}
+
+int cfg_upstream_client_id(const struct gw_config *cfg, const char *leaf_client_id, char *out,
+                           size_t cap)
+{
+  return expand(cfg, cfg && cfg->upstream.client_id_template ? cfg->upstream.client_id_template
+                                                             : PH_CLIENT_ID,
+                leaf_client_id, out, cap);
+}
+
+int cfg_thing_name(const struct gw_config *cfg, const char *leaf_client_id, char *out, size_t cap)
+{
+  return expand(cfg, cfg && cfg->provisioning.thing_name_template
+                         ? cfg->provisioning.thing_name_template
+                         : PH_CLIENT_ID,
+                leaf_client_id, out, cap);
+}
+
+int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, size_t cap)
+{
+  char base[256];
+  int k;
+  if (!cfg || expand(cfg, cfg->provisioning.aws.client_id_prefix, "", base, sizeof base) != 0)
+    return -1;
+  k = snprintf(out, cap, "%s%u", base, index);
+  return k < 0 || (size_t)k >= cap ? -1 : 0;
 }

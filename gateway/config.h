@@ -23,6 +23,15 @@ struct cfg_predefined {
   char *topic;       /* valid MQTT topic name */
 };
 
+/* A name/value pair: "provisioning.aws.parameters". */
+struct cfg_param {
+  char *key;
+  char *value;
+};
+
+enum cfg_policy { POLICY_OPEN = 0, POLICY_ALLOWLIST = 1, POLICY_APPROVE = 2 };
+enum cfg_backend { BACKEND_NONE = 0, BACKEND_LOCAL_CA = 1, BACKEND_AWS = 2 };
+
 struct gw_config {
   char *path;                  /* the file it was loaded from */
   int log_level;               /* "log_level": enum log_level; default "info" */
@@ -69,6 +78,47 @@ struct gw_config {
     uint32_t max_packet;       /* "upstream.max_packet": default 131072 + 1024 */
     char *qos_m1_client_id;    /* "upstream.qos_minus1_client_id": NULL = QoS -1 dropped */
   } upstream;
+
+  struct {
+    char *path;                /* "registry.path": default "fleetgw-registry.db" */
+    char *key_file;            /* "registry.key_file": default "<path>.key" */
+    int synchronous;           /* "registry.synchronous": "off"|"normal"|"full"; default normal (1) */
+  } registry;
+
+  struct {
+    int policy;                /* "admission.policy": "open"|"allowlist"|"approve"; default open */
+    char *pattern;             /* "admission.pattern": glob for "open"; default "*" */
+    char **allowlist;          /* "admission.allowlist": entries seeded into the registry */
+    size_t n_allowlist;
+    bool bind_address;         /* "admission.bind_address": ClientId bound to its IP; default true */
+  } admission;
+
+  struct {
+    int backend;               /* "provisioning.backend": "none"|"local-ca"|"aws"; default none */
+    char *thing_name_template; /* "provisioning.thing_name_template": local-ca; default "{client_id}" */
+    uint32_t rate_per_s;       /* "provisioning.rate_per_s": requests/s to the cloud; default 10 */
+    uint32_t retry_base_ms;    /* "provisioning.retry_base_ms": default 2000 */
+    uint32_t retry_cap_ms;     /* "provisioning.retry_cap_ms": default 300000 */
+    uint32_t request_timeout_ms; /* "provisioning.request_timeout_ms": default 30000 */
+    struct {
+      char *cert_file;         /* "provisioning.local_ca.cert_file": default "fleetgw-ca.crt" */
+      char *key_file;          /* "provisioning.local_ca.key_file": default "fleetgw-ca.key" */
+      bool create;             /* "provisioning.local_ca.create": default true */
+      uint32_t days;           /* "provisioning.local_ca.days": device cert validity; default 3650 */
+    } local_ca;
+    struct {
+      char *claim_cert_file;   /* "provisioning.aws.claim_cert_file": required for aws */
+      char *claim_key_file;    /* "provisioning.aws.claim_key_file": required for aws */
+      char *template_name;     /* "provisioning.aws.template_name": required for aws */
+      bool create_keys;        /* "provisioning.aws.method": "csr" (default) | "create-keys" */
+      uint32_t pool_size;      /* "provisioning.aws.pool_size": claim connections; default 2 */
+      char *client_id_prefix;  /* "provisioning.aws.client_id_prefix": default "fleetgw-{gateway_id}-claim-" */
+      char *serial_parameter;  /* "provisioning.aws.serial_parameter": default "SerialNumber" */
+      struct cfg_param *params;/* "provisioning.aws.parameters": static template parameters */
+      size_t n_params;
+      uint32_t token_ttl_s;    /* "provisioning.aws.token_ttl_s": default 3600 (AWS: one hour) */
+    } aws;
+  } provisioning;
 };
 
 /* Load and validate.  On success returns 0 and *out (free with cfg_free).  On
@@ -76,6 +126,13 @@ struct gw_config {
  * key and the expectation. */
 int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen);
 void cfg_free(struct gw_config *cfg);
+
+/* Expand provisioning.thing_name_template for a leaf into out[cap]; returns
+ * 0, or -1 when it does not fit. */
+int cfg_thing_name(const struct gw_config *cfg, const char *leaf_client_id, char *out,
+                   size_t cap);
+/* Expand provisioning.aws.client_id_prefix (with {gateway_id}) into out. */
+int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, size_t cap);
 
 /* Expand client_id_template for a leaf into out[cap]; returns 0, or -1 when
  * it does not fit. */

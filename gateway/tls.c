@@ -267,6 +267,89 @@ out_free_conn:
   return NULL;
 }
 
+struct tls_identity {
+  X509 *cert;
+  EVP_PKEY *key;
+  int refs;
+};
+
+struct tls_identity *tls_identity_new(const char *cert_pem, const char *key_pem, char *err,
+                                      size_t errlen)
+{
+  struct tls_identity *id;
+  BIO *b;
+
+  if (err && errlen)
+    err[0] = '\0';
+  if (!cert_pem || !key_pem) {
+    set_err(err, errlen, "a client identity needs a certificate and a key", NULL);
+    return NULL;
+  }
+  ERR_clear_error();
+  id = calloc(1, sizeof *id);
+  if (!id) {
+    set_err(err, errlen, "out of memory", NULL);
+    return NULL;
+  }
+  id->refs = 1;
+  b = BIO_new_mem_buf(cert_pem, -1);
+  if (b) {
+    id->cert = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    BIO_free(b);
+  }
+  b = BIO_new_mem_buf(key_pem, -1);
+  if (b) {
+    id->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+  }
+  if (!id->cert || !id->key) {
+    set_err(err, errlen, id->cert ? "cannot parse the private key" : "cannot parse the certificate",
+            NULL);
+    goto out_free;
+  }
+  if (X509_check_private_key(id->cert, id->key) != 1) {
+    set_err(err, errlen, "key does not match certificate", NULL);
+    goto out_free;
+  }
+  return id;
+
+out_free:
+  X509_free(id->cert);
+  EVP_PKEY_free(id->key);
+  free(id);
+  return NULL;
+}
+
+void tls_identity_ref(struct tls_identity *id)
+{
+  if (id)
+    id->refs++;
+}
+
+void tls_identity_unref(struct tls_identity *id)
+{
+  if (!id || --id->refs > 0)
+    return;
+  X509_free(id->cert);
+  EVP_PKEY_free(id->key);
+  free(id);
+}
+
+struct tls_conn *tls_conn_new_identity(struct tls_ctx *ctx, const char *host, const char *alpn,
+                                       struct tls_identity *id, char *err, size_t errlen)
+{
+  struct tls_conn *c = tls_conn_new(ctx, host, alpn, NULL, NULL, err, errlen);
+  if (!c || !id)
+    return c;
+  if (SSL_use_certificate(c->ssl, id->cert) != 1 || SSL_use_PrivateKey(c->ssl, id->key) != 1 ||
+      SSL_check_private_key(c->ssl) != 1) {
+    set_err(err, errlen, "cannot use the client identity", NULL);
+    tls_conn_free(c);
+    return NULL;
+  }
+  return c;
+}
+
 void tls_conn_free(struct tls_conn *c)
 {
   if (!c)

@@ -52,6 +52,19 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char 
                               size_t errlen);
 void tls_conn_free(struct tls_conn *c);
 
+/* A client identity held in memory (a provisioned leaf's certificate and
+ * key from the registry): parsed once, reference-counted, shared by every
+ * connection attempt of its session.  tls_identity_new returns NULL with a
+ * reason in err (never key material); the caller may wipe key_pem at once. */
+struct tls_identity;
+struct tls_identity *tls_identity_new(const char *cert_pem, const char *key_pem, char *err,
+                                      size_t errlen);
+void tls_identity_ref(struct tls_identity *id);
+void tls_identity_unref(struct tls_identity *id);
+/* As tls_conn_new, with the client certificate and key of id. */
+struct tls_conn *tls_conn_new_identity(struct tls_ctx *ctx, const char *host, const char *alpn,
+                                       struct tls_identity *id, char *err, size_t errlen);
+
 /* Start or continue the handshake.  TLS_OK when complete, TLS_WANT_IO while
  * in progress, TLS_ERR_HANDSHAKE on failure (reason via tls_last_error). */
 int tls_handshake(struct tls_conn *c);

@@ -610,6 +610,7 @@ static void finish(struct upstream *u)
   free((char *)u->o.alpn);
   free((char *)u->o.cert_file);
   free((char *)u->o.key_file);
+  tls_identity_unref(u->o.identity);
   free((char *)u->o.client_id);
   free((char *)u->o.username);
   free((char *)u->o.password);
@@ -950,8 +951,12 @@ static void connect_cb(uv_connect_t *req, int status)
     send_connect(u, c);
     return;
   }
-  c->tls = tls_conn_new(u->o.tls, u->o.host, u->o.alpn, u->o.cert_file, u->o.key_file, err,
-                        sizeof err);
+  if (u->o.identity)
+    c->tls = tls_conn_new_identity(u->o.tls, u->o.host, u->o.alpn, u->o.identity, err,
+                                   sizeof err);
+  else
+    c->tls = tls_conn_new(u->o.tls, u->o.host, u->o.alpn, u->o.cert_file, u->o.key_file, err,
+                          sizeof err);
   if (!c->tls) {
     LOGW(MOD, "%s: TLS setup failed: %s", u->o.client_id, err);
     abort_conn(c, UPSTREAM_R_TLS, 0);
@@ -1217,6 +1222,7 @@ int upstream_new(uv_loop_t *loop, const struct upstream_opts *opts,
   u->o.alpn = dup_str(opts->alpn, &fail);
   u->o.cert_file = dup_str(opts->cert_file, &fail);
   u->o.key_file = dup_str(opts->key_file, &fail);
+  tls_identity_ref(opts->identity);
   u->o.client_id = dup_str(opts->client_id, &fail);
   u->o.username = dup_str(opts->username, &fail);
   u->o.password = dup_str(opts->password, &fail);

@@ -49,6 +49,7 @@
 #include <uv.h>
 
 struct tls_ctx;
+struct tls_identity;
 struct upstream;
 
 enum upstream_err {
@@ -85,6 +86,8 @@ struct upstream_opts {
   const char *alpn;        /* NULL or e.g. "x-amzn-mqtt-ca" */
   const char *cert_file;   /* per-connection client cert (NULL: the ctx's) */
   const char *key_file;
+  struct tls_identity *identity; /* in-memory client cert + key (overrides the
+                                    files); the upstream takes a reference */
   const char *client_id;
   const char *username;    /* NULL: none */
   const char *password;    /* NULL: none; never logged */

@@ -325,7 +325,7 @@ static void test_out_of_range(void)
 
 static void test_unknown_keys(void)
 {
-  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream)",
+  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream, registry, admission, provisioning)",
                "{\"frobnicate\": 1, " UP "}");
   expect_error(true, "upstreem: unknown key (did you mean \"upstream\"?)",
                "{\"upstreem\": {}, " UP "}");
@@ -518,13 +518,94 @@ static void test_client_id_expansion(void)
   cfg_free(cfg);
 }
 
+/* registry, admission and provisioning: defaults, a full aws section, the
+ * cross-key rules and the name expansions. */
+static void test_provisioning_sections(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64], out[128];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+                    " \"registry\": {\"path\": \"/tmp/x.db\"}}", g_ca);
+  ASSERT_EQ(rc, 0);
+  if (cfg) {
+    ASSERT_STR_EQ(cfg->registry.key_file, "/tmp/x.db.key");
+    ASSERT_EQ(cfg->registry.synchronous, 1);
+    ASSERT_EQ(cfg->admission.policy, POLICY_OPEN);
+    ASSERT_STR_EQ(cfg->admission.pattern, "*");
+    ASSERT_TRUE(cfg->admission.bind_address);
+    ASSERT_EQ(cfg->provisioning.backend, BACKEND_NONE);
+    ASSERT_EQ(cfg->provisioning.rate_per_s, 10);
+    ASSERT_EQ(cfg->provisioning.aws.token_ttl_s, 3600);
+    ASSERT_TRUE(!cfg->provisioning.aws.create_keys);
+    ASSERT_EQ(cfg_claim_client_id(cfg, 3, out, sizeof out), 0);
+    ASSERT_STR_EQ(out, "fleetgw-1-claim-3");
+    ASSERT_EQ(cfg_thing_name(cfg, "leaf-9", out, sizeof out), 0);
+    ASSERT_STR_EQ(out, "leaf-9");
+    cfg_free(cfg);
+    cfg = NULL;
+  }
+
+  rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                "{\"gateway_id\": 4, \"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+                " \"admission\": {\"policy\": \"approve\", \"allowlist\": [\"a\", \"b*\"],"
+                " \"bind_address\": false},"
+                " \"provisioning\": {\"backend\": \"aws\", \"thing_name_template\": \"gw{gateway_id}-{client_id}\","
+                " \"aws\": {\"claim_cert_file\": \"%s\", \"claim_key_file\": \"%s\","
+                " \"template_name\": \"FleetTemplate_1\", \"method\": \"create-keys\","
+                " \"parameters\": {\"GatewayId\": \"gw-4\"}, \"token_ttl_s\": 5}}}",
+                g_ca, g_ca, g_ca);
+  ASSERT_EQ(rc, 0);
+  if (cfg) {
+    ASSERT_EQ(cfg->admission.policy, POLICY_APPROVE);
+    ASSERT_EQ(cfg->admission.n_allowlist, 2);
+    ASSERT_STR_EQ(cfg->admission.allowlist[1], "b*");
+    ASSERT_TRUE(!cfg->admission.bind_address);
+    ASSERT_EQ(cfg->provisioning.backend, BACKEND_AWS);
+    ASSERT_TRUE(cfg->provisioning.aws.create_keys);
+    ASSERT_EQ(cfg->provisioning.aws.n_params, 1);
+    ASSERT_STR_EQ(cfg->provisioning.aws.params[0].key, "GatewayId");
+    ASSERT_STR_EQ(cfg->provisioning.aws.params[0].value, "gw-4");
+    ASSERT_EQ(cfg->provisioning.aws.token_ttl_s, 5);
+    ASSERT_EQ(cfg_thing_name(cfg, "leaf-9", out, sizeof out), 0);
+    ASSERT_STR_EQ(out, "gw4-leaf-9");
+    cfg_free(cfg);
+  }
+
+  expect_error(false, "provisioning.backend: expected one of \"none\", \"local-ca\", \"aws\"",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"provisioning\": {\"backend\": \"cloud\"}}", g_ca);
+  expect_error(false, "provisioning.aws.claim_cert_file: required key missing",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"provisioning\": {\"backend\": \"aws\"}}", g_ca);
+  expect_error(false, "provisioning.aws.template_name: expected a provisioning template name",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"provisioning\": {\"aws\": {\"template_name\": \"bad name!\"}}}", g_ca);
+  expect_error(false, "upstream.tls: expected true",
+               "{\"upstream\": {\"host\": \"h\", \"tls\": false},"
+               " \"provisioning\": {\"backend\": \"aws\"}}");
+  expect_error(false, "upstream.cert_file: expected no upstream certificate",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\", \"cert_file\": \"%s\","
+               " \"key_file\": \"%s\"}, \"provisioning\": {\"backend\": \"local-ca\"}}",
+               g_ca, g_ca, g_ca);
+  expect_error(false, "admission.allowlist: expected an array",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"admission\": {\"allowlist\": \"a\"}}", g_ca);
+  expect_error(false, "provisioning.aws.parameters.X: expected a string value",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"provisioning\": {\"aws\": {\"parameters\": {\"X\": 1}}}}", g_ca);
+  expect_error(false, "provisioning.aws.client_id_prefix: expected printable",
+               "{\"upstream\": {\"host\": \"h\", \"ca_file\": \"%s\"},"
+               " \"provisioning\": {\"aws\": {\"client_id_prefix\": \"a{client_id}\"}}}", g_ca);
+}
+
 /* deploy/fleetgw.example.json must be valid, use only known keys, mention
  * every key, and hold the defaults.  Its ca_file does not exist here, so a
  * copy with ca_file pointing to a temp file is loaded. */
 static void test_example_file(void)
 {
   static const char *const keys[] = {
-      "log_level", "gateway_id", "lan", "upstream", NULL,
+      "log_level", "gateway_id", "lan", "upstream", "registry", "admission", "provisioning", NULL,
   };
   static const char *const lan_keys[] = {
       "bind", "port", "recv_buffer_bytes", "max_client_id_len", "max_leaves", "t_retry_ms",
@@ -635,6 +716,7 @@ int main(void)
   RUN(test_syntax_and_file_errors);
   RUN(test_client_id_expansion);
   RUN(test_example_file);
+  RUN(test_provisioning_sections);
 
   unlink(g_ca);
   unlink(g_cert);
