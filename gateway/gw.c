@@ -10,12 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admission.h"
 #include "config.h"
 #include "gw_int.h"
 #include "lan.h"
 #include "log.h"
+#include "provision.h"
+#include "store.h"
 #include "tls.h"
 #include "upstream.h"
+
+#include <time.h>
 
 #define MOD "gw"
 
@@ -153,6 +158,35 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
     /* No DISCONNECT: it would reach the new leaf at the same address. */
     sess_shutdown(other, false);
     leaves_unbind_addr(gw, other);
+  }
+  /* Admission, against the registry: policy, approval, identity binding. */
+  {
+    char cid[256], ip[64], reason[256];
+    int ar;
+    memcpy(cid, id->p, id->len);
+    cid[id->len] = '\0';
+    leaves_addr_str(from, a, sizeof a);
+    if (from->sa_family == AF_INET)
+      uv_ip4_name((const struct sockaddr_in *)from, ip, sizeof ip);
+    else
+      uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof ip);
+    ar = admit_check(gw->store, gw->cfg, cid, ip, (int64_t)time(NULL), NULL, reason,
+                     sizeof reason);
+    if (ar != ADMIT_OK) {
+      static struct log_ratelimit rl;
+      if (ar == ADMIT_PENDING)
+        gw->m.admission_pending++;
+      else
+        gw->m.admission_refused++;
+      log_ratelimited(&rl, ar == ADMIT_ERROR ? LOG_ERROR : LOG_WARN, MOD,
+                      "CONNECT %s from %s %s: %s", cid, a,
+                      ar == ADMIT_PENDING ? "held" : "refused", reason);
+      /* Pending (or a registry hiccup): try again later.  Refused: MQTT-SN
+       * has no "not authorized"; 0x03 is the nearest. */
+      reply_connack(gw, from, ar == ADMIT_REFUSED ? MQTTSN_RC_NOT_SUPPORTED
+                                                  : MQTTSN_RC_CONGESTION);
+      return;
+    }
   }
   if (!s) {
     s = add_session(gw, (const char *)id->p, id->len);
@@ -353,6 +387,15 @@ static const struct upstream_cbs qm1_cbs = {
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
+/* A device's provisioning run ended: its waiting session (if any) goes on. */
+static void on_provisioned(void *ud, const char *client_id, bool ok)
+{
+  struct gw *gw = ud;
+  struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  if (s)
+    sess_on_provisioned(s, ok);
+}
+
 int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
 {
   struct gw *gw = calloc(1, sizeof *gw);
@@ -375,9 +418,29 @@ int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
       goto fail_free;
     }
   }
+  {
+    struct store_opts so = {.path = cfg->registry.path,
+                            .key_file = cfg->registry.key_file,
+                            .synchronous = cfg->registry.synchronous};
+    int rc = store_open(&so, &gw->store);
+    if (rc != STORE_OK) {
+      LOGE(MOD, "cannot open the registry %s: %s (%s)", cfg->registry.path, store_strerror(rc),
+           store_errmsg(gw->store));
+      goto fail_tls;
+    }
+    if (admit_seed_allowlist(gw->store, cfg, (int64_t)time(NULL)) != STORE_OK)
+      LOGW(MOD, "cannot add admission.allowlist entries: %s", store_errmsg(gw->store));
+  }
+  if (provision_new(loop, cfg, gw->store, gw->tls, &gw->m, on_provisioned, gw, &gw->prov) != 0)
+    goto fail_store;
   *out = gw;
   return 0;
 
+fail_store:
+  store_close(gw->store);
+fail_tls:
+  if (gw->tls)
+    tls_ctx_free(gw->tls);
 fail_free:
   free(gw->by_id);
   free(gw->by_addr);
@@ -393,6 +456,10 @@ int gw_start(struct gw *gw)
   if (rc != 0) {
     LOGE(MOD, "cannot bind UDP %s:%u: %s", cfg->lan.bind, cfg->lan.port, uv_strerror(rc));
     return rc;
+  }
+  if (provision_start(gw->prov) != 0) {
+    LOGE(MOD, "provisioning could not start");
+    return UV_EINVAL;
   }
   if (cfg->upstream.qos_m1_client_id) {
     struct upstream_opts o;
@@ -424,6 +491,11 @@ int gw_start(struct gw *gw)
 
 
 static void lan_closed(void *ud)
+{
+  leaves_close_done(ud);
+}
+
+static void prov_stopped(void *ud)
 {
   leaves_close_done(ud);
 }
@@ -466,6 +538,8 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
     upstream_stop(gw->qm1->u, true);
     gw->qm1 = NULL;
   }
+  gw->pending_closes++;
+  provision_stop(gw->prov, prov_stopped, gw);
   if (gw->adv_started) {
     gw->pending_closes++;
     uv_close((uv_handle_t *)&gw->adv_timer, adv_closed);
@@ -484,6 +558,8 @@ void gw_free(struct gw *gw)
 {
   if (!gw)
     return;
+  provision_free(gw->prov);
+  store_close(gw->store);
   if (gw->tls)
     tls_ctx_free(gw->tls);
   free(gw->by_id);

@@ -19,6 +19,9 @@
 
 struct upstream;
 struct upstream_opts;
+struct store;
+struct provisioner;
+struct tls_identity;
 struct tls_ctx;
 struct lan;
 
@@ -119,6 +122,7 @@ struct session {
   uint64_t sleep_deadline;
   uint64_t connect_deadline;
   uint64_t up_down_since;       /* 0 while the upstream is up */
+  bool wait_provision;          /* WAIT_UPSTREAM for provisioning, not the upstream */
 
   /* The will, as the leaf set it. */
   bool will_set;
@@ -161,6 +165,8 @@ struct gw {
   const struct gw_config *cfg;
   struct lan *lan;
   struct tls_ctx *tls;
+  struct store *store;
+  struct provisioner *prov;
   struct metrics m;
 
   struct session **by_id;
@@ -208,6 +214,8 @@ void sess_free(struct session *s);
 void sess_on_message(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
 void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
 void sess_on_wake(struct session *s, const struct sockaddr *from);
+/* The device's provisioning run ended (ok: it has its certificate now). */
+void sess_on_provisioned(struct session *s, bool ok);
 /* Ends the session: DISCONNECT to the leaf when notify, graceful upstream
  * stop (no will). */
 void sess_shutdown(struct session *s, bool notify);

@@ -38,6 +38,16 @@
   C(upstream_connects, "upstream sessions that came up")                       \
   C(upstream_failures, "upstream attempts failed or connections lost")         \
   C(upstream_given_up, "leaves told DISCONNECT: upstream gone for good")       \
+  C(admission_refused, "CONNECTs refused by admission (policy, binding, blocked)")    \
+  C(admission_pending, "CONNECTs from leaves waiting for approval")             \
+  C(provision_started, "provisioning runs started")                            \
+  C(provision_done, "provisioning runs completed with an active certificate")  \
+  C(provision_failed, "provisioning runs failed permanently")                  \
+  C(provision_rejected, "provisioning requests rejected by the cloud")         \
+  C(provision_retries, "provisioning requests retried (rejection, time-out)")  \
+  C(provision_requests, "provisioning requests sent to the cloud")             \
+  C(certs_issued, "certificates issued to the gateway by the cloud")           \
+  C(certs_orphaned, "certificates orphaned (listed for cleanup)")              \
   G(leaves_active, "leaves connected and active")                              \
   G(leaves_asleep, "leaves asleep or awake")                                   \
   G(leaves_connecting, "leaves waiting for their upstream session")            \

@@ -33,6 +33,8 @@
 
 #include "gw_int.h"
 #include "log.h"
+#include "provision.h"
+#include "tls.h"
 #include "topic.h"
 #include "upstream.h"
 
@@ -563,25 +565,27 @@ static void end_upstream(struct session *s, bool graceful, bool publish_will)
   upstream_stop(l->u, graceful);
 }
 
-static int start_upstream(struct session *s)
+/* Creates and starts the leaf's upstream session with its identity: the
+ * client id (the thing name once provisioned) and its TLS client identity
+ * (NULL: the configured certificate, or <cert_dir>/<ClientId>.crt). */
+static int start_upstream(struct session *s, const struct provision_identity *id)
 {
   struct gw *gw = s->gw;
   const struct gw_config *cfg = gw->cfg;
   struct upstream_opts o;
   struct uplink *l;
-  char cid[512], cert[4096], key[4096];
+  char cert[4096], key[4096];
   const char *certp = NULL, *keyp = NULL;
   int rc;
 
-  if (cfg_upstream_client_id(cfg, s->client_id, cid, sizeof cid) != 0)
-    return -1;
-  if (cfg->upstream.cert_dir) {
+  if (cfg->upstream.cert_dir && !id->tls) {
     snprintf(cert, sizeof cert, "%s/%s.crt", cfg->upstream.cert_dir, s->client_id);
     snprintf(key, sizeof key, "%s/%s.key", cfg->upstream.cert_dir, s->client_id);
     certp = cert;
     keyp = key;
   }
-  leaves_upstream_opts(gw, &o, cid, certp, keyp);
+  leaves_upstream_opts(gw, &o, id->thing_name, certp, keyp);
+  o.identity = id->tls;
   o.clean_session = cfg->upstream.clean_session && s->clean;
   if (s->will_set) {
     o.will.topic = s->will_topic;
@@ -634,14 +638,51 @@ static void connect_proceed(struct session *s)
     }
   }
   set_state(s, SESS_WAIT_UPSTREAM);
-  s->connect_deadline = uv_now(gw->loop) + gw->cfg->lan.connack_timeout_ms;
-  if (!s->link && start_upstream(s) != 0) {
-    LOGE(MOD, "%s: cannot create the upstream session", s->client_id);
-    gw->m.connack_congestion++;
-    send_connack(s, MQTTSN_RC_CONGESTION);
-    set_state(s, SESS_DISCONNECTED);
+  s->wait_provision = false;
+  if (!s->link) {
+    /* The leaf's identity: provisioned once, then read from the registry.
+     * While its run is in flight the CONNACK waits (up to the CONNACK
+     * timeout); sess_on_provisioned() continues from here. */
+    struct provision_identity id;
+    char reason[256];
+    int st = provision_ensure(gw->prov, s->client_id, &id, reason, sizeof reason);
+    if (st == PROVISION_PENDING) {
+      s->wait_provision = true;
+      LOGD(MOD, "%s: CONNACK waits for provisioning (%s)", s->client_id, reason);
+      sess_arm(s);
+      return;
+    }
+    if (st == PROVISION_REFUSED) {
+      LOGW(MOD, "%s: refused: %s", s->client_id, reason);
+      send_connack(s, MQTTSN_RC_NOT_SUPPORTED);
+      set_state(s, SESS_DISCONNECTED);
+      sess_arm(s);
+      return;
+    }
+    if (start_upstream(s, &id) != 0) {
+      LOGE(MOD, "%s: cannot create the upstream session", s->client_id);
+      gw->m.connack_congestion++;
+      send_connack(s, MQTTSN_RC_CONGESTION);
+      set_state(s, SESS_DISCONNECTED);
+    }
+    tls_identity_unref(id.tls);
   }
   sess_arm(s);
+}
+
+void sess_on_provisioned(struct session *s, bool ok)
+{
+  if (s->state != SESS_WAIT_UPSTREAM || !s->wait_provision || s->link)
+    return;
+  if (!ok) {
+    LOGW(MOD, "%s: provisioning failed: CONNACK rejected", s->client_id);
+    s->wait_provision = false;
+    send_connack(s, MQTTSN_RC_NOT_SUPPORTED);
+    set_state(s, SESS_DISCONNECTED);
+    sess_arm(s);
+    return;
+  }
+  connect_proceed(s);
 }
 
 void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m)
@@ -675,9 +716,10 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
   s->clean = clean;
   /* A new connection restarts the downlink from the head of the queue. */
   s->inflight = INF_NONE;
+  /* One deadline for the whole CONNECT: will prompts, provisioning, upstream. */
+  s->connect_deadline = uv_now(gw->loop) + gw->cfg->lan.connack_timeout_ms;
   if (c->flags.will) {
     set_state(s, SESS_WAIT_WILLTOPIC);
-    s->connect_deadline = uv_now(gw->loop) + gw->cfg->lan.connack_timeout_ms;
     send_simple(s, MQTTSN_WILLTOPICREQ);
     sess_arm(s);
     return;
@@ -1308,8 +1350,10 @@ static void timer_cb(uv_timer_t *t)
   case SESS_WAIT_UPSTREAM:
     if (now >= s->connect_deadline) {
       gw->m.connack_congestion++;
-      LOGW(MOD, "%s: upstream not up within %u ms: CONNACK congestion", s->client_id,
+      LOGW(MOD, "%s: %s within %u ms: CONNACK congestion", s->client_id,
+           s->wait_provision ? "not provisioned" : "upstream not up",
            gw->cfg->lan.connack_timeout_ms);
+      s->wait_provision = false;
       send_connack(s, MQTTSN_RC_CONGESTION);
       end_upstream(s, true, false);
       set_state(s, SESS_DISCONNECTED);

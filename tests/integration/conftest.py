@@ -675,6 +675,10 @@ def gateway(tmp_path, request, certs, mosquitto):
 
     def make(broker=None, **overrides):
         cfg = deep_merge(gateway_config(free_port(socket.SOCK_DGRAM), broker, certs), overrides)
+        # Each gateway gets its own registry unless the test shares one
+        # (restart tests pass registry={"path": ...}).
+        cfg.setdefault("registry", {}).setdefault(
+            "path", str(tmp_path / ("registry-%d.db" % len(gws))))
         gw = Gateway(tmp_path / ("fleetgw-%d" % len(gws)), cfg)
         gws.append(gw)
         return gw.start()

@@ -542,7 +542,8 @@ Received = collections.namedtuple(
 
 
 class Leaf:
-    """An MQTT-SN client on a UDP socket bound to 127.0.0.1.
+    """An MQTT-SN client on a UDP socket bound to 127.0.0.1 (or local_ip, another
+    loopback address).
 
     gateway: (host, port) of the gateway.  predefined: {id: topic name} known
     in advance, used to name received PUBLISHes with pre-defined ids.
@@ -551,7 +552,7 @@ class Leaf:
     """
 
     def __init__(self, gateway, client_id=None, predefined=None, auto_ack=True,
-                 default_timeout=5.0):
+                 default_timeout=5.0, local_ip="127.0.0.1"):
         self.gateway = (gateway[0], int(gateway[1]))
         self.client_id = client_id
         self.predefined = dict(predefined or {})
@@ -566,7 +567,10 @@ class Leaf:
         self._next_msg_id = 1
         self._cv = threading.Condition()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        # Loopback only: 127.0.0.0/8 (e.g. 127.0.0.2 to look like another box).
+        if not local_ip.startswith("127."):
+            raise ValueError("leaves bind to loopback addresses only")
+        self.sock.bind((local_ip, 0))
         self.sock.settimeout(0.1)
         self.address = self.sock.getsockname()
         self._running = True

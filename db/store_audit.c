@@ -1,0 +1,169 @@
+/*
+ * store_audit.c - the append-only audit log and the admission allowlist.
+ *
+ * Audit rows are never updated or deleted by this module.  Free-text detail
+ * is cut to fit struct store_audit rather than refused: an audit write must
+ * not fail because a message was long.
+ */
+#include "store_int.h"
+
+#include <fnmatch.h>
+#include <string.h>
+
+int store_audit(struct store *st, int64_t now, const char *actor, const char *action,
+                const char *client_id, const char *detail)
+{
+  static const char sql[] =
+      "INSERT INTO audit(at, actor, action, client_id, detail) VALUES (?, ?, ?, ?, ?)";
+  sqlite3_stmt *s;
+  int err;
+
+  if ((err = store_check_str(st, actor, STORE_MAX_ACTOR, true, "audit actor")) != STORE_OK ||
+      (err = store_check_str(st, action, STORE_MAX_ACTION, true, "audit action")) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int64(s, 1, now);
+  sqlite3_bind_text(s, 2, actor, -1, SQLITE_STATIC);
+  sqlite3_bind_text(s, 3, action, -1, SQLITE_STATIC);
+  store_bind_trunc_text(s, 4, client_id && *client_id ? client_id : NULL, STORE_MAX_CLIENT_ID);
+  store_bind_trunc_text(s, 5, detail && *detail ? detail : NULL, STORE_MAX_DETAIL);
+  return store_stmt_run(st, s);
+}
+
+int store_audit_list(struct store *st, const char *client_id, int64_t offset, int64_t limit,
+                     store_audit_cb cb, void *ud, int64_t *total)
+{
+  static const char count_sql[] = "SELECT count(*) FROM audit WHERE ?1 IS NULL OR client_id = ?1";
+  static const char page_sql[] = "SELECT id, at, actor, action, client_id, detail FROM audit "
+                                 "WHERE ?1 IS NULL OR client_id = ?1 ORDER BY id DESC "
+                                 "LIMIT ?2 OFFSET ?3";
+  struct store_audit a;
+  sqlite3_stmt *s;
+  int rc, err;
+
+  if (offset < 0)
+    return store_fail(st, STORE_INVAL, "negative offset");
+  if ((err = store_check_str(st, client_id, STORE_MAX_CLIENT_ID, false, "client id")) != STORE_OK)
+    return err;
+  if (total) {
+    if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
+      return err;
+    store_bind_opt_text(s, 1, client_id);
+    rc = sqlite3_step(s);
+    *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
+    store_stmt_done(s);
+    if (err != STORE_OK)
+      return err;
+  }
+  if (!cb || limit == 0)
+    return STORE_OK;
+  if ((err = store_stmt_fresh(st, page_sql, &s)) != STORE_OK)
+    return err;
+  store_bind_opt_text(s, 1, client_id);
+  sqlite3_bind_int64(s, 2, limit < 0 ? -1 : limit);
+  sqlite3_bind_int64(s, 3, offset);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int r;
+    memset(&a, 0, sizeof a);
+    a.id = sqlite3_column_int64(s, 0);
+    a.at = sqlite3_column_int64(s, 1);
+    store_col_copy(a.actor, sizeof a.actor, s, 2);
+    store_col_copy(a.action, sizeof a.action, s, 3);
+    store_col_copy(a.client_id, sizeof a.client_id, s, 4);
+    store_col_copy(a.detail, sizeof a.detail, s, 5);
+    if ((r = cb(ud, &a)) != 0) {
+      sqlite3_finalize(s);
+      return r < 0 ? r : STORE_OK;
+    }
+  }
+  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  sqlite3_finalize(s);
+  return err;
+}
+
+/* ---- allowlist ---- */
+
+int store_allow_add(struct store *st, const char *entry, int64_t now)
+{
+  static const char sql[] = "INSERT INTO allowlist(entry, added_at) VALUES (?, ?)";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = store_check_str(st, entry, STORE_MAX_CLIENT_ID, true, "allowlist entry")) !=
+          STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, entry, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, now);
+  return store_stmt_run(st, s); /* CONFLICT when already listed */
+}
+
+int store_allow_remove(struct store *st, const char *entry)
+{
+  static const char sql[] = "DELETE FROM allowlist WHERE entry = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = store_check_str(st, entry, STORE_MAX_CLIENT_ID, true, "allowlist entry")) !=
+          STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, entry, -1, SQLITE_STATIC);
+  err = store_stmt_run(st, s);
+  if (err == STORE_OK && sqlite3_changes(st->db) == 0)
+    err = store_fail(st, STORE_NOTFOUND, "'%s' is not in the allowlist", entry);
+  return err;
+}
+
+/* An exact entry is one indexed lookup; only the entries that contain glob
+ * metacharacters are scanned and matched with fnmatch(). */
+int store_allow_match(struct store *st, const char *client_id)
+{
+  static const char exact_sql[] = "SELECT 1 FROM allowlist WHERE entry = ?";
+  static const char glob_sql[] = "SELECT entry FROM allowlist WHERE instr(entry, '*') > 0 OR "
+                                 "instr(entry, '?') > 0 OR instr(entry, '[') > 0";
+  sqlite3_stmt *s;
+  int rc, err, found = 0;
+
+  if ((err = store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id")) != STORE_OK ||
+      (err = store_stmt(st, exact_sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  err = rc == SQLITE_ROW || rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  store_stmt_done(s);
+  if (err != STORE_OK || rc == SQLITE_ROW)
+    return err != STORE_OK ? err : 1;
+
+  if ((err = store_stmt(st, glob_sql, &s)) != STORE_OK)
+    return err;
+  while (!found && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const char *pattern = (const char *)sqlite3_column_text(s, 0);
+    if (pattern && fnmatch(pattern, client_id, 0) == 0)
+      found = 1;
+  }
+  err = found || rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  store_stmt_done(s);
+  return err != STORE_OK ? err : found;
+}
+
+int store_allow_list(struct store *st, store_allow_cb cb, void *ud)
+{
+  static const char sql[] = "SELECT entry, added_at FROM allowlist ORDER BY entry";
+  sqlite3_stmt *s;
+  int rc, err;
+  if (!cb)
+    return store_fail(st, STORE_INVAL, "no callback");
+  if ((err = store_stmt_fresh(st, sql, &s)) != STORE_OK)
+    return err;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const char *entry = (const char *)sqlite3_column_text(s, 0);
+    int r = cb(ud, entry ? entry : "", sqlite3_column_int64(s, 1));
+    if (r != 0) {
+      sqlite3_finalize(s);
+      return r < 0 ? r : STORE_OK;
+    }
+  }
+  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  sqlite3_finalize(s);
+  return err;
+}

@@ -1,0 +1,322 @@
+/*
+ * store_devices.c - device rows: creation, state, thing name, address
+ * binding, provisioning errors and back-off, listing and counts.
+ *
+ * Uniqueness of ClientId and thing name is the schema's (UNIQUE columns), so
+ * a conflicting write comes back as STORE_CONFLICT from the constraint rather
+ * than from a check-then-write race.
+ */
+#include "store_int.h"
+
+#include <string.h>
+
+#define DEV_COLS                                                                     \
+  "id, client_id, thing_name, state, bound_addr, first_seen, last_seen, last_error, " \
+  "retry_at, attempts"
+
+static const char *const dev_state_names[] = {"pending", "approved", "provisioning", "active",
+                                              "failed",  "blocked",  "revoked"};
+#define NSTATES ((int)(sizeof dev_state_names / sizeof dev_state_names[0]))
+
+const char *store_dev_state_name(int state)
+{
+  return state >= 0 && state < NSTATES ? dev_state_names[state] : "unknown";
+}
+
+int store_dev_state_parse(const char *name)
+{
+  if (!name)
+    return -1;
+  for (int i = 0; i < NSTATES; i++)
+    if (strcmp(name, dev_state_names[i]) == 0)
+      return i;
+  return -1;
+}
+
+static void read_device(sqlite3_stmt *s, struct store_device *d)
+{
+  int64_t attempts;
+  memset(d, 0, sizeof *d);
+  d->id = sqlite3_column_int64(s, 0);
+  store_col_copy(d->client_id, sizeof d->client_id, s, 1);
+  store_col_copy(d->thing_name, sizeof d->thing_name, s, 2);
+  d->state = sqlite3_column_int(s, 3);
+  store_col_copy(d->bound_addr, sizeof d->bound_addr, s, 4);
+  d->first_seen = sqlite3_column_int64(s, 5);
+  d->last_seen = sqlite3_column_int64(s, 6);
+  store_col_copy(d->last_error, sizeof d->last_error, s, 7);
+  d->retry_at = sqlite3_column_int64(s, 8);
+  attempts = sqlite3_column_int64(s, 9);
+  d->attempts = attempts < 0 ? 0 : attempts > UINT32_MAX ? UINT32_MAX : (uint32_t)attempts;
+}
+
+static int check_client_id(struct store *st, const char *client_id)
+{
+  return store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id");
+}
+
+static int check_state(struct store *st, int state)
+{
+  if (state < 0 || state >= NSTATES)
+    return store_fail(st, STORE_INVAL, "device state %d out of range", state);
+  return STORE_OK;
+}
+
+/* Runs a one-row SELECT of DEV_COLS keyed by one text parameter. */
+static int get_one(struct store *st, const char *sql, const char *key, struct store_device *out)
+{
+  sqlite3_stmt *s;
+  int rc, err = store_stmt(st, sql, &s);
+  if (err != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    if (out)
+      read_device(s, out);
+    err = STORE_OK;
+  } else if (rc == SQLITE_DONE) {
+    err = store_fail(st, STORE_NOTFOUND, "no device '%s'", key);
+  } else {
+    err = store_sqlite_fail(st, rc);
+  }
+  store_stmt_done(s);
+  return err;
+}
+
+int store_device_get(struct store *st, const char *client_id, struct store_device *out)
+{
+  static const char sql[] = "SELECT " DEV_COLS " FROM devices WHERE client_id = ?";
+  int err = check_client_id(st, client_id);
+  return err != STORE_OK ? err : get_one(st, sql, client_id, out);
+}
+
+int store_device_get_by_thing(struct store *st, const char *thing_name, struct store_device *out)
+{
+  static const char sql[] = "SELECT " DEV_COLS " FROM devices WHERE thing_name = ?";
+  int err = store_check_str(st, thing_name, STORE_MAX_THING, true, "thing name");
+  return err != STORE_OK ? err : get_one(st, sql, thing_name, out);
+}
+
+int store_device_rowid(struct store *st, const char *client_id, int64_t *id)
+{
+  static const char sql[] = "SELECT id FROM devices WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int rc, err = check_client_id(st, client_id);
+  if (err != STORE_OK || (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *id = sqlite3_column_int64(s, 0);
+  } else if (rc == SQLITE_DONE) {
+    err = store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
+  } else {
+    err = store_sqlite_fail(st, rc);
+  }
+  store_stmt_done(s);
+  return err;
+}
+
+int store_device_create(struct store *st, const char *client_id, int state, const char *bound_addr,
+                        int64_t now, struct store_device *out)
+{
+  static const char sql[] = "INSERT INTO devices(client_id, state, bound_addr, first_seen, "
+                            "last_seen) VALUES (?, ?, ?, ?, ?)";
+  sqlite3_stmt *s;
+  int err;
+
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = check_state(st, state)) != STORE_OK ||
+      (err = store_check_str(st, bound_addr, STORE_MAX_ADDR, false, "bound address")) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(s, 2, state);
+  store_bind_opt_text(s, 3, bound_addr);
+  sqlite3_bind_int64(s, 4, now);
+  sqlite3_bind_int64(s, 5, now);
+  if ((err = store_stmt_run(st, s)) != STORE_OK)
+    return err;
+  if (out) {
+    memset(out, 0, sizeof *out);
+    out->id = sqlite3_last_insert_rowid(st->db);
+    strcpy(out->client_id, client_id); /* length checked above */
+    out->state = state;
+    if (bound_addr)
+      strcpy(out->bound_addr, bound_addr);
+    out->first_seen = now;
+    out->last_seen = now;
+  }
+  return STORE_OK;
+}
+
+/* Finishes an UPDATE keyed by ClientId: NOTFOUND when it matched no row. */
+static int update_done(struct store *st, sqlite3_stmt *s, const char *client_id)
+{
+  int err = store_stmt_run(st, s);
+  if (err == STORE_OK && sqlite3_changes(st->db) == 0)
+    err = store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
+  return err;
+}
+
+int store_device_set_state(struct store *st, const char *client_id, int state)
+{
+  static const char sql[] = "UPDATE devices SET state = ? WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = check_state(st, state)) != STORE_OK || (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int(s, 1, state);
+  sqlite3_bind_text(s, 2, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_set_error(struct store *st, const char *client_id, const char *error,
+                           int64_t retry_at)
+{
+  static const char sql[] = "UPDATE devices SET last_error = ?, retry_at = ?, "
+                            "attempts = attempts + 1 WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  /* A cloud error message can be long; the first 511 bytes tell the story. */
+  store_bind_trunc_text(s, 1, error && *error ? error : NULL, STORE_MAX_ERROR);
+  sqlite3_bind_int64(s, 2, retry_at);
+  sqlite3_bind_text(s, 3, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_clear_error(struct store *st, const char *client_id)
+{
+  static const char sql[] = "UPDATE devices SET last_error = NULL, retry_at = 0, attempts = 0 "
+                            "WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_set_thing(struct store *st, const char *client_id, const char *thing_name)
+{
+  static const char sql[] = "UPDATE devices SET thing_name = ? WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = store_check_str(st, thing_name, STORE_MAX_THING, false, "thing name")) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  store_bind_opt_text(s, 1, thing_name); /* NULL or "" forgets the name */
+  sqlite3_bind_text(s, 2, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_bind(struct store *st, const char *client_id, const char *addr)
+{
+  static const char sql[] = "UPDATE devices SET bound_addr = ? WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = store_check_str(st, addr, STORE_MAX_ADDR, false, "address")) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  store_bind_opt_text(s, 1, addr);
+  sqlite3_bind_text(s, 2, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_touch(struct store *st, const char *client_id, int64_t now)
+{
+  static const char sql[] = "UPDATE devices SET last_seen = ? WHERE client_id = ?";
+  sqlite3_stmt *s;
+  int err;
+  if ((err = check_client_id(st, client_id)) != STORE_OK ||
+      (err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int64(s, 1, now);
+  sqlite3_bind_text(s, 2, client_id, -1, SQLITE_STATIC);
+  return update_done(st, s, client_id);
+}
+
+int store_device_counts(struct store *st, int64_t counts[7])
+{
+  static const char sql[] = "SELECT state, count(*) FROM devices GROUP BY state";
+  sqlite3_stmt *s;
+  int rc, err;
+  for (int i = 0; i < NSTATES; i++)
+    counts[i] = 0;
+  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int state = sqlite3_column_int(s, 0);
+    if (state >= 0 && state < NSTATES)
+      counts[state] = sqlite3_column_int64(s, 1);
+  }
+  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  store_stmt_done(s);
+  return err;
+}
+
+/* The filter shared by the page query and its count: ?1 state (-1 any), ?2
+ * substring (NULL any).  instr() rather than LIKE: no wildcard escaping, and
+ * matching is byte-exact like ClientIds themselves. */
+#define DEV_FILTER                                                                    \
+  " WHERE (?1 < 0 OR state = ?1) AND (?2 IS NULL OR instr(client_id, ?2) > 0 OR "      \
+  "instr(coalesce(thing_name, ''), ?2) > 0)"
+
+int store_device_list(struct store *st, int state, const char *text, int64_t offset,
+                      int64_t limit, store_device_cb cb, void *ud, int64_t *total)
+{
+  static const char count_sql[] = "SELECT count(*) FROM devices" DEV_FILTER;
+  static const char page_sql[] =
+      "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY client_id LIMIT ?3 OFFSET ?4";
+  struct store_device d;
+  sqlite3_stmt *s;
+  int rc, err;
+
+  if (offset < 0)
+    return store_fail(st, STORE_INVAL, "negative offset");
+  if (state >= NSTATES || state < -1)
+    return store_fail(st, STORE_INVAL, "device state %d out of range", state);
+  if (text && !*text)
+    text = NULL;
+  if (total) {
+    if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
+      return err;
+    sqlite3_bind_int(s, 1, state);
+    store_bind_opt_text(s, 2, text);
+    rc = sqlite3_step(s);
+    *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
+    store_stmt_done(s);
+    if (err != STORE_OK)
+      return err;
+  }
+  if (!cb || limit == 0)
+    return STORE_OK;
+  /* A fresh statement: the callback may call back into the store. */
+  if ((err = store_stmt_fresh(st, page_sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int(s, 1, state);
+  store_bind_opt_text(s, 2, text);
+  sqlite3_bind_int64(s, 3, limit < 0 ? -1 : limit);
+  sqlite3_bind_int64(s, 4, offset);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int r;
+    read_device(s, &d);
+    if ((r = cb(ud, &d)) != 0) {
+      /* A negative callback result is passed on; a positive one just stops. */
+      sqlite3_finalize(s);
+      return r < 0 ? r : STORE_OK;
+    }
+  }
+  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  sqlite3_finalize(s);
+  return err;
+}

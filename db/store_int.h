@@ -1,0 +1,134 @@
+/*
+ * store_int.h - db-internal: the struct store definition and the helpers the
+ * files in db/ share (statement cache, error mapping, atomic sections, field
+ * validation, key sealing).  Included only by the files in db/ and db's own unit tests.
+ */
+#ifndef FLEETGW_STORE_INT_H
+#define FLEETGW_STORE_INT_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define STORE_KEY_LEN 32
+/* Enough for every distinct SQL text in db/ (about 40 today); the cache
+ * refuses, with an error, rather than grow without bound. */
+#define STORE_STMT_CACHE 96
+
+/* Field limits; the struct arrays in store.h hold these plus a NUL. */
+#define STORE_MAX_CLIENT_ID 255
+#define STORE_MAX_THING 128
+#define STORE_MAX_ADDR 63
+#define STORE_MAX_ERROR 511
+#define STORE_MAX_CERT_ID 128
+#define STORE_MAX_FINGERPRINT 64
+#define STORE_MAX_REASON 255
+#define STORE_MAX_BACKEND 15
+#define STORE_MAX_TOKEN 2047
+#define STORE_MAX_ACTOR 63
+#define STORE_MAX_ACTION 63
+#define STORE_MAX_DETAIL 1023
+/* PEMs (certificate or private key) beyond this are not certificates. */
+#define STORE_MAX_PEM (64 * 1024)
+
+struct store_stmt_slot {
+  const char *sql; /* identity of the cached statement: the static SQL text */
+  sqlite3_stmt *stmt;
+};
+
+struct store {
+  sqlite3 *db;
+  int depth;                          /* store_begin() nesting */
+  unsigned char key[STORE_KEY_LEN];   /* the key-file key; wiped on close */
+  bool have_key;
+  struct store_stmt_slot cache[STORE_STMT_CACHE];
+  size_t ncache;
+  char errmsg[512];
+};
+
+/* ---- errors (store.c) ---- */
+
+/* Records a detail message and returns err, so callers can `return store_fail(...)`. */
+__attribute__((format(printf, 3, 4))) int store_fail(struct store *st, int err,
+                                                     const char *fmt, ...);
+/* Maps a SQLite result code to a store_err and records SQLite's message. */
+int store_sqlite_fail(struct store *st, int rc);
+
+/* ---- statements (store.c) ---- */
+
+/* A cached prepared statement for a static SQL text (the pointer is the key).
+ * Release it with store_stmt_done() before returning, so it holds no read
+ * snapshot.  Listing functions whose callbacks may re-enter the store use
+ * store_stmt_fresh() + sqlite3_finalize() instead. */
+int store_stmt(struct store *st, const char *sql, sqlite3_stmt **out);
+int store_stmt_fresh(struct store *st, const char *sql, sqlite3_stmt **out);
+void store_stmt_done(sqlite3_stmt *s);
+/* Steps a statement that returns no row, maps the result, releases it. */
+int store_stmt_run(struct store *st, sqlite3_stmt *s);
+/* Runs SQL text without parameters (pragmas, migrations, transaction control). */
+int store_exec(struct store *st, const char *sql);
+
+/* Binds text, or NULL for a NULL or empty string. */
+int store_bind_opt_text(sqlite3_stmt *s, int idx, const char *text);
+/* Binds text cut to at most max bytes on a UTF-8 boundary (NULL stays NULL). */
+int store_bind_trunc_text(sqlite3_stmt *s, int idx, const char *text, size_t max);
+/* Copies a text column into a fixed array, truncating; NULL becomes "". */
+void store_col_copy(char *dst, size_t cap, sqlite3_stmt *s, int col);
+
+/* ---- atomic sections (store.c) ---- */
+
+/* An atomic section is BEGIN IMMEDIATE .. COMMIT when no transaction is open,
+ * or a SAVEPOINT inside the caller's store_begin() transaction. */
+struct store_tx {
+  bool outer;
+};
+int store_tx_begin(struct store *st, struct store_tx *tx);
+/* Commits when rc == STORE_OK, rolls back otherwise; returns rc, or the
+ * commit's error. */
+int store_tx_end(struct store *st, struct store_tx *tx, int rc);
+
+/* ---- validation (store.c) ---- */
+
+/* STORE_INVAL (with a message naming `what`) when s is NULL/empty and
+ * required, or longer than max bytes. */
+int store_check_str(struct store *st, const char *s, size_t max, bool required, const char *what);
+
+/* ---- migrations (store_migrate.c) ---- */
+
+int store_migrate(struct store *st);
+int store_migrations_latest(void);
+
+/* ---- devices (store_devices.c) ---- */
+
+/* The row id of a device; STORE_NOTFOUND if the ClientId is unknown. */
+int store_device_rowid(struct store *st, const char *client_id, int64_t *id);
+
+/* ---- certificates (store_certs.c) ---- */
+
+/* Inserts a certificate row with an already sealed key blob (or none). */
+int store_cert_insert_row(struct store *st, int64_t device_id, const char *cert_id,
+                          const char *pem, const unsigned char *key_blob, size_t key_blob_len,
+                          int64_t not_after, const char *fingerprint, int status, int64_t now);
+int store_cert_check_fields(struct store *st, const char *cert_id, const char *pem,
+                            const char *key_pem, const char *fingerprint);
+
+/* ---- keys (store_keys.c: the only file that uses OpenSSL) ---- */
+
+/* Loads the key file; creates it (32 random bytes, 0600) when absent and
+ * may_create.  STORE_CRYPTO for any unusable key file. */
+int store_keys_load(struct store *st, const char *path, bool may_create);
+/* Checks the key against the database's key-check value, or stores one. */
+int store_keys_verify(struct store *st, const char *path);
+void store_keys_wipe(struct store *st);
+/* Encrypts plain (len bytes) with AAD; *blob = version || nonce || ct || tag,
+ * malloc'd (ciphertext, not secret: free()). */
+int store_key_seal(struct store *st, const char *aad, const void *plain, size_t len,
+                   unsigned char **blob, size_t *blob_len);
+/* Decrypts a blob into a NUL-terminated malloc'd secret (store_secret_free). */
+int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t blob_len,
+                     char **plain);
+
+#endif

@@ -1,0 +1,117 @@
+#include "admission.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "store.h"
+
+/* Refuses with a reason, which is also the audit row's detail. */
+static int refuse(struct store *st, int64_t now, const char *client_id, char *reason, size_t cap,
+                  const char *text)
+{
+  snprintf(reason, cap, "%s", text);
+  store_audit(st, now, "gateway", "admission.refused", client_id, reason);
+  return ADMIT_REFUSED;
+}
+
+static int registry_error(struct store *st, int rc, char *reason, size_t cap)
+{
+  snprintf(reason, cap, "registry error: %s (%s)", store_strerror(rc), store_errmsg(st));
+  return ADMIT_ERROR;
+}
+
+/* First sight of a ClientId: the policy decides. */
+static int first_sight(struct store *st, const struct gw_config *cfg, const char *client_id,
+                       const char *ip, int64_t now, struct store_device *dev, char *reason,
+                       size_t cap)
+{
+  int state, rc;
+  const char *addr = cfg->admission.bind_address ? ip : NULL;
+
+  switch (cfg->admission.policy) {
+  case POLICY_OPEN:
+    if (fnmatch(cfg->admission.pattern, client_id, 0) != 0) {
+      char why[320];
+      snprintf(why, sizeof why, "ClientId does not match admission.pattern \"%s\"",
+               cfg->admission.pattern);
+      return refuse(st, now, client_id, reason, cap, why);
+    }
+    state = DEV_APPROVED;
+    break;
+  case POLICY_ALLOWLIST:
+    rc = store_allow_match(st, client_id);
+    if (rc < 0)
+      return registry_error(st, rc, reason, cap);
+    if (rc == 0)
+      return refuse(st, now, client_id, reason, cap, "ClientId not on the allowlist");
+    state = DEV_APPROVED;
+    break;
+  default:
+    state = DEV_PENDING;
+    break;
+  }
+  rc = store_device_create(st, client_id, state, addr, now, dev);
+  if (rc != STORE_OK)
+    return registry_error(st, rc, reason, cap);
+  if (state == DEV_PENDING) {
+    store_audit(st, now, "gateway", "admission.pending", client_id, ip);
+    snprintf(reason, cap, "waiting for an operator's approval");
+    return ADMIT_PENDING;
+  }
+  store_audit(st, now, "gateway", "admission.admitted", client_id, ip);
+  return ADMIT_OK;
+}
+
+int admit_check(struct store *st, const struct gw_config *cfg, const char *client_id,
+                const char *ip, int64_t now, struct store_device *dev, char *reason,
+                size_t cap)
+{
+  struct store_device d;
+  int rc;
+
+  if (!dev)
+    dev = &d;
+  reason[0] = '\0';
+  rc = store_device_get(st, client_id, dev);
+  if (rc == STORE_NOTFOUND)
+    return first_sight(st, cfg, client_id, ip, now, dev, reason, cap);
+  if (rc != STORE_OK)
+    return registry_error(st, rc, reason, cap);
+
+  if (dev->state == DEV_BLOCKED)
+    return refuse(st, now, client_id, reason, cap, "blocked by an operator");
+  if (dev->state == DEV_REVOKED)
+    return refuse(st, now, client_id, reason, cap, "decommissioned");
+  if (cfg->admission.bind_address) {
+    if (dev->bound_addr[0] && strcmp(dev->bound_addr, ip) != 0) {
+      char why[128];
+      snprintf(why, sizeof why, "ClientId bound to %s, CONNECT came from %s", dev->bound_addr, ip);
+      return refuse(st, now, client_id, reason, cap, why);
+    }
+    if (!dev->bound_addr[0]) {
+      rc = store_device_bind(st, client_id, ip);
+      if (rc != STORE_OK)
+        return registry_error(st, rc, reason, cap);
+      snprintf(dev->bound_addr, sizeof dev->bound_addr, "%s", ip);
+      store_audit(st, now, "gateway", "admission.bound", client_id, ip);
+    }
+  }
+  store_device_touch(st, client_id, now);
+  if (dev->state == DEV_PENDING) {
+    snprintf(reason, cap, "waiting for an operator's approval");
+    return ADMIT_PENDING;
+  }
+  return ADMIT_OK;
+}
+
+int admit_seed_allowlist(struct store *st, const struct gw_config *cfg, int64_t now)
+{
+  for (size_t i = 0; i < cfg->admission.n_allowlist; i++) {
+    int rc = store_allow_add(st, cfg->admission.allowlist[i], now);
+    if (rc != STORE_OK && rc != STORE_CONFLICT)
+      return rc;
+  }
+  return STORE_OK;
+}

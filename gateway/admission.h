@@ -1,0 +1,43 @@
+/*
+ * admission.h - who may use the gateway, decided before any provisioning.
+ *
+ * Policies (admission.policy): "open" admits any ClientId matching
+ * admission.pattern (a glob); "allowlist" admits ClientIds matching an entry
+ * of the registry's allowlist (seeded from admission.allowlist); "approve"
+ * records unknown leaves as pending until an operator approves them.
+ *
+ * Identity binding: a ClientId is bound to the IP address it was first
+ * admitted from (admission.bind_address).  A CONNECT with a bound ClientId
+ * from another address is refused and audited; an operator can release the
+ * binding.  The port is not part of the binding: a leaf's UDP source port
+ * changes when it reboots.
+ */
+#ifndef FLEETGW_ADMISSION_H
+#define FLEETGW_ADMISSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+struct gw_config;
+struct store_device;
+
+enum admit_result {
+  ADMIT_OK = 0,       /* go on (device row exists, state approved or later) */
+  ADMIT_PENDING = 1,  /* waiting for an operator's approval */
+  ADMIT_REFUSED = 2,  /* refused: reason says why */
+  ADMIT_ERROR = 3,    /* the registry failed: reason says why */
+};
+
+/* Decides for client_id connecting from ip (no port), creating its device
+ * row on first admission, binding it, and recording last_seen.  Every
+ * admission, pending leaf and refusal is an audit row.  dev (may be NULL)
+ * receives the device.  Returns an enum admit_result. */
+int admit_check(struct store *st, const struct gw_config *cfg, const char *client_id,
+                const char *ip, int64_t now, struct store_device *dev, char *reason,
+                size_t cap);
+
+/* Adds admission.allowlist entries to the registry's allowlist (idempotent). */
+int admit_seed_allowlist(struct store *st, const struct gw_config *cfg, int64_t now);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * provision.h - provisioning exactly once, on the leaves' behalf.
+ *
+ * For an admitted leaf, provision_ensure() answers at once:
+ *   READY    the leaf has its active certificate: here is its identity
+ *            (thing name + TLS client identity) for its upstream session;
+ *   PENDING  a run is in flight or scheduled; done_cb(client_id) follows;
+ *   REFUSED  provisioning failed permanently (the reason is recorded on the
+ *            device and in the audit; an operator must act).
+ * It never starts a second run for a device: runs are journalled in the
+ * registry before each step, and the schema allows one open run per device.
+ *
+ * Backends (provisioning.backend):
+ *   none      identities come from the configuration (upstream.cert_file or
+ *             cert_dir); nothing is issued.
+ *   local-ca  the gateway's own CA signs a CSR for a key generated here.
+ *   aws       AWS IoT Fleet Provisioning by claim, over a pool of claim
+ *             connections, one request in flight per connection (responses
+ *             carry no request id), rate-limited.
+ *
+ * The journal (a run's steps, written before each action):
+ *   STARTED -> KEY_READY -> CSR_SENT -> CERT_RECEIVED -> REGISTER_SENT ->
+ *   REGISTERED -> DONE, or FAILED.
+ * On start-up every open run resumes from its last step:
+ *   KEY_READY / CSR_SENT     send the CSR again (a certificate issued for a
+ *                            lost reply is deleted by AWS when its ownership
+ *                            token expires, PROTOCOLS.md A.4; audited);
+ *   CERT_RECEIVED            RegisterThing with the stored token while it is
+ *                            valid; past that the certificate is marked
+ *                            orphaned and a new run starts;
+ *   REGISTER_SENT            RegisterThing again; if the token was already
+ *                            used the first call may have succeeded, so the
+ *                            certificate is marked orphaned (listed for
+ *                            cleanup in the cloud) and a new run starts;
+ *   REGISTERED               complete the run.
+ *
+ * Test hook: the environment variable FLEETGW_TEST_CRASH_AFTER, set to
+ * csr_sent, cert_received, register_sent or registered, makes the process
+ * kill itself with SIGKILL at that point of the first run that reaches it
+ * (for the crash tests; never set it in production).
+ */
+#ifndef FLEETGW_PROVISION_H
+#define FLEETGW_PROVISION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+struct gw_config;
+struct store;
+struct tls_ctx;
+struct tls_identity;
+struct metrics;
+struct provisioner;
+
+enum provision_status { PROVISION_READY = 0, PROVISION_PENDING = 1, PROVISION_REFUSED = 2 };
+
+struct provision_identity {
+  char thing_name[129];        /* the upstream client id */
+  struct tls_identity *tls;    /* a reference for the caller (unref it), or NULL
+                                  with backend none (the configured files apply) */
+};
+
+/* done_cb runs on the loop when a device's run ends (ok or not). */
+typedef void (*provision_done_cb)(void *ud, const char *client_id, bool ok);
+
+int provision_new(uv_loop_t *loop, const struct gw_config *cfg, struct store *st,
+                  struct tls_ctx *tls, struct metrics *m, provision_done_cb done, void *ud,
+                  struct provisioner **out);
+/* Opens the CA or the claim pool and resumes the journal's open runs.
+ * Returns 0 or -1 (logged). */
+int provision_start(struct provisioner *p);
+/* Stops: claim connections get DISCONNECT; work in flight stays journalled
+ * and resumes at the next start.  done(ud) runs when all is closed. */
+void provision_stop(struct provisioner *p, void (*done)(void *), void *ud);
+void provision_free(struct provisioner *p);
+
+/* See the top of this file.  reason[cap] is filled for REFUSED/PENDING. */
+int provision_ensure(struct provisioner *p, const char *client_id,
+                     struct provision_identity *out, char *reason, size_t cap);
+
+/* Runs in flight or queued, for status pages. */
+size_t provision_in_flight(const struct provisioner *p);
+
+#endif

@@ -1,0 +1,575 @@
+#!/usr/bin/python3
+"""fleetgw benchmark driver (run it through tests/bench/run.sh, which builds).
+
+Starts its own mosquitto and fleetgw on free 127.0.0.1 ports, drives them with
+fleetgw-leafsim (MQTT-SN leaves) and mqttload (plain MQTT, straight to the
+broker), and prints figures.  Nothing here passes or fails on timing: the box
+is shared and noisy, so each figure is printed next to the one it should be
+compared with, measured in the same run.
+
+Sections (BENCH_ONLY=qos0,connect,qos1,memory selects some):
+  qos0     direct vs relayed QoS 0 rate at a ladder of offered rates, loss,
+           gateway CPU per message
+  connect  time for BENCH_QOS1_LEAVES leaves to connect (first CONNECT to
+           last CONNACK)
+  qos1     QoS 1 with one publish in flight per leaf: throughput and round
+           trip, direct vs relayed; added latency at 5,000 msg/s
+  memory   fleetgw RSS with 0 leaves vs BENCH_LEAVES leaves, each with its
+           own upstream TLS session (client certificate)
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+MOSQUITTO_BIN = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+METRICS_RE = re.compile(r"\bmetrics (\{.*\})\s*$")
+CLEAN_LOSS_PCT = 0.1  # DESIGN.md: "clean" means loss < 0.1 %
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def wait_until(pred, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def show(cmd):
+    print("  $ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+
+
+def last_json(text):
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("no JSON summary in output:\n" + text[-2000:])
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks (/proc/<pid>/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])  # fields 14 and 15
+
+
+def rss_kib(pid, key="VmRSS"):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def udp_rcvbuf_errors():
+    """The kernel's count of UDP datagrams dropped for a full receive buffer."""
+    with open("/proc/net/snmp") as f:
+        lines = [l.split() for l in f if l.startswith("Udp:")]
+    head, vals = lines[0], lines[1]
+    return int(vals[head.index("RcvbufErrors")])
+
+
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------
+# certificates (openssl CLI), mosquitto, fleetgw
+# ---------------------------------------------------------------------------
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost,IP:127.0.0.1
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+"""
+
+
+def make_certs(d):
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "openssl.cnf").write_text(OPENSSL_CNF)
+
+    def run(*args):
+        subprocess.run(["openssl"] + [str(a) for a in args], check=True,
+                       capture_output=True, timeout=60)
+
+    def key(p):
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p)
+
+    key(d / "ca.key")
+    run("req", "-x509", "-new", "-key", d / "ca.key", "-days", "2", "-subj", "/CN=bench-ca",
+        "-config", d / "openssl.cnf", "-extensions", "v3_ca", "-out", d / "ca.crt")
+    for cn, ext in (("localhost", "server"), ("gateway", "client")):
+        key(d / (cn + ".key"))
+        run("req", "-new", "-key", d / (cn + ".key"), "-subj", "/CN=" + cn,
+            "-config", d / "openssl.cnf", "-out", d / (cn + ".csr"))
+        run("x509", "-req", "-in", d / (cn + ".csr"), "-CA", d / "ca.crt", "-CAkey", d / "ca.key",
+            "-set_serial", str(int(time.time() * 1000) % (1 << 62)), "-days", "2",
+            "-extfile", d / "openssl.cnf", "-extensions", ext, "-out", d / (cn + ".crt"))
+    return d
+
+
+class Proc:
+    """A child process with its output in a file; stopped with TERM then KILL."""
+
+    def __init__(self, cmd, log, cwd=None):
+        self.cmd = [str(c) for c in cmd]
+        self.log = Path(log)
+        self._f = open(self.log, "ab")
+        self.p = subprocess.Popen(self.cmd, stdout=self._f, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, cwd=cwd)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def text(self):
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout=10):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._f.close()
+        return self.p.returncode
+
+
+class Broker(Proc):
+    def __init__(self, workdir, tls=False, certs=None):
+        self.port = free_port()
+        self.tls = tls
+        conf = Path(workdir) / ("mosquitto-%s.conf" % ("tls" if tls else "plain"))
+        lines = [
+            "listener %d %s" % (self.port, LOOPBACK),
+            "allow_anonymous true",
+            "persistence false",
+            # Generous queues, so that what the benchmark measures is the
+            # throughput, not a queue limit: QoS 0 messages to a busy
+            # subscriber are dropped beyond max_queued_messages.
+            "max_queued_messages 100000",
+            "max_inflight_messages 1000",
+            "max_connections -1",
+            # Small request/response packets (QoS 1): no Nagle delay.
+            "set_tcp_nodelay true",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "connection_messages false",
+        ]
+        if os.geteuid() == 0:
+            # As root mosquitto would switch to the "mosquitto" user and could
+            # no longer read the key files in our temporary directory.
+            lines.append("user root")
+        if tls:
+            lines += ["cafile %s" % (certs / "ca.crt"), "certfile %s" % (certs / "localhost.crt"),
+                      "keyfile %s" % (certs / "localhost.key"), "require_certificate true"]
+        conf.write_text("\n".join(lines) + "\n")
+        super().__init__([MOSQUITTO_BIN, "-c", conf], Path(workdir) / (conf.stem + ".log"))
+        if not wait_until(self._listening, 10):
+            raise RuntimeError("mosquitto did not start:\n" + self.text()[-2000:])
+
+    def _listening(self):
+        if not self.alive():
+            raise RuntimeError("mosquitto exited:\n" + self.text()[-2000:])
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+class Gateway(Proc):
+    def __init__(self, binary, workdir, broker, certs=None, name="fleetgw"):
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        up = {"host": LOOPBACK, "port": broker.port, "tls": broker.tls,
+              "keepalive_s": 60, "connect_timeout_ms": 20000, "give_up_after_s": 60}
+        if broker.tls:
+            up.update(ca_file=str(certs / "ca.crt"), cert_file=str(certs / "gateway.crt"),
+                      key_file=str(certs / "gateway.key"))
+        cfg = {
+            # "info" because the SIGUSR1 metrics line is logged at info; the
+            # gateway logs no line per packet at this level.
+            "log_level": "info",
+            "lan": {"bind": LOOPBACK, "port": self.udp_port, "connack_timeout_ms": 30000},
+            "upstream": up,
+        }
+        self.config = Path(workdir) / (name + ".json")
+        self.config.write_text(json.dumps(cfg, indent=2))
+        super().__init__([binary, "--config", self.config], Path(workdir) / (name + ".log"))
+        if not wait_until(lambda: "ready:" in self.text() or not self.alive(), 10) \
+                or not self.alive():
+            raise RuntimeError("fleetgw did not start:\n" + self.text()[-2000:])
+        self.addr = "%s:%d" % (LOOPBACK, self.udp_port)
+
+    def metrics(self, timeout=5):
+        before = self._nmetrics()
+        os.kill(self.pid, signal.SIGUSR1)
+        if not wait_until(lambda: self._nmetrics() > before, timeout):
+            raise RuntimeError("no metrics line after SIGUSR1")
+        return json.loads(self._metrics_lines()[-1])
+
+    def _metrics_lines(self):
+        return [m.group(1) for m in map(METRICS_RE.search, self.text().splitlines()) if m]
+
+    def _nmetrics(self):
+        return len(self._metrics_lines())
+
+
+# ---------------------------------------------------------------------------
+# load generators
+# ---------------------------------------------------------------------------
+class Bench:
+    def __init__(self, build, workdir):
+        self.build = Path(build)
+        self.work = Path(workdir)
+        self.fleetgw = self.build / "fleetgw"
+        self.leafsim = self.build / "tests" / "leaf" / "fleetgw-leafsim"
+        self.mqttload = self.build / "mqttload"
+        self.results = {}
+        self.rows = []  # (figure, value, target, command)
+
+    def run(self, cmd, timeout):
+        show(cmd)
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError("%s exited %d:\n%s" % (cmd[0], r.returncode, r.stderr[-2000:]))
+        return last_json(r.stdout)
+
+    def start_sub(self, broker, topic_filter):
+        """A counting subscriber; returns once it is subscribed."""
+        # It ends by itself 1.5 s after the last message (or on SIGTERM).
+        cmd = [self.mqttload, "sub", "--port", broker.port, "--topic", topic_filter,
+               "--duration", 0, "--idle", 1.5, "--prefix", "bench-sub-"]
+        log = self.work / ("sub-%d.log" % time.monotonic_ns())
+        p = Proc(cmd, log)
+        if not wait_until(lambda: "subscribed" in p.text() or not p.alive(), 10) or not p.alive():
+            raise RuntimeError("subscriber failed:\n" + p.text())
+        return p
+
+    def stop_sub(self, p, settle=15.0):
+        """Lets the subscriber drain what the broker still holds (it exits
+        once nothing arrived for 1.5 s), then returns its count."""
+        try:
+            p.p.wait(settle)
+        except subprocess.TimeoutExpired:
+            pass
+        p.stop()
+        return last_json(p.text())["received"]
+
+    def leafsim_cmd(self, gw, leaves, prefix, *extra):
+        return [self.leafsim, "--gw", gw.addr, "-n", leaves, "--prefix", prefix, "--stats"] + \
+            [str(e) for e in extra]
+
+
+def fmt_rate(v):
+    return "%8.0f" % v
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+def section_qos0(b, broker, gw):
+    rates = [int(r) for r in os.environ.get("BENCH_QOS0_RATES",
+                                            "10000 20000 30000 40000 50000").split()]
+    secs = env_int("BENCH_QOS0_SECS", 3)
+    n = env_int("BENCH_QOS0_LEAVES", 100)
+    print("\n== QoS 0: direct (mqttload, %d TCP connections) vs relayed (leafsim, %d leaves "
+          "-> fleetgw -> %d upstream sessions); %d s per step, 32-byte payloads" % (n, n, n, secs))
+    table = []
+    for rate in rates:
+        # Direct: N publishers straight to the broker, one subscriber counting.
+        topic = "d%d" % rate
+        sub = b.start_sub(broker, topic + "/#")
+        pub = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--rate", rate,
+                     "--duration", secs, "--topic", topic + "/%s", "--prefix", "direct-"],
+                    timeout=secs + 30)
+        got = b.stop_sub(sub)
+        d_sent, d_secs = pub["sent"], pub["elapsed_s"]
+
+        # Relayed: the same load as MQTT-SN leaves through the gateway.
+        topic = "r%d" % rate
+        sub = b.start_sub(broker, topic + "/#")
+        m0, c0, u0 = gw.metrics(), cpu_ticks(gw.pid), udp_rcvbuf_errors()
+        st = b.run(b.leafsim_cmd(gw, n, "q0-", "--qos", 0, "--rate", "%g" % (rate / n),
+                                 "--duration", secs, "--topic", topic + "/%s"),
+                   timeout=secs + 60)
+        c1, u1 = cpu_ticks(gw.pid), udp_rcvbuf_errors()
+        m1 = gw.metrics()
+        r_got = b.stop_sub(sub)
+        handled = m1["publish_in_qos0"] - m0["publish_in_qos0"]
+        row = {
+            "offered_rate": rate,
+            "direct_sent": d_sent, "direct_received": got,
+            "direct_offered_per_s": d_sent / d_secs, "direct_received_per_s": got / d_secs,
+            "direct_loss_pct": 100.0 * (d_sent - got) / d_sent if d_sent else 0,
+            "relayed_sent": st["publishes_sent"], "relayed_received": r_got,
+            "relayed_offered_per_s": st["publishes_sent"] / secs,
+            "relayed_received_per_s": r_got / secs,
+            "relayed_loss_pct": 100.0 * (st["publishes_sent"] - r_got) / st["publishes_sent"]
+            if st["publishes_sent"] else 0,
+            "gw_publishes_in": handled,
+            "udp_rcvbuf_drops": u1 - u0,
+            "uplink_congestion": m1["uplink_congestion"] - m0["uplink_congestion"],
+            "gw_cpu_us_per_msg": (c1 - c0) * TICK_US / handled if handled else 0,
+        }
+        table.append(row)
+        print("   offered %6d/s | direct recv %s/s loss %6.2f%% | relayed recv %s/s loss %6.2f%% "
+              "(UDP drops %d) | gw CPU %.1f us/msg"
+              % (rate, fmt_rate(row["direct_received_per_s"]), row["direct_loss_pct"],
+                 fmt_rate(row["relayed_received_per_s"]), row["relayed_loss_pct"],
+                 row["udp_rcvbuf_drops"], row["gw_cpu_us_per_msg"]), flush=True)
+
+    def best(key_loss, key_rate):
+        clean = [r for r in table if r[key_loss] < CLEAN_LOSS_PCT]
+        return max((r[key_rate] for r in clean), default=0.0)
+
+    d_best = best("direct_loss_pct", "direct_received_per_s")
+    r_best = best("relayed_loss_pct", "relayed_received_per_s")
+    clean_relayed = [r for r in table if r["relayed_loss_pct"] < CLEAN_LOSS_PCT]
+    cpu = (max(clean_relayed, key=lambda r: r["offered_rate"])["gw_cpu_us_per_msg"]
+           if clean_relayed else table[0]["gw_cpu_us_per_msg"])
+    b.results["qos0"] = {"steps": table, "direct_clean_rate": d_best,
+                         "relayed_clean_rate": r_best,
+                         "ratio": r_best / d_best if d_best else 0, "gw_cpu_us_per_msg": cpu}
+    b.rows += [
+        ("QoS 0 direct, highest clean rate (loss < 0.1 %)", "%.0f msg/s" % d_best,
+         "(reference)", "mqttload pub"),
+        ("QoS 0 relayed, highest clean rate", "%.0f msg/s" % r_best, "", "fleetgw-leafsim --qos 0"),
+        ("QoS 0 relayed / direct", "%.0f %%" % (100 * r_best / d_best if d_best else 0),
+         ">= 80 %", ""),
+        ("gateway CPU per relayed message", "%.1f us" % cpu, "<= 10 us",
+         "/proc/<fleetgw>/stat utime+stime / publish_in_qos0"),
+    ]
+
+
+def section_connect(b, gw):
+    n = env_int("BENCH_QOS1_LEAVES", 1000)
+    print("\n== connect: %d leaves, all CONNECTs at once (plain TCP upstream)" % n)
+    runs = []
+    for attempt in range(2):
+        st = b.run(b.leafsim_cmd(gw, n, "leaf-", "--connect-rate", 0, "--duration", 6),
+                   timeout=120)
+        runs.append(st)
+        print("   run %d: connected %d/%d, first CONNECT -> last CONNACK %.1f ms, "
+              "CONNACK congestion %d" % (attempt + 1, st["connected"], n, st["connect_last_ms"],
+                                         st["connack_congestion"]), flush=True)
+    best = min(r["connect_last_ms"] for r in runs if r["connected"] == n) \
+        if any(r["connected"] == n for r in runs) else -1
+    b.results["connect"] = {"runs": runs, "best_ms": best}
+    b.rows.append(("connect %d leaves (first CONNECT -> last CONNACK)" % n,
+                   "%.0f ms" % best if best >= 0 else "not all connected", "<= 500 ms",
+                   "fleetgw-leafsim -n %d --connect-rate 0" % n))
+
+
+def section_qos1(b, broker, gw):
+    n = env_int("BENCH_QOS1_LEAVES", 1000)
+    secs = env_int("BENCH_QOS1_SECS", 5)
+    print("\n== QoS 1, one publish in flight per leaf/connection, %d of them, %d s" % (n, secs))
+    sub = b.start_sub(broker, "q1d/#")
+    d = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--qos", 1, "--rate", 0,
+               "--duration", secs, "--topic", "q1d/%s", "--prefix", "direct-"], timeout=secs + 60)
+    d_got = b.stop_sub(sub)
+    print("   direct : %.0f msg/s acked, p50 %.2f ms, p99 %.2f ms (subscriber got %d of %d)"
+          % (d["acked"] / d["elapsed_s"], d["latency_us"]["p50"] / 1e3,
+             d["latency_us"]["p99"] / 1e3, d_got, d["acked"]), flush=True)
+
+    sub = b.start_sub(broker, "q1r/#")
+    m0 = gw.metrics()
+    r = b.run(b.leafsim_cmd(gw, n, "leaf-", "--qos", 1, "--rate", 100000, "--duration", secs,
+                            "--topic", "q1r/%s", "--retry-ms", 5000), timeout=secs + 120)
+    m1 = gw.metrics()
+    r_got = b.stop_sub(sub)
+    # The leaves start publishing only once connected and registered.
+    active = max(secs - r["connect_last_ms"] / 1e3, 0.001)
+    r_rate = r["publishes_acked"] / active
+    lost = r["publishes_sent"] - r["publishes_acked"]
+    print("   relayed: %.0f msg/s acked, p50 %.2f ms, p99 %.2f ms, unacked %d, retransmissions %d, "
+          "subscriber got %d of %d acked (uplink congestion %d)"
+          % (r_rate, r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3, lost,
+             r["retransmissions"], r_got, r["publishes_acked"],
+             m1["uplink_congestion"] - m0["uplink_congestion"]), flush=True)
+    d_rate = d["acked"] / d["elapsed_s"]
+
+    # Added latency at a moderate load: 5,000 msg/s spread over the leaves.
+    rate = 5000
+    print("   added latency at %d msg/s (%d leaves / connections):" % (rate, n))
+    d5 = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--qos", 1, "--rate", rate,
+                "--duration", secs, "--topic", "q5d/%s", "--prefix", "direct-"], timeout=secs + 60)
+    r5 = b.run(b.leafsim_cmd(gw, n, "leaf-", "--qos", 1, "--rate", "%g" % (rate / n),
+                             "--duration", secs, "--topic", "q5r/%s"), timeout=secs + 120)
+    added_p50 = (r5["latency_us"]["p50"] - d5["latency_us"]["p50"]) / 1e3
+    added_p99 = (r5["latency_us"]["p99"] - d5["latency_us"]["p99"]) / 1e3
+    print("   direct p50 %.2f ms p99 %.2f ms; relayed p50 %.2f ms p99 %.2f ms; added p99 %.2f ms"
+          % (d5["latency_us"]["p50"] / 1e3, d5["latency_us"]["p99"] / 1e3,
+             r5["latency_us"]["p50"] / 1e3, r5["latency_us"]["p99"] / 1e3, added_p99), flush=True)
+    b.results["qos1"] = {"direct": d, "direct_sub_received": d_got, "relayed": r,
+                         "relayed_sub_received": r_got, "relayed_rate": r_rate,
+                         "direct_rate": d_rate, "at5000": {"direct": d5, "relayed": r5,
+                                                            "added_p50_ms": added_p50,
+                                                            "added_p99_ms": added_p99}}
+    b.rows += [
+        ("QoS 1 direct, %d connections" % n, "%.0f msg/s, p99 %.1f ms"
+         % (d_rate, d["latency_us"]["p99"] / 1e3), "(reference)", "mqttload pub --qos 1"),
+        ("QoS 1 relayed, %d leaves" % n, "%.0f msg/s (%.0f %%), p50 %.1f ms, p99 %.1f ms, "
+         "unacked %d" % (r_rate, 100 * r_rate / d_rate if d_rate else 0,
+                         r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3, lost),
+         ">= 90 %, 0 loss, p99 <= 100 ms", "fleetgw-leafsim --qos 1"),
+        ("QoS 1 added latency at 5,000 msg/s", "p50 %+.2f ms, p99 %+.2f ms"
+         % (added_p50, added_p99), "p99 <= 1 ms", "leafsim vs mqttload --rate 5000"),
+    ]
+
+
+def section_memory(b, workdir, certs):
+    n = env_int("BENCH_LEAVES", 1000)
+    print("\n== memory: fleetgw RSS with 0 vs %d leaves, each with its own upstream TLS session"
+          % n)
+    broker = Broker(workdir, tls=True, certs=certs)
+    gw = Gateway(b.fleetgw, workdir, broker, certs, name="fleetgw-tls")
+    leafsim = None
+    try:
+        time.sleep(1.0)
+        rss0 = rss_kib(gw.pid)
+        cmd = b.leafsim_cmd(gw, n, "mem-", "--connect-rate", 0, "--keepalive", 300)
+        show(cmd)
+        leafsim = Proc(cmd, workdir / "leafsim-mem.log")
+        t0 = time.monotonic()
+
+        def all_up():
+            if not leafsim.alive():
+                raise RuntimeError("leafsim exited:\n" + leafsim.text()[-2000:])
+            m = gw.metrics()
+            return m["leaves_active"] >= n and m["upstreams_up"] >= n
+
+        up = wait_until(all_up, 120, interval=0.5)
+        t_up = time.monotonic() - t0
+        time.sleep(1.0)  # let allocations settle
+        m = gw.metrics()
+        rss1, hwm = rss_kib(gw.pid), rss_kib(gw.pid, "VmHWM")
+        leafsim.stop(30)
+        st = last_json(leafsim.text())
+    finally:
+        if leafsim is not None and leafsim.alive():
+            leafsim.stop()
+        gw.stop()
+        broker.stop()
+    per_leaf = (rss1 - rss0) / n
+    print("   RSS %d KiB idle -> %d KiB with %d leaves active and %d upstream TLS sessions up "
+          "(peak %d KiB): %.1f KiB per leaf; all up after %.1f s (TLS connect of all: %.0f ms)"
+          % (rss0, rss1, m["leaves_active"], m["upstreams_up"], hwm, per_leaf, t_up,
+             st["connect_last_ms"]), flush=True)
+    if not up:
+        print("   WARNING: not every leaf came up: %r" % m)
+    b.results["memory"] = {"leaves": n, "rss_idle_kib": rss0, "rss_kib": rss1, "hwm_kib": hwm,
+                           "kib_per_leaf": per_leaf, "leaves_active": m["leaves_active"],
+                           "upstreams_up": m["upstreams_up"], "leafsim": st}
+    b.rows += [
+        ("memory per connected leaf (TLS upstream), %d leaves" % n, "%.1f KiB" % per_leaf,
+         "<= 32 KiB", "VmRSS(%d leaves) - VmRSS(0) over %d" % (n, n)),
+        ("connect %d leaves over TLS upstream" % n, "%.0f ms" % st["connect_last_ms"], "",
+         "fleetgw-leafsim -n %d (TLS broker)" % n),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", required=True, help="the build-bench directory")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = ap.parse_args()
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory").split(",")))
+
+    work = Path(tempfile.mkdtemp(prefix="fleetgw-bench-"))
+    b = Bench(args.build, work)
+    t_start = time.monotonic()
+    print("work directory: %s   (%d CPUs, %s)" % (work, os.cpu_count(), os.uname().release))
+    broker = gw = None
+    rc = 0
+    try:
+        if only & {"qos0", "connect", "qos1"}:
+            broker = Broker(work)
+            gw = Gateway(b.fleetgw, work, broker)
+            print("mosquitto (plain) on %d, fleetgw on udp %s" % (broker.port, gw.addr))
+            if "qos0" in only:
+                section_qos0(b, broker, gw)
+            if "connect" in only:
+                section_connect(b, gw)
+            if "qos1" in only:
+                section_qos1(b, broker, gw)
+            gw_rc = gw.stop()
+            gw = None
+            if gw_rc != 0:
+                print("WARNING: fleetgw exited %s on SIGTERM" % gw_rc)
+            broker.stop()
+            broker = None
+        if "memory" in only:
+            certs = make_certs(work / "pki")
+            section_memory(b, work, certs)
+    except Exception as e:  # print what we have, then the error
+        print("\nBENCHMARK ERROR: %s" % e)
+        rc = 1
+        args.keep = True
+    finally:
+        if gw is not None:
+            gw.stop()
+        if broker is not None:
+            broker.stop()
+
+    print("\n== summary (this machine, this run; %.0f s)" % (time.monotonic() - t_start))
+    w = max((len(r[0]) for r in b.rows), default=10)
+    for fig, val, target, _ in b.rows:
+        print("  %-*s  %-45s %s" % (w, fig, val, ("target " + target) if target else ""))
+    out = Path(args.build) / "bench-results.json"
+    out.write_text(json.dumps(b.results, indent=2))
+    print("\nraw figures: %s" % out)
+    if args.keep:
+        print("logs kept in %s" % work)
+    else:
+        subprocess.run(["rm", "-rf", str(work)])
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
