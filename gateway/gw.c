@@ -147,6 +147,13 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
     leaves_addr_str((struct sockaddr *)&s->addr, b, sizeof b);
     log_ratelimited(&rl, LOG_WARN, MOD, "CONNECT %s from %s refused: bound to %s", s->client_id,
                     a, b);
+    {
+      char why[256];
+      snprintf(why, sizeof why, "ClientId in use by a connected leaf at %s, CONNECT came from %s",
+               b, a);
+      store_audit(gw->store, (int64_t)time(NULL), "gateway", "admission.refused", s->client_id,
+                  why);
+    }
     reply_connack(gw, from, MQTTSN_RC_NOT_SUPPORTED);
     return;
   }

@@ -249,7 +249,7 @@ class Broker:
     client certificate's CN used as the user name so the log shows which
     certificate each connection presented)."""
 
-    def __init__(self, workdir, tls=False, certs=None, extra_conf=""):
+    def __init__(self, workdir, tls=False, certs=None, extra_conf="", cafile=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
@@ -277,7 +277,7 @@ class Broker:
             if certs is None:
                 raise ValueError("a TLS broker needs certs")
             lines += [
-                "cafile %s" % certs.ca_crt,
+                "cafile %s" % (cafile or certs.ca_crt),
                 "certfile %s" % certs.server_crt,
                 "keyfile %s" % certs.server_key,
                 "require_certificate true",
@@ -363,12 +363,14 @@ class Broker:
 
 @pytest.fixture
 def mosquitto(tmp_path, request, certs):
-    """Factory: mosquitto(tls=False, extra_conf="") -> a started Broker."""
+    """Factory: mosquitto(tls=False, extra_conf="", cafile=None) -> a started
+    Broker.  cafile: the CAs trusted for client certificates (default: the
+    test CA)."""
     brokers = []
 
-    def make(tls=False, extra_conf=""):
+    def make(tls=False, extra_conf="", cafile=None):
         b = Broker(tmp_path / ("mosquitto-%d" % len(brokers)), tls=tls,
-                   certs=certs if tls else None, extra_conf=extra_conf)
+                   certs=certs if tls else None, extra_conf=extra_conf, cafile=cafile)
         brokers.append(b)
         return b.start()
     yield make
@@ -527,6 +529,9 @@ class Gateway:
             pytest.fail("gateway binary not found: %s (build it, or set FLEETGW_BIN)"
                         % FLEETGW_BIN)
         self.config_path.write_text(json.dumps(self.config, indent=2))
+        # A restarted gateway appends to the same log: readiness is judged on
+        # what this process writes, not on an earlier "ready" line.
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([FLEETGW_BIN, "--config", str(self.config_path)],
                                          stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
@@ -547,7 +552,7 @@ class Gateway:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     return False
-                if READY_RE.search(self.log_text()):
+                if READY_RE.search(self.log_text()[self._log_start:]):
                     return True
                 try:
                     probe.sendto(sn.encode_searchgw(0), self.addr)

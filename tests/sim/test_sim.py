@@ -413,6 +413,7 @@ def test_cbor_topics_are_recognised(sim, conns):
     claim.pub("$aws/certificates/create/cbor", b"\xa0")
     m = claim.get()
     assert m.topic == "$aws/certificates/create/cbor/rejected"
+    assert m.qos == 1  # A.2 (observed): responses at QoS 1
     assert m.payload[0] == 0xa3  # a CBOR map of three pairs
     assert b"statusCode" in m.payload and b"errorCode" in m.payload
     assert not claim.closed.is_set()
