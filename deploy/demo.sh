@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # deploy/demo.sh - the whole system on this machine, no cloud account needed:
 #   - a real mosquitto broker on 127.0.0.1 with TLS and client certificates,
-#   - fleetgw relaying MQTT-SN leaves to it, one upstream TLS session per leaf,
+#   - fleetgw with its own CA (provisioning backend local-ca): each leaf gets
+#     one certificate, recorded in the SQLite registry, exactly once (run the
+#     demo again: nobody is provisioned twice), and its own upstream TLS
+#     session with it,
 #   - a fleet of simulated MQTT-SN leaves that publish telemetry and receive
 #     commands,
 #   - a watcher at the broker printing what arrives, and a command sent to a
@@ -55,13 +58,28 @@ if [ ! -f ca.crt ]; then
     -out gateway.crt 2>/dev/null
   chmod 600 ./*.key
 fi
+if [ ! -f localca.crt ]; then
+  echo "== creating the gateway's local CA (it signs one certificate per leaf)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=fleetgw demo local CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout localca.key -out localca.crt 2>/dev/null
+  chmod 600 localca.key
+fi
+# The broker trusts client certificates from both CAs: the demo CA (the
+# watcher's) and the gateway's local CA (the leaves').
+cat ca.crt localca.crt > client-cas.pem
 
 cat > mosquitto.conf <<EOF
+# Run as the demo's user (mosquitto started by root would switch to the
+# "mosquitto" user and could not read the demo's key files).
+user $(id -un)
 listener $BROKER_PORT 127.0.0.1
-cafile $STATE/ca.crt
+cafile $STATE/client-cas.pem
 certfile $STATE/broker.crt
 keyfile $STATE/broker.key
 require_certificate true
+use_identity_as_username true
 allow_anonymous true
 max_queued_messages 10000
 log_dest file $STATE/mosquitto.log
@@ -81,9 +99,12 @@ cat > fleetgw.json <<EOF
     "port": $BROKER_PORT,
     "tls": true,
     "ca_file": "$STATE/ca.crt",
-    "cert_file": "$STATE/gateway.crt",
-    "key_file": "$STATE/gateway.key",
     "keepalive_s": 60
+  },
+  "registry": { "path": "$STATE/registry.db" },
+  "provisioning": {
+    "backend": "local-ca",
+    "local_ca": { "cert_file": "$STATE/localca.crt", "key_file": "$STATE/localca.key", "create": false }
   }
 }
 EOF
@@ -123,6 +144,7 @@ pids+=($!)
 pids+=($!)
 
 echo "== $LEAVES leaves; a command goes to one of them every 10 s. Ctrl-C stops the demo."
+echo "== registry: $STATE/registry.db (sqlite3 $STATE/registry.db 'select client_id, thing_name, state from devices')"
 i=0
 while true; do
   sleep 10

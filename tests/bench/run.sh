@@ -9,7 +9,8 @@
 #
 # Environment (all optional):
 #   BENCH_LEAVES       leaves for the TLS memory run (default 1000)
-#   BENCH_QOS0_RATES   offered QoS 0 rates, msgs/s (default "10000 20000 30000 40000 50000")
+#   BENCH_QOS0_RATES   offered QoS 0 rates, msgs/s (default 10k..150k; stops early once
+#                      both paths lose messages)
 #   BENCH_QOS0_SECS    seconds per QoS 0 step (default 3)
 #   BENCH_QOS0_LEAVES  leaves / connections in the QoS 0 runs (default 100)
 #   BENCH_QOS1_LEAVES  leaves in the connect and QoS 1 runs (default 1000)
