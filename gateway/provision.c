@@ -26,6 +26,7 @@
 #define TICK_MS 100
 #define MAX_WORK 4               /* off-loop jobs at once (libuv's pool has 4 threads) */
 #define TOKEN_MARGIN_S 60        /* do not use an ownership token in its last minute */
+#define MAX_RESTARTS 3           /* new runs in a row for one device before it fails */
 
 enum job_next {
   J_PREPARE,        /* off the loop: key pair (unless stored) and CSR; local-ca: also sign */
@@ -54,6 +55,7 @@ struct job {
   bool have_key;             /* key_pem came from the journal */
   uint64_t not_before;       /* loop ms */
   uint32_t attempts;
+  uint32_t restarts;         /* runs restarted for this device in a row */
   char *key_pem;             /* secret: wiped with ca_secret_free */
   char *csr_pem;
   char *cert_pem;            /* local-ca: the signed certificate */
@@ -554,14 +556,22 @@ static void on_rejected(struct job *j, enum job_next op, const char *json, size_
   p->m->provision_rejected++;
   store_audit(p->st, now_s(), "gateway", "provision.rejected", j->client_id, text);
 
-  if (op == J_SEND_REGISTER && j->register_unknown && e.status_code == 400 && e.error_code &&
-      strstr(e.error_code, "OwnershipToken")) {
-    /* Our earlier RegisterThing (reply lost, or sent just before a crash)
-     * used the token: it may have succeeded.  The certificate is listed for
-     * cleanup and the device gets a new one. */
+  if (op == J_SEND_REGISTER && e.error_code && strstr(e.error_code, "OwnershipToken")) {
+    /* The certificate can never be registered with this token.  Either our
+     * earlier RegisterThing (reply lost, or sent just before a crash) used
+     * it and may have succeeded, or the cloud expired it: the certificate
+     * is listed as orphaned for cleanup and the device gets a new one.  A
+     * few such restarts in a row mean something else is wrong. */
+    bool unknown = j->register_unknown;
     prov_error_clear(&e);
-    restart_run(j, "RegisterThing outcome unknown (token already used); the certificate may "
-                   "be active in the cloud: check and revoke it");
+    if (++j->restarts > MAX_RESTARTS) {
+      finish_failed(j, text);
+      return;
+    }
+    restart_run(j, unknown ? "RegisterThing outcome unknown (token already used); the "
+                             "certificate may be active in the cloud: check and revoke it"
+                           : "certificate ownership token refused by the cloud (expired or "
+                             "invalid)");
     return;
   }
   prov_error_clear(&e);

@@ -519,6 +519,7 @@ class Gateway:
         self.config_path = self.workdir / "fleetgw.json"
         self.log = self.workdir / "fleetgw.stderr"
         self.proc = None
+        self.env = None           # extra environment for the next start()
         self.leaves = []
         self.exit_code = None
         self.predefined = {int(k): v for k, v in
@@ -533,9 +534,10 @@ class Gateway:
         # what this process writes, not on an earlier "ready" line.
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as logf:
+            env = dict(os.environ, **self.env) if self.env else None
             self.proc = subprocess.Popen([FLEETGW_BIN, "--config", str(self.config_path)],
                                          stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
-                                         cwd=str(self.workdir))
+                                         cwd=str(self.workdir), env=env)
         if not self._wait_ready(timeout):
             rc = self.proc.poll()
             self.kill()
@@ -678,13 +680,14 @@ def gateway(tmp_path, request, certs, mosquitto):
     SIGTERM and must exit 0 (unless the test already stopped it)."""
     gws = []
 
-    def make(broker=None, **overrides):
+    def make(broker=None, env=None, **overrides):
         cfg = deep_merge(gateway_config(free_port(socket.SOCK_DGRAM), broker, certs), overrides)
         # Each gateway gets its own registry unless the test shares one
         # (restart tests pass registry={"path": ...}).
         cfg.setdefault("registry", {}).setdefault(
             "path", str(tmp_path / ("registry-%d.db" % len(gws))))
         gw = Gateway(tmp_path / ("fleetgw-%d" % len(gws)), cfg)
+        gw.env = env
         gws.append(gw)
         return gw.start()
     yield make

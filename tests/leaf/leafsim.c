@@ -1152,8 +1152,12 @@ static void arm(struct leaf *l, uint64_t t)
     return;
   }
   /* libuv timers count whole milliseconds; round up so we are never early
-   * (a timer that fires early would only re-arm itself). */
-  uint64_t ms = next <= t ? 0 : (next - t + NS_PER_MS - 1) / NS_PER_MS;
+   * (a timer that fires early would only re-arm itself).  Never 0: libuv
+   * runs a timer re-armed with 0 from its own callback again in the same
+   * pass, with the loop's clock frozen, so a leaf that has fallen behind
+   * its schedule would starve the I/O and every other timer (--duration
+   * included).  At least 1 ms lets the loop poll between bursts. */
+  uint64_t ms = next <= t ? 1 : (next - t + NS_PER_MS - 1) / NS_PER_MS;
   uv_timer_start(&l->timer, timer_cb, ms, 0);
 }
 
@@ -1384,7 +1388,7 @@ static void connect_cb(uv_timer_t *h)
   if (s->started < s->o.leaves) {
     double next_s = (double)s->started / s->o.connect_rate;
     uint64_t at = s->t_start + (uint64_t)(next_s * (double)NS_PER_S);
-    uint64_t ms = at <= t ? 0 : (at - t + NS_PER_MS - 1) / NS_PER_MS;
+    uint64_t ms = at <= t ? 1 : (at - t + NS_PER_MS - 1) / NS_PER_MS; /* never 0: see arm() */
     uv_timer_start(&s->connect_timer, connect_cb, ms, 0);
   }
 }
