@@ -14,7 +14,7 @@ SUDO=""
 
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev \
   libuv1-dev libwebsockets-dev libssl-dev libsqlite3-dev libcjson-dev \
-  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt"
+  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -24,6 +24,14 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
+# The AWS IoT simulator (tests/sim) runs on Node.js >= 18: Debian's nodejs
+# and npm unless a Node.js is installed already.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing: nodejs npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd tests/sim && npm ci --no-audit --no-fund --loglevel=error)
 # The Debian mosquitto package starts a broker on port 1883; tests use their own.
 PY=/usr/bin/python3
 
@@ -51,5 +59,6 @@ for t in $targets; do
   rm -rf "$work"
 done
 
-echo "== integration tests (real mosquitto on 127.0.0.1)"
-FLEETGW_BIN="$ROOT/build-test/fleetgw" $PY -m pytest -q -p no:cacheprovider tests/leaf tests/integration
+echo "== integration tests (real mosquitto, the AWS IoT simulator, all on 127.0.0.1)"
+FLEETGW_BIN="$ROOT/build-test/fleetgw" $PY -m pytest -q -p no:cacheprovider \
+  tests/leaf tests/sim tests/integration

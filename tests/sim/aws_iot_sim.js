@@ -4,7 +4,7 @@
 // shares no code with the gateway's C MQTT client. Every AWS behaviour it reproduces cites the
 // fact in /work/shared/PROTOCOLS.md (section A = fleet provisioning, B = AWS IoT MQTT).
 // Usage and the control API: tests/sim/README.md.
-import { Aedes } from 'aedes'
+import aedesFactory from 'aedes' // aedes 0.51: CommonJS, works on Node 18 (Debian 12) and 20
 import tls from 'node:tls'
 import http from 'node:http'
 import crypto from 'node:crypto'
@@ -640,7 +640,7 @@ function violation (client, what) {
   return new Error(`policy violation: ${what}`)
 }
 
-const broker = new Aedes({
+const broker = aedesFactory({
   id: 'aws-iot-sim',
   maxClientsIdLength: 128,
   heartbeatInterval: 3600000,
@@ -714,7 +714,7 @@ const broker = new Aedes({
     return packet
   }
 })
-await broker.listen()
+// (aedes 0.51 needs no listen(): the broker is ready once created.)
 broker.on('clientReady', (client) => { S.counters.connections++; log('connected', client.id, client._sim && client._sim.ident.kind) })
 broker.on('clientError', (client, err) => log('client error', client && client.id, err.message))
 
