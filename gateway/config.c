@@ -393,6 +393,8 @@ static const struct key_spec upstream_keys[] = {
     UINT_KEY("max_queue", upstream.max_queue, 1, 1000000),
     /* 268435455 is the largest MQTT Remaining Length, plus 5 header bytes. */
     UINT_KEY("max_packet", upstream.max_packet, 1024, 268435460),
+    UINT_KEY("max_connecting", upstream.max_connecting, 0, 100000),
+    UINT_KEY("connect_rate_per_s", upstream.connect_rate_per_s, 0, 100000),
     STR_KEY("qos_minus1_client_id", upstream.qos_m1_client_id, check_nonempty,
             "a non-empty string", true),
 };
@@ -850,6 +852,8 @@ static int set_defaults(const struct loader *ld)
   cfg->upstream.give_up_after_s = 120;
   cfg->upstream.max_queue = 1000;
   cfg->upstream.max_packet = 131072 + 1024;
+  cfg->upstream.max_connecting = 64;
+  cfg->upstream.connect_rate_per_s = 200; /* AWS IoT: a few hundred per second per account */
 
   cfg->registry.path = strdup("fleetgw-registry.db");
   cfg->registry.synchronous = 1;

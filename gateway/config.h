@@ -77,6 +77,8 @@ struct gw_config {
     uint32_t max_queue;        /* "upstream.max_queue": outgoing messages per session; default 1000 */
     uint32_t max_packet;       /* "upstream.max_packet": default 131072 + 1024 */
     char *qos_m1_client_id;    /* "upstream.qos_minus1_client_id": NULL = QoS -1 dropped */
+    uint32_t max_connecting;   /* "upstream.max_connecting": attempts in progress; default 64 */
+    uint32_t connect_rate_per_s; /* "upstream.connect_rate_per_s": new attempts/s; default 200 */
   } upstream;
 
   struct {

@@ -440,6 +440,11 @@ int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
   }
   if (provision_new(loop, cfg, gw->store, gw->tls, &gw->m, on_provisioned, gw, &gw->prov) != 0)
     goto fail_store;
+  if (upstream_pacer_new(loop, cfg->upstream.max_connecting, cfg->upstream.connect_rate_per_s,
+                         &gw->pacer) != UPSTREAM_OK) {
+    provision_free(gw->prov);
+    goto fail_store;
+  }
   *out = gw;
   return 0;
 
@@ -502,7 +507,7 @@ static void lan_closed(void *ud)
   leaves_close_done(ud);
 }
 
-static void prov_stopped(void *ud)
+static void close_done_cb(void *ud)
 {
   leaves_close_done(ud);
 }
@@ -546,7 +551,12 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
     gw->qm1 = NULL;
   }
   gw->pending_closes++;
-  provision_stop(gw->prov, prov_stopped, gw);
+  provision_stop(gw->prov, close_done_cb, gw);
+  if (gw->pacer) {
+    gw->pending_closes++;
+    upstream_pacer_close(gw->pacer, close_done_cb, gw);
+    gw->pacer = NULL;
+  }
   if (gw->adv_started) {
     gw->pending_closes++;
     uv_close((uv_handle_t *)&gw->adv_timer, adv_closed);

@@ -19,6 +19,7 @@
 
 struct upstream;
 struct upstream_opts;
+struct upstream_pacer;
 struct store;
 struct provisioner;
 struct tls_identity;
@@ -167,6 +168,7 @@ struct gw {
   struct tls_ctx *tls;
   struct store *store;
   struct provisioner *prov;
+  struct upstream_pacer *pacer;
   struct metrics m;
 
   struct session **by_id;

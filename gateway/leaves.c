@@ -217,6 +217,7 @@ void leaves_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *cl
   o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
   o->max_queue = cfg->upstream.max_queue;
   o->max_packet = cfg->upstream.max_packet;
+  o->pacer = gw->pacer;
 }
 
 void leaves_close_done(struct gw *gw)

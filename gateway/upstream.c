@@ -142,6 +142,24 @@ struct upstream {
   struct idset subs;           /* SUBSCRIBE/UNSUBSCRIBE awaiting their ack */
   struct idset in_qos1;        /* incoming QoS 1 not yet acked by the owner */
   struct idset in_qos2;        /* incoming QoS 2 delivered, awaiting PUBREL */
+
+  struct upstream *pq_next;    /* in the pacer's wait queue */
+  bool pq_waiting;
+  bool holds_slot;             /* counted in the pacer's attempts in progress */
+};
+
+struct upstream_pacer {
+  uv_loop_t *loop;
+  uv_timer_t timer;
+  uint32_t max_connecting;
+  uint32_t rate_per_s;
+  size_t connecting;
+  size_t waiting;
+  double tokens;
+  uint64_t tokens_at;
+  struct upstream *head, *tail;
+  void (*done)(void *);
+  void *done_ud;
 };
 
 /* A write in flight; data lives until write_cb. */
@@ -159,6 +177,8 @@ static _Thread_local uint8_t g_plain[16 * 1024];
 static void timer_cb(uv_timer_t *t);
 static void start_attempt(struct upstream *u);
 static void send_queue(struct upstream *u);
+static void pace_release(struct upstream *u);
+static void pace_start(struct upstream *u);
 
 /* ---- small helpers ---- */
 
@@ -562,6 +582,7 @@ static void lost(struct upstream *u, enum upstream_reason why, int connack_rc)
 {
   uint32_t delay;
 
+  pace_release(u);
   free_addrinfo(u);
   idset_clear(&u->in_qos1);
   idset_clear(&u->subs);
@@ -703,7 +724,7 @@ static void timer_cb(uv_timer_t *t)
 
   switch (u->state) {
   case U_BACKOFF:
-    start_attempt(u);
+    pace_start(u);
     break;
   case U_RESOLVING:
     LOGW(MOD, "%s: DNS for %s timed out", u->o.client_id, u->o.host);
@@ -1069,6 +1090,7 @@ static void start_attempt(struct upstream *u)
 
 static void handle_connack(struct upstream *u, struct conn *c, const struct mqtt_packet *p)
 {
+  pace_release(u); /* the attempt is over, whatever the answer */
   if (p->type != MQTT_CONNACK) {
     LOGW(MOD, "%s: %s before CONNACK", u->o.client_id, mqtt_type_name(p->type));
     abort_conn(c, UPSTREAM_R_PROTOCOL, 0);
@@ -1182,6 +1204,147 @@ static void handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt
 
 /* ---- public API ---- */
 
+/* ---- connect pacing ---- */
+
+static bool pacer_take_token(struct upstream_pacer *p, uint64_t *wait_ms)
+{
+  uint64_t now = uv_now(p->loop);
+  if (p->rate_per_s == 0)
+    return true;
+  p->tokens += (double)(now - p->tokens_at) * p->rate_per_s / 1000.0;
+  if (p->tokens > p->rate_per_s)
+    p->tokens = p->rate_per_s; /* a burst of at most one second's worth */
+  p->tokens_at = now;
+  if (p->tokens >= 1.0) {
+    p->tokens -= 1.0;
+    return true;
+  }
+  *wait_ms = (uint64_t)((1.0 - p->tokens) * 1000.0 / p->rate_per_s) + 1;
+  return false;
+}
+
+static void pacer_dispatch(struct upstream_pacer *p);
+
+static void pacer_timer_cb(uv_timer_t *t)
+{
+  pacer_dispatch(t->data);
+}
+
+/* Starts waiting attempts while there is room and rate. */
+static void pacer_dispatch(struct upstream_pacer *p)
+{
+  while (p->head && (p->max_connecting == 0 || p->connecting < p->max_connecting)) {
+    struct upstream *u = p->head;
+    uint64_t wait_ms = 0;
+    if (!pacer_take_token(p, &wait_ms)) {
+      if (!uv_is_active((uv_handle_t *)&p->timer))
+        uv_timer_start(&p->timer, pacer_timer_cb, wait_ms, 0);
+      return;
+    }
+    p->head = u->pq_next;
+    if (!p->head)
+      p->tail = NULL;
+    u->pq_next = NULL;
+    u->pq_waiting = false;
+    p->waiting--;
+    u->holds_slot = true;
+    p->connecting++;
+    start_attempt(u);
+  }
+}
+
+static void pace_start(struct upstream *u)
+{
+  struct upstream_pacer *p = u->o.pacer;
+  if (!p) {
+    start_attempt(u);
+    return;
+  }
+  if (u->pq_waiting || u->holds_slot)
+    return;
+  u->pq_waiting = true;
+  u->pq_next = NULL;
+  if (p->tail)
+    p->tail->pq_next = u;
+  else
+    p->head = u;
+  p->tail = u;
+  p->waiting++;
+  pacer_dispatch(p);
+}
+
+/* The attempt ended (CONNACK, failure, stop), or the upstream stopped while
+ * waiting: its place goes to the next. */
+static void pace_release(struct upstream *u)
+{
+  struct upstream_pacer *p = u->o.pacer;
+  if (!p)
+    return;
+  if (u->pq_waiting) {
+    struct upstream **pp = &p->head, *prev = NULL;
+    for (; *pp; prev = *pp, pp = &(*pp)->pq_next) {
+      if (*pp == u) {
+        *pp = u->pq_next;
+        if (p->tail == u)
+          p->tail = prev;
+        break;
+      }
+    }
+    u->pq_waiting = false;
+    u->pq_next = NULL;
+    p->waiting--;
+  }
+  if (u->holds_slot) {
+    u->holds_slot = false;
+    p->connecting--;
+    pacer_dispatch(p);
+  }
+}
+
+int upstream_pacer_new(uv_loop_t *loop, uint32_t max_connecting, uint32_t rate_per_s,
+                       struct upstream_pacer **out)
+{
+  struct upstream_pacer *p = calloc(1, sizeof *p);
+  if (!p)
+    return UPSTREAM_ENOMEM;
+  p->loop = loop;
+  p->max_connecting = max_connecting;
+  p->rate_per_s = rate_per_s;
+  p->tokens = rate_per_s;
+  p->tokens_at = uv_now(loop);
+  uv_timer_init(loop, &p->timer);
+  p->timer.data = p;
+  *out = p;
+  return UPSTREAM_OK;
+}
+
+static void pacer_closed(uv_handle_t *h)
+{
+  struct upstream_pacer *p = h->data;
+  void (*done)(void *) = p->done;
+  void *ud = p->done_ud;
+  free(p);
+  if (done)
+    done(ud);
+}
+
+void upstream_pacer_close(struct upstream_pacer *p, void (*done)(void *), void *ud)
+{
+  p->done = done;
+  p->done_ud = ud;
+  uv_close((uv_handle_t *)&p->timer, pacer_closed);
+}
+
+size_t upstream_pacer_waiting(const struct upstream_pacer *p)
+{
+  return p->waiting;
+}
+
+size_t upstream_pacer_connecting(const struct upstream_pacer *p)
+{
+  return p->connecting;
+}
+
 static int validate_opts(const struct upstream_opts *o)
 {
   if (!o->host || !o->host[0] || o->port == 0 || !o->client_id)
@@ -1287,6 +1450,7 @@ void upstream_stop(struct upstream *u, bool graceful)
     return;
   set_state(u, U_CLOSING);
   uv_timer_stop(&u->timer);
+  pace_release(u);
   if (u->gai_active)
     uv_cancel((uv_req_t *)&u->gai);
   LOGI(MOD, "%s: stopping (%s)", u->o.client_id, graceful ? "graceful" : "abrupt");

@@ -403,3 +403,24 @@ def test_permanent_rejection_is_recorded_and_the_leaf_refused(gateway, sim, pki,
     # It stays refused (no new run, no new certificate) until an operator acts.
     assert lf.connect(keepalive=60) == sn.RC_NOT_SUPPORTED
     assert sim.state()["counters"]["certs_issued"] == 1
+
+
+def test_create_keys_method_uses_the_cloud_made_rsa_key(gateway, sim, pki, tmp_path):
+    gw = aws_gateway(gateway, sim, pki, tmp_path, provisioning={"aws": {"method": "create-keys"}})
+    obs = Observer(sim, pki, "fleet/#")
+    try:
+        lf = gw.leaf("leaf-k")
+        assert connect_until_accepted(lf) == sn.RC_ACCEPTED
+        tid = lf.register("fleet/fleetgw-leaf-k/telemetry")
+        assert lf.publish(tid, b"rsa", qos=1) == sn.RC_ACCEPTED
+        assert ("fleet/fleetgw-leaf-k/telemetry", b"rsa") in obs.wait(1)
+    finally:
+        obs.close()
+    st = sim.state()
+    assert st["counters"]["requests"].get("CreateKeysAndCertificate") == 1
+    assert not st["counters"]["requests"].get("CreateCertificateFromCsr")
+    assert list(thing_certs(st, "fleetgw-leaf-k").values()) == ["ACTIVE"]
+    rows = registry_certs(tmp_path / "reg.db", "leaf-k")
+    assert [r["status"] for r in rows] == [CERT_ACTIVE]
+    # The cloud's private key is stored encrypted, never in clear.
+    assert b"RSA PRIVATE KEY" not in (tmp_path / "reg.db").read_bytes()
