@@ -399,6 +399,25 @@ static const struct key_spec upstream_keys[] = {
             "a non-empty string", true),
 };
 
+static const struct key_spec web_keys[] = {
+    BOOL_KEY("enabled", web.enabled),
+    STR_KEY("bind", web.bind, check_ip, WHAT_IP, false),
+    UINT_KEY("port", web.port, 0, 65535),
+    STR_KEY("admin_token_file", web.admin_token_file, check_nonempty, "a file path", true),
+    STR_KEY("admin_token_env", web.admin_token_env, check_env_name,
+            "an environment variable name", true),
+    STR_KEY("read_token_file", web.read_token_file, check_nonempty, "a file path", true),
+    STR_KEY("read_token_env", web.read_token_env, check_env_name,
+            "an environment variable name", true),
+    BOOL_KEY("open_health", web.open_health),
+    BOOL_KEY("open_metrics", web.open_metrics),
+    STR_KEY("tls_cert_file", web.tls_cert_file, check_readable_file, WHAT_FILE, true),
+    STR_KEY("tls_key_file", web.tls_key_file, check_readable_file, WHAT_FILE, true),
+    STR_KEY("static_dir", web.static_dir, check_nonempty, "a directory path", false),
+    STR_KEY("openapi_file", web.openapi_file, check_nonempty, "a file path", false),
+    UINT_KEY("max_body_bytes", web.max_body_bytes, 1024, 16777216),
+};
+
 static const struct key_spec registry_keys[] = {
     STR_KEY("path", registry.path, check_nonempty, "a file path", false),
     STR_KEY("key_file", registry.key_file, check_nonempty, "a file path", true),
@@ -453,6 +472,7 @@ static const struct key_spec top_keys[] = {
     UINT_KEY("gateway_id", gateway_id, 1, 255),
     OBJ_KEY("lan", lan_keys),
     OBJ_KEY("upstream", upstream_keys),
+    OBJ_KEY("web", web_keys),
     OBJ_KEY("registry", registry_keys),
     OBJ_KEY("admission", admission_keys),
     OBJ_KEY("provisioning", provisioning_keys),
@@ -853,8 +873,17 @@ static int set_defaults(const struct loader *ld)
   cfg->upstream.max_queue = 1000;
   cfg->upstream.max_packet = 131072 + 1024;
   cfg->upstream.max_connecting = 64;
-  cfg->upstream.connect_rate_per_s = 200; /* AWS IoT: a few hundred per second per account */
+  cfg->upstream.connect_rate_per_s = 500; /* AWS IoT: 500 CONNECTs/s per account (A.9) */
 
+  cfg->web.enabled = true;
+  cfg->web.bind = strdup("127.0.0.1");
+  cfg->web.port = 8080;
+  cfg->web.admin_token_file = strdup("fleetgw-admin.token");
+  cfg->web.open_health = true;
+  cfg->web.open_metrics = false;
+  cfg->web.static_dir = strdup("/usr/share/fleetgw/web");
+  cfg->web.openapi_file = strdup("/usr/share/fleetgw/openapi.json");
+  cfg->web.max_body_bytes = 65536;
   cfg->registry.path = strdup("fleetgw-registry.db");
   cfg->registry.synchronous = 1;
   cfg->admission.policy = POLICY_OPEN;
@@ -875,6 +904,9 @@ static int set_defaults(const struct loader *ld)
   cfg->provisioning.aws.serial_parameter = strdup("SerialNumber");
   cfg->provisioning.aws.token_ttl_s = 3600; /* the ownership token's life (A.4) */
 
+  if (!cfg->web.bind || !cfg->web.admin_token_file || !cfg->web.static_dir ||
+      !cfg->web.openapi_file)
+    return fail_oom(ld);
   if (!cfg->lan.bind || !cfg->upstream.client_id_template || !cfg->registry.path ||
       !cfg->admission.pattern || !cfg->provisioning.thing_name_template ||
       !cfg->provisioning.local_ca.cert_file || !cfg->provisioning.local_ca.key_file ||
@@ -928,6 +960,30 @@ static int check_rules(const struct loader *ld)
       return fail_oom(ld);
   }
 
+  if ((cfg->web.tls_cert_file == NULL) != (cfg->web.tls_key_file == NULL))
+    return fail_missing(ld, cfg->web.tls_cert_file ? "web.tls_key_file" : "web.tls_cert_file",
+                        " when the other of web.tls_cert_file/web.tls_key_file is set",
+                        WHAT_FILE);
+  if (cfg->web.admin_token_env) {
+    const char *t = getenv(cfg->web.admin_token_env);
+    if (!t || strlen(t) < 16)
+      return fail(ld, "web.admin_token_env",
+                  "expected the name of a set environment variable holding a token of at least "
+                  "16 characters, got \"%s\"%s", cfg->web.admin_token_env, t ? " (too short)" : " (not set)");
+    cfg->web.admin_token = strdup(t);
+    if (!cfg->web.admin_token)
+      return fail_oom(ld);
+  }
+  if (cfg->web.read_token_env) {
+    const char *t = getenv(cfg->web.read_token_env);
+    if (!t || strlen(t) < 16)
+      return fail(ld, "web.read_token_env",
+                  "expected the name of a set environment variable holding a token of at least "
+                  "16 characters, got \"%s\"%s", cfg->web.read_token_env, t ? " (too short)" : " (not set)");
+    cfg->web.read_token = strdup(t);
+    if (!cfg->web.read_token)
+      return fail_oom(ld);
+  }
   if (!cfg->registry.key_file) {
     size_t n = strlen(cfg->registry.path) + 5;
     cfg->registry.key_file = malloc(n);
@@ -1123,6 +1179,16 @@ free_cfg:
   return -1;
 }
 
+static void wipe_free(char *secret)
+{
+  if (secret) {
+    volatile char *p = secret;
+    while (*p)
+      *p++ = '\0';
+    free(secret);
+  }
+}
+
 void cfg_free(struct gw_config *cfg)
 {
   if (!cfg)
@@ -1151,6 +1217,17 @@ void cfg_free(struct gw_config *cfg)
   }
   free(cfg->upstream.password_env);
   free(cfg->upstream.qos_m1_client_id);
+  free(cfg->web.bind);
+  free(cfg->web.admin_token_file);
+  free(cfg->web.admin_token_env);
+  free(cfg->web.read_token_file);
+  free(cfg->web.read_token_env);
+  free(cfg->web.tls_cert_file);
+  free(cfg->web.tls_key_file);
+  free(cfg->web.static_dir);
+  free(cfg->web.openapi_file);
+  wipe_free(cfg->web.admin_token);
+  wipe_free(cfg->web.read_token);
   free(cfg->registry.path);
   free(cfg->registry.key_file);
   free(cfg->admission.pattern);

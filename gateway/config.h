@@ -82,6 +82,25 @@ struct gw_config {
   } upstream;
 
   struct {
+    bool enabled;              /* "web.enabled": default true */
+    char *bind;                /* "web.bind": default "127.0.0.1" */
+    uint16_t port;             /* "web.port": default 8080 */
+    char *admin_token_file;    /* "web.admin_token_file": default "fleetgw-admin.token" (created) */
+    char *admin_token_env;     /* "web.admin_token_env": variable holding the admin token */
+    char *read_token_file;     /* "web.read_token_file": read-only token, optional */
+    char *read_token_env;      /* "web.read_token_env" */
+    bool open_health;          /* "web.open_health": default true */
+    bool open_metrics;         /* "web.open_metrics": default false */
+    char *tls_cert_file;       /* "web.tls_cert_file": HTTPS when set with tls_key_file */
+    char *tls_key_file;        /* "web.tls_key_file" */
+    char *static_dir;          /* "web.static_dir": default "/usr/share/fleetgw/web" */
+    char *openapi_file;        /* "web.openapi_file": default "/usr/share/fleetgw/openapi.json" */
+    uint32_t max_body_bytes;   /* "web.max_body_bytes": default 65536 */
+    char *admin_token;         /* loaded from the file or variable (secret) */
+    char *read_token;
+  } web;
+
+  struct {
     char *path;                /* "registry.path": default "fleetgw-registry.db" */
     char *key_file;            /* "registry.key_file": default "<path>.key" */
     int synchronous;           /* "registry.synchronous": "off"|"normal"|"full"; default normal (1) */

@@ -179,6 +179,8 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
       uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof ip);
     ar = admit_check(gw->store, gw->cfg, cid, ip, (int64_t)time(NULL), NULL, reason,
                      sizeof reason);
+    leaves_event(gw, "admission", cid, "result",
+                 ar == ADMIT_OK ? "admitted" : (ar == ADMIT_PENDING ? "pending" : "refused"));
     if (ar != ADMIT_OK) {
       static struct log_ratelimit rl;
       if (ar == ADMIT_PENDING)
@@ -395,10 +397,16 @@ static const struct upstream_cbs qm1_cbs = {
 /* ---- lifecycle ---------------------------------------------------------- */
 
 /* A device's provisioning run ended: its waiting session (if any) goes on. */
+static void on_provision_step(void *ud, const char *client_id, const char *step)
+{
+  leaves_event(ud, "provision.step", client_id, "step", step);
+}
+
 static void on_provisioned(void *ud, const char *client_id, bool ok)
 {
   struct gw *gw = ud;
   struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  leaves_event(gw, "device.state", client_id, "state", ok ? "active" : "failed");
   if (s)
     sess_on_provisioned(s, ok);
 }
@@ -440,6 +448,8 @@ int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
   }
   if (provision_new(loop, cfg, gw->store, gw->tls, &gw->m, on_provisioned, gw, &gw->prov) != 0)
     goto fail_store;
+  provision_observe(gw->prov, on_provision_step, gw);
+  gw->started_ms = uv_now(loop);
   if (upstream_pacer_new(loop, cfg->upstream.max_connecting, cfg->upstream.connect_rate_per_s,
                          &gw->pacer) != UPSTREAM_OK) {
     provision_free(gw->prov);

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "api/gw_api.h"
 #include "config.h"
 #include "metrics.h"
 #include "mqttsn.h"
@@ -159,10 +160,25 @@ struct session {
 
   uv_timer_t timer;
   uint64_t timer_due;           /* 0 when not armed */
+  uint64_t msgs_in;             /* publishes from the leaf */
+  uint64_t msgs_out;            /* publishes to the leaf */
+};
+
+/* An event subscriber (gw_api.h).  Removed lazily: a subscriber may
+ * unsubscribe from inside its own callback. */
+struct api_sub {
+  struct api_sub *next;
+  api_event_cb cb;
+  void *ud;
+  bool dead;
 };
 
 struct gw {
   uv_loop_t *loop;
+  uint64_t started_ms;          /* uv_now at gw_new, for the uptime */
+  struct api_sub *subs;         /* event subscribers */
+  unsigned emitting;            /* nesting depth of leaves_event() */
+  uint64_t http_counts[6];      /* HTTP responses by class: 1xx..5xx (index 1..5) */
   const struct gw_config *cfg;
   struct lan *lan;
   struct tls_ctx *tls;
@@ -204,6 +220,10 @@ int leaves_predefined_id(const struct gw *gw, const char *topic, size_t len);
 /* One asynchronous close finished (upstream, timer, socket); the last one
  * during gw_stop() runs the stop callback. */
 void leaves_close_done(struct gw *gw);
+/* Publishes an event {"type", "at", "client_id" (when not NULL), key: value
+ * (when key is not NULL)} to every subscriber (gw_api.h). */
+void leaves_event(struct gw *gw, const char *type, const char *client_id, const char *key,
+                  const char *value);
 /* Upstream options for a client id, shared by leaf and QoS -1 sessions. */
 void leaves_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
                           const char *cert, const char *key);
@@ -224,6 +244,12 @@ void sess_shutdown(struct session *s, bool notify);
 bool sess_is_live(const struct session *s);
 const char *sess_state_name(enum sess_state st);
 void sess_count(const struct session *s, struct metrics *m);
+/* Operator actions: ends the leaf's session now (DISCONNECT, so it connects
+ * again and meets the registry's new state). */
+void sess_kick(struct session *s);
+/* Calls cb for each of the leaf's subscriptions. */
+typedef int (*sess_sub_cb)(void *ud, const char *filter, int qos);
+void sess_each_sub(const struct session *s, sess_sub_cb cb, void *ud);
 
 
 #endif

@@ -6,9 +6,11 @@
  * asynchronous closes during shutdown.  It calls nothing in session.c or
  * gw.c, so the dependency runs one way: gw.c -> session.c -> leaves.c.
  */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "gw_int.h"
 #include "lan.h"
@@ -228,5 +230,48 @@ void leaves_close_done(struct gw *gw)
     void (*done)(void *) = gw->stop_done;
     gw->stop_done = NULL;
     done(gw->stop_ud);
+  }
+}
+
+void leaves_event(struct gw *gw, const char *type, const char *client_id, const char *key,
+                  const char *value)
+{
+  struct timespec ts;
+  cJSON *o;
+  char *json;
+
+  if (!gw->subs)
+    return;
+  o = cJSON_CreateObject();
+  if (!o)
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  cJSON_AddStringToObject(o, "type", type);
+  cJSON_AddNumberToObject(o, "at", (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000));
+  if (client_id)
+    cJSON_AddStringToObject(o, "client_id", client_id);
+  if (key)
+    cJSON_AddStringToObject(o, key, value ? value : "");
+  json = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!json)
+    return;
+  gw->emitting++;
+  for (struct api_sub *sub = gw->subs; sub; sub = sub->next)
+    if (!sub->dead)
+      sub->cb(sub->ud, json, strlen(json));
+  gw->emitting--;
+  free(json);
+  /* Subscribers that left during the calls are freed now. */
+  if (gw->emitting == 0) {
+    for (struct api_sub **pp = &gw->subs; *pp;) {
+      if ((*pp)->dead) {
+        struct api_sub *d = *pp;
+        *pp = d->next;
+        free(d);
+      } else {
+        pp = &(*pp)->next;
+      }
+    }
   }
 }

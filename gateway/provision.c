@@ -103,6 +103,9 @@ struct provisioner {
   enum crash_point crash_at;
   bool crash_on_reply;
 
+  provision_step_cb step_cb;
+  void *step_ud;
+
   bool stopping;
   unsigned pending_closes;
   void (*stop_done)(void *);
@@ -111,6 +114,18 @@ struct provisioner {
 
 static void kick(struct provisioner *p);
 static void begin_run(struct provisioner *p, struct job *j);
+
+static void notify(struct provisioner *p, const char *client_id, const char *step)
+{
+  if (p->step_cb)
+    p->step_cb(p->step_ud, client_id, step);
+}
+
+void provision_observe(struct provisioner *p, provision_step_cb cb, void *ud)
+{
+  p->step_cb = cb;
+  p->step_ud = ud;
+}
 
 static int64_t now_s(void)
 {
@@ -206,6 +221,7 @@ static void finish_ok(struct job *j)
     return;
   }
   p->m->provision_done++;
+  notify(p, j->client_id, "done");
   LOGI(MOD, "%s: provisioned (run %lld)", j->client_id, (long long)j->run_id);
   store_audit(p->st, now_s(), "gateway", "provision.done", j->client_id, NULL);
   snprintf(client, sizeof client, "%s", j->client_id);
@@ -223,6 +239,7 @@ static void finish_failed(struct job *j, const char *reason)
   store_device_set_state(p->st, j->client_id, DEV_FAILED);
   store_audit(p->st, now_s(), "gateway", "provision.failed", j->client_id, reason);
   p->m->provision_failed++;
+  notify(p, j->client_id, "failed");
   LOGW(MOD, "%s: provisioning failed: %s", j->client_id, reason);
   snprintf(client, sizeof client, "%s", j->client_id);
   job_free(j);
@@ -241,6 +258,7 @@ static void restart_run(struct job *j, const char *reason)
     snprintf(detail, sizeof detail, "certificate %s orphaned: %s", r.cert_id, reason);
     store_audit(p->st, now_s(), "gateway", "cert.orphaned", j->client_id, detail);
     p->m->certs_orphaned++;
+    notify(p, j->client_id, "orphaned");
     LOGW(MOD, "%s: %s", j->client_id, detail);
   }
   store_run_fail(p->st, j->run_id, reason, now_s());
@@ -269,6 +287,7 @@ static void begin_run(struct provisioner *p, struct job *j)
   store_device_set_state(p->st, j->client_id, DEV_PROVISIONING);
   store_audit(p->st, now_s(), "gateway", "provision.started", j->client_id, backend);
   p->m->provision_started++;
+  notify(p, j->client_id, "started");
   j->next_step = (p->cfg->provisioning.backend == BACKEND_AWS &&
                   p->cfg->provisioning.aws.create_keys)
                      ? J_SEND_CREATE
@@ -489,6 +508,7 @@ static void on_cert_accepted(struct job *j, const char *json, size_t len)
     goto retry;
   }
   p->m->certs_issued++;
+  notify(p, j->client_id, "cert_issued");
   store_audit(p->st, now_s(), "gateway", "cert.issued", j->client_id, r.certificate_id);
   LOGI(MOD, "%s: certificate %.12s... issued", j->client_id, r.certificate_id);
   prov_cert_reply_clear(&r);
@@ -532,6 +552,7 @@ static void on_register_accepted(struct job *j, const char *json, size_t len)
     return;
   }
   store_audit(p->st, now_s(), "gateway", "provision.registered", j->client_id, r.thing_name);
+  notify(p, j->client_id, "registered");
   prov_register_reply_clear(&r);
   if (p->crash_at == CRASH_REGISTERED)
     crash_now("registered");
@@ -554,6 +575,7 @@ static void on_rejected(struct job *j, enum job_next op, const char *json, size_
            e.status_code, e.error_code ? e.error_code : "", e.error_message ? e.error_message : "");
   retryable = prov_error_is_retryable(&e);
   p->m->provision_rejected++;
+  notify(p, j->client_id, "rejected");
   store_audit(p->st, now_s(), "gateway", "provision.rejected", j->client_id, text);
 
   if (op == J_SEND_REGISTER && e.error_code && strstr(e.error_code, "OwnershipToken")) {

@@ -79,6 +79,11 @@ void provision_free(struct provisioner *p);
 int provision_ensure(struct provisioner *p, const char *client_id,
                      struct provision_identity *out, char *reason, size_t cap);
 
+/* Observes provisioning steps: step is "started", "cert_issued",
+ * "registered", "done", "failed", "rejected" or "orphaned". */
+typedef void (*provision_step_cb)(void *ud, const char *client_id, const char *step);
+void provision_observe(struct provisioner *p, provision_step_cb cb, void *ud);
+
 /* Runs in flight or queued, for status pages. */
 size_t provision_in_flight(const struct provisioner *p);
 

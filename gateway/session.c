@@ -59,6 +59,7 @@ static void set_state(struct session *s, enum sess_state st)
     return;
   LOGD(MOD, "%s: %s -> %s", s->client_id, sess_state_name(s->state), sess_state_name(st));
   s->state = st;
+  leaves_event(s->gw, "device.session", s->client_id, "session", sess_state_name(st));
 }
 
 bool sess_is_live(const struct session *s)
@@ -797,6 +798,7 @@ static void on_publish(struct session *s, const struct mqttsn_publish *p)
   int nlen, rc;
   struct uppending *u;
 
+  s->msgs_in++;
   switch (p->flags.qos) {
   case 0: gw->m.publish_in_qos0++; break;
   case 1: gw->m.publish_in_qos1++; break;
@@ -1252,6 +1254,7 @@ static void pump(struct session *s)
       s->inflight = INF_PUBACK; /* for send_inflight's sake */
       send_inflight(s, false);
       gw->m.publish_out_qos0++;
+      s->msgs_out++;
       finish_inflight(s);
       continue;
     }
@@ -1260,6 +1263,7 @@ static void pump(struct session *s)
     s->inf_tries = 0;
     s->inf_deadline = uv_now(gw->loop) + gw->cfg->lan.t_retry_ms;
     gw->m.publish_out_qos1++;
+    s->msgs_out++;
     send_inflight(s, false);
     sess_arm(s);
     return;
@@ -1406,4 +1410,21 @@ void sess_shutdown(struct session *s, bool notify)
   end_upstream(s, true, false);
   set_state(s, SESS_DISCONNECTED);
   uv_timer_stop(&s->timer);
+}
+
+void sess_kick(struct session *s)
+{
+  if (!sess_is_live(s))
+    return;
+  send_disconnect(s);
+  end_upstream(s, true, false);
+  set_state(s, SESS_DISCONNECTED);
+  sess_arm(s);
+}
+
+void sess_each_sub(const struct session *s, sess_sub_cb cb, void *ud)
+{
+  for (const struct sub *b = s->subs; b; b = b->next)
+    if (cb(ud, b->filter, b->qos) != 0)
+      return;
 }

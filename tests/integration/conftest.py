@@ -663,6 +663,8 @@ def gateway_config(lan_port, broker=None, certs=None):
             "give_up_after_s": 60,
             "client_id_template": "{client_id}",
         },
+        # The web server is off unless a test turns it on (with a free port).
+        "web": {"enabled": False},
     }
     if broker is not None and broker.tls:
         cfg["upstream"].update(ca_file=str(certs.ca_crt), cert_file=str(certs.gateway_crt),

@@ -539,7 +539,7 @@ static void test_provisioning_sections(void)
     ASSERT_EQ(cfg->provisioning.aws.token_ttl_s, 3600);
     ASSERT_TRUE(!cfg->provisioning.aws.create_keys);
     ASSERT_EQ(cfg->upstream.max_connecting, 64);
-    ASSERT_EQ(cfg->upstream.connect_rate_per_s, 200);
+    ASSERT_EQ(cfg->upstream.connect_rate_per_s, 500);
     ASSERT_EQ(cfg_claim_client_id(cfg, 3, out, sizeof out), 0);
     ASSERT_STR_EQ(out, "fleetgw-1-claim-3");
     ASSERT_EQ(cfg_thing_name(cfg, "leaf-9", out, sizeof out), 0);

@@ -1,0 +1,162 @@
+/*
+ * gw_api.h - THE ONLY gateway header that web/ may include.
+ *
+ * A small query/command API over the running gateway.  Queries copy plain
+ * structs (or stream rows to a callback); nothing returned points into the
+ * gateway's own structures.  Commands return an enum api_err and, for
+ * refusals, a one-line reason.  Events (device state changes, provisioning
+ * steps, admissions, uplink changes) are delivered as small JSON objects to
+ * subscribers: the gateway never calls web/, web/ subscribes.
+ *
+ * Everything here runs on the gateway's loop thread (libwebsockets runs on
+ * the same libuv loop), so no locking is needed and none is done.
+ */
+#ifndef FLEETGW_GW_API_H
+#define FLEETGW_GW_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct gw;
+
+enum api_err {
+  API_OK = 0,
+  API_NOTFOUND = -1,   /* no such device / entry */
+  API_CONFLICT = -2,   /* not possible in the current state (reason says why) */
+  API_INVAL = -3,      /* bad argument */
+  API_ERROR = -4,      /* registry or internal error */
+};
+
+/* ---- status -------------------------------------------------------------- */
+
+struct api_status {
+  char version[32];
+  uint64_t uptime_s;
+  unsigned gateway_id;
+  char uplink[16];            /* "up" (every live upstream up), "degraded", "down", "idle" */
+  char backend[16];           /* "none", "local-ca", "aws" */
+  int64_t devices_by_state[7];/* registry: pending, approved, provisioning, active, failed,
+                                 blocked, revoked */
+  uint64_t leaves_active;     /* live sessions */
+  uint64_t leaves_asleep;
+  uint64_t leaves_connecting;
+  uint64_t upstreams_up;
+  uint64_t provisioning_in_flight;
+  int64_t db_bytes;
+  uint64_t msgs_in;           /* publishes from leaves, all QoS */
+  uint64_t msgs_out;          /* publishes to leaves */
+};
+int api_status(struct gw *gw, struct api_status *out);
+
+/* ---- devices ------------------------------------------------------------- */
+
+struct api_device {
+  char client_id[256];
+  char thing_name[129];
+  char state[16];             /* registry state: "pending", "approved", ... */
+  char session[16];           /* live session: "active", "asleep", "awake", "connecting",
+                                 "disconnected", "lost", or "none" */
+  char bound_addr[64];        /* registry binding (IP), "" if none */
+  char address[80];           /* current UDP peer "ip:port", "" if none */
+  int64_t first_seen;
+  int64_t last_seen;
+  char last_error[512];
+  uint32_t attempts;
+  char cert_id[129];          /* the active certificate, "" if none */
+  char cert_fingerprint[65];
+  int64_t cert_not_after;
+  char cert_status[16];       /* "active", or "" */
+  uint64_t msgs_in;           /* publishes from this leaf since the gateway started */
+  uint64_t msgs_out;          /* publishes to it */
+  uint32_t queued;            /* messages buffered for it */
+  uint32_t subscriptions;     /* number of subscriptions */
+};
+typedef int (*api_device_cb)(void *ud, const struct api_device *d);
+
+/* state: NULL for any, else a registry state name.  q: substring of ClientId
+ * or thing name, NULL for any.  Ordered by ClientId; *total gets the number
+ * of matching devices.  cb returns 0 to go on. */
+int api_devices_list(struct gw *gw, const char *state, const char *q, int64_t offset,
+                     int64_t limit, api_device_cb cb, void *ud, int64_t *total);
+int api_device_get(struct gw *gw, const char *client_id, struct api_device *out);
+/* The device's subscriptions (topic filters with QoS). */
+typedef int (*api_sub_cb)(void *ud, const char *filter, int qos);
+int api_device_subscriptions(struct gw *gw, const char *client_id, api_sub_cb cb, void *ud);
+/* The active certificate's PEM (malloc'd; free()).  Never a private key. */
+int api_device_certificate(struct gw *gw, const char *client_id, char **pem);
+
+/* Commands.  actor names who acts (e.g. "api:admin"), for the audit. */
+int api_device_approve(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap);
+int api_device_block(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                     size_t cap);
+int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap);
+/* The only way a second certificate is ever issued: the active one becomes
+ * superseded, and the device is provisioned again at its next CONNECT. */
+int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
+                           char *reason, size_t cap);
+/* Release the ClientId's address binding. */
+int api_device_release(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap);
+/* Decommission: sessions closed, certificate inactive, device revoked; the
+ * audit trail stays. */
+int api_device_decommission(struct gw *gw, const char *client_id, const char *actor,
+                            char *reason, size_t cap);
+
+/* ---- allowlist, certificates, audit ------------------------------------- */
+
+typedef int (*api_allow_cb)(void *ud, const char *entry, int64_t added_at);
+int api_allow_list(struct gw *gw, api_allow_cb cb, void *ud);
+/* API_CONFLICT when it exists (add) or API_NOTFOUND (remove). */
+int api_allow_add(struct gw *gw, const char *entry, const char *actor);
+int api_allow_remove(struct gw *gw, const char *entry, const char *actor);
+
+struct api_cert {
+  char cert_id[129];
+  char client_id[256];
+  char status[16];            /* "pending", "active", "orphaned", "superseded", "inactive" */
+  int64_t not_after;
+  char fingerprint[65];
+  char reason[256];
+  int64_t created_at;
+};
+typedef int (*api_cert_cb)(void *ud, const struct api_cert *c);
+/* status: NULL for any. */
+int api_certs_list(struct gw *gw, const char *status, int64_t offset, int64_t limit,
+                   api_cert_cb cb, void *ud, int64_t *total);
+
+struct api_audit {
+  int64_t id;
+  int64_t at;
+  char actor[64];
+  char action[64];
+  char client_id[256];
+  char detail[1024];
+};
+typedef int (*api_audit_cb)(void *ud, const struct api_audit *a);
+int api_audit_list(struct gw *gw, const char *client_id, int64_t offset, int64_t limit,
+                   api_audit_cb cb, void *ud, int64_t *total);
+
+/* ---- metrics ------------------------------------------------------------- */
+
+/* The Prometheus text exposition (version 0.0.4) of every metric, malloc'd
+ * into *text (free()).  HTTP request counts recorded with api_count_http are
+ * included. */
+int api_metrics_prometheus(struct gw *gw, char **text);
+/* Counts one HTTP request by status code (for the metrics). */
+void api_count_http(struct gw *gw, int status);
+
+/* ---- events -------------------------------------------------------------- */
+
+/* An event is one JSON object: {"type": "...", "at": <unix ms>, ...}, types
+ * "device.state", "device.session", "provision.step", "admission", "uplink".
+ * The string is valid during the call only. */
+typedef void (*api_event_cb)(void *ud, const char *json, size_t len);
+struct api_sub;
+/* Subscribes; returns NULL when out of memory. */
+struct api_sub *api_subscribe(struct gw *gw, api_event_cb cb, void *ud);
+void api_unsubscribe(struct gw *gw, struct api_sub *sub);
+
+#endif

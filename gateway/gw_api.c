@@ -1,0 +1,623 @@
+/*
+ * gw_api.c - the query/command API that web/ uses (api/gw_api.h): reads the
+ * registry and the live session tables, copies plain structs out, carries
+ * out operator commands (each audited), renders the Prometheus exposition
+ * and manages event subscriptions.
+ */
+#include "api/gw_api.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gw_int.h"
+#include "log.h"
+#include "provision.h"
+#include "store.h"
+
+#define MOD "api"
+
+static int64_t now_s(void)
+{
+  return (int64_t)time(NULL);
+}
+
+static void copy(char *dst, size_t cap, const char *src)
+{
+  snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* ---- status -------------------------------------------------------------- */
+
+static void live_counts(struct gw *gw, struct metrics *m, uint64_t *links)
+{
+  memset(m, 0, sizeof *m);
+  *links = 0;
+  for (size_t i = 0; i < gw->nbuckets; i++) {
+    for (struct session *s = gw->by_id[i]; s; s = s->next_by_id) {
+      sess_count(s, m);
+      if (s->link)
+        (*links)++;
+    }
+  }
+}
+
+int api_status(struct gw *gw, struct api_status *out)
+{
+  struct metrics live;
+  uint64_t links;
+  static const char *const backends[] = {"none", "local-ca", "aws"};
+
+  memset(out, 0, sizeof *out);
+  copy(out->version, sizeof out->version, FLEETGW_VERSION);
+  out->uptime_s = (uv_now(gw->loop) - gw->started_ms) / 1000u;
+  out->gateway_id = gw->cfg->gateway_id;
+  copy(out->backend, sizeof out->backend, backends[gw->cfg->provisioning.backend % 3]);
+  if (store_device_counts(gw->store, out->devices_by_state) != STORE_OK)
+    return API_ERROR;
+  live_counts(gw, &live, &links);
+  out->leaves_active = live.leaves_active;
+  out->leaves_asleep = live.leaves_asleep;
+  out->leaves_connecting = live.leaves_connecting;
+  out->upstreams_up = live.upstreams_up;
+  copy(out->uplink, sizeof out->uplink,
+       links == 0 ? "idle"
+                  : (live.upstreams_up == links ? "up"
+                                                : (live.upstreams_up == 0 ? "down" : "degraded")));
+  out->provisioning_in_flight = provision_in_flight(gw->prov);
+  out->db_bytes = store_size_bytes(gw->store);
+  out->msgs_in = gw->m.publish_in_qos_m1 + gw->m.publish_in_qos0 + gw->m.publish_in_qos1 +
+                 gw->m.publish_in_qos2;
+  out->msgs_out = gw->m.publish_out_qos0 + gw->m.publish_out_qos1;
+  return API_OK;
+}
+
+/* ---- devices ------------------------------------------------------------- */
+
+static void fill_device(struct gw *gw, const struct store_device *d, struct api_device *out)
+{
+  struct session *s = leaves_by_id(gw, d->client_id, strlen(d->client_id));
+  struct store_cert c;
+
+  memset(out, 0, sizeof *out);
+  copy(out->client_id, sizeof out->client_id, d->client_id);
+  copy(out->thing_name, sizeof out->thing_name, d->thing_name);
+  copy(out->state, sizeof out->state, store_dev_state_name(d->state));
+  copy(out->bound_addr, sizeof out->bound_addr, d->bound_addr);
+  out->first_seen = d->first_seen;
+  out->last_seen = d->last_seen;
+  copy(out->last_error, sizeof out->last_error, d->last_error);
+  out->attempts = d->attempts;
+  copy(out->session, sizeof out->session, "none");
+  if (s) {
+    uint32_t n = 0;
+    copy(out->session, sizeof out->session,
+         s->state == SESS_WAIT_WILLTOPIC || s->state == SESS_WAIT_WILLMSG ||
+                 s->state == SESS_WAIT_UPSTREAM
+             ? "connecting"
+             : sess_state_name(s->state));
+    if (s->in_addr_table)
+      leaves_addr_str((const struct sockaddr *)&s->addr, out->address, sizeof out->address);
+    out->msgs_in = s->msgs_in;
+    out->msgs_out = s->msgs_out;
+    out->queued = s->q_len;
+    for (const struct sub *b = s->subs; b; b = b->next)
+      n++;
+    out->subscriptions = n;
+  }
+  memset(&c, 0, sizeof c);
+  if (store_cert_get_active(gw->store, d->client_id, false, &c) == STORE_OK) {
+    copy(out->cert_id, sizeof out->cert_id, c.cert_id);
+    copy(out->cert_fingerprint, sizeof out->cert_fingerprint, c.fingerprint);
+    out->cert_not_after = c.not_after;
+    copy(out->cert_status, sizeof out->cert_status, store_cert_status_name(c.status));
+  }
+  store_cert_clear(&c);
+}
+
+struct list_ctx {
+  struct gw *gw;
+  api_device_cb cb;
+  void *ud;
+};
+
+static int list_row(void *ud, const struct store_device *d)
+{
+  struct list_ctx *l = ud;
+  struct api_device a;
+  fill_device(l->gw, d, &a);
+  return l->cb(l->ud, &a) != 0 ? 1 : 0;
+}
+
+int api_devices_list(struct gw *gw, const char *state, const char *q, int64_t offset,
+                     int64_t limit, api_device_cb cb, void *ud, int64_t *total)
+{
+  struct list_ctx l = {gw, cb, ud};
+  int st = -1;
+  if (state && *state && (st = store_dev_state_parse(state)) < 0)
+    return API_INVAL;
+  if (offset < 0 || limit < 1)
+    return API_INVAL;
+  return store_device_list(gw->store, st, q && *q ? q : NULL, offset, limit, list_row, &l,
+                           total) == STORE_OK
+             ? API_OK
+             : API_ERROR;
+}
+
+static int get_device(struct gw *gw, const char *client_id, struct store_device *d)
+{
+  int rc = store_device_get(gw->store, client_id, d);
+  if (rc == STORE_NOTFOUND)
+    return API_NOTFOUND;
+  return rc == STORE_OK ? API_OK : API_ERROR;
+}
+
+int api_device_get(struct gw *gw, const char *client_id, struct api_device *out)
+{
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc == API_OK)
+    fill_device(gw, &d, out);
+  return rc;
+}
+
+int api_device_subscriptions(struct gw *gw, const char *client_id, api_sub_cb cb, void *ud)
+{
+  struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return rc;
+  if (s)
+    sess_each_sub(s, cb, ud);
+  return API_OK;
+}
+
+int api_device_certificate(struct gw *gw, const char *client_id, char **pem)
+{
+  struct store_cert c;
+  int rc;
+  memset(&c, 0, sizeof c);
+  *pem = NULL;
+  rc = store_cert_get_active(gw->store, client_id, true, &c);
+  if (rc == STORE_NOTFOUND)
+    return API_NOTFOUND;
+  if (rc != STORE_OK)
+    return API_ERROR;
+  *pem = c.pem;
+  c.pem = NULL;
+  store_cert_clear(&c);
+  return API_OK;
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+__attribute__((format(printf, 4, 5))) static int refuse(int code, char *reason, size_t cap,
+                                                       const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  if (reason && cap)
+    vsnprintf(reason, cap, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Records an operator action, tells subscribers, and logs it. */
+static void acted(struct gw *gw, const char *client_id, const char *actor, const char *action,
+                  const char *detail, const char *new_state)
+{
+  store_audit(gw->store, now_s(), actor ? actor : "operator", action, client_id, detail);
+  LOGI(MOD, "%s: %s by %s%s%s", client_id, action, actor ? actor : "operator",
+       detail ? ": " : "", detail ? detail : "");
+  if (new_state)
+    leaves_event(gw, "device.state", client_id, "state", new_state);
+}
+
+static void kick(struct gw *gw, const char *client_id)
+{
+  struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  if (s)
+    sess_kick(s);
+}
+
+int api_device_approve(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap)
+{
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (d.state != DEV_PENDING)
+    return refuse(API_CONFLICT, reason, cap, "device is %s, not pending",
+                  store_dev_state_name(d.state));
+  if (store_device_set_state(gw->store, client_id, DEV_APPROVED) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  acted(gw, client_id, actor, "operator.approve", NULL, "approved");
+  return API_OK;
+}
+
+int api_device_block(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                     size_t cap)
+{
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (d.state == DEV_REVOKED)
+    return refuse(API_CONFLICT, reason, cap, "device is decommissioned");
+  if (d.state != DEV_BLOCKED &&
+      store_device_set_state(gw->store, client_id, DEV_BLOCKED) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  acted(gw, client_id, actor, "operator.block", NULL, "blocked");
+  kick(gw, client_id);
+  return API_OK;
+}
+
+int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap)
+{
+  struct store_device d;
+  struct store_cert c;
+  int rc = get_device(gw, client_id, &d), st;
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (d.state != DEV_BLOCKED)
+    return refuse(API_CONFLICT, reason, cap, "device is %s, not blocked",
+                  store_dev_state_name(d.state));
+  memset(&c, 0, sizeof c);
+  st = store_cert_get_active(gw->store, client_id, false, &c) == STORE_OK ? DEV_ACTIVE
+                                                                          : DEV_APPROVED;
+  store_cert_clear(&c);
+  if (store_device_set_state(gw->store, client_id, st) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  acted(gw, client_id, actor, "operator.unblock", NULL, store_dev_state_name(st));
+  return API_OK;
+}
+
+int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
+                           char *reason, size_t cap)
+{
+  struct store_device d;
+  struct store_cert c;
+  char detail[256] = "";
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (d.state != DEV_ACTIVE && d.state != DEV_FAILED && d.state != DEV_APPROVED)
+    return refuse(API_CONFLICT, reason, cap, "device is %s", store_dev_state_name(d.state));
+  memset(&c, 0, sizeof c);
+  if (store_begin(gw->store) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  if (store_cert_get_active(gw->store, client_id, false, &c) == STORE_OK) {
+    if (store_cert_set_status(gw->store, c.cert_id, CERT_SUPERSEDED, "reprovisioned by an operator",
+                              now_s()) != STORE_OK)
+      goto fail;
+    snprintf(detail, sizeof detail, "certificate %s superseded", c.cert_id);
+  }
+  if (store_device_set_state(gw->store, client_id, DEV_APPROVED) != STORE_OK ||
+      store_device_clear_error(gw->store, client_id) != STORE_OK)
+    goto fail;
+  if (store_commit(gw->store) != STORE_OK)
+    goto fail;
+  store_cert_clear(&c);
+  acted(gw, client_id, actor, "operator.reprovision", detail[0] ? detail : NULL, "approved");
+  kick(gw, client_id);
+  return API_OK;
+
+fail:
+  store_rollback(gw->store);
+  store_cert_clear(&c);
+  return refuse(API_ERROR, reason, cap, "registry error");
+}
+
+int api_device_release(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                       size_t cap)
+{
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (store_device_bind(gw->store, client_id, NULL) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  acted(gw, client_id, actor, "operator.release", d.bound_addr[0] ? d.bound_addr : NULL, NULL);
+  return API_OK;
+}
+
+int api_device_decommission(struct gw *gw, const char *client_id, const char *actor,
+                            char *reason, size_t cap)
+{
+  struct store_device d;
+  struct store_cert c;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  memset(&c, 0, sizeof c);
+  if (store_begin(gw->store) != STORE_OK)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  if (store_cert_get_active(gw->store, client_id, false, &c) == STORE_OK &&
+      store_cert_set_status(gw->store, c.cert_id, CERT_INACTIVE, "decommissioned", now_s()) !=
+          STORE_OK)
+    goto fail;
+  if (store_device_set_state(gw->store, client_id, DEV_REVOKED) != STORE_OK)
+    goto fail;
+  if (store_commit(gw->store) != STORE_OK)
+    goto fail;
+  acted(gw, client_id, actor, "operator.decommission", c.cert_id[0] ? c.cert_id : NULL, "revoked");
+  store_cert_clear(&c);
+  kick(gw, client_id);
+  return API_OK;
+
+fail:
+  store_rollback(gw->store);
+  store_cert_clear(&c);
+  return refuse(API_ERROR, reason, cap, "registry error");
+}
+
+/* ---- allowlist, certificates, audit ------------------------------------- */
+
+int api_allow_list(struct gw *gw, api_allow_cb cb, void *ud)
+{
+  return store_allow_list(gw->store, cb, ud) == STORE_OK ? API_OK : API_ERROR;
+}
+
+int api_allow_add(struct gw *gw, const char *entry, const char *actor)
+{
+  int rc;
+  if (!entry || !*entry || strlen(entry) > 255)
+    return API_INVAL;
+  rc = store_allow_add(gw->store, entry, now_s());
+  if (rc == STORE_CONFLICT)
+    return API_CONFLICT;
+  if (rc != STORE_OK)
+    return rc == STORE_INVAL ? API_INVAL : API_ERROR;
+  store_audit(gw->store, now_s(), actor ? actor : "operator", "operator.allow", NULL, entry);
+  return API_OK;
+}
+
+int api_allow_remove(struct gw *gw, const char *entry, const char *actor)
+{
+  int rc = store_allow_remove(gw->store, entry);
+  if (rc == STORE_NOTFOUND)
+    return API_NOTFOUND;
+  if (rc != STORE_OK)
+    return API_ERROR;
+  store_audit(gw->store, now_s(), actor ? actor : "operator", "operator.disallow", NULL, entry);
+  return API_OK;
+}
+
+struct cert_ctx {
+  api_cert_cb cb;
+  void *ud;
+};
+
+static int cert_row(void *ud, const struct store_cert *c)
+{
+  struct cert_ctx *x = ud;
+  struct api_cert a;
+  memset(&a, 0, sizeof a);
+  copy(a.cert_id, sizeof a.cert_id, c->cert_id);
+  copy(a.client_id, sizeof a.client_id, c->client_id);
+  copy(a.status, sizeof a.status, store_cert_status_name(c->status));
+  a.not_after = c->not_after;
+  copy(a.fingerprint, sizeof a.fingerprint, c->fingerprint);
+  copy(a.reason, sizeof a.reason, c->reason);
+  a.created_at = c->created_at;
+  return x->cb(x->ud, &a) != 0 ? 1 : 0;
+}
+
+int api_certs_list(struct gw *gw, const char *status, int64_t offset, int64_t limit,
+                   api_cert_cb cb, void *ud, int64_t *total)
+{
+  struct cert_ctx x = {cb, ud};
+  int st = -1;
+  if (status && *status) {
+    for (int i = CERT_PENDING; i <= CERT_INACTIVE; i++)
+      if (strcmp(status, store_cert_status_name(i)) == 0)
+        st = i;
+    if (st < 0)
+      return API_INVAL;
+  }
+  if (offset < 0 || limit < 1)
+    return API_INVAL;
+  return store_cert_list(gw->store, st, offset, limit, cert_row, &x, total) == STORE_OK
+             ? API_OK
+             : API_ERROR;
+}
+
+struct audit_ctx {
+  api_audit_cb cb;
+  void *ud;
+};
+
+static int audit_row(void *ud, const struct store_audit *r)
+{
+  struct audit_ctx *x = ud;
+  struct api_audit a;
+  memset(&a, 0, sizeof a);
+  a.id = r->id;
+  a.at = r->at;
+  copy(a.actor, sizeof a.actor, r->actor);
+  copy(a.action, sizeof a.action, r->action);
+  copy(a.client_id, sizeof a.client_id, r->client_id);
+  copy(a.detail, sizeof a.detail, r->detail);
+  return x->cb(x->ud, &a) != 0 ? 1 : 0;
+}
+
+int api_audit_list(struct gw *gw, const char *client_id, int64_t offset, int64_t limit,
+                   api_audit_cb cb, void *ud, int64_t *total)
+{
+  struct audit_ctx x = {cb, ud};
+  if (offset < 0 || limit < 1)
+    return API_INVAL;
+  return store_audit_list(gw->store, client_id && *client_id ? client_id : NULL, offset, limit,
+                          audit_row, &x, total) == STORE_OK
+             ? API_OK
+             : API_ERROR;
+}
+
+/* ---- metrics ------------------------------------------------------------- */
+
+struct buf {
+  char *p;
+  size_t n, cap;
+  bool oom;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct buf *b, const char *fmt, ...)
+{
+  va_list ap;
+  int k;
+  if (b->oom)
+    return;
+  for (;;) {
+    va_start(ap, fmt);
+    k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+    va_end(ap);
+    if (k < 0) {
+      b->oom = true;
+      return;
+    }
+    if ((size_t)k < b->cap - b->n) {
+      b->n += (size_t)k;
+      return;
+    }
+    {
+      size_t ncap = b->cap * 2 + (size_t)k;
+      char *np = realloc(b->p, ncap);
+      if (!np) {
+        b->oom = true;
+        return;
+      }
+      b->p = np;
+      b->cap = ncap;
+    }
+  }
+}
+
+static void family(struct buf *b, const char *name, const char *type, const char *help)
+{
+  put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int api_metrics_prometheus(struct gw *gw, char **text)
+{
+  struct buf b = {malloc(8192), 0, 8192, false};
+  struct metrics live;
+  const struct metrics *m = &gw->m;
+  uint64_t links;
+  int64_t dev[7];
+  static const char *const codes[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+  *text = NULL;
+  if (!b.p)
+    return API_ERROR;
+  live_counts(gw, &live, &links);
+
+  family(&b, "fleetgw_leaf_sessions", "gauge", "Live leaf sessions by state.");
+  put(&b, "fleetgw_leaf_sessions{state=\"active\"} %llu\n", (unsigned long long)live.leaves_active);
+  put(&b, "fleetgw_leaf_sessions{state=\"asleep\"} %llu\n", (unsigned long long)live.leaves_asleep);
+  put(&b, "fleetgw_leaf_sessions{state=\"connecting\"} %llu\n",
+      (unsigned long long)live.leaves_connecting);
+  family(&b, "fleetgw_devices", "gauge", "Devices in the registry by state.");
+  if (store_device_counts(gw->store, dev) == STORE_OK)
+    for (int i = 0; i < 7; i++)
+      put(&b, "fleetgw_devices{state=\"%s\"} %lld\n", store_dev_state_name(i), (long long)dev[i]);
+  family(&b, "fleetgw_messages_in_total", "counter", "PUBLISH messages from leaves, by QoS.");
+  put(&b, "fleetgw_messages_in_total{qos=\"-1\"} %llu\n", (unsigned long long)m->publish_in_qos_m1);
+  put(&b, "fleetgw_messages_in_total{qos=\"0\"} %llu\n", (unsigned long long)m->publish_in_qos0);
+  put(&b, "fleetgw_messages_in_total{qos=\"1\"} %llu\n", (unsigned long long)m->publish_in_qos1);
+  put(&b, "fleetgw_messages_in_total{qos=\"2\"} %llu\n", (unsigned long long)m->publish_in_qos2);
+  family(&b, "fleetgw_messages_out_total", "counter", "PUBLISH messages to leaves, by QoS.");
+  put(&b, "fleetgw_messages_out_total{qos=\"0\"} %llu\n", (unsigned long long)m->publish_out_qos0);
+  put(&b, "fleetgw_messages_out_total{qos=\"1\"} %llu\n", (unsigned long long)m->publish_out_qos1);
+  family(&b, "fleetgw_drops_total", "counter", "Messages dropped, by cause.");
+  put(&b, "fleetgw_drops_total{cause=\"malformed\"} %llu\n",
+      (unsigned long long)m->datagrams_malformed);
+  put(&b, "fleetgw_drops_total{cause=\"queue_full\"} %llu\n", (unsigned long long)m->queue_dropped);
+  put(&b, "fleetgw_drops_total{cause=\"session_ended\"} %llu\n",
+      (unsigned long long)m->queue_discarded);
+  put(&b, "fleetgw_drops_total{cause=\"qos_m1\"} %llu\n", (unsigned long long)m->qos_m1_dropped);
+  put(&b, "fleetgw_drops_total{cause=\"uplink_congestion\"} %llu\n",
+      (unsigned long long)m->uplink_congestion);
+  family(&b, "fleetgw_provisioning_runs_total", "counter", "Provisioning runs by outcome.");
+  put(&b, "fleetgw_provisioning_runs_total{outcome=\"started\"} %llu\n",
+      (unsigned long long)m->provision_started);
+  put(&b, "fleetgw_provisioning_runs_total{outcome=\"done\"} %llu\n",
+      (unsigned long long)m->provision_done);
+  put(&b, "fleetgw_provisioning_runs_total{outcome=\"failed\"} %llu\n",
+      (unsigned long long)m->provision_failed);
+  family(&b, "fleetgw_uplink_reconnects_total", "counter",
+         "Upstream sessions that came up (first connects and reconnects).");
+  put(&b, "fleetgw_uplink_reconnects_total %llu\n", (unsigned long long)m->upstream_connects);
+  family(&b, "fleetgw_outbox_depth", "gauge",
+         "Messages buffered in the gateway for leaves (asleep or busy).");
+  {
+    uint64_t q = 0;
+    for (size_t i = 0; i < gw->nbuckets; i++)
+      for (struct session *s = gw->by_id[i]; s; s = s->next_by_id)
+        q += s->q_len;
+    put(&b, "fleetgw_outbox_depth %llu\n", (unsigned long long)q);
+  }
+  family(&b, "fleetgw_http_requests_total", "counter", "HTTP requests by status class.");
+  for (int i = 1; i <= 5; i++)
+    put(&b, "fleetgw_http_requests_total{code=\"%s\"} %llu\n", codes[i],
+        (unsigned long long)gw->http_counts[i]);
+  /* Every internal counter and gauge as well, under its own name. */
+#define PROM_COUNTER(name, help)                                                   \
+  family(&b, "fleetgw_" #name "_total", "counter", help ".");                      \
+  put(&b, "fleetgw_" #name "_total %llu\n", (unsigned long long)m->name);
+#define PROM_GAUGE(name, help)                                                     \
+  family(&b, "fleetgw_" #name, "gauge", help ".");                                 \
+  put(&b, "fleetgw_" #name " %llu\n", (unsigned long long)live.name);
+  live.sessions = gw->nsessions;
+  METRICS_MAP(PROM_COUNTER, PROM_GAUGE)
+#undef PROM_COUNTER
+#undef PROM_GAUGE
+  if (b.oom) {
+    free(b.p);
+    return API_ERROR;
+  }
+  *text = b.p;
+  return API_OK;
+}
+
+void api_count_http(struct gw *gw, int status)
+{
+  int c = status / 100;
+  if (c >= 1 && c <= 5)
+    gw->http_counts[c]++;
+}
+
+/* ---- events -------------------------------------------------------------- */
+
+struct api_sub *api_subscribe(struct gw *gw, api_event_cb cb, void *ud)
+{
+  struct api_sub *s = calloc(1, sizeof *s);
+  if (!s)
+    return NULL;
+  s->cb = cb;
+  s->ud = ud;
+  s->next = gw->subs;
+  gw->subs = s;
+  return s;
+}
+
+void api_unsubscribe(struct gw *gw, struct api_sub *sub)
+{
+  if (!sub)
+    return;
+  if (gw->emitting) {
+    sub->dead = true; /* freed by leaves_event() once it is done */
+    return;
+  }
+  for (struct api_sub **pp = &gw->subs; *pp; pp = &(*pp)->next) {
+    if (*pp == sub) {
+      *pp = sub->next;
+      free(sub);
+      return;
+    }
+  }
+}
