@@ -132,6 +132,7 @@ struct upstream {
 
   struct backoff bo;
   uint64_t deadline;           /* end of the current attempt (loop ms) */
+  uint64_t attempt_started;    /* start of the current or last attempt (loop ms) */
   uint64_t last_tx;
   uint64_t ping_sent;
   bool ping_outstanding;
@@ -173,6 +174,8 @@ struct wreq {
 /* Shared by all connections of a thread; see the comment at the top. */
 static _Thread_local uint8_t g_rx[64 * 1024];
 static _Thread_local uint8_t g_plain[16 * 1024];
+
+#define MIN_CONNECT_INTERVAL_MS 1000
 
 static void timer_cb(uv_timer_t *t);
 static void start_attempt(struct upstream *u);
@@ -593,6 +596,13 @@ static void lost(struct upstream *u, enum upstream_reason why, int connack_rc)
     return;
   set_state(u, U_BACKOFF);
   delay = backoff_next(&u->bo);
+  {
+    /* AWS IoT accepts one CONNECT per second per client id (PROTOCOLS.md
+     * A.9): attempts of one upstream start at least a second apart. */
+    uint64_t since = uv_now(u->loop) - u->attempt_started;
+    if (since + delay < MIN_CONNECT_INTERVAL_MS)
+      delay = (uint32_t)(MIN_CONNECT_INTERVAL_MS - since);
+  }
   uv_timer_start(&u->timer, timer_cb, delay, 0);
   if (why == UPSTREAM_R_CONNACK)
     LOGW(MOD, "%s: %s (%s), retry in %u ms", u->o.client_id, upstream_reason_str(why),
@@ -1076,6 +1086,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void start_attempt(struct upstream *u)
 {
+  u->attempt_started = uv_now(u->loop);
   set_state(u, U_RESOLVING);
   u->deadline = uv_now(u->loop) + u->o.connect_timeout_ms;
   arm_timer_at(u, u->deadline);
