@@ -1,16 +1,23 @@
 /*
  * main.c - the composition root: arguments, configuration, signals, the loop.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
+
+#include <openssl/rand.h>
 
 #include "config.h"
 #include "gw.h"
 #include "log.h"
+#include "web.h"
 
 #define STOP_GRACE_MS 10000
 
@@ -33,6 +40,8 @@ static const char usage[] =
 struct app {
   uv_loop_t *loop;
   struct gw *gw;
+  struct web *web;
+  int stops_pending;          /* gateway and web */
   uv_signal_t sigint, sigterm, sigusr1;
   uv_timer_t stop_timer;
   int stopping;
@@ -49,6 +58,8 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void stopped(void *ud)
 {
   struct app *app = ud;
+  if (--app->stops_pending > 0)
+    return;
   /* Everything of the gateway is closed: close our own handles; the loop
    * then ends by itself. */
   uv_close((uv_handle_t *)&app->sigint, NULL);
@@ -84,7 +95,101 @@ static void signal_cb(uv_signal_t *h, int signum)
   gw_log_metrics(app->gw);
   uv_timer_start(&app->stop_timer, stop_timeout_cb, STOP_GRACE_MS, 0);
   uv_unref((uv_handle_t *)&app->stop_timer);
+  app->stops_pending = app->web ? 2 : 1;
+  if (app->web)
+    web_stop(app->web, stopped, app);
   gw_stop(app->gw, stopped, app);
+}
+
+/* Reads a token file: the first line, trimmed; at least 16 characters.
+ * Returns a malloc'd string or NULL (reason logged, never the token). */
+static char *read_token(const char *path)
+{
+  char buf[512];
+  size_t n;
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return NULL;
+  n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  if (strlen(buf) < 16) {
+    LOGE("main", "%s: the token must be at least 16 characters", path);
+    return NULL;
+  }
+  return strdup(buf);
+}
+
+/* The admin token: from the variable, or the file; a new random token is
+ * written to the file (mode 0600) when it does not exist yet. */
+static char *admin_token(const struct gw_config *cfg)
+{
+  unsigned char rnd[24];
+  char hex[64];
+  int fd;
+  char *t;
+
+  if (cfg->web.admin_token)
+    return strdup(cfg->web.admin_token);
+  t = read_token(cfg->web.admin_token_file);
+  if (t)
+    return t;
+  if (errno != ENOENT)
+    return NULL;
+  if (RAND_bytes(rnd, sizeof rnd) != 1)
+    return NULL;
+  for (size_t i = 0; i < sizeof rnd; i++)
+    snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+  fd = open(cfg->web.admin_token_file, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 || write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex) || write(fd, "\n", 1) != 1) {
+    LOGE("main", "cannot create the admin token file %s: %s", cfg->web.admin_token_file,
+         strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return NULL;
+  }
+  close(fd);
+  LOGI("main", "created a new admin token in %s", cfg->web.admin_token_file);
+  return strdup(hex);
+}
+
+static int start_web(struct app *app, const struct gw_config *cfg)
+{
+  struct web_opts o;
+  char *admin, *readonly = NULL;
+  int rc;
+
+  admin = admin_token(cfg);
+  if (!admin) {
+    LOGE("main", "web: no admin token (web.admin_token_env or web.admin_token_file)");
+    return -1;
+  }
+  if (cfg->web.read_token)
+    readonly = strdup(cfg->web.read_token);
+  else if (cfg->web.read_token_file)
+    readonly = read_token(cfg->web.read_token_file);
+  memset(&o, 0, sizeof o);
+  o.bind = cfg->web.bind;
+  o.port = cfg->web.port;
+  o.admin_token = admin;
+  o.read_token = readonly;
+  o.open_health = cfg->web.open_health;
+  o.open_metrics = cfg->web.open_metrics;
+  o.tls_cert_file = cfg->web.tls_cert_file;
+  o.tls_key_file = cfg->web.tls_key_file;
+  o.static_dir = cfg->web.static_dir;
+  o.openapi_file = cfg->web.openapi_file;
+  o.max_body = cfg->web.max_body_bytes;
+  rc = web_start(app->loop, &o, app->gw, &app->web);
+  /* web_start copies what it keeps; wipe ours. */
+  memset(admin, 0, strlen(admin));
+  free(admin);
+  if (readonly) {
+    memset(readonly, 0, strlen(readonly));
+    free(readonly);
+  }
+  return rc;
 }
 
 int main(int argc, char **argv)
@@ -158,8 +263,13 @@ int main(int argc, char **argv)
 
   LOGI("main", "fleetgw %s starting (config %s)", FLEETGW_VERSION, path);
   rc = gw_start(app.gw);
+  if (rc == 0 && cfg->web.enabled && start_web(&app, cfg) != 0)
+    rc = -1;
   if (rc != 0) {
     app.stopping = 1;
+    app.stops_pending = app.web ? 2 : 1;
+    if (app.web)
+      web_stop(app.web, stopped, &app);
     gw_stop(app.gw, stopped, &app);
   }
   uv_run(app.loop, UV_RUN_DEFAULT);

@@ -1,0 +1,837 @@
+// app.js - fleetgw's operators' dashboard.  Plain ES modules, no build step,
+// nothing loaded from outside the gateway.  Data comes from the REST API
+// (/api/v1, bearer token) and live updates from the WebSocket event stream.
+
+import { api, ApiError, getToken, setToken, onUnauthorized, enc } from './api.js';
+import { RateChart, fmtRate } from './chart.js';
+import { EventStream } from './events.js';
+import {
+  h, clear, $, $$, fmtTime, fmtDate, fmtAgo, daysLeft, fmtUptime, fmtBytes, fmtInt, debounce,
+  badge,
+} from './util.js';
+
+const PAGE = 50;
+const AUDIT_PAGE = 25;
+const STATUS_EVERY_MS = 2000;
+const FEED_MAX = 200;
+const DEVICE_EVENTS = new Set(['device.state', 'device.session', 'provision.step', 'admission']);
+
+const ui = {
+  login: $('#login'),
+  loginForm: $('#login-form'),
+  tokenInput: $('#token-input'),
+  loginError: $('#login-error'),
+  main: $('#main'),
+  topStatus: $('#topbar-status'),
+  deviceRows: $('#device-rows'),
+  deviceDialog: $('#device-dialog'),
+  devBody: $('#dev-body'),
+  feed: $('#feed-list'),
+};
+
+const st = {
+  running: false,
+  statusTimer: null,
+  polls: 0,
+  chart: new RateChart($('#rate-chart')),
+  devices: { offset: 0, total: 0, items: [], q: '', state: '', sort: { key: 'client_id', dir: 1 } },
+  pending: { offset: 0, total: 0 },
+  orphans: { offset: 0, total: 0 },
+  audit: { offset: 0, total: 0, size: AUDIT_PAGE },
+  openDevice: null,     // client id shown in the device dialog
+  dirty: new Set(),     // client ids touched by events since the last refresh
+  feedPaused: false,
+  lastUplink: null,
+};
+
+const events = new EventStream({
+  getToken,
+  onEvent: handleEvent,
+  onState: (state, detail) => {
+    const el = $('#ws-state');
+    el.textContent = state === 'retrying' ? 'retry in ' + detail + ' s' : state;
+    $('#ws-pill').dataset.state = state;
+  },
+});
+
+/* ------------------------------------------------------------------------ */
+/* Messages to the operator                                                  */
+/* ------------------------------------------------------------------------ */
+
+function toast(text, kind = 'info') {
+  const t = h('div', { class: 'toast toast-' + kind }, text);
+  $('#toasts').appendChild(t);
+  setTimeout(() => t.remove(), kind === 'error' ? 8000 : 4000);
+}
+
+function explain(e) {
+  if (!(e instanceof ApiError)) return String(e && e.message ? e.message : e);
+  if (e.status === 403) return 'Not allowed with this token (read-only?): ' + e.message;
+  return e.message;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Signing in and out                                                        */
+/* ------------------------------------------------------------------------ */
+
+function showLogin(message) {
+  stop();
+  ui.main.hidden = true;
+  ui.topStatus.hidden = true;
+  $('#gw-ident').textContent = 'fleet gateway';
+  ui.login.hidden = false;
+  ui.loginError.textContent = message || '';
+  ui.tokenInput.value = '';
+  ui.tokenInput.focus();
+}
+
+onUnauthorized(() => {
+  if (!st.running && ui.login.hidden === false) return;
+  setToken('');
+  showLogin('The token was not accepted (it may have been changed). Please enter it again.');
+});
+
+ui.loginForm.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const candidate = ui.tokenInput.value.trim();
+  if (!candidate) return;
+  const btn = ui.loginForm.querySelector('button');
+  btn.disabled = true;
+  ui.loginError.textContent = '';
+  try {
+    if (await api.probe(candidate)) {
+      setToken(candidate);
+      start();
+    } else {
+      ui.loginError.textContent = 'That token was not accepted.';
+      ui.tokenInput.select();
+    }
+  } catch (e) {
+    ui.loginError.textContent = 'The gateway cannot be reached: ' + e.message;
+  } finally {
+    btn.disabled = false;
+  }
+});
+
+$('#signout').addEventListener('click', (ev) => {
+  ev.preventDefault();
+  setToken('');
+  if (ui.deviceDialog.open) ui.deviceDialog.close();
+  showLogin('Signed out.');
+});
+
+function start() {
+  ui.login.hidden = true;
+  ui.main.hidden = false;
+  ui.topStatus.hidden = false;
+  st.running = true;
+  pollStatus();
+  loadDevices();
+  loadPending();
+  loadOrphans();
+  loadAudit();
+  loadAllowlist();
+  events.start();
+}
+
+function stop() {
+  st.running = false;
+  clearTimeout(st.statusTimer);
+  st.statusTimer = null;
+  events.stop();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Overview: status counts, uplink, messages per second                     */
+/* ------------------------------------------------------------------------ */
+
+async function pollStatus() {
+  clearTimeout(st.statusTimer);
+  if (!st.running) return;
+  try {
+    renderStatus(await api.get('status'));
+    // Counters and "last seen" move without events: refresh the visible
+    // page every 10 s too (50 rows at most).
+    if (++st.polls % 5 === 0 && !refreshing) loadDevices();
+  } catch (e) {
+    if (e.status === 401) return;
+    $('#status-meta').textContent = 'status unavailable: ' + explain(e);
+    $('#uplink-state').textContent = 'unknown';
+  }
+  if (st.running) st.statusTimer = setTimeout(pollStatus, STATUS_EVERY_MS);
+}
+
+function renderStatus(s) {
+  const counts = {
+    ...Object.fromEntries(Object.entries(s.devices || {})),
+    'leaves.active': s.leaves && s.leaves.active,
+    'leaves.asleep': s.leaves && s.leaves.asleep,
+    'leaves.connecting': s.leaves && s.leaves.connecting,
+    provisioning_in_flight: s.provisioning_in_flight,
+    upstreams_up: s.upstreams_up,
+  };
+  for (const li of $$('[data-count]')) {
+    const v = counts[li.dataset.count];
+    li.querySelector('.count-n').textContent = fmtInt(v);
+    li.classList.toggle('zero', !v);
+  }
+  $('#uplink-state').textContent = s.uplink || '–';
+  $('#uplink-pill').dataset.state = s.uplink || '';
+  $('#gw-ident').textContent = 'gateway ' + (s.gateway_id ?? '?') + ' · v' + (s.version || '?');
+  $('#status-meta').textContent = 'up ' + fmtUptime(s.uptime_s) + ' · backend ' + (s.backend || '–') +
+    ' · registry ' + fmtBytes(s.db_bytes);
+  const r = st.chart.push(Number(s.msgs_in) || 0, Number(s.msgs_out) || 0);
+  if (r) {
+    $('#rate-in').textContent = fmtRate(r.in) + '/s';
+    $('#rate-out').textContent = fmtRate(r.out) + '/s';
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Devices table                                                             */
+/* ------------------------------------------------------------------------ */
+
+const SORT_KEYS = {
+  client_id: (d) => d.client_id || '',
+  thing_name: (d) => d.thing_name || '',
+  state: (d) => d.state || '',
+  session: (d) => d.session || '',
+  address: (d) => d.address || d.bound_addr || '',
+  last_seen: (d) => d.last_seen || 0,
+  cert_expiry: (d) => (d.certificate && d.certificate.not_after) || Number.MAX_SAFE_INTEGER,
+  msgs_in: (d) => d.msgs_in || 0,
+  msgs_out: (d) => d.msgs_out || 0,
+};
+
+function sorted(items) {
+  const { key, dir } = st.devices.sort;
+  const f = SORT_KEYS[key];
+  return [...items].sort((a, b) => {
+    const x = f(a);
+    const y = f(b);
+    const c = typeof x === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
+    return c * dir || a.client_id.localeCompare(b.client_id);
+  });
+}
+
+function certCell(d) {
+  const c = d.certificate;
+  if (!c || !c.not_after) return h('td', { class: 'muted' }, '–');
+  const left = daysLeft(c.not_after);
+  const cls = left < 0 ? 'expired' : left < 14 ? 'expiring' : '';
+  return h('td', { class: cls, title: fmtTime(c.not_after) },
+    fmtDate(c.not_after), h('span', { class: 'sub' }, left < 0 ? ' expired' : ' ' + left + ' d'));
+}
+
+function deviceRow(d) {
+  const open = () => openDevice(d.client_id);
+  const tr = h('tr', { 'data-client-id': d.client_id, class: 'clickable', onclick: open },
+    h('td', {}, h('button', { type: 'button', class: 'linkish mono', onclick: (e) => { e.stopPropagation(); open(); } },
+      d.client_id)),
+    h('td', { class: 'mono thing', title: d.thing_name || '' }, d.thing_name || '–'),
+    h('td', { 'data-field': 'state' }, badge('state', d.state)),
+    h('td', { 'data-field': 'session' }, badge('session', d.session)),
+    d.address ? h('td', { class: 'mono' }, d.address)
+      : h('td', { class: 'mono muted', title: d.bound_addr ? 'not connected; bound to ' + d.bound_addr : 'not connected' },
+        d.bound_addr || '–'),
+    h('td', { 'data-ago': d.last_seen || '', title: fmtTime(d.last_seen) }, fmtAgo(d.last_seen)),
+    certCell(d),
+    h('td', { class: 'num' }, fmtInt(d.msgs_in)),
+    h('td', { class: 'num' }, fmtInt(d.msgs_out)));
+  if (d.last_error) tr.classList.add('has-error');
+  return tr;
+}
+
+function renderDevices() {
+  const D = st.devices;
+  clear(ui.deviceRows);
+  for (const d of sorted(D.items)) ui.deviceRows.appendChild(deviceRow(d));
+  $('#devices-empty').hidden = D.items.length > 0;
+  renderPager($('#device-pager'), D, D.items.length, 'devices');
+  for (const th of $$('#device-table th[data-sort]')) {
+    const on = th.dataset.sort === D.sort.key;
+    if (on) th.setAttribute('aria-sort', D.sort.dir > 0 ? 'ascending' : 'descending');
+    else th.removeAttribute('aria-sort');
+  }
+}
+
+function renderPager(pager, P, shown, noun) {
+  const info = pager.querySelector('.pager-info');
+  const size = P.size || PAGE;
+  const pages = Math.max(1, Math.ceil(P.total / size));
+  const page = Math.floor(P.offset / size) + 1;
+  info.textContent = P.total === 0 ? 'no ' + noun
+    : (P.offset + 1) + '–' + (P.offset + shown) + ' of ' + fmtInt(P.total) + ' ' + noun +
+      ' · page ' + page + ' of ' + pages;
+  pager.querySelector('[data-page="prev"]').disabled = P.offset <= 0;
+  pager.querySelector('[data-page="next"]').disabled = P.offset + size >= P.total;
+  pager.hidden = P.total <= size && pager.dataset.always === undefined;
+}
+
+async function loadDevices() {
+  const D = st.devices;
+  try {
+    const r = await api.get('devices', { state: D.state, q: D.q, offset: D.offset, limit: PAGE });
+    // The page may have emptied (devices decommissioned, filter narrowed).
+    if (r.items.length === 0 && r.total > 0 && D.offset > 0) {
+      D.offset = Math.max(0, Math.floor((r.total - 1) / PAGE) * PAGE);
+      return loadDevices();
+    }
+    D.items = r.items;
+    D.total = r.total;
+    renderDevices();
+  } catch (e) {
+    if (e.status !== 401) toast('Devices: ' + explain(e), 'error');
+  }
+}
+
+// Replace one row in place (after an event or a command).
+function updateDeviceRow(d) {
+  const D = st.devices;
+  const i = D.items.findIndex((x) => x.client_id === d.client_id);
+  if (i < 0) return false;
+  const copy = { ...d };
+  // The single-device GET has the subscription list; the table wants the count.
+  if (Array.isArray(copy.subscriptions)) copy.subscriptions = copy.subscriptions.length;
+  D.items[i] = copy;
+  const old = ui.deviceRows.querySelector('tr[data-client-id="' + CSS.escape(d.client_id) + '"]');
+  if (old) old.replaceWith(deviceRow(copy));
+  return true;
+}
+
+for (const th of $$('#device-table th[data-sort]')) {
+  th.querySelector('button').addEventListener('click', () => {
+    const S = st.devices.sort;
+    if (S.key === th.dataset.sort) S.dir = -S.dir;
+    else {
+      S.key = th.dataset.sort;
+      S.dir = ['last_seen', 'msgs_in', 'msgs_out'].includes(S.key) ? -1 : 1;
+    }
+    renderDevices();
+  });
+}
+
+const reloadFromFilter = debounce(() => {
+  st.devices.offset = 0;
+  loadDevices();
+}, 300);
+$('#device-q').addEventListener('input', (e) => {
+  st.devices.q = e.target.value.trim();
+  reloadFromFilter();
+});
+$('#device-state').addEventListener('change', (e) => {
+  st.devices.state = e.target.value;
+  reloadFromFilter.cancel();
+  st.devices.offset = 0;
+  loadDevices();
+});
+$('#device-filter').addEventListener('submit', (e) => e.preventDefault());
+
+function wirePager(pager, P, load) {
+  pager.querySelector('[data-page="prev"]').addEventListener('click', () => {
+    P.offset = Math.max(0, P.offset - (P.size || PAGE));
+    load();
+  });
+  pager.querySelector('[data-page="next"]').addEventListener('click', () => {
+    if (P.offset + (P.size || PAGE) < P.total) P.offset += P.size || PAGE;
+    load();
+  });
+}
+wirePager($('#device-pager'), st.devices, loadDevices);
+
+/* ------------------------------------------------------------------------ */
+/* Commands                                                                  */
+/* ------------------------------------------------------------------------ */
+
+const COMMANDS = {
+  approve: { label: 'Approve', method: 'post', done: 'approved' },
+  block: { label: 'Block', method: 'post', done: 'blocked' },
+  unblock: { label: 'Unblock', method: 'post', done: 'unblocked' },
+  reprovision: {
+    label: 'Reprovision', method: 'post', done: 'will be provisioned again at its next connect',
+    confirm: (id) => 'Reprovision ' + id + '? Its active certificate becomes superseded and a new one ' +
+      'is issued when the device next connects.',
+  },
+  release: { label: 'Release binding', method: 'post', done: 'binding released' },
+  decommission: {
+    label: 'Decommission', method: 'del', done: 'decommissioned',
+    confirm: (id) => 'Decommission ' + id + '? Its sessions are closed, its certificate becomes ' +
+      'inactive and it can no longer connect. The audit trail is kept.',
+  },
+};
+
+function confirmDialog(text, okLabel) {
+  const dlg = $('#confirm-dialog');
+  $('#confirm-text').textContent = text;
+  $('#confirm-ok').textContent = okLabel;
+  dlg.returnValue = '';
+  return new Promise((resolve) => {
+    dlg.addEventListener('close', () => resolve(dlg.returnValue === 'ok'), { once: true });
+    dlg.showModal();
+  });
+}
+
+async function runCommand(action, clientId, button) {
+  const c = COMMANDS[action];
+  if (c.confirm && !(await confirmDialog(c.confirm(clientId), c.label))) return;
+  if (button) button.disabled = true;
+  try {
+    const path = 'devices/' + enc(clientId) + (action === 'decommission' ? '' : '/' + action);
+    const d = c.method === 'del' ? await api.del(path) : await api.post(path, {});
+    toast(clientId + ': ' + c.done, 'ok');
+    if (d && d.client_id) updateDeviceRow(d);
+  } catch (e) {
+    if (e.status !== 401) toast(clientId + ': ' + c.label.toLowerCase() + ' failed — ' + explain(e), 'error');
+  } finally {
+    if (button) button.disabled = false;
+  }
+  markDirty(clientId);
+  refreshSoon();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pending approvals                                                         */
+/* ------------------------------------------------------------------------ */
+
+async function loadPending() {
+  const P = st.pending;
+  try {
+    const r = await api.get('devices', { state: 'pending', offset: P.offset, limit: PAGE });
+    if (r.items.length === 0 && r.total > 0 && P.offset > 0) {
+      P.offset = 0;
+      return loadPending();
+    }
+    P.total = r.total;
+    const list = clear($('#pending-list'));
+    for (const d of r.items) {
+      list.appendChild(h('li', { class: 'pending-item', 'data-client-id': d.client_id },
+        h('div', { class: 'pending-id' },
+          h('button', { type: 'button', class: 'linkish mono', onclick: () => openDevice(d.client_id) }, d.client_id),
+          h('span', { class: 'sub' },
+            (d.address || d.bound_addr || 'no address') + ' · first seen ' + fmtAgo(d.first_seen) +
+            (d.attempts ? ' · ' + d.attempts + ' attempt' + (d.attempts === 1 ? '' : 's') : ''))),
+        h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'btn primary', 'data-action': 'approve',
+            'aria-label': 'Approve ' + d.client_id,
+            onclick: (e) => runCommand('approve', d.client_id, e.currentTarget) }, 'Approve'),
+          h('button', { type: 'button', class: 'btn danger-outline', 'data-action': 'block',
+            'aria-label': 'Block ' + d.client_id,
+            onclick: (e) => runCommand('block', d.client_id, e.currentTarget) }, 'Block'))));
+    }
+    $('#pending-count').textContent = fmtInt(r.total);
+    $('#pending-count').classList.toggle('attention', r.total > 0);
+    $('#pending-empty').hidden = r.total > 0;
+    renderPager($('#pending-pager'), P, r.items.length, 'pending');
+  } catch (e) {
+    if (e.status !== 401) toast('Pending approvals: ' + explain(e), 'error');
+  }
+}
+wirePager($('#pending-pager'), st.pending, loadPending);
+
+/* ------------------------------------------------------------------------ */
+/* Orphaned certificates                                                     */
+/* ------------------------------------------------------------------------ */
+
+async function loadOrphans() {
+  const P = st.orphans;
+  try {
+    const r = await api.get('certificates', { status: 'orphaned', offset: P.offset, limit: PAGE });
+    P.total = r.total;
+    const rows = clear($('#orphans-rows'));
+    for (const c of r.items) {
+      rows.appendChild(h('tr', { 'data-cert-id': c.cert_id },
+        h('td', { class: 'mono ellipsis', title: c.cert_id }, c.cert_id),
+        h('td', {}, c.client_id
+          ? h('button', { type: 'button', class: 'linkish mono', onclick: () => openDevice(c.client_id) }, c.client_id)
+          : '–'),
+        h('td', {}, fmtDate(c.not_after)),
+        h('td', { class: 'mono ellipsis', title: c.fingerprint || '' }, c.fingerprint || '–'),
+        h('td', {}, c.reason || '–'),
+        h('td', { title: fmtTime(c.created_at) }, fmtAgo(c.created_at))));
+    }
+    $('#orphans-count').textContent = fmtInt(r.total);
+    $('#orphans-count').classList.toggle('attention', r.total > 0);
+    $('#orphans-empty').hidden = r.total > 0;
+    $('#orphans-table').hidden = r.total === 0;
+    renderPager($('#orphans-pager'), P, r.items.length, 'certificates');
+  } catch (e) {
+    if (e.status !== 401) toast('Orphaned certificates: ' + explain(e), 'error');
+  }
+}
+wirePager($('#orphans-pager'), st.orphans, loadOrphans);
+$('#orphans-refresh').addEventListener('click', loadOrphans);
+
+/* ------------------------------------------------------------------------ */
+/* Audit log                                                                 */
+/* ------------------------------------------------------------------------ */
+
+function auditRow(a, withClient = true) {
+  return h('tr', {},
+    h('td', { class: 'nowrap', title: fmtTime(a.at) }, fmtTime(a.at)),
+    h('td', {}, a.actor || '–'),
+    h('td', {}, h('span', { class: 'action action-' + String(a.action || '').split('.')[0] }, a.action || '–')),
+    withClient ? h('td', {}, a.client_id
+      ? h('button', { type: 'button', class: 'linkish mono', onclick: () => openDevice(a.client_id) }, a.client_id)
+      : '–') : null,
+    h('td', { class: 'detail' }, a.detail || ''));
+}
+
+async function loadAudit() {
+  const P = st.audit;
+  try {
+    const r = await api.get('audit', { offset: P.offset, limit: P.size });
+    P.total = r.total;
+    const rows = clear($('#audit-rows'));
+    for (const a of r.items) rows.appendChild(auditRow(a));
+    if (r.items.length === 0) rows.appendChild(h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No audit entries.')));
+    renderPager($('#audit-pager'), P, r.items.length, 'entries');
+  } catch (e) {
+    if (e.status !== 401) toast('Audit log: ' + explain(e), 'error');
+  }
+}
+wirePager($('#audit-pager'), st.audit, loadAudit);
+$('#audit-refresh').addEventListener('click', loadAudit);
+
+/* ------------------------------------------------------------------------ */
+/* Allowlist                                                                 */
+/* ------------------------------------------------------------------------ */
+
+async function loadAllowlist() {
+  try {
+    const r = await api.get('allowlist');
+    const list = clear($('#allow-list'));
+    for (const a of r.items) {
+      list.appendChild(h('li', { class: 'chip', title: 'added ' + fmtTime(a.added_at) },
+        h('span', { class: 'mono' }, a.entry),
+        h('button', { type: 'button', class: 'chip-x', 'aria-label': 'Remove ' + a.entry,
+          onclick: () => removeAllow(a.entry) }, '×')));
+    }
+    $('#allow-empty').hidden = r.items.length > 0;
+  } catch (e) {
+    if (e.status !== 401) toast('Allowlist: ' + explain(e), 'error');
+  }
+}
+
+async function removeAllow(entry) {
+  if (!(await confirmDialog('Remove "' + entry + '" from the allowlist? Devices already admitted stay admitted.', 'Remove'))) return;
+  try {
+    await api.del('allowlist/' + enc(entry));
+    toast('Removed ' + entry, 'ok');
+  } catch (e) {
+    if (e.status !== 401) toast('Remove failed — ' + explain(e), 'error');
+  }
+  loadAllowlist();
+}
+
+$('#allow-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const input = $('#allow-entry');
+  const entry = input.value.trim();
+  if (!entry) return;
+  try {
+    await api.post('allowlist', { entry });
+    input.value = '';
+    toast('Added ' + entry, 'ok');
+  } catch (e) {
+    if (e.status !== 401) toast('Add failed — ' + explain(e), 'error');
+  }
+  loadAllowlist();
+});
+
+/* ------------------------------------------------------------------------ */
+/* Device details                                                            */
+/* ------------------------------------------------------------------------ */
+
+let dialogOpener = null;
+
+async function openDevice(clientId) {
+  st.openDevice = clientId;
+  if (!ui.deviceDialog.open) {
+    dialogOpener = document.activeElement;
+    $('#dev-title').textContent = clientId;
+    clear(ui.devBody).appendChild(h('p', { class: 'muted' }, 'Loading…'));
+    ui.deviceDialog.showModal();
+  }
+  await renderDevicePanel(clientId);
+}
+
+ui.deviceDialog.addEventListener('close', () => {
+  st.openDevice = null;
+  if (dialogOpener && document.contains(dialogOpener)) dialogOpener.focus();
+});
+$('#dev-close').addEventListener('click', () => ui.deviceDialog.close());
+// A click on the backdrop (outside the panel's box) closes it too.
+ui.deviceDialog.addEventListener('click', (e) => {
+  if (e.target !== ui.deviceDialog) return;
+  const r = ui.deviceDialog.getBoundingClientRect();
+  if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) {
+    ui.deviceDialog.close();
+  }
+});
+
+function dl(pairs) {
+  return h('dl', { class: 'kv' }, pairs.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+async function downloadPem(clientId, button) {
+  button.disabled = true;
+  try {
+    const res = await api.raw('devices/' + enc(clientId) + '/certificate');
+    const blob = await res.blob();
+    const url = URL.createObjectURL(blob);
+    const a = h('a', { href: url, download: clientId + '.pem' });
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    if (e.status !== 401) toast('Certificate: ' + explain(e), 'error');
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function renderDevicePanel(clientId) {
+  let d;
+  let audit = { items: [], total: 0 };
+  try {
+    [d, audit] = await Promise.all([
+      api.get('devices/' + enc(clientId)),
+      api.get('audit', { client_id: clientId, limit: 20 }).catch(() => ({ items: [], total: 0 })),
+    ]);
+  } catch (e) {
+    if (st.openDevice !== clientId) return;
+    clear(ui.devBody).appendChild(h('p', { class: 'error' },
+      e.status === 404 ? 'No such device: ' + clientId : 'Could not load the device: ' + explain(e)));
+    return;
+  }
+  if (st.openDevice !== clientId) return;
+  updateDeviceRow(d);
+  $('#dev-title').textContent = d.client_id;
+  const c = d.certificate;
+  const subs = Array.isArray(d.subscriptions) ? d.subscriptions : [];
+  const can = {
+    approve: d.state === 'pending',
+    block: d.state !== 'blocked' && d.state !== 'revoked',
+    unblock: d.state === 'blocked',
+    reprovision: d.state !== 'revoked' && d.state !== 'pending',
+    release: !!d.bound_addr,
+    decommission: d.state !== 'revoked',
+  };
+  const actions = h('div', { class: 'actions wrap', 'data-client-id': d.client_id },
+    Object.entries(COMMANDS).filter(([k]) => can[k]).map(([k, cmd]) =>
+      h('button', {
+        type: 'button', 'data-action': k,
+        class: 'btn ' + (k === 'approve' ? 'primary' : k === 'decommission' ? 'danger' : ''),
+        onclick: (e) => runCommand(k, d.client_id, e.currentTarget),
+      }, cmd.label)));
+
+  const left = c && c.not_after ? daysLeft(c.not_after) : null;
+  const body = clear(ui.devBody);
+  body.appendChild(h('div', { class: 'panel-status' },
+    h('span', { class: 'sub' }, 'state'), badge('state', d.state),
+    h('span', { class: 'sub' }, 'session'), badge('session', d.session),
+    d.queued ? h('span', { class: 'sub' }, d.queued + ' queued') : null));
+  body.appendChild(actions);
+  if (d.last_error) {
+    body.appendChild(h('div', { class: 'last-error', role: 'note' }, h('strong', {}, 'Last error: '), d.last_error));
+  }
+  body.appendChild(h('div', { class: 'panel-grid' },
+    h('section', {}, h('h3', {}, 'Identity'), dl([
+      ['Client id', h('span', { class: 'mono' }, d.client_id)],
+      ['Thing name', h('span', { class: 'mono' }, d.thing_name || '–')],
+      ['First seen', fmtTime(d.first_seen)],
+      ['Last seen', fmtTime(d.last_seen) + ' (' + fmtAgo(d.last_seen) + ')'],
+      ['Connect attempts', fmtInt(d.attempts)],
+    ])),
+    h('section', {}, h('h3', {}, 'Binding'), dl([
+      ['Bound to', h('span', { class: 'mono' }, d.bound_addr || 'not bound')],
+      ['Current address', h('span', { class: 'mono' }, d.address || '–')],
+    ])),
+    h('section', {}, h('h3', {}, 'Certificate'), c ? dl([
+      ['Id', h('span', { class: 'mono wrap-any' }, c.cert_id || '–')],
+      ['Fingerprint', h('span', { class: 'mono wrap-any' }, c.fingerprint || '–')],
+      ['Not after', h('span', { class: left !== null && left < 14 ? 'expiring' : '' },
+        fmtTime(c.not_after) + (left === null ? '' : left < 0 ? ' (expired)' : ' (' + left + ' days)'))],
+      ['Status', c.status || '–'],
+      ['PEM', h('button', { type: 'button', class: 'btn small', onclick: (e) => downloadPem(d.client_id, e.currentTarget) },
+        'Download certificate')],
+    ]) : h('p', { class: 'muted' }, 'No active certificate.')),
+    h('section', {}, h('h3', {}, 'Counters'), dl([
+      ['Messages in', fmtInt(d.msgs_in)],
+      ['Messages out', fmtInt(d.msgs_out)],
+      ['Queued', fmtInt(d.queued)],
+    ]))));
+  body.appendChild(h('section', {}, h('h3', {}, 'Subscriptions (' + subs.length + ')'),
+    subs.length
+      ? h('ul', { class: 'subs' }, subs.map((s) => h('li', {}, h('span', { class: 'mono' }, s.filter), h('span', { class: 'sub' }, ' QoS ' + s.qos))))
+      : h('p', { class: 'muted' }, 'None.')));
+  body.appendChild(h('section', {}, h('h3', {}, 'Recent audit events' + (audit.total > audit.items.length ? ' (latest ' + audit.items.length + ' of ' + audit.total + ')' : '')),
+    audit.items.length
+      ? h('div', { class: 'table-wrap' }, h('table', { class: 'grid compact' },
+        h('thead', {}, h('tr', {}, ['Time', 'Actor', 'Action', 'Detail'].map((t) => h('th', { scope: 'col' }, t)))),
+        h('tbody', {}, audit.items.map((a) => auditRow(a, false)))))
+      : h('p', { class: 'muted' }, 'None.')));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Live events                                                               */
+/* ------------------------------------------------------------------------ */
+
+function describe(evt) {
+  switch (evt.type) {
+    case 'device.state': return ['state', evt.client_id, '→ ' + evt.state];
+    case 'device.session': return ['session', evt.client_id, 'session ' + evt.session];
+    case 'provision.step': return ['provision', evt.client_id, evt.step];
+    case 'admission': return ['admission', evt.client_id, evt.result + (evt.reason ? ' — ' + evt.reason : '')];
+    case 'uplink': return ['uplink', null, 'uplink ' + evt.state];
+    case 'hello': return ['hello', null, 'event stream connected'];
+    default: return ['other', evt.client_id || null, evt.type || 'event'];
+  }
+}
+
+function addToFeed(evt) {
+  if (st.feedPaused) return;
+  const [kind, cid, text] = describe(evt);
+  const t = evt.at ? new Date(evt.at) : new Date();
+  const li = h('li', { class: 'feed-item feed-' + kind, 'data-client-id': cid || undefined },
+    h('time', { datetime: t.toISOString() }, t.toLocaleTimeString([], { hour12: false })),
+    h('span', { class: 'feed-kind' }, kind),
+    cid ? h('button', { type: 'button', class: 'linkish mono', onclick: () => openDevice(cid) }, cid) : null,
+    h('span', { class: 'feed-text' }, text));
+  ui.feed.prepend(li);
+  while (ui.feed.children.length > FEED_MAX) ui.feed.lastElementChild.remove();
+  $('#feed-empty').hidden = true;
+}
+
+$('#feed-pause').addEventListener('click', (e) => {
+  st.feedPaused = !st.feedPaused;
+  e.currentTarget.setAttribute('aria-pressed', String(st.feedPaused));
+  e.currentTarget.textContent = st.feedPaused ? 'Resume' : 'Pause';
+});
+
+function markDirty(clientId) {
+  if (clientId) st.dirty.add(clientId);
+}
+
+// Several events usually arrive together (admission, state, session,
+// provisioning steps for one CONNECT): they are folded into one refresh,
+// 250 ms after the first of them.  This is a throttle, not a debounce, so a
+// busy fleet whose events never pause still gets its refreshes; the audit
+// log and the orphaned certificates, cheaper to leave stale, refresh at most
+// every 5 s.
+const REFRESH_DELAY_MS = 250;
+const SLOW_REFRESH_MS = 5000;
+let refreshTimer = null;
+let refreshing = false;
+let lastSlowRefresh = 0;
+
+function refreshSoon() {
+  if (refreshTimer === null) refreshTimer = setTimeout(flushRefresh, REFRESH_DELAY_MS);
+}
+
+async function flushRefresh() {
+  refreshTimer = null;
+  if (!st.running) return;
+  if (refreshing) {
+    refreshSoon(); // One at a time: go again when this one is done.
+    return;
+  }
+  refreshing = true;
+  try {
+    await refreshNow();
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function refreshNow() {
+  const ids = [...st.dirty];
+  st.dirty.clear();
+  pollStatus();
+  const jobs = [loadPending()];
+  const D = st.devices;
+  const onPage = ids.filter((id) => D.items.some((d) => d.client_id === id));
+  // A device that is not on this page may belong on it (a new one, or one
+  // whose state now matches the filter); so may a filtered page lose one.
+  if (onPage.length < ids.length || D.state || D.q || ids.length > 10) {
+    jobs.push(loadDevices());
+  } else {
+    jobs.push(...onPage.map(async (id) => {
+      try {
+        updateDeviceRow(await api.get('devices/' + enc(id)));
+      } catch (e) {
+        if (e.status === 404) await loadDevices();
+      }
+    }));
+  }
+  if (st.openDevice && ids.includes(st.openDevice)) jobs.push(renderDevicePanel(st.openDevice));
+  const now = Date.now();
+  if (now - lastSlowRefresh >= SLOW_REFRESH_MS) {
+    lastSlowRefresh = now;
+    if (st.audit.offset === 0) jobs.push(loadAudit());
+    jobs.push(loadOrphans());
+  } else {
+    // Not now, but not never: catch up once things are quiet.
+    slowCatchUp();
+  }
+  await Promise.allSettled(jobs);
+}
+
+const slowCatchUp = debounce(() => {
+  if (!st.running) return;
+  lastSlowRefresh = Date.now();
+  if (st.audit.offset === 0) loadAudit();
+  loadOrphans();
+}, SLOW_REFRESH_MS);
+
+function handleEvent(evt) {
+  if (!evt || typeof evt !== 'object') return;
+  addToFeed(evt);
+  if (DEVICE_EVENTS.has(evt.type) && evt.client_id) {
+    // Show the new state at once; the refetch below fills in the rest.
+    if (evt.type === 'device.state' || evt.type === 'device.session') {
+      const field = evt.type === 'device.state' ? 'state' : 'session';
+      const row = ui.deviceRows.querySelector('tr[data-client-id="' + CSS.escape(evt.client_id) + '"]');
+      const cell = row && row.querySelector('[data-field="' + field + '"]');
+      if (cell) clear(cell).appendChild(badge(field, evt[field]));
+    }
+    markDirty(evt.client_id);
+    refreshSoon();
+  } else if (evt.type === 'uplink') {
+    $('#uplink-state').textContent = evt.state;
+    $('#uplink-pill').dataset.state = evt.state;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Relative times tick; boot                                                 */
+/* ------------------------------------------------------------------------ */
+
+setInterval(() => {
+  for (const td of $$('[data-ago]')) {
+    const s = Number(td.dataset.ago);
+    if (s) td.textContent = fmtAgo(s);
+  }
+}, 10000);
+
+async function boot() {
+  if (!getToken()) {
+    showLogin('');
+    return;
+  }
+  try {
+    if (await api.probe(getToken())) {
+      start();
+      return;
+    }
+    setToken('');
+    showLogin('The saved token is no longer accepted. Please enter it again.');
+  } catch (e) {
+    // The gateway is unreachable right now: keep the token and try anyway;
+    // the status poll reports the problem and recovers by itself.
+    start();
+  }
+}
+
+boot();

@@ -1,0 +1,101 @@
+// util.js - DOM building and formatting.  Everything that came from the
+// gateway (client ids, error texts...) is set as text, never parsed as HTML.
+
+export function h(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    e.appendChild(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
+  }
+  return e;
+}
+
+export function clear(e) {
+  while (e.firstChild) e.removeChild(e.firstChild);
+  return e;
+}
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+const pad = (n) => String(n).padStart(2, '0');
+
+// Unix seconds -> "2025-03-04 13:05:09" in local time; "–" for none.
+export function fmtTime(sec) {
+  if (!sec) return '–';
+  const d = new Date(sec * 1000);
+  return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
+    pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+}
+
+export function fmtDate(sec) {
+  if (!sec) return '–';
+  return fmtTime(sec).slice(0, 10);
+}
+
+// "12 s ago", "5 min ago", "3 h ago", "4 d ago".
+export function fmtAgo(sec, nowMs = Date.now()) {
+  if (!sec) return 'never';
+  let s = Math.round(nowMs / 1000 - sec);
+  if (s < 0) s = 0;
+  if (s < 5) return 'just now';
+  if (s < 60) return s + ' s ago';
+  if (s < 3600) return Math.floor(s / 60) + ' min ago';
+  if (s < 86400) return Math.floor(s / 3600) + ' h ago';
+  return Math.floor(s / 86400) + ' d ago';
+}
+
+// Days until a certificate's not-after (negative: expired).
+export function daysLeft(sec, nowMs = Date.now()) {
+  return Math.floor((sec * 1000 - nowMs) / 86400000);
+}
+
+export function fmtUptime(s) {
+  if (s === undefined || s === null) return '–';
+  const d = Math.floor(s / 86400);
+  const hh = Math.floor((s % 86400) / 3600);
+  const mm = Math.floor((s % 3600) / 60);
+  if (d) return d + ' d ' + hh + ' h';
+  if (hh) return hh + ' h ' + mm + ' min';
+  return mm + ' min ' + (s % 60) + ' s';
+}
+
+export function fmtBytes(n) {
+  if (n === undefined || n === null || n < 0) return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return (i ? n.toFixed(1) : String(n)) + ' ' + u[i];
+}
+
+export const fmtInt = (n) => (n === undefined || n === null ? '–' : Number(n).toLocaleString('en-US'));
+
+export function debounce(fn, ms) {
+  let t = null;
+  const d = (...args) => {
+    clearTimeout(t);
+    t = setTimeout(() => {
+      t = null;
+      fn(...args);
+    }, ms);
+  };
+  d.cancel = () => clearTimeout(t);
+  return d;
+}
+
+// A state or session badge.
+export function badge(kind, value) {
+  const v = value || 'none';
+  return h('span', { class: 'badge ' + kind + '-' + v.replace(/[^a-z0-9-]/gi, '') }, v);
+}

@@ -1,0 +1,326 @@
+/*
+ * web.c - the libwebsockets context on the gateway's own libuv loop: one
+ * vhost, one protocol that serves both HTTP (REST + static files) and the
+ * /api/v1/events WebSocket, start and stop.
+ *
+ * Stopping with a foreign loop in lws 4.1: lws_context_destroy() only starts
+ * closing; every wsi's uv_poll handle and then lws's two static handles (an
+ * idle and a timer, whose data pointer is the context) close asynchronously.
+ * With a foreign loop lws usually does not finish the destruction by itself,
+ * so a timer of ours watches the loop until no handle with data == context
+ * is left, then calls lws_context_destroy() a second time, which frees the
+ * context without touching the loop, and only then runs the caller's done().
+ * info.pcontext tells us when lws has freed the context (w->ctx goes NULL),
+ * so the context pointer is never used after it is freed.
+ */
+#include "web_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+  STOP_POLL_MS = 10,
+  STOP_POLL_MAX = 500,       /* 5 s: then give up waiting and say so */
+  HEADER_DATA_MAX = 8192,    /* largest request header block */
+  HEADER_POOL = 64,          /* concurrent header parses */
+};
+
+static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+
+/* The gateway's log format (<ISO time> LEVEL module: message), written by
+ * hand because web/ may not include gateway/log.h.  Callers never pass a
+ * token to it. */
+void web_log(enum web_log_level level, const char *fmt, ...)
+{
+  char line[1024];
+  struct timespec ts;
+  struct tm tm;
+  size_t n;
+  int k;
+  va_list ap;
+
+  if (level > WEB_LOG_INFO && !getenv("FLEETGW_WEB_DEBUG"))
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+  k = snprintf(line + n, sizeof line - n, ".%03ldZ %-5s web: ", ts.tv_nsec / 1000000L,
+               level_names[level]);
+  if (k > 0)
+    n += (size_t)k;
+  if (n < sizeof line) {
+    va_start(ap, fmt);
+    k = vsnprintf(line + n, sizeof line - n, fmt, ap);
+    va_end(ap);
+    if (k > 0)
+      n += (size_t)k;
+  }
+  if (n > sizeof line - 2)
+    n = sizeof line - 2;
+  line[n++] = '\n';
+  ssize_t wr = write(STDERR_FILENO, line, n);
+  (void)wr;
+}
+
+/* lws's own errors and warnings, in our format (lines end in '\n'). */
+static void lws_log_emit(int level, const char *line)
+{
+  size_t n = strlen(line);
+  while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+    n--;
+  /* Warnings, even lws's "errors": most are about one bad client (for
+   * example "Ran out of header data space"), and our own code logs the
+   * failures that matter (such as not being able to listen) as errors. */
+  (void)level;
+  web_log(WEB_LOG_WARN, "lws: %.*s", (int)n, line);
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+  struct lws_context *ctx = lws_get_context(wsi);
+  struct web *w = ctx ? lws_context_user(ctx) : NULL;
+  struct web_pss *pss = user;
+
+  if (!w)
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+
+  switch (reason) {
+  case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    return web_ws_filter(w, wsi);
+  case LWS_CALLBACK_ESTABLISHED:
+  case LWS_CALLBACK_RECEIVE:
+  case LWS_CALLBACK_SERVER_WRITEABLE:
+  case LWS_CALLBACK_CLOSED:
+    return web_ws_callback(w, wsi, reason, pss, in, len);
+  case LWS_CALLBACK_HTTP:
+  case LWS_CALLBACK_HTTP_BODY:
+  case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+  case LWS_CALLBACK_HTTP_WRITEABLE:
+  case LWS_CALLBACK_CLOSED_HTTP:
+  case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    return web_http_callback(w, wsi, reason, pss, in, len);
+  default:
+    break;
+  }
+  return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static const struct lws_protocols protocols[] = {
+  /* One protocol for HTTP and the event WebSocket (clients send no
+   * subprotocol, so lws binds the upgrade to protocols[0]). */
+  {"fleetgw", callback, sizeof(struct web_pss), 4096, 0, NULL, 0},
+  {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* Keep-alive for the event stream: ping an idle socket, drop a dead one. */
+static const lws_retry_bo_t idle_policy = {
+  .secs_since_valid_ping = 30,
+  .secs_since_valid_hangup = 75,
+};
+
+static void free_web(struct web *w)
+{
+  free(w->bind);
+  if (w->admin_token) {
+    memset(w->admin_token, 0, strlen(w->admin_token));
+    free(w->admin_token);
+  }
+  if (w->read_token) {
+    memset(w->read_token, 0, strlen(w->read_token));
+    free(w->read_token);
+  }
+  free(w->tls_cert_file);
+  free(w->tls_key_file);
+  free(w->static_dir);
+  free(w->openapi_file);
+  free(w);
+}
+
+/* strdup of an optional string; *ok goes false on allocation failure. */
+static char *dup_opt(const char *s, bool *ok)
+{
+  char *d;
+  if (!s || !*s)
+    return NULL;
+  d = strdup(s);
+  if (!d)
+    *ok = false;
+  return d;
+}
+
+struct walk_state {
+  const void *ctx;
+  unsigned left;
+};
+
+static void count_lws_handles(uv_handle_t *h, void *arg)
+{
+  struct walk_state *ws = arg;
+  if (h->data == ws->ctx)
+    ws->left++;
+}
+
+static void stop_timer_closed(uv_handle_t *h)
+{
+  struct web *w = h->data;
+  void (*done)(void *) = w->done;
+  void *ud = w->done_ud;
+
+  /* If lws never finished, it may still write w->ctx (info.pcontext):
+   * leak w with the context rather than free it under lws. */
+  if (!w->ctx)
+    free_web(w);
+  if (done)
+    done(ud);
+}
+
+static void stop_poll(uv_timer_t *t)
+{
+  struct web *w = t->data;
+
+  if (w->ctx) {
+    struct walk_state ws = {w->ctx, 0};
+    uv_walk(w->loop, count_lws_handles, &ws);
+    if (ws.left == 0) {
+      /* lws closes its static handles only after every wsi handle is
+       * closed, so none left means lws is off the loop.  This call
+       * finishes the destruction and sets w->ctx to NULL (pcontext). */
+      lws_context_destroy(w->ctx);
+    } else if (++w->stop_polls < STOP_POLL_MAX) {
+      return;
+    } else {
+      /* Freeing the context now would leave lws's handles pointing at
+       * freed memory; leaking it is the lesser evil. */
+      web_log(WEB_LOG_WARN, "libwebsockets still has %u handles open; not waiting longer",
+              ws.left);
+    }
+  }
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, stop_timer_closed);
+}
+
+/* destroying: lws already began destroying the context itself (it does so
+ * when lws_create_context fails half way on a foreign loop). */
+static void begin_stop(struct web *w, bool destroying, void (*done)(void *), void *ud)
+{
+  w->stopping = true;
+  w->done = done;
+  w->done_ud = ud;
+
+  /* The gateway must not call into clients whose sockets are going away. */
+  web_ws_detach_all(w);
+  if (!destroying && w->ctx)
+    lws_context_destroy(w->ctx);
+
+  uv_timer_init(w->loop, &w->stop_timer);
+  w->stop_timer.data = w;
+  uv_timer_start(&w->stop_timer, stop_poll, 0, STOP_POLL_MS);
+  web_log(WEB_LOG_INFO, "stopping");
+}
+
+int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struct web **out)
+{
+  struct lws_context_creation_info info;
+  void *foreign_loops[1];
+  struct web *w;
+  bool ok = true;
+
+  *out = NULL;
+  if (!opts->admin_token || strlen(opts->admin_token) < 8) {
+    web_log(WEB_LOG_ERROR, "an admin token of at least 8 characters is required");
+    return -1;
+  }
+  w = calloc(1, sizeof *w);
+  if (!w) {
+    web_log(WEB_LOG_ERROR, "out of memory");
+    return -1;
+  }
+  w->loop = loop;
+  w->gw = gw;
+  w->bind = dup_opt(opts->bind, &ok);
+  w->admin_token = dup_opt(opts->admin_token, &ok);
+  w->read_token = dup_opt(opts->read_token, &ok);
+  w->tls_cert_file = dup_opt(opts->tls_cert_file, &ok);
+  w->tls_key_file = dup_opt(opts->tls_key_file, &ok);
+  w->static_dir = dup_opt(opts->static_dir, &ok);
+  w->openapi_file = dup_opt(opts->openapi_file, &ok);
+  w->open_health = opts->open_health;
+  w->open_metrics = opts->open_metrics;
+  w->max_body = opts->max_body ? opts->max_body : 64 * 1024;
+  if (!ok) {
+    web_log(WEB_LOG_ERROR, "out of memory");
+    goto fail_free_web;
+  }
+
+  lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_emit);
+
+  memset(&info, 0, sizeof info);
+  foreign_loops[0] = loop;
+  info.foreign_loops = foreign_loops;
+  info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8;
+  info.port = opts->port;
+  info.iface = w->bind;
+  info.protocols = protocols;
+  info.user = w; /* lws_context_user() */
+  info.vhost_name = "fleetgw";
+  info.server_string = "fleetgw";
+  info.max_http_header_data = HEADER_DATA_MAX;
+  info.max_http_header_pool = HEADER_POOL;
+  info.timeout_secs = 10;
+  info.keepalive_timeout = 30;
+  info.retry_and_idle_policy = &idle_policy;
+  /* HTTP/1.1 only: the handlers read the h1 method tokens. */
+  info.alpn = "http/1.1";
+  if (w->tls_cert_file && w->tls_key_file) {
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    info.ssl_cert_filepath = w->tls_cert_file;
+    info.ssl_private_key_filepath = w->tls_key_file;
+  }
+
+  /* lws writes NULL here once it has freed the context. */
+  info.pcontext = &w->ctx;
+  w->ctx = lws_create_context(&info);
+  if (!w->ctx) {
+    web_log(WEB_LOG_ERROR, "cannot listen on %s:%u", w->bind ? w->bind : "*",
+            (unsigned)opts->port);
+    goto fail_free_web;
+  }
+  /* lws 4.1 returns a context even when the vhost could not listen. */
+  w->vhost = lws_get_vhost_by_name(w->ctx, "fleetgw");
+  w->port = w->vhost ? lws_get_vhost_listen_port(w->vhost) : -1;
+  if (w->port <= 0) {
+    web_log(WEB_LOG_ERROR, "cannot listen on %s:%u", w->bind ? w->bind : "*",
+            (unsigned)opts->port);
+    /* The context may already have handles on the loop: take it down the
+     * asynchronous way; the loop finishes it (and frees w) if it runs. */
+    begin_stop(w, true, NULL, NULL);
+    return -1;
+  }
+  web_log(WEB_LOG_INFO, "listening on %s://%s:%d/", info.ssl_cert_filepath ? "https" : "http",
+          w->bind ? w->bind : "*", w->port);
+  *out = w;
+  return 0;
+
+fail_free_web:
+  free_web(w);
+  return -1;
+}
+
+int web_port(const struct web *w) { return w ? w->port : -1; }
+
+void web_stop(struct web *w, void (*done)(void *), void *ud)
+{
+  if (!w) {
+    if (done)
+      done(ud);
+    return;
+  }
+  if (w->stopping)
+    return;
+  begin_stop(w, false, done, ud);
+}

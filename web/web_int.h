@@ -1,0 +1,212 @@
+/*
+ * web_int.h - web/ internals shared by web.c, web_http.c, web_ws.c,
+ * web_auth.c and web_util.c.  Nothing outside web/ (except the unit test of
+ * the pure helpers) includes this header.
+ */
+#ifndef FLEETGW_WEB_INT_H
+#define FLEETGW_WEB_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "web.h"
+
+/* ---- pure helpers (web_util.c): no libwebsockets, no gateway, no I/O ---- */
+
+/* Methods as a bit set, so a route can say which it accepts. */
+enum web_method {
+  WEB_GET = 1u << 0,
+  WEB_HEAD = 1u << 1,
+  WEB_POST = 1u << 2,
+  WEB_PUT = 1u << 3,
+  WEB_PATCH = 1u << 4,
+  WEB_DELETE = 1u << 5,
+  WEB_OPTIONS = 1u << 6,
+  WEB_OTHER = 1u << 7,
+};
+
+enum web_route_id {
+  WR_NOT_FOUND = 0,    /* under /api/ or /metrics but no such resource */
+  WR_STATIC,           /* anything outside /api/ and /metrics */
+  WR_HEALTH,
+  WR_STATUS,
+  WR_DEVICES,
+  WR_DEVICE,           /* arg: ClientId */
+  WR_DEVICE_CERT,      /* arg: ClientId */
+  WR_DEVICE_APPROVE,
+  WR_DEVICE_BLOCK,
+  WR_DEVICE_UNBLOCK,
+  WR_DEVICE_REPROVISION,
+  WR_DEVICE_RELEASE,
+  WR_ALLOWLIST,
+  WR_ALLOWLIST_ENTRY,  /* arg: the entry */
+  WR_CERTS,
+  WR_AUDIT,
+  WR_OPENAPI,
+  WR_METRICS,
+  WR_EVENTS,
+};
+
+struct web_route {
+  enum web_route_id id;
+  unsigned allowed;    /* enum web_method bits the resource accepts */
+  const char *arg;     /* points into the path given to web_route_match */
+  size_t arg_len;
+};
+
+/* Maps a decoded request path (no query) to a resource.  Never fails: an
+ * unknown API path is WR_NOT_FOUND, a path outside the API is WR_STATIC. */
+void web_route_match(const char *path, struct web_route *out);
+
+/* Writes "GET, HEAD, POST" style text for an Allow header.  Returns the
+ * length, or -1 when cap is too small. */
+int web_allow_header(unsigned allowed, char *buf, size_t cap);
+
+/* Strict decimal integer in [min, max]: no sign other than a leading '-',
+ * no spaces, no trailing garbage, no overflow.  0 or -1. */
+int web_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out);
+
+/* Splits a query fragment "name=value" in place: *name and *value point into
+ * frag (value "" when there is no '=').  lws has already URL-decoded it. */
+void web_query_split(char *frag, char **name, char **value);
+
+/* The token from an Authorization header value "Bearer <token>" (scheme
+ * case-insensitive, surrounding blanks ignored), copied into out.  0, or -1
+ * when the header is not a bearer token or the token does not fit. */
+int web_bearer_token(const char *header, char *out, size_t cap);
+
+/* Compares a supplied secret with the expected one in time that depends
+ * only on the supplied length, not on where they differ.  true if equal. */
+bool web_ct_equal(const char *expected, size_t expected_len, const char *supplied,
+                  size_t supplied_len);
+
+/* true when a static-file request path is safe to join to the static
+ * directory: starts with '/', no ".." segment, no backslash, no control
+ * characters. */
+bool web_static_path_ok(const char *path);
+
+/* Content type by file name extension; "application/octet-stream" if
+ * unknown. */
+const char *web_content_type(const char *path);
+
+/* One line of a text/csv allowlist body: returns the next trimmed entry
+ * (CR, blanks and a surrounding pair of double quotes removed) starting at
+ * *pos, advancing *pos; NULL at the end.  Empty lines are skipped.  The
+ * entry is written NUL-terminated into buf; entries that do not fit are
+ * returned as "" (so the caller counts them as skipped). */
+const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, size_t cap);
+
+/* ---- shared between the web/ files (need libwebsockets) ---------------- */
+
+#ifndef WEB_UTIL_ONLY
+
+#include <libwebsockets.h>
+#include <uv.h>
+
+#include "gw_api.h"
+
+enum web_log_level { WEB_LOG_ERROR, WEB_LOG_WARN, WEB_LOG_INFO, WEB_LOG_DEBUG };
+
+__attribute__((format(printf, 2, 3))) void web_log(enum web_log_level level, const char *fmt,
+                                                   ...);
+
+enum web_role { WEB_ROLE_NONE = 0, WEB_ROLE_READ = 1, WEB_ROLE_ADMIN = 2 };
+
+struct web_ws_client;
+
+struct web {
+  uv_loop_t *loop;
+  struct gw *gw;
+  struct lws_context *ctx;
+  struct lws_vhost *vhost;
+  int port;
+
+  /* Our own copies of the options (the caller's strings may not outlive
+   * web_start). */
+  char *bind;
+  char *admin_token;
+  char *read_token;
+  char *tls_cert_file;
+  char *tls_key_file;
+  char *static_dir;
+  char *openapi_file;
+  bool open_health;
+  bool open_metrics;
+  size_t max_body;
+
+  struct web_ws_client *clients;  /* live event-stream sockets */
+
+  /* Stopping: lws closes its libuv handles asynchronously, so a timer of
+   * ours watches for the last of them before done() runs. */
+  bool stopping;
+  uv_timer_t stop_timer;
+  unsigned stop_polls;
+  void (*done)(void *);
+  void *done_ud;
+};
+
+/* Per-transaction HTTP state, embedded in the per-session data. */
+struct web_http_conn {
+  unsigned method;             /* enum web_method */
+  bool active;                 /* a request is being handled */
+  bool body_expected;
+  bool discard_body;           /* an error reply is already decided */
+  bool close_after;            /* the request's framing leaves the socket unusable */
+  char *body;
+  size_t body_len;
+  size_t body_cap;
+
+  /* The reply. */
+  bool replying;
+  bool headers_sent;
+  bool head_only;
+  int status;
+  const char *ctype;
+  bool www_auth;
+  char allow[64];
+  unsigned char *out;          /* LWS_PRE headroom, then out_len body bytes */
+  size_t out_len;
+  size_t out_off;
+};
+
+/* Per-client WebSocket state, embedded in the per-session data. */
+struct web_ws_client {
+  struct web *w;
+  struct lws *wsi;
+  struct web_ws_client *next;
+  struct web_ws_client *prev;
+  bool listed;
+  bool authed;
+  struct api_sub *sub;
+  char *rx;                    /* the first (token) message, assembled */
+  size_t rx_len;
+  struct web_ws_event **queue; /* ring of WEB_WS_QUEUE entries */
+  unsigned q_head;
+  unsigned q_count;
+  uint64_t dropped;
+};
+
+struct web_pss {
+  struct web_http_conn http;
+  struct web_ws_client ws;
+};
+
+/* web_auth.c */
+enum web_role web_auth_token(const struct web *w, const char *token, size_t len);
+enum web_role web_auth_request(const struct web *w, struct lws *wsi);
+
+/* web_http.c: the HTTP side of the protocol callback. */
+int web_http_callback(struct web *w, struct lws *wsi, enum lws_callback_reasons reason,
+                      struct web_pss *pss, void *in, size_t len);
+
+/* web_ws.c: the WebSocket side. */
+int web_ws_filter(struct web *w, struct lws *wsi);
+int web_ws_callback(struct web *w, struct lws *wsi, enum lws_callback_reasons reason,
+                    struct web_pss *pss, void *in, size_t len);
+/* Drops every client's subscription (web_stop, before the context goes). */
+void web_ws_detach_all(struct web *w);
+
+#endif /* WEB_UTIL_ONLY */
+
+#endif
