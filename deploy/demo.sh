@@ -8,7 +8,9 @@
 #   - a fleet of simulated MQTT-SN leaves that publish telemetry and receive
 #     commands,
 #   - a watcher at the broker printing what arrives, and a command sent to a
-#     leaf every 10 s.
+#     leaf every 10 s,
+#   - the dashboard and REST API on http://127.0.0.1:8080/ (the token is
+#     printed).
 # Ctrl-C stops everything it started.  State (certificates, logs, config) is in
 # ./demo-state and is reused by the next run.
 #
@@ -19,6 +21,7 @@ ROOT=$(pwd)
 LEAVES=${LEAVES:-20}
 BROKER_PORT=${BROKER_PORT:-18883}
 GW_PORT=${GW_PORT:-1884}
+WEB_PORT=${WEB_PORT:-8080}
 STATE="$ROOT/demo-state"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -101,6 +104,12 @@ cat > fleetgw.json <<EOF
     "ca_file": "$STATE/ca.crt",
     "keepalive_s": 60
   },
+  "web": {
+    "port": $WEB_PORT,
+    "admin_token_file": "$STATE/admin.token",
+    "static_dir": "$ROOT/web/static",
+    "openapi_file": "$ROOT/web/openapi.json"
+  },
   "registry": { "path": "$STATE/registry.db" },
   "provisioning": {
     "backend": "local-ca",
@@ -145,6 +154,7 @@ pids+=($!)
 
 echo "== $LEAVES leaves; a command goes to one of them every 10 s. Ctrl-C stops the demo."
 echo "== registry: $STATE/registry.db (sqlite3 $STATE/registry.db 'select client_id, thing_name, state from devices')"
+echo "== dashboard: http://127.0.0.1:$WEB_PORT/   token: $(cat "$STATE/admin.token")"
 i=0
 while true; do
   sleep 10

@@ -49,7 +49,12 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
     state = DEV_APPROVED;
     break;
   default:
-    state = DEV_PENDING;
+    /* approve: the allowlist pre-approves; everyone else waits for an
+     * operator. */
+    rc = store_allow_match(st, client_id);
+    if (rc < 0)
+      return registry_error(st, rc, reason, cap);
+    state = rc ? DEV_APPROVED : DEV_PENDING;
     break;
   }
   rc = store_device_create(st, client_id, state, addr, now, dev);

@@ -179,8 +179,9 @@ static void on_connect(struct gw *gw, const struct sockaddr *from, const struct 
       uv_ip6_name((const struct sockaddr_in6 *)from, ip, sizeof ip);
     ar = admit_check(gw->store, gw->cfg, cid, ip, (int64_t)time(NULL), NULL, reason,
                      sizeof reason);
-    leaves_event(gw, "admission", cid, "result",
-                 ar == ADMIT_OK ? "admitted" : (ar == ADMIT_PENDING ? "pending" : "refused"));
+    leaves_event2(gw, "admission", cid, "result",
+                  ar == ADMIT_OK ? "admitted" : (ar == ADMIT_PENDING ? "pending" : "refused"),
+                  "reason", reason);
     if (ar != ADMIT_OK) {
       static struct log_ratelimit rl;
       if (ar == ADMIT_PENDING)

@@ -93,11 +93,7 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
   copy(out->session, sizeof out->session, "none");
   if (s) {
     uint32_t n = 0;
-    copy(out->session, sizeof out->session,
-         s->state == SESS_WAIT_WILLTOPIC || s->state == SESS_WAIT_WILLMSG ||
-                 s->state == SESS_WAIT_UPSTREAM
-             ? "connecting"
-             : sess_state_name(s->state));
+    copy(out->session, sizeof out->session, sess_public_state(s->state));
     if (s->in_addr_table)
       leaves_addr_str((const struct sockaddr *)&s->addr, out->address, sizeof out->address);
     out->msgs_in = s->msgs_in;

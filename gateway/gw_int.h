@@ -224,6 +224,9 @@ void leaves_close_done(struct gw *gw);
  * (when key is not NULL)} to every subscriber (gw_api.h). */
 void leaves_event(struct gw *gw, const char *type, const char *client_id, const char *key,
                   const char *value);
+/* The same with a second key and value. */
+void leaves_event2(struct gw *gw, const char *type, const char *client_id, const char *key,
+                   const char *value, const char *key2, const char *value2);
 /* Upstream options for a client id, shared by leaf and QoS -1 sessions. */
 void leaves_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
                           const char *cert, const char *key);
@@ -243,6 +246,8 @@ void sess_on_provisioned(struct session *s, bool ok);
 void sess_shutdown(struct session *s, bool notify);
 bool sess_is_live(const struct session *s);
 const char *sess_state_name(enum sess_state st);
+/* The state as the API shows it: "connecting" for the waits. */
+const char *sess_public_state(enum sess_state st);
 void sess_count(const struct session *s, struct metrics *m);
 /* Operator actions: ends the leaf's session now (DISCONNECT, so it connects
  * again and meets the registry's new state). */

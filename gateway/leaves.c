@@ -236,6 +236,12 @@ void leaves_close_done(struct gw *gw)
 void leaves_event(struct gw *gw, const char *type, const char *client_id, const char *key,
                   const char *value)
 {
+  leaves_event2(gw, type, client_id, key, value, NULL, NULL);
+}
+
+void leaves_event2(struct gw *gw, const char *type, const char *client_id, const char *key,
+                   const char *value, const char *key2, const char *value2)
+{
   struct timespec ts;
   cJSON *o;
   char *json;
@@ -252,6 +258,8 @@ void leaves_event(struct gw *gw, const char *type, const char *client_id, const 
     cJSON_AddStringToObject(o, "client_id", client_id);
   if (key)
     cJSON_AddStringToObject(o, key, value ? value : "");
+  if (key2)
+    cJSON_AddStringToObject(o, key2, value2 ? value2 : "");
   json = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   if (!json)

@@ -59,7 +59,16 @@ static void set_state(struct session *s, enum sess_state st)
     return;
   LOGD(MOD, "%s: %s -> %s", s->client_id, sess_state_name(s->state), sess_state_name(st));
   s->state = st;
-  leaves_event(s->gw, "device.session", s->client_id, "session", sess_state_name(st));
+  leaves_event(s->gw, "device.session", s->client_id, "session", sess_public_state(st));
+}
+
+const char *sess_public_state(enum sess_state st)
+{
+  /* The will prompts and the waits for provisioning and the upstream are
+   * all "connecting" to an operator. */
+  if (st == SESS_WAIT_WILLTOPIC || st == SESS_WAIT_WILLMSG || st == SESS_WAIT_UPSTREAM)
+    return "connecting";
+  return sess_state_name(st);
 }
 
 bool sess_is_live(const struct session *s)

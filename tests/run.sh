@@ -3,7 +3,8 @@
 #   1. unit tests and fuzz-corpus replays, built with AddressSanitizer and
 #      UndefinedBehaviorSanitizer (ctest);
 #   2. each libFuzzer target for a short time (clang);
-#   3. the integration suite against a real mosquitto (pytest).
+#   3. the integration suite against a real mosquitto and the AWS IoT simulator,
+#      and the dashboard in headless Chromium (pytest).
 # Usage: tests/run.sh            (FUZZ_SECONDS=N to change the fuzzing time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,8 @@ SUDO=""
 
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev \
   libuv1-dev libwebsockets-dev libssl-dev libsqlite3-dev libcjson-dev \
-  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3"
+  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3 \
+  chromium"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -32,6 +34,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd tests/sim && npm ci --no-audit --no-fund --loglevel=error)
+# The dashboard's browser test drives Debian's Chromium with playwright-core.
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 # The Debian mosquitto package starts a broker on port 1883; tests use their own.
 PY=/usr/bin/python3
 
@@ -59,6 +63,6 @@ for t in $targets; do
   rm -rf "$work"
 done
 
-echo "== integration tests (real mosquitto, the AWS IoT simulator, all on 127.0.0.1)"
-FLEETGW_BIN="$ROOT/build-test/fleetgw" $PY -m pytest -q -p no:cacheprovider \
-  tests/leaf tests/sim tests/integration
+echo "== integration and browser tests (real mosquitto, the AWS IoT simulator, Chromium; all on 127.0.0.1)"
+FLEETGW_BIN="$ROOT/build-test/fleetgw" BUILD_DIR="$ROOT/build-test" $PY -m pytest -q -p no:cacheprovider \
+  tests/leaf tests/sim tests/integration tests/browser

@@ -66,10 +66,27 @@ void web_log(enum web_log_level level, const char *fmt, ...)
   (void)wr;
 }
 
-/* lws's own errors and warnings, in our format (lines end in '\n'). */
+/* lws's own errors and warnings, in our format (lines end in '\n').  Most
+ * are about one misbehaving client, so at most LWS_LOG_BURST lines per
+ * 10 s window get through. */
 static void lws_log_emit(int level, const char *line)
 {
+  enum { LWS_LOG_BURST = 20 };
+  static time_t window;
+  static unsigned count, suppressed;
+  time_t now = time(NULL);
   size_t n = strlen(line);
+
+  if (now - window >= 10) {
+    if (suppressed)
+      web_log(WEB_LOG_WARN, "lws: (%u similar messages suppressed)", suppressed);
+    window = now;
+    count = suppressed = 0;
+  }
+  if (++count > LWS_LOG_BURST) {
+    suppressed++;
+    return;
+  }
   while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
     n--;
   /* Warnings, even lws's "errors": most are about one bad client (for

@@ -325,7 +325,7 @@ static void test_out_of_range(void)
 
 static void test_unknown_keys(void)
 {
-  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream, registry, admission, provisioning)",
+  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream, web, registry, admission, provisioning)",
                "{\"frobnicate\": 1, " UP "}");
   expect_error(true, "upstreem: unknown key (did you mean \"upstream\"?)",
                "{\"upstreem\": {}, " UP "}");
@@ -607,7 +607,7 @@ static void test_provisioning_sections(void)
 static void test_example_file(void)
 {
   static const char *const keys[] = {
-      "log_level", "gateway_id", "lan", "upstream", "registry", "admission", "provisioning", NULL,
+      "log_level", "gateway_id", "lan", "upstream", "web", "registry", "admission", "provisioning", NULL,
   };
   static const char *const lan_keys[] = {
       "bind", "port", "recv_buffer_bytes", "max_client_id_len", "max_leaves", "t_retry_ms",

@@ -1,0 +1,209 @@
+// dashboard_test.mjs - drives fleetgw's dashboard in a real Chromium
+// (Debian's /usr/bin/chromium through playwright-core; no browser download).
+//
+//   node dashboard_test.mjs --url http://127.0.0.1:PORT/ --token TOKEN \
+//        --active leaf-a,leaf-b --pending leaf-new [--screenshot out.png]
+//
+// Every option may also come from the environment: DASH_URL, DASH_TOKEN,
+// DASH_ACTIVE, DASH_PENDING, DASH_SCREENSHOT (default $BUILD_DIR/dashboard.png,
+// BUILD_DIR defaulting to build-test), CHROMIUM (default /usr/bin/chromium).
+//
+// It signs in with the token form, waits for the rows of the connected
+// leaves, clicks Approve on the pending leaf in the Pending section and waits
+// - without reloading - until that leaf's row shows state "active".  It
+// exits 0 on success and 1 with a one-line reason on any failure (and then
+// leaves a screenshot next to the requested one, named *-failure.png).
+
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+function parseArgs(argv) {
+  const out = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new Error('unexpected argument ' + a);
+    const eq = a.indexOf('=');
+    if (eq > 0) out[a.slice(2, eq)] = a.slice(eq + 1);
+    else out[a.slice(2)] = argv[++i];
+  }
+  return out;
+}
+
+const args = parseArgs(process.argv.slice(2));
+const opt = {
+  url: args.url || process.env.DASH_URL,
+  token: args.token || process.env.DASH_TOKEN,
+  active: (args.active || process.env.DASH_ACTIVE || '').split(',').filter(Boolean),
+  pending: args.pending || process.env.DASH_PENDING,
+  screenshot: args.screenshot || process.env.DASH_SCREENSHOT ||
+    path.join(process.env.BUILD_DIR || 'build-test', 'dashboard.png'),
+  chromium: args.chromium || process.env.CHROMIUM || '/usr/bin/chromium',
+  timeoutMs: Number(args.timeout || process.env.DASH_TIMEOUT_MS || 30000),
+};
+
+class Failure extends Error {}
+
+function fail(msg) {
+  throw new Failure(msg);
+}
+
+function log(msg) {
+  process.stdout.write('[dashboard_test] ' + msg + '\n');
+}
+
+const rowSel = (id) => '#device-rows tr[data-client-id="' + id.replace(/["\\]/g, '\\$&') + '"]';
+
+// Waits until the row's state cell reads `state`; fails with what it saw.
+async function waitRowState(page, id, state, timeoutMs, why) {
+  try {
+    await page.waitForFunction(([sel, want]) => {
+      const cell = document.querySelector(sel + ' [data-field="state"]');
+      return cell && cell.textContent.trim() === want;
+    }, [rowSel(id), state], { timeout: timeoutMs, polling: 100 });
+  } catch (e) {
+    const seen = await page.evaluate((sel) => {
+      const cell = document.querySelector(sel + ' [data-field="state"]');
+      return cell ? 'state "' + cell.textContent.trim() + '"' : 'no such row';
+    }, rowSel(id)).catch(() => 'page gone');
+    fail(why + ': row ' + id + ' did not show state "' + state + '" within ' + timeoutMs + ' ms (' + seen + ')');
+  }
+}
+
+async function main() {
+  if (!opt.url || !opt.token || !opt.pending) {
+    fail('usage: --url URL --token TOKEN --pending CLIENT_ID [--active ID,ID] [--screenshot FILE]');
+  }
+  if (!fs.existsSync(opt.chromium)) fail('no Chromium at ' + opt.chromium + ' (apt-get install -y chromium)');
+  fs.mkdirSync(path.dirname(path.resolve(opt.screenshot)), { recursive: true });
+
+  // A fresh profile each run: no cached token, no service worker, no cache.
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'fleetgw-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: opt.chromium,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    viewport: { width: 1440, height: 1000 },
+    deviceScaleFactor: 1,
+    timeout: 30000,
+  });
+  const problems = [];
+  let page;
+  try {
+    page = context.pages()[0] || await context.newPage();
+    page.setDefaultTimeout(opt.timeoutMs);
+    page.on('pageerror', (e) => problems.push('uncaught error in the page: ' + e.message));
+    page.on('console', (m) => {
+      if (m.type() === 'error') log('console error: ' + m.text());
+    });
+    // Nothing may be fetched from outside the gateway (the box may be offline).
+    const origin = new URL(opt.url).origin;
+    page.on('request', (r) => {
+      const u = r.url();
+      if (!u.startsWith(origin) && !u.startsWith('data:') && !u.startsWith('blob:')) {
+        problems.push('request outside the gateway: ' + u);
+      }
+    });
+
+    log('open ' + opt.url);
+    const resp = await page.goto(opt.url, { waitUntil: 'domcontentloaded' });
+    if (!resp || !resp.ok()) fail('GET ' + opt.url + ' answered ' + (resp ? resp.status() : 'nothing'));
+
+    // Sign in with the form.
+    try {
+      await page.locator('#token-input').waitFor({ state: 'visible' });
+    } catch (e) {
+      fail('no token form (#token-input) on the page');
+    }
+    await page.fill('#token-input', opt.token);
+    await page.click('#login-form button[type="submit"]');
+    try {
+      await page.locator('#main').waitFor({ state: 'visible' });
+    } catch (e) {
+      const msg = await page.textContent('#login-error').catch(() => '');
+      fail('sign-in did not complete' + (msg ? ': ' + msg : ''));
+    }
+    const stored = await page.evaluate(() => sessionStorage.getItem('fleetgw.token'));
+    if (stored !== opt.token) fail('the token was not kept in sessionStorage');
+    // A marker that a reload would wipe out.
+    await page.evaluate(() => { window.__fleetgwNoReload = true; });
+
+    for (const id of opt.active) {
+      log('wait for the row of ' + id);
+      await waitRowState(page, id, 'active', opt.timeoutMs, 'connected leaf');
+    }
+
+    log('approve ' + opt.pending + ' in the Pending section');
+    const approve = page.locator('#pending [data-client-id="' + opt.pending + '"] [data-action="approve"]');
+    try {
+      await approve.waitFor({ state: 'visible' });
+    } catch (e) {
+      const listed = await page.$$eval('#pending [data-client-id]', (els) => els.map((e) => e.dataset.clientId));
+      fail(opt.pending + ' not listed under Pending approvals (listed: ' + JSON.stringify(listed) + ')');
+    }
+    if ((await page.locator('#pending [data-client-id="' + opt.pending + '"] [data-action="block"]').count()) !== 1) {
+      fail('the pending entry of ' + opt.pending + ' has no Block button');
+    }
+    const t0 = Date.now();
+    await approve.click();
+    await waitRowState(page, opt.pending, 'active', opt.timeoutMs, 'after Approve');
+    log(opt.pending + ' shows "active" ' + (Date.now() - t0) + ' ms after the click');
+    if (!(await page.evaluate(() => window.__fleetgwNoReload === true))) fail('the page reloaded');
+    try {
+      await page.locator('#pending [data-client-id="' + opt.pending + '"]').waitFor({ state: 'detached', timeout: 10000 });
+    } catch (e) {
+      fail(opt.pending + ' is still listed under Pending approvals after it became active');
+    }
+
+    // The live event feed saw it, and the overview counts follow.
+    await page.waitForFunction((id) => Array.from(document.querySelectorAll('#feed-list [data-client-id]'))
+      .some((li) => li.dataset.clientId === id), opt.pending, { timeout: 10000 })
+      .catch(() => fail('no event for ' + opt.pending + ' in the live feed'));
+    const want = opt.active.length + 1;
+    await page.waitForFunction((n) => {
+      const el = document.querySelector('[data-count="active"] .count-n');
+      return el && Number(el.textContent.replace(/,/g, '')) >= n;
+    }, want, { timeout: 10000 }).catch(() => fail('the overview does not count ' + want + ' active devices'));
+
+    // The device panel opens from its row and shows the certificate.
+    await page.click(rowSel(opt.pending) + ' button');
+    await page.locator('#device-dialog[open] .panel-status').waitFor({ state: 'visible', timeout: 10000 })
+      .catch(() => fail('the device panel did not open'));
+    const panel = await page.textContent('#dev-body');
+    if (!panel.includes('Not after') || !panel.includes('Fingerprint')) fail('the device panel shows no certificate');
+    await page.screenshot({ path: opt.screenshot.replace(/\.png$/, '') + '-device.png' });
+    await page.keyboard.press('Escape');
+    await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 })
+      .catch(() => fail('Escape did not close the device panel'));
+
+    // Let the rate chart collect a few samples (one per 2 s poll) for the
+    // screenshot; not a failure if it has fewer.
+    await page.waitForFunction(() => {
+      const l = document.querySelector('#rate-chart .line-in');
+      return l && l.getAttribute('points').split(' ').length >= 4;
+    }, null, { timeout: 10000, polling: 250 }).catch(() => {});
+    if (problems.length) fail(problems.join('; '));
+    await page.screenshot({ path: opt.screenshot, fullPage: true });
+    log('screenshot ' + opt.screenshot);
+  } catch (e) {
+    if (page) {
+      const shot = opt.screenshot.replace(/\.png$/, '') + '-failure.png';
+      await page.screenshot({ path: shot, fullPage: true }).catch(() => {});
+      log('failure screenshot ' + shot);
+    }
+    throw e;
+  } finally {
+    await context.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().then(() => {
+  log('PASS');
+  process.exit(0);
+}, (e) => {
+  process.stderr.write('[dashboard_test] FAIL: ' + (e instanceof Failure ? e.message : (e && e.stack) || e) + '\n');
+  process.exit(1);
+});

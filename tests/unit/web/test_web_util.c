@@ -1,0 +1,243 @@
+/*
+ * test_web_util.c - the pure helpers of web/ (web_util.c): routing, the
+ * Allow header, integer and query parsing, bearer tokens, the constant-time
+ * comparison, static-path safety, content types and CSV lines.
+ */
+#define WEB_UTIL_ONLY
+#include "web_int.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include "test.h"
+
+static void route(const char *path, enum web_route_id id, unsigned allowed, const char *arg)
+{
+  struct web_route rt;
+  web_route_match(path, &rt);
+  ASSERT_EQ(rt.id, id);
+  ASSERT_EQ(rt.allowed, allowed);
+  if (arg) {
+    ASSERT_EQ(rt.arg_len, strlen(arg));
+    ASSERT_TRUE(rt.arg && memcmp(rt.arg, arg, rt.arg_len) == 0);
+  } else {
+    ASSERT_TRUE(rt.arg == NULL);
+  }
+}
+
+static void test_routes(void)
+{
+  const unsigned get = WEB_GET | WEB_HEAD;
+
+  route("/api/v1/health", WR_HEALTH, get, NULL);
+  route("/api/v1/status", WR_STATUS, get, NULL);
+  route("/api/v1/devices", WR_DEVICES, get, NULL);
+  route("/api/v1/devices/dev-1", WR_DEVICE, get | WEB_DELETE, "dev-1");
+  route("/api/v1/devices/dev-1/certificate", WR_DEVICE_CERT, get, "dev-1");
+  route("/api/v1/devices/dev-1/approve", WR_DEVICE_APPROVE, WEB_POST, "dev-1");
+  route("/api/v1/devices/dev-1/block", WR_DEVICE_BLOCK, WEB_POST, "dev-1");
+  route("/api/v1/devices/dev-1/unblock", WR_DEVICE_UNBLOCK, WEB_POST, "dev-1");
+  route("/api/v1/devices/dev-1/reprovision", WR_DEVICE_REPROVISION, WEB_POST, "dev-1");
+  route("/api/v1/devices/dev-1/release", WR_DEVICE_RELEASE, WEB_POST, "dev-1");
+  /* A ClientId with a '/' (sent as %2F, decoded by lws). */
+  route("/api/v1/devices/line/7/approve", WR_DEVICE_APPROVE, WEB_POST, "line/7");
+  route("/api/v1/devices/line/7", WR_DEVICE, get | WEB_DELETE, "line/7");
+  /* The action alone is not a ClientId. */
+  route("/api/v1/devices/approve", WR_DEVICE, get | WEB_DELETE, "approve");
+  route("/api/v1/devices/", WR_NOT_FOUND, 0, NULL);
+  route("/api/v1/allowlist", WR_ALLOWLIST, get | WEB_POST, NULL);
+  route("/api/v1/allowlist/line1-*", WR_ALLOWLIST_ENTRY, WEB_DELETE, "line1-*");
+  route("/api/v1/allowlist/", WR_NOT_FOUND, 0, NULL);
+  route("/api/v1/certificates", WR_CERTS, get, NULL);
+  route("/api/v1/audit", WR_AUDIT, get, NULL);
+  route("/api/v1/openapi.json", WR_OPENAPI, get, NULL);
+  route("/api/v1/events", WR_EVENTS, WEB_GET, NULL);
+  route("/metrics", WR_METRICS, get, NULL);
+  route("/api/v1/statusx", WR_NOT_FOUND, 0, NULL);
+  route("/api/v2/status", WR_NOT_FOUND, 0, NULL);
+  route("/api", WR_NOT_FOUND, 0, NULL);
+  route("/api/", WR_NOT_FOUND, 0, NULL);
+  route("/", WR_STATIC, get, NULL);
+  route("/app.js", WR_STATIC, get, NULL);
+  route("/apix", WR_STATIC, get, NULL);
+  route("/metrics/x", WR_STATIC, get, NULL);
+}
+
+static void test_allow_header(void)
+{
+  char buf[64];
+  ASSERT_EQ(web_allow_header(WEB_GET | WEB_HEAD | WEB_DELETE, buf, sizeof buf), 17);
+  ASSERT_STR_EQ(buf, "GET, HEAD, DELETE");
+  ASSERT_EQ(web_allow_header(WEB_POST, buf, sizeof buf), 4);
+  ASSERT_STR_EQ(buf, "POST");
+  ASSERT_EQ(web_allow_header(0, buf, sizeof buf), 0);
+  ASSERT_STR_EQ(buf, "");
+  ASSERT_EQ(web_allow_header(WEB_GET | WEB_HEAD, buf, 9), -1);
+  ASSERT_EQ(web_allow_header(WEB_GET | WEB_HEAD, buf, 10), 9);
+  ASSERT_EQ(web_allow_header(WEB_GET, buf, 0), -1);
+}
+
+static void test_parse_int(void)
+{
+  int64_t v = 7;
+  ASSERT_EQ(web_parse_int64("0", 0, 10, &v), 0);
+  ASSERT_EQ(v, 0);
+  ASSERT_EQ(web_parse_int64("1000", 1, 1000, &v), 0);
+  ASSERT_EQ(v, 1000);
+  ASSERT_EQ(web_parse_int64("1001", 1, 1000, &v), -1);
+  ASSERT_EQ(web_parse_int64("0", 1, 1000, &v), -1);
+  ASSERT_EQ(web_parse_int64("-1", 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64("-5", -10, 10, &v), 0);
+  ASSERT_EQ(v, -5);
+  ASSERT_EQ(web_parse_int64("", 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64("-", -10, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64(NULL, 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64(" 1", 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64("1 ", 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64("+1", 0, 10, &v), -1);
+  ASSERT_EQ(web_parse_int64("0x10", 0, 100, &v), -1);
+  ASSERT_EQ(web_parse_int64("1e3", 0, 10000, &v), -1);
+  ASSERT_EQ(web_parse_int64("9223372036854775807", 0, INT64_MAX, &v), 0);
+  ASSERT_TRUE(v == INT64_MAX);
+  ASSERT_EQ(web_parse_int64("9223372036854775808", 0, INT64_MAX, &v), -1);
+  ASSERT_EQ(web_parse_int64("-9223372036854775808", INT64_MIN, 0, &v), 0);
+  ASSERT_TRUE(v == INT64_MIN);
+  ASSERT_EQ(web_parse_int64("-9223372036854775809", INT64_MIN, 0, &v), -1);
+  ASSERT_EQ(web_parse_int64("99999999999999999999999", 0, INT64_MAX, &v), -1);
+}
+
+static void test_query_split(void)
+{
+  char a[] = "limit=50", b[] = "flag", c[] = "q=a=b", d[] = "=x";
+  char *k, *v;
+  web_query_split(a, &k, &v);
+  ASSERT_STR_EQ(k, "limit");
+  ASSERT_STR_EQ(v, "50");
+  web_query_split(b, &k, &v);
+  ASSERT_STR_EQ(k, "flag");
+  ASSERT_STR_EQ(v, "");
+  web_query_split(c, &k, &v);
+  ASSERT_STR_EQ(k, "q");
+  ASSERT_STR_EQ(v, "a=b");
+  web_query_split(d, &k, &v);
+  ASSERT_STR_EQ(k, "");
+  ASSERT_STR_EQ(v, "x");
+}
+
+static void test_bearer(void)
+{
+  char t[16];
+  ASSERT_EQ(web_bearer_token("Bearer abc", t, sizeof t), 0);
+  ASSERT_STR_EQ(t, "abc");
+  ASSERT_EQ(web_bearer_token("  bearer \t xyz  ", t, sizeof t), 0);
+  ASSERT_STR_EQ(t, "xyz");
+  ASSERT_EQ(web_bearer_token("Basic abc", t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token("Bearer", t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token("Bearer   ", t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token("Bearerabc", t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token("", t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token(NULL, t, sizeof t), -1);
+  ASSERT_EQ(web_bearer_token("Bearer 0123456789abcde", t, sizeof t), 0);
+  ASSERT_EQ(web_bearer_token("Bearer 0123456789abcdef", t, sizeof t), -1);
+}
+
+static void test_ct_equal(void)
+{
+  const char *secret = "s3cret-token";
+  size_t n = strlen(secret);
+  ASSERT_TRUE(web_ct_equal(secret, n, "s3cret-token", n));
+  ASSERT_TRUE(!web_ct_equal(secret, n, "s3cret-tokeN", n));
+  ASSERT_TRUE(!web_ct_equal(secret, n, "S3cret-token", n));
+  ASSERT_TRUE(!web_ct_equal(secret, n, "s3cret", 6));
+  ASSERT_TRUE(!web_ct_equal(secret, n, "s3cret-token-and-more", 21));
+  ASSERT_TRUE(!web_ct_equal(secret, n, "", 0));
+  /* A supplied token that repeats the secret must not match it. */
+  ASSERT_TRUE(!web_ct_equal("ab", 2, "abab", 4));
+  /* An empty expected secret matches nothing, not even the empty token. */
+  ASSERT_TRUE(!web_ct_equal("", 0, "", 0));
+  ASSERT_TRUE(!web_ct_equal("", 0, "x", 1));
+}
+
+static void test_static_path(void)
+{
+  ASSERT_TRUE(web_static_path_ok("/"));
+  ASSERT_TRUE(web_static_path_ok("/index.html"));
+  ASSERT_TRUE(web_static_path_ok("/css/style.css"));
+  ASSERT_TRUE(web_static_path_ok("/.well-known/x"));
+  ASSERT_TRUE(web_static_path_ok("/a..b"));
+  ASSERT_TRUE(web_static_path_ok("/..a"));
+  ASSERT_TRUE(!web_static_path_ok("/.."));
+  ASSERT_TRUE(!web_static_path_ok("/../etc/passwd"));
+  ASSERT_TRUE(!web_static_path_ok("/a/../../b"));
+  ASSERT_TRUE(!web_static_path_ok("/a/.."));
+  ASSERT_TRUE(!web_static_path_ok("/a\\..\\b"));
+  ASSERT_TRUE(!web_static_path_ok("index.html"));
+  ASSERT_TRUE(!web_static_path_ok(""));
+  ASSERT_TRUE(!web_static_path_ok(NULL));
+  ASSERT_TRUE(!web_static_path_ok("/a\nb"));
+  ASSERT_TRUE(!web_static_path_ok("/a\x7f"));
+}
+
+static void test_content_type(void)
+{
+  ASSERT_STR_EQ(web_content_type("/index.html"), "text/html; charset=utf-8");
+  ASSERT_STR_EQ(web_content_type("/app.js"), "text/javascript; charset=utf-8");
+  ASSERT_STR_EQ(web_content_type("/style.CSS"), "text/css; charset=utf-8");
+  ASSERT_STR_EQ(web_content_type("/logo.svg"), "image/svg+xml");
+  ASSERT_STR_EQ(web_content_type("/logo.png"), "image/png");
+  ASSERT_STR_EQ(web_content_type("/openapi.json"), "application/json");
+  ASSERT_STR_EQ(web_content_type("/README"), "application/octet-stream");
+  ASSERT_STR_EQ(web_content_type("/dir.js/file"), "application/octet-stream");
+  ASSERT_STR_EQ(web_content_type("/x.exe"), "application/octet-stream");
+}
+
+static void test_csv(void)
+{
+  const char body[] = "entry\r\n  line1-*  \r\n\r\n\"quoted\",\n\nlast";
+  char buf[16];
+  size_t pos = 0;
+  const char *e;
+
+  e = web_csv_next(body, sizeof body - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "entry");
+  e = web_csv_next(body, sizeof body - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "line1-*");
+  e = web_csv_next(body, sizeof body - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "quoted");
+  e = web_csv_next(body, sizeof body - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "last");
+  ASSERT_TRUE(web_csv_next(body, sizeof body - 1, &pos, buf, sizeof buf) == NULL);
+
+  /* Too long for the buffer: returned as "" so the caller skips it. */
+  const char lng[] = "0123456789abcdefXYZ\nok\n";
+  pos = 0;
+  e = web_csv_next(lng, sizeof lng - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "");
+  e = web_csv_next(lng, sizeof lng - 1, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "ok");
+  ASSERT_TRUE(web_csv_next(lng, sizeof lng - 1, &pos, buf, sizeof buf) == NULL);
+
+  /* An embedded NUL never produces a truncated entry. */
+  const char nul[] = {'a', '\0', 'b', '\n'};
+  pos = 0;
+  e = web_csv_next(nul, sizeof nul, &pos, buf, sizeof buf);
+  ASSERT_STR_EQ(e, "");
+
+  pos = 0;
+  ASSERT_TRUE(web_csv_next("", 0, &pos, buf, sizeof buf) == NULL);
+  ASSERT_TRUE(web_csv_next("\n\r\n \n", 5, &pos, buf, sizeof buf) == NULL);
+}
+
+int main(void)
+{
+  RUN(test_routes);
+  RUN(test_allow_header);
+  RUN(test_parse_int);
+  RUN(test_query_split);
+  RUN(test_bearer);
+  RUN(test_ct_equal);
+  RUN(test_static_path);
+  RUN(test_content_type);
+  RUN(test_csv);
+  return TEST_END();
+}
