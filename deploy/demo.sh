@@ -27,7 +27,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 PACKAGES="build-essential cmake pkg-config libuv1-dev libwebsockets-dev libssl-dev \
-  libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl"
+  libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl sqlite3"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
