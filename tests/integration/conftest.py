@@ -708,6 +708,33 @@ def gateway(tmp_path, request, certs, mosquitto):
         pytest.fail("; ".join(problems))
 
 
+
+# ---------------------------------------------------------------------------
+# the gateway's own CA (provisioning backend local-ca) and a broker trusting it
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def local_ca(certs, tmp_path):
+    """A CA for the gateway (made here so the broker can trust it), and the
+    broker's client-CA bundle: the test CA plus the local CA.
+    Returns (ca.crt, ca.key, bundle.pem)."""
+    d = tmp_path / "localca"
+    d.mkdir()
+    key, crt = d / "ca.key", d / "ca.crt"
+    certs._genkey(key)
+    certs._run("req", "-x509", "-new", "-key", key, "-days", "30", "-subj",
+               "/CN=fleetgw local CA (test)", "-config", certs.cnf, "-extensions", "v3_ca",
+               "-out", crt)
+    bundle = d / "bundle.pem"
+    bundle.write_text(certs.ca_crt.read_text() + crt.read_text())
+    return crt, key, bundle
+
+
+@pytest.fixture
+def ca_broker(mosquitto, local_ca):
+    """A TLS mosquitto requiring client certificates from the test CA or the
+    gateway's local CA."""
+    return mosquitto(tls=True, cafile=local_ca[2])
+
 def pytest_configure(config):
     # paho 1.6 builds its TLS context with the deprecated PROTOCOL_TLS.
     config.addinivalue_line("filterwarnings",

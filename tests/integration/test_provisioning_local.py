@@ -15,25 +15,7 @@ DEV_PENDING, DEV_APPROVED, DEV_PROVISIONING, DEV_ACTIVE, DEV_FAILED = range(5)
 CERT_ACTIVE = 1
 
 
-@pytest.fixture
-def local_ca(certs, tmp_path):
-    """A CA for the gateway (made here so the broker can trust it), and the
-    broker's client-CA bundle: the test CA plus the local CA."""
-    d = tmp_path / "localca"
-    d.mkdir()
-    key, crt = d / "ca.key", d / "ca.crt"
-    certs._genkey(key)
-    certs._run("req", "-x509", "-new", "-key", key, "-days", "30", "-subj",
-               "/CN=fleetgw local CA (test)", "-config", certs.cnf, "-extensions", "v3_ca",
-               "-out", crt)
-    bundle = d / "bundle.pem"
-    bundle.write_text(certs.ca_crt.read_text() + crt.read_text())
-    return crt, key, bundle
-
-
-@pytest.fixture
-def ca_broker(mosquitto, local_ca):
-    return mosquitto(tls=True, cafile=local_ca[2])
+# local_ca and ca_broker: fixtures in conftest.py.
 
 
 def local_gateway(gateway, broker, local_ca, registry, **kw):

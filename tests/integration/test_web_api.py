@@ -48,25 +48,7 @@ DOC = load_doc()
 # ---------------------------------------------------------------------------
 # fixtures: a CA for the gateway, a broker trusting it, the gateway with web
 # ---------------------------------------------------------------------------
-@pytest.fixture
-def local_ca(certs, tmp_path):
-    """The gateway's CA (made here so the broker can trust it) and the
-    broker's client-CA bundle: the test CA plus the local CA."""
-    d = tmp_path / "localca"
-    d.mkdir()
-    key, crt = d / "ca.key", d / "ca.crt"
-    certs._genkey(key)
-    certs._run("req", "-x509", "-new", "-key", key, "-days", "30", "-subj",
-               "/CN=fleetgw local CA (web test)", "-config", certs.cnf, "-extensions", "v3_ca",
-               "-out", crt)
-    bundle = d / "bundle.pem"
-    bundle.write_text(certs.ca_crt.read_text() + crt.read_text())
-    return crt, key, bundle
-
-
-@pytest.fixture
-def ca_broker(mosquitto, local_ca):
-    return mosquitto(tls=True, cafile=local_ca[2])
+# local_ca and ca_broker: fixtures in conftest.py.
 
 
 class WebGw:
