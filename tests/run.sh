@@ -16,7 +16,7 @@ SUDO=""
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev \
   libuv1-dev libwebsockets-dev libssl-dev libsqlite3-dev libcjson-dev \
   mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3 \
-  chromium"
+  chromium firefox-esr"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
