@@ -5,10 +5,13 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -47,6 +50,41 @@ struct app {
   int stopping;
   int forced;
 };
+
+/* systemd's readiness protocol (sd_notify(3)) without linking libsystemd:
+ * one datagram of "KEY=value" lines to the AF_UNIX socket that NOTIFY_SOCKET
+ * names, in the abstract namespace when the name starts with '@'.  Without
+ * the variable (not started by a Type=notify unit) there is nothing to do.
+ * A failure is logged and otherwise ignored: systemd then times the start
+ * out, which says more than anything we could do here. */
+static void notify_systemd(const char *msg)
+{
+  const char *name = getenv("NOTIFY_SOCKET");
+  struct sockaddr_un sa;
+  socklen_t salen;
+  size_t n;
+  int fd;
+
+  if (!name || (name[0] != '/' && name[0] != '@'))
+    return;
+  n = strlen(name);
+  if (n >= sizeof sa.sun_path) {
+    LOGW("main", "NOTIFY_SOCKET is too long; systemd is not notified");
+    return;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, name, n);
+  if (name[0] == '@')
+    sa.sun_path[0] = '\0';
+  /* An abstract name is exactly n bytes long: no terminating NUL counted. */
+  salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || sendto(fd, msg, strlen(msg), 0, (struct sockaddr *)&sa, salen) < 0)
+    LOGW("main", "cannot notify systemd (%s): %s", name, strerror(errno));
+  if (fd >= 0)
+    close(fd);
+}
 
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
@@ -92,6 +130,7 @@ static void signal_cb(uv_signal_t *h, int signum)
   }
   app->stopping = 1;
   LOGI("main", "%s received: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  notify_systemd("STOPPING=1\nSTATUS=stopping: disconnecting leaves and upstream sessions");
   gw_log_metrics(app->gw);
   uv_timer_start(&app->stop_timer, stop_timeout_cb, STOP_GRACE_MS, 0);
   uv_unref((uv_handle_t *)&app->stop_timer);
@@ -265,7 +304,13 @@ int main(int argc, char **argv)
   rc = gw_start(app.gw);
   if (rc == 0 && cfg->web.enabled && start_web(&app, cfg) != 0)
     rc = -1;
-  if (rc != 0) {
+  if (rc == 0) {
+    /* The LAN socket and the web listener are bound: the unit is ready. */
+    char ready[256];
+    snprintf(ready, sizeof ready, "READY=1\nSTATUS=MQTT-SN on %s:%u, web %s",
+             cfg->lan.bind, (unsigned)cfg->lan.port, cfg->web.enabled ? "on" : "off");
+    notify_systemd(ready);
+  } else {
     app.stopping = 1;
     app.stops_pending = app.web ? 2 : 1;
     if (app.web)

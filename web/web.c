@@ -280,6 +280,11 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
   foreign_loops[0] = loop;
   info.foreign_loops = foreign_loops;
   info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8;
+  /* libwebsockets 4.1 with IPv6 support listens on "::" (every interface)
+   * even when iface is an IPv4 address: for an IPv4 bind address IPv6 is
+   * turned off, so that 127.0.0.1 really means the box only. */
+  if (strchr(w->bind, ':') == NULL)
+    info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
   info.port = opts->port;
   info.iface = w->bind;
   info.protocols = protocols;

@@ -337,6 +337,29 @@ def test_health_status_and_keepalive(wg):
         conn.close()
 
 
+def listening_addresses(port):
+    """Local addresses of the TCP sockets in LISTEN state on port, from
+    /proc/net/tcp and tcp6 (hex address as the kernel prints it)."""
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(name).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            addr, hexport = f[1].rsplit(":", 1)
+            if int(hexport, 16) == port and f[3] == "0A":  # 0A = LISTEN
+                found.append((name.rsplit("/", 1)[1], addr))
+    return found
+
+
+def test_listens_only_on_the_bind_address(wg):
+    # web.bind 127.0.0.1: one IPv4 listener on 127.0.0.1 (0100007F), nothing
+    # on 0.0.0.0 or "::" (every interface).
+    assert listening_addresses(wg.port) == [("tcp", "0100007F")]
+
+
 def test_openapi_served_equals_file(wg):
     r = wg.api.get("/api/v1/openapi.json")
     assert r.status == 200 and r.content_type == "application/json", r
