@@ -120,6 +120,18 @@ int store_device_counts(struct store *st, int64_t counts[7]);
 typedef int (*store_device_cb)(void *ud, const struct store_device *d);
 int store_device_list(struct store *st, int state, const char *text, int64_t offset,
                       int64_t limit, store_device_cb cb, void *ud, int64_t *total);
+/* The same, ordered by one of these (ties broken by ClientId), ascending or
+ * descending. */
+enum store_device_sort {
+  STORE_SORT_CLIENT_ID = 0,
+  STORE_SORT_THING_NAME = 1,
+  STORE_SORT_STATE = 2,
+  STORE_SORT_LAST_SEEN = 3,
+  STORE_SORT_FIRST_SEEN = 4,
+};
+int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
+                             int64_t offset, int64_t limit, store_device_cb cb, void *ud,
+                             int64_t *total);
 
 /* ---- certificates ------------------------------------------------------- */
 

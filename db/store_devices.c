@@ -270,18 +270,32 @@ int store_device_counts(struct store *st, int64_t counts[7])
   " WHERE (?1 < 0 OR state = ?1) AND (?2 IS NULL OR instr(client_id, ?2) > 0 OR "      \
   "instr(coalesce(thing_name, ''), ?2) > 0)"
 
-int store_device_list(struct store *st, int state, const char *text, int64_t offset,
-                      int64_t limit, store_device_cb cb, void *ud, int64_t *total)
+int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
+                             int64_t offset, int64_t limit, store_device_cb cb, void *ud,
+                             int64_t *total)
 {
   static const char count_sql[] = "SELECT count(*) FROM devices" DEV_FILTER;
-  static const char page_sql[] =
-      "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY client_id LIMIT ?3 OFFSET ?4";
+#define PAGE_SQL(order) \
+  "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY " order " LIMIT ?3 OFFSET ?4"
+  /* One fixed statement per order: nothing from the caller goes into SQL. */
+  static const char *const page_sqls[][2] = {
+      {PAGE_SQL("client_id"), PAGE_SQL("client_id DESC")},
+      {PAGE_SQL("thing_name, client_id"), PAGE_SQL("thing_name DESC, client_id DESC")},
+      {PAGE_SQL("state, client_id"), PAGE_SQL("state DESC, client_id DESC")},
+      {PAGE_SQL("last_seen, client_id"), PAGE_SQL("last_seen DESC, client_id DESC")},
+      {PAGE_SQL("first_seen, client_id"), PAGE_SQL("first_seen DESC, client_id DESC")},
+  };
+#undef PAGE_SQL
+  const char *page_sql;
   struct store_device d;
   sqlite3_stmt *s;
   int rc, err;
 
   if (offset < 0)
     return store_fail(st, STORE_INVAL, "negative offset");
+  if (sort < 0 || sort >= (int)(sizeof page_sqls / sizeof page_sqls[0]))
+    return store_fail(st, STORE_INVAL, "sort order %d out of range", sort);
+  page_sql = page_sqls[sort][desc ? 1 : 0];
   if (state >= NSTATES || state < -1)
     return store_fail(st, STORE_INVAL, "device state %d out of range", state);
   if (text && !*text)
@@ -319,4 +333,11 @@ int store_device_list(struct store *st, int state, const char *text, int64_t off
   err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
   sqlite3_finalize(s);
   return err;
+}
+
+int store_device_list(struct store *st, int state, const char *text, int64_t offset,
+                      int64_t limit, store_device_cb cb, void *ud, int64_t *total)
+{
+  return store_device_list_sorted(st, state, text, STORE_SORT_CLIENT_ID, false, offset, limit,
+                                  cb, ud, total);
 }

@@ -127,17 +127,33 @@ static int list_row(void *ud, const struct store_device *d)
   return l->cb(l->ud, &a) != 0 ? 1 : 0;
 }
 
-int api_devices_list(struct gw *gw, const char *state, const char *q, int64_t offset,
-                     int64_t limit, api_device_cb cb, void *ud, int64_t *total)
+int api_devices_list(struct gw *gw, const char *state, const char *q, const char *sort,
+                     int64_t offset, int64_t limit, api_device_cb cb, void *ud, int64_t *total)
 {
+  static const char *const keys[] = {"client_id", "thing_name", "state", "last_seen",
+                                     "first_seen"};
   struct list_ctx l = {gw, cb, ud};
-  int st = -1;
+  int st = -1, by = STORE_SORT_CLIENT_ID;
+  bool desc = false;
+
   if (state && *state && (st = store_dev_state_parse(state)) < 0)
     return API_INVAL;
   if (offset < 0 || limit < 1)
     return API_INVAL;
-  return store_device_list(gw->store, st, q && *q ? q : NULL, offset, limit, list_row, &l,
-                           total) == STORE_OK
+  if (sort && *sort) {
+    if (*sort == '-') {
+      desc = true;
+      sort++;
+    }
+    by = -1;
+    for (int i = 0; i < (int)(sizeof keys / sizeof keys[0]); i++)
+      if (strcmp(sort, keys[i]) == 0)
+        by = i;
+    if (by < 0)
+      return API_INVAL;
+  }
+  return store_device_list_sorted(gw->store, st, q && *q ? q : NULL, by, desc, offset, limit,
+                                  list_row, &l, total) == STORE_OK
              ? API_OK
              : API_ERROR;
 }

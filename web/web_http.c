@@ -40,6 +40,8 @@ static const char CT_JSON[] = "application/json";
 
 static const char *const device_states[] = {"pending", "approved", "provisioning", "active",
                                             "failed",  "blocked",  "revoked"};
+static const char *const device_sorts[] = {"client_id", "thing_name", "state", "last_seen",
+                                           "first_seen"};
 static const char *const cert_states[] = {"pending", "active", "orphaned", "superseded",
                                           "inactive"};
 
@@ -556,12 +558,21 @@ static int h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c)
   if (r < 0)
     return reply_error(wsi, w, c, 400, "bad_request", "q is too long");
   bool has_q = r > 0 && *q;
+  char sort[32];
+  r = get_arg(wsi, "sort", sort, sizeof sort);
+  if (r < 0 || (r > 0 && *sort &&
+                !in_list(*sort == '-' ? sort + 1 : sort, device_sorts,
+                         sizeof device_sorts / sizeof device_sorts[0])))
+    return reply_error(wsi, w, c, 400, "bad_request",
+                       "sort must be one of client_id, thing_name, state, last_seen, "
+                       "first_seen, optionally prefixed with '-'");
+  bool has_sort = r > 0 && *sort;
 
   lc.items = cJSON_CreateArray();
   if (!lc.items)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_devices_list(w->gw, has_state ? state : NULL, has_q ? q : NULL, pg.offset, pg.limit,
-                        device_row, &lc, &total);
+  rc = api_devices_list(w->gw, has_state ? state : NULL, has_q ? q : NULL,
+                        has_sort ? sort : NULL, pg.offset, pg.limit, device_row, &lc, &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 

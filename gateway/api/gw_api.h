@@ -75,10 +75,12 @@ struct api_device {
 typedef int (*api_device_cb)(void *ud, const struct api_device *d);
 
 /* state: NULL for any, else a registry state name.  q: substring of ClientId
- * or thing name, NULL for any.  Ordered by ClientId; *total gets the number
- * of matching devices.  cb returns 0 to go on. */
-int api_devices_list(struct gw *gw, const char *state, const char *q, int64_t offset,
-                     int64_t limit, api_device_cb cb, void *ud, int64_t *total);
+ * or thing name, NULL for any.  sort: NULL or "client_id" (the default),
+ * "thing_name", "state", "last_seen", "first_seen", each optionally prefixed
+ * with '-' for descending (API_INVAL otherwise).  *total gets the number of
+ * matching devices.  cb returns 0 to go on. */
+int api_devices_list(struct gw *gw, const char *state, const char *q, const char *sort,
+                     int64_t offset, int64_t limit, api_device_cb cb, void *ud, int64_t *total);
 int api_device_get(struct gw *gw, const char *client_id, struct api_device *out);
 /* The device's subscriptions (topic filters with QoS). */
 typedef int (*api_sub_cb)(void *ud, const char *filter, int qos);

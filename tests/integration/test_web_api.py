@@ -535,6 +535,17 @@ def test_device_list_filters_and_paging(wg):
     assert page["items"] == [] and page["total"] == 4
     items, total = all_pages(wg.api, "/api/v1/devices", 2, state="pending")
     assert total == 3 and [d["client_id"] for d in items] == ["line-a1", "line-a2", "line-b1"]
+    # Sorting is across the whole list, not just a page.
+    assert ids_of("sort=-client_id") == ["press-1", "line-b1", "line-a2", "line-a1"]
+    # state in lifecycle order (pending before active); ties by ClientId.
+    assert ids_of("sort=state") == ["line-a1", "line-a2", "line-b1", "press-1"]
+    assert ids_of("sort=-state") == ["press-1", "line-b1", "line-a2", "line-a1"]
+    # Only press-1 has a thing name: NULLs sort first ascending, last descending.
+    assert ids_of("sort=-thing_name")[0] == "press-1"
+    page = wg.api.ok("GET", "/api/v1/devices?sort=-client_id&offset=0&limit=1")
+    assert [d["client_id"] for d in page["items"]] == ["press-1"] and page["total"] == 4
+    r = wg.api.get("/api/v1/devices?sort=address")
+    assert r.status == 400 and json.loads(r.body)["error"] == "bad_request"
 
 
 def test_device_detail_subscriptions_and_certificate(wg):

@@ -203,8 +203,13 @@ const SORT_KEYS = {
   msgs_out: (d) => d.msgs_out || 0,
 };
 
+// Columns the server sorts across every page (?sort=); the others sort the
+// page on screen.
+const SERVER_SORT = new Set(['client_id', 'thing_name', 'state', 'last_seen']);
+
 function sorted(items) {
   const { key, dir } = st.devices.sort;
+  if (SERVER_SORT.has(key)) return items;
   const f = SORT_KEYS[key];
   return [...items].sort((a, b) => {
     const x = f(a);
@@ -271,7 +276,9 @@ function renderPager(pager, P, shown, noun) {
 async function loadDevices() {
   const D = st.devices;
   try {
-    const r = await api.get('devices', { state: D.state, q: D.q, offset: D.offset, limit: PAGE });
+    const params = { state: D.state, q: D.q, offset: D.offset, limit: PAGE };
+    if (SERVER_SORT.has(D.sort.key)) params.sort = (D.sort.dir < 0 ? '-' : '') + D.sort.key;
+    const r = await api.get('devices', params);
     // The page may have emptied (devices decommissioned, filter narrowed).
     if (r.items.length === 0 && r.total > 0 && D.offset > 0) {
       D.offset = Math.max(0, Math.floor((r.total - 1) / PAGE) * PAGE);
@@ -307,7 +314,12 @@ for (const th of $$('#device-table th[data-sort]')) {
       S.key = th.dataset.sort;
       S.dir = ['last_seen', 'msgs_in', 'msgs_out'].includes(S.key) ? -1 : 1;
     }
-    renderDevices();
+    if (SERVER_SORT.has(S.key)) {
+      st.devices.offset = 0;
+      loadDevices();
+    } else {
+      renderDevices();
+    }
   });
 }
 
