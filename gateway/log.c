@@ -2,11 +2,25 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 static enum log_level g_level = LOG_INFO;
+static int g_journal; /* stderr is the systemd journal: "<N>" prefixes */
+
+void log_init_from_env(void)
+{
+  /* JOURNAL_STREAM is "device:inode" of the journal's stream; it applies only
+   * when stderr is still that stream (not redirected by a wrapper). */
+  const char *js = getenv("JOURNAL_STREAM");
+  unsigned long long dev = 0, ino = 0;
+  struct stat st;
+  g_journal = js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+              (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG", "TRACE"};
 
 int log_level_parse(const char *s)
@@ -31,13 +45,20 @@ __attribute__((format(printf, 3, 0))) static void vlog(enum log_level level,
   size_t n;
   int k;
 
-  clock_gettime(CLOCK_REALTIME, &ts);
-  gmtime_r(&ts.tv_sec, &tm);
-  n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-  k = snprintf(line + n, sizeof line - n, ".%03ldZ %-5s %s: ", ts.tv_nsec / 1000000L,
-               level_names[level], module);
-  if (k > 0)
-    n += (size_t)k;
+  if (g_journal) {
+    /* syslog priorities: err 3, warning 4, info 6, debug 7 (trace too). */
+    static const int prio[] = {3, 4, 6, 7, 7};
+    k = snprintf(line, sizeof line, "<%d>%-5s %s: ", prio[level], level_names[level], module);
+    n = k > 0 ? (size_t)k : 0;
+  } else {
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+    k = snprintf(line + n, sizeof line - n, ".%03ldZ %-5s %s: ", ts.tv_nsec / 1000000L,
+                 level_names[level], module);
+    if (k > 0)
+      n += (size_t)k;
+  }
   if (n < sizeof line) {
     k = vsnprintf(line + n, sizeof line - n, fmt, ap);
     if (k > 0)

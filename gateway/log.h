@@ -16,6 +16,12 @@
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3, LOG_TRACE = 4 };
 
+/* Reads the environment once at start: under systemd's journal (stderr is
+ * the journal stream, JOURNAL_STREAM names it) each line starts with the
+ * syslog priority "<3>".."<7>" so that journalctl can filter by level, and
+ * without the timestamp, which the journal adds itself. */
+void log_init_from_env(void);
+
 /* Parses "error", "warn", "info", "debug", "trace"; -1 if unknown. */
 int log_level_parse(const char *s);
 void log_set_level(enum log_level level);

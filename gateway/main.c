@@ -282,6 +282,7 @@ int main(int argc, char **argv)
     cfg_free(cfg);
     return 0;
   }
+  log_init_from_env();
   log_set_level((enum log_level)cfg->log_level);
   signal(SIGPIPE, SIG_IGN);
 
