@@ -363,11 +363,35 @@ static void write_cb(uv_write_t *req, int status)
     send_queue(u);
 }
 
-/* Hands a buffer of bytes for the wire to libuv; takes ownership of w. */
+/* Hands a buffer of bytes for the wire to libuv; takes ownership of w.
+ * When nothing is queued it first tries a direct write: the common case (a
+ * small packet, a socket with room) then costs one write(2) and no request,
+ * callback or poll re-arm (libuv re-arms the descriptor with epoll_ctl after
+ * every completed uv_write, which cost as much as the write itself). */
 static int write_raw(struct conn *c, struct wreq *w)
 {
+  uv_stream_t *st = (uv_stream_t *)&c->tcp;
   uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
+  int r;
+
+  if (uv_stream_get_write_queue_size(st) == 0) {
+    r = uv_try_write(st, &b, 1);
+    if (r == (int)w->len) {
+      free_wreq(w);
+      return 0;
+    }
+    if (r > 0) {
+      /* Partly written: queue the rest. */
+      memmove(w->data, w->data + r, w->len - (size_t)r);
+      if (w->wipe)
+        memset(w->data + (w->len - (size_t)r), 0, (size_t)r);
+      w->len -= (size_t)r;
+      b = uv_buf_init((char *)w->data, (unsigned)w->len);
+    }
+    /* UV_EAGAIN, or an error: uv_write reports errors through write_cb,
+     * where a lost connection gets its proper reason. */
+  }
+  r = uv_write(&w->req, st, &b, 1, write_cb);
   if (r < 0)
     free_wreq(w);
   return r;
