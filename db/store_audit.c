@@ -49,11 +49,7 @@ int store_audit_list(struct store *st, const char *client_id, int64_t offset, in
     if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
       return err;
     store_bind_opt_text(s, 1, client_id);
-    rc = sqlite3_step(s);
-    *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
-    store_stmt_done(s);
-    if (err != STORE_OK)
+    if ((err = store_count_done(st, s, total)) != STORE_OK)
       return err;
   }
   if (!cb || limit == 0)

@@ -255,11 +255,7 @@ int store_cert_list(struct store *st, int status, int64_t offset, int64_t limit,
     if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
       return err;
     sqlite3_bind_int(s, 1, status);
-    rc = sqlite3_step(s);
-    *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
-    store_stmt_done(s);
-    if (err != STORE_OK)
+    if ((err = store_count_done(st, s, total)) != STORE_OK)
       return err;
   }
   if (!cb || limit == 0)

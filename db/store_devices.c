@@ -305,11 +305,7 @@ int store_device_list_sorted(struct store *st, int state, const char *text, int 
       return err;
     sqlite3_bind_int(s, 1, state);
     store_bind_opt_text(s, 2, text);
-    rc = sqlite3_step(s);
-    *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
-    store_stmt_done(s);
-    if (err != STORE_OK)
+    if ((err = store_count_done(st, s, total)) != STORE_OK)
       return err;
   }
   if (!cb || limit == 0)

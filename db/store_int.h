@@ -131,6 +131,9 @@ int store_key_seal(struct store *st, const char *aad, const void *plain, size_t 
 int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t blob_len,
                      char **plain);
 
+/* Steps a bound "SELECT count(*)" statement into *total and releases it. */
+int store_count_done(struct store *st, sqlite3_stmt *s, int64_t *total);
+
 /* Why the last store_open() on this thread failed (store_errmsg(NULL)). */
 extern _Thread_local char store_open_errmsg[512];
 

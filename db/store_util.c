@@ -288,3 +288,12 @@ int store_rollback(struct store *st)
   st->depth--;
   return err;
 }
+
+int store_count_done(struct store *st, sqlite3_stmt *s, int64_t *total)
+{
+  int rc = sqlite3_step(s), err;
+  *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+  err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
+  store_stmt_done(s);
+  return err;
+}

@@ -39,6 +39,7 @@
 #include "upstream.h"
 
 #define MOD "session"
+#define MAX_PENDING_SUBS 8 /* SUBSCRIBE/UNSUBSCRIBE awaiting the broker, per leaf */
 
 static void pump(struct session *s);
 static void sess_arm(struct session *s);
@@ -768,8 +769,8 @@ static bool set_will_msg(struct session *s, const struct mqttsn_willmsg *w)
   return true;
 }
 
-/* Resolves a leaf's topic reference to a name.  Returns the length, or -1 with
- * *rc set to the return code to send. */
+/* Resolves a leaf's topic reference to a name (*name; a short name is written
+ * into shortbuf[3]).  Returns the length, or -1 for an unknown id. */
 static int resolve_topic(struct session *s, int type, uint16_t id, char *shortbuf,
                          const char **name)
 {
@@ -895,10 +896,25 @@ static void on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, b
   int rc;
   struct pending_sub *p;
   uint8_t qos = (uint8_t)(sb->flags.qos > 1 ? 1 : (sb->flags.qos < 0 ? 0 : sb->flags.qos));
+  unsigned npending = 0;
 
   memset(&m, 0, sizeof m);
   m.type = MQTTSN_SUBACK;
   m.u.suback.msg_id = sb->msg_id;
+  /* §6.9: one SUBSCRIBE/UNSUBSCRIBE outstanding per client.  A few are
+   * tolerated; a leaf that floods them while the broker is slow gets
+   * "congestion" instead of growing the pending list without bound. */
+  for (p = s->psubs; p; p = p->next)
+    if (!p->internal)
+      npending++;
+  if (npending >= MAX_PENDING_SUBS) {
+    s->gw->m.uplink_congestion++;
+    if (unsub)
+      return; /* UNSUBACK has no return code: the leaf retries after T_RETRY */
+    m.u.suback.rc = MQTTSN_RC_CONGESTION;
+    send_msg(s, &m);
+    return;
+  }
   switch (sb->flags.topic_type) {
   case MQTTSN_TOPIC_NORMAL:
     filter = (const char *)sb->topic_name.p;

@@ -384,6 +384,17 @@ static int add_item(struct list_ctx *lc, cJSON *item)
   return 0;
 }
 
+/* Adds a row object built with add_str/add_num; ok false (a field could not
+ * be added) drops it and fails the list, as a NULL object does. */
+static int add_row(void *ud, cJSON *o, bool ok)
+{
+  if (!ok) {
+    cJSON_Delete(o);
+    o = NULL;
+  }
+  return add_item(ud, o);
+}
+
 static int device_row(void *ud, const struct api_device *d)
 {
   return add_item(ud, device_json(d));
@@ -401,12 +412,8 @@ static int cert_row(void *ud, const struct api_cert *cr)
     add_str(o, "fingerprint", cr->fingerprint, &ok);
     add_str(o, "reason", cr->reason, &ok);
     add_num(o, "created_at", (double)cr->created_at, &ok);
-    if (!ok) {
-      cJSON_Delete(o);
-      o = NULL;
-    }
   }
-  return add_item(ud, o);
+  return add_row(ud, o, ok);
 }
 
 static int audit_row(void *ud, const struct api_audit *a)
@@ -420,12 +427,8 @@ static int audit_row(void *ud, const struct api_audit *a)
     add_str(o, "action", a->action, &ok);
     add_str(o, "client_id", a->client_id, &ok);
     add_str(o, "detail", a->detail, &ok);
-    if (!ok) {
-      cJSON_Delete(o);
-      o = NULL;
-    }
   }
-  return add_item(ud, o);
+  return add_row(ud, o, ok);
 }
 
 static int allow_row(void *ud, const char *entry, int64_t added_at)
@@ -435,12 +438,8 @@ static int allow_row(void *ud, const char *entry, int64_t added_at)
   if (o) {
     add_str(o, "entry", entry, &ok);
     add_num(o, "added_at", (double)added_at, &ok);
-    if (!ok) {
-      cJSON_Delete(o);
-      o = NULL;
-    }
   }
-  return add_item(ud, o);
+  return add_row(ud, o, ok);
 }
 
 static int sub_row(void *ud, const char *filter, int qos)
@@ -450,12 +449,8 @@ static int sub_row(void *ud, const char *filter, int qos)
   if (o) {
     add_str(o, "filter", filter, &ok);
     add_num(o, "qos", qos, &ok);
-    if (!ok) {
-      cJSON_Delete(o);
-      o = NULL;
-    }
   }
-  return add_item(ud, o);
+  return add_row(ud, o, ok);
 }
 
 /* {"items": [...], "total": N, "offset": O, "limit": L}; takes items. */

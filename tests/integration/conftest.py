@@ -735,6 +735,56 @@ def ca_broker(mosquitto, local_ca):
     gateway's local CA."""
     return mosquitto(tls=True, cafile=local_ca[2])
 
+
+# ---------------------------------------------------------------------------
+# the registry (read-only views for assertions) and a leaf's CONNECT retries
+# ---------------------------------------------------------------------------
+def registry_db(path):
+    """A read-only connection to a gateway's registry (rows by column name)."""
+    import sqlite3
+    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def registry_certs(path, client_id=None):
+    """Certificates (with their device's ClientId and thing name), oldest
+    first; one device's when client_id is given."""
+    q = ("SELECT d.client_id, d.thing_name, c.cert_id, c.status, c.fingerprint, c.reason"
+         " FROM certificates c JOIN devices d ON d.id = c.device_id")
+    with registry_db(path) as con:
+        if client_id:
+            return con.execute(q + " WHERE d.client_id = ? ORDER BY c.id", (client_id,)).fetchall()
+        return con.execute(q + " ORDER BY c.id").fetchall()
+
+
+def registry_device(path, client_id):
+    with registry_db(path) as con:
+        return con.execute("SELECT * FROM devices WHERE client_id = ?", (client_id,)).fetchone()
+
+
+def registry_audit(path, client_id):
+    """The audit actions about one device, oldest first."""
+    with registry_db(path) as con:
+        return [r[0] for r in con.execute(
+            "SELECT action FROM audit WHERE client_id = ? ORDER BY id", (client_id,))]
+
+
+def connect_until_accepted(lf, timeout=30.0, keepalive=60):
+    """CONNECT, retrying on 'congestion' as a leaf does after T_WAIT (and on
+    no answer, while a gateway restarts); returns the last CONNACK code, or
+    None when the gateway never answered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rc = lf.connect(keepalive=keepalive)
+        except sn.Timeout:
+            rc = None
+        if rc == sn.RC_ACCEPTED or time.monotonic() > deadline:
+            return rc
+        assert rc in (sn.RC_CONGESTION, None), "CONNACK rc=0x%02X" % rc
+        time.sleep(0.3)
+
 def pytest_configure(config):
     # paho 1.6 builds its TLS context with the deprecated PROTOCOL_TLS.
     config.addinivalue_line("filterwarnings",

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -18,7 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 
 import mqttsn_leaf as sn
-from conftest import REPO, wait_until
+from conftest import (REPO, connect_until_accepted, registry_certs, registry_db,
+                      registry_device, wait_until)
 
 SIM_DIR = REPO / "tests" / "sim"
 TEMPLATE = REPO / "deploy" / "aws" / "provisioning-template.json"
@@ -182,37 +182,12 @@ class Observer:
         self.c.disconnect()
 
 
-def db(path):
-    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    return con
 
 
-def registry_certs(reg, client_id=None):
-    q = ("SELECT d.client_id, d.thing_name, c.cert_id, c.status, c.reason FROM certificates c"
-         " JOIN devices d ON d.id = c.device_id")
-    with db(reg) as con:
-        if client_id:
-            return con.execute(q + " WHERE d.client_id = ? ORDER BY c.id", (client_id,)).fetchall()
-        return con.execute(q + " ORDER BY c.id").fetchall()
 
 
-def device(reg, client_id):
-    with db(reg) as con:
-        return con.execute("SELECT * FROM devices WHERE client_id = ?", (client_id,)).fetchone()
 
 
-def connect_until_accepted(lf, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            rc = lf.connect(keepalive=60)
-        except sn.Timeout:
-            rc = None  # the gateway was restarting
-        if rc == sn.RC_ACCEPTED or time.monotonic() > deadline:
-            return rc
-        assert rc in (sn.RC_CONGESTION, None), "CONNACK rc=0x%02X" % rc
-        time.sleep(0.3)
 
 
 def thing_certs(state, thing):
@@ -239,7 +214,7 @@ def test_end_to_end_leaf_to_cloud(gateway, sim, pki, tmp_path):
     assert list(certs.values()) == ["ACTIVE"]
     rows = registry_certs(tmp_path / "reg.db", "leaf-1")
     assert [(r["cert_id"], r["status"]) for r in rows] == [(list(certs)[0], CERT_ACTIVE)]
-    d = device(tmp_path / "reg.db", "leaf-1")
+    d = registry_device(tmp_path / "reg.db", "leaf-1")
     assert d["state"] == DEV_ACTIVE and d["thing_name"] == "fleetgw-leaf-1"
     # The claim connections' SNI was the endpoint's name (B.8).
     assert any(c["sni"] == "localhost" for c in st["clients"].values())
@@ -349,7 +324,7 @@ def test_expired_token_orphans_the_certificate_and_starts_over(gateway, pki, tmp
         rows = registry_certs(tmp_path / "reg.db", "leaf-t")
         assert [r["status"] for r in rows] == [CERT_ORPHANED, CERT_ACTIVE]
         assert "expired" in rows[0]["reason"]
-        with db(tmp_path / "reg.db") as con:
+        with registry_db(tmp_path / "reg.db") as con:
             acts = [r[0] for r in con.execute("SELECT action FROM audit WHERE client_id='leaf-t'")]
         assert "cert.orphaned" in acts
     finally:
@@ -395,7 +370,7 @@ def test_permanent_rejection_is_recorded_and_the_leaf_refused(gateway, sim, pki,
             break
         time.sleep(0.3)
     assert rc == sn.RC_NOT_SUPPORTED
-    d = device(tmp_path / "reg.db", "leaf-bad")
+    d = registry_device(tmp_path / "reg.db", "leaf-bad")
     assert d["state"] == DEV_FAILED
     assert "InvalidParameters" in d["last_error"] and "bad SerialNumber" in d["last_error"]
     rows = registry_certs(tmp_path / "reg.db", "leaf-bad")

@@ -4,12 +4,12 @@ client certificate; each leaf's upstream session presents its own
 certificate, whose CN (the thing name) mosquitto logs as the user name."""
 import sqlite3
 import threading
-import time
 
 import pytest
 
 import mqttsn_leaf as sn
-from conftest import wait_until
+from conftest import (connect_until_accepted, registry_audit, registry_certs, registry_db,
+                      registry_device, wait_until)
 
 DEV_PENDING, DEV_APPROVED, DEV_PROVISIONING, DEV_ACTIVE, DEV_FAILED = range(5)
 CERT_ACTIVE = 1
@@ -32,39 +32,14 @@ def local_gateway(gateway, broker, local_ca, registry, **kw):
     return gateway(broker, **over)
 
 
-def db(path):
-    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    return con
 
 
-def certs_of(path, client_id):
-    with db(path) as con:
-        return con.execute(
-            "SELECT c.cert_id, c.status, c.fingerprint FROM certificates c JOIN devices d"
-            " ON d.id = c.device_id WHERE d.client_id = ?", (client_id,)).fetchall()
 
 
-def device(path, client_id):
-    with db(path) as con:
-        return con.execute("SELECT * FROM devices WHERE client_id = ?", (client_id,)).fetchone()
 
 
-def audit_actions(path, client_id):
-    with db(path) as con:
-        return [r[0] for r in con.execute(
-            "SELECT action FROM audit WHERE client_id = ? ORDER BY id", (client_id,))]
 
 
-def connect_until_accepted(lf, timeout=20.0, keepalive=60):
-    """CONNECT, retrying on 'congestion' as a leaf does after T_WAIT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rc = lf.connect(keepalive=keepalive)
-        if rc == sn.RC_ACCEPTED or time.monotonic() > deadline:
-            return rc
-        assert rc == sn.RC_CONGESTION, "CONNACK rc=0x%02X" % rc
-        time.sleep(0.3)
 
 
 def test_first_connect_provisions_one_certificate_and_relays(
@@ -82,12 +57,12 @@ def test_first_connect_provisions_one_certificate_and_relays(
     # Its own upstream session: client id = thing name, certificate CN = thing name.
     conns = ca_broker.connections()
     assert ("thing-leaf-a", "thing-leaf-a") in conns, conns
-    rows = certs_of(reg, "leaf-a")
+    rows = registry_certs(reg, "leaf-a")
     assert [r["status"] for r in rows] == [CERT_ACTIVE]
-    d = device(reg, "leaf-a")
+    d = registry_device(reg, "leaf-a")
     assert d["state"] == DEV_ACTIVE and d["thing_name"] == "thing-leaf-a"
     assert d["bound_addr"] == "127.0.0.1"
-    acts = audit_actions(reg, "leaf-a")
+    acts = registry_audit(reg, "leaf-a")
     for a in ("admission.admitted", "provision.started", "cert.issued", "provision.done"):
         assert a in acts, acts
     # The private key is stored encrypted: no PEM key text in the database.
@@ -100,7 +75,7 @@ def test_reconnects_and_restarts_issue_no_second_certificate(
     gw = local_gateway(gateway, ca_broker, local_ca, reg)
     lf = gw.leaf("leaf-b")
     assert connect_until_accepted(lf) == sn.RC_ACCEPTED
-    first = certs_of(reg, "leaf-b")
+    first = registry_certs(reg, "leaf-b")
     assert len(first) == 1
     for _ in range(20):
         assert lf.disconnect() is not None
@@ -110,7 +85,7 @@ def test_reconnects_and_restarts_issue_no_second_certificate(
         gw.start()
         lf2 = gw.leaf("leaf-b")
         assert connect_until_accepted(lf2) == sn.RC_ACCEPTED
-    assert certs_of(reg, "leaf-b") == first
+    assert registry_certs(reg, "leaf-b") == first
     bc = broker_client(ca_broker)
     bc.subscribe("fleet/leaf-b/#", qos=1)
     tid = lf2.register("fleet/leaf-b/x")
@@ -133,7 +108,7 @@ def test_hundred_leaves_at_once_one_certificate_each(gateway, ca_broker, local_c
     for t in threads:
         t.join(90)
     assert all(rc == sn.RC_ACCEPTED for rc in results.values()) and len(results) == 100
-    with db(reg) as con:
+    with registry_db(reg) as con:
         rows = con.execute("SELECT d.client_id, d.thing_name, c.cert_id, c.status FROM devices d"
                            " JOIN certificates c ON c.device_id = d.id").fetchall()
     assert len(rows) == 100
@@ -159,7 +134,7 @@ def test_registry_refuses_a_second_active_certificate(gateway, ca_broker, local_
             con.commit()
     finally:
         con.close()
-    assert len(certs_of(reg, "leaf-c")) == 1
+    assert len(registry_certs(reg, "leaf-c")) == 1
 
 
 def test_identity_bound_to_its_address(gateway, ca_broker, local_ca, tmp_path):
@@ -169,8 +144,8 @@ def test_identity_bound_to_its_address(gateway, ca_broker, local_ca, tmp_path):
     # Another box (another loopback address) claiming the same ClientId.
     intruder = gw.leaf("leaf-d", local_ip="127.0.0.2")
     assert intruder.connect() == sn.RC_NOT_SUPPORTED
-    assert "admission.refused" in audit_actions(reg, "leaf-d")
-    assert len(certs_of(reg, "leaf-d")) == 1
+    assert "admission.refused" in registry_audit(reg, "leaf-d")
+    assert len(registry_certs(reg, "leaf-d")) == 1
 
 
 def test_allowlist_policy(gateway, ca_broker, local_ca, tmp_path):
@@ -180,8 +155,8 @@ def test_allowlist_policy(gateway, ca_broker, local_ca, tmp_path):
     assert connect_until_accepted(gw.leaf("line1-04")) == sn.RC_ACCEPTED
     assert connect_until_accepted(gw.leaf("press-7")) == sn.RC_ACCEPTED
     assert gw.leaf("line2-01").connect() == sn.RC_NOT_SUPPORTED
-    assert device(reg, "line2-01") is None
-    assert certs_of(reg, "line2-01") == []
+    assert registry_device(reg, "line2-01") is None
+    assert registry_certs(reg, "line2-01") == []
 
 
 def test_approve_policy_holds_unknown_leaves_as_pending(gateway, ca_broker, local_ca, tmp_path):
@@ -190,8 +165,8 @@ def test_approve_policy_holds_unknown_leaves_as_pending(gateway, ca_broker, loca
     lf = gw.leaf("leaf-new")
     assert lf.connect() == sn.RC_CONGESTION
     assert lf.connect() == sn.RC_CONGESTION
-    d = device(reg, "leaf-new")
+    d = registry_device(reg, "leaf-new")
     assert d["state"] == DEV_PENDING
-    assert certs_of(reg, "leaf-new") == []
-    assert "admission.pending" in audit_actions(reg, "leaf-new")
+    assert registry_certs(reg, "leaf-new") == []
+    assert "admission.pending" in registry_audit(reg, "leaf-new")
     assert gw.metrics()["admission_pending"] >= 2

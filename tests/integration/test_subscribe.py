@@ -126,3 +126,31 @@ def test_gateway_retransmits_unacked_qos1_with_dup(broker, gateway, broker_clien
     time.sleep(1.5)
     late = [e for e in lf.received(sn.PUBLISH, since=acked + 0.2) if e.msg.msg_id == mid]
     assert not late, late
+
+
+def test_subscribe_flood_gets_congestion_not_unbounded_state(broker, gateway):
+    """§6.9 allows one SUBSCRIBE in flight per client.  With the broker frozen
+    (no SUBACK comes back), a leaf firing many gets "congestion" for those
+    beyond the gateway's small allowance; once the broker answers, the
+    accepted ones are acknowledged."""
+    gw = gateway(broker)
+    lf = gw.connected_leaf("leaf-flood")
+    broker.pause()
+    try:
+        t0 = time.monotonic()
+        for i in range(20):
+            lf.send_raw(sn.encode_subscribe(100 + i, "flood/%d" % i, qos=1))
+        lf.wait_for(sn.SUBACK, timeout=5, since=t0, pred=lambda m: m.rc == sn.RC_CONGESTION)
+        time.sleep(0.5)
+        congested = {e.msg.msg_id for e in lf.received(sn.SUBACK, since=t0)
+                     if e.msg.rc == sn.RC_CONGESTION}
+        # 8 may wait for the broker (MAX_PENDING_SUBS); the other 12 are refused.
+        assert congested == set(range(108, 120)), sorted(congested)
+    finally:
+        broker.resume()
+    ok = lambda: {e.msg.msg_id for e in lf.received(sn.SUBACK, since=t0)
+                  if e.msg.rc == sn.RC_ACCEPTED}
+    deadline = time.monotonic() + 10
+    while ok() != set(range(100, 108)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ok() == set(range(100, 108))

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 import mqttsn_leaf as sn
-from conftest import LOOPBACK, REPO, free_port, wait_until
+from conftest import LOOPBACK, REPO, connect_until_accepted, free_port, registry_certs, wait_until
 from webclient import (Api, PromError, WebSocket, WsClosed, WsHandshakeError, check_error_body,
                        openapi_operations, openapi_problems, parse_prometheus, quote,
                        response_schema, schema_errors)
@@ -126,33 +126,12 @@ def wg(web_gateway):
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-def connect_until_accepted(lf, timeout=20.0, keepalive=60):
-    """CONNECT, retrying on 'congestion' as a leaf does after T_WAIT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rc = lf.connect(keepalive=keepalive)
-        if rc == sn.RC_ACCEPTED or time.monotonic() > deadline:
-            return rc
-        assert rc == sn.RC_CONGESTION, "CONNACK rc=0x%02X" % rc
-        time.sleep(0.3)
 
 
-def db(path):
-    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    return con
 
 
-def reg_certs(path, client_id):
-    with db(path) as con:
-        return con.execute(
-            "SELECT c.cert_id, c.status, c.fingerprint FROM certificates c JOIN devices d"
-            " ON d.id = c.device_id WHERE d.client_id = ? ORDER BY c.id", (client_id,)).fetchall()
 
 
-def reg_device(path, client_id):
-    with db(path) as con:
-        return con.execute("SELECT * FROM devices WHERE client_id = ?", (client_id,)).fetchone()
 
 
 def conforms(r, path, method, status=None):
@@ -577,7 +556,7 @@ def test_device_detail_subscriptions_and_certificate(wg):
     assert "PRIVATE KEY" not in pem
     fp = pem_fingerprint(pem)
     assert d["certificate"]["fingerprint"].lower() == fp
-    rows = reg_certs(wg.reg, "det-1")
+    rows = registry_certs(wg.reg, "det-1")
     assert [(r["cert_id"], r["status"]) for r in rows] == [(d["certificate"]["cert_id"],
                                                             CERT_ACTIVE)]
     assert rows[0]["fingerprint"].lower() == fp
@@ -608,7 +587,7 @@ def test_approve_pending_leaf_then_it_connects_and_becomes_active(wg):
     assert wait_until(lambda: wg.device("ap-1")["state"] == "active", 10)
     d = wg.device("ap-1")
     assert d["session"] == "active" and d["certificate"]["status"] == "active"
-    assert len(reg_certs(wg.reg, "ap-1")) == 1
+    assert len(registry_certs(wg.reg, "ap-1")) == 1
     audit = wg.api.ok("GET", "/api/v1/audit?client_id=ap-1&limit=1000")
     acts = [a["action"] for a in audit["items"]]
     assert any("approve" in a for a in acts), acts
@@ -634,7 +613,7 @@ def test_block_refuses_the_next_connect_and_unblock_lets_it_back(wg):
     assert connect_until_accepted(lf) == sn.RC_ACCEPTED
     assert wait_until(lambda: wg.device("blk-1")["state"] == "active", 10)
     # Still the one certificate: blocking is not re-provisioning.
-    assert len(reg_certs(wg.reg, "blk-1")) == 1
+    assert len(registry_certs(wg.reg, "blk-1")) == 1
     acts = [a["action"] for a in wg.api.ok("GET", "/api/v1/audit?client_id=blk-1")["items"]]
     assert any("unblock" in a for a in acts) and any(
         "block" in a and "unblock" not in a for a in acts), acts
@@ -661,13 +640,13 @@ def test_reprovision_supersedes_and_issues_exactly_one_new_certificate(wg):
     by_status = {c["status"]: c for c in certs}
     assert by_status["superseded"]["cert_id"] == old["cert_id"]
     assert by_status["active"]["cert_id"] == new["cert_id"] != old["cert_id"]
-    rows = reg_certs(wg.reg, "rep-1")
+    rows = registry_certs(wg.reg, "rep-1")
     assert len(rows) == 2 and sorted(r["status"] for r in rows) == [CERT_ACTIVE, CERT_SUPERSEDED]
     # Reconnects after that issue nothing more.
     for _ in range(3):
         assert lf.disconnect() is not None
         assert connect_until_accepted(lf) == sn.RC_ACCEPTED
-    assert len(reg_certs(wg.reg, "rep-1")) == 2
+    assert len(registry_certs(wg.reg, "rep-1")) == 2
     audit = wg.api.ok("GET", "/api/v1/audit?client_id=rep-1&limit=1000")
     acts = [a["action"] for a in audit["items"]]
     assert any("reprovision" in a for a in acts), acts
@@ -686,7 +665,7 @@ def test_release_frees_the_address_binding(wg):
     assert connect_until_accepted(moved) == sn.RC_ACCEPTED
     assert wait_until(lambda: wg.device("rel-1")["bound_addr"] == "127.0.0.2", 5), \
         wg.device("rel-1")
-    assert len(reg_certs(wg.reg, "rel-1")) == 1
+    assert len(registry_certs(wg.reg, "rel-1")) == 1
     acts = [a["action"] for a in wg.api.ok("GET", "/api/v1/audit?client_id=rel-1")["items"]]
     assert any("release" in a for a in acts), acts
 
@@ -702,7 +681,7 @@ def test_delete_decommissions_and_keeps_the_audit(wg):
     assert d["state"] == "revoked" and d["session"] in ("none", "disconnected")
     inactive = wg.api.ok("GET", "/api/v1/certificates?status=inactive")["items"]
     assert [c["cert_id"] for c in inactive if c["client_id"] == "dec-1"] == [cert["cert_id"]]
-    assert [r["status"] for r in reg_certs(wg.reg, "dec-1")] == [CERT_INACTIVE]
+    assert [r["status"] for r in registry_certs(wg.reg, "dec-1")] == [CERT_INACTIVE]
     check_error_body(wg.api.get("/api/v1/devices/dec-1/certificate"), 404, "not_found")
     audit_after = wg.api.ok("GET", "/api/v1/audit?client_id=dec-1&limit=1000")
     assert audit_after["total"] > audit_before["total"]
