@@ -13,7 +13,7 @@
 #include "admission.h"
 #include "config.h"
 #include "gw_int.h"
-#include "lan.h"
+#include "udp.h"
 #include "log.h"
 #include "provision.h"
 #include "store.h"

@@ -1,4 +1,4 @@
-/* Unit tests for gateway/backoff.c: bounds, growth of the ceiling, reset and
+/* Unit tests for common/backoff.c: bounds, growth of the ceiling, reset and
  * jitter. */
 #include "backoff.h"
 #include "test.h"

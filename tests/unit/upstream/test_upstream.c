@@ -1,5 +1,5 @@
 /*
- * Tests for gateway/upstream.c (and tls.c) against a real mosquitto started
+ * Tests for gateway/upstream/upstream.c (and tls.c) against a real mosquitto started
  * here: plain TCP and TLS with client certificates, verification failures,
  * QoS 0/1 both ways, broker restart with a message queued during the
  * outage, wills on abrupt versus graceful stop, timeouts, and a clean loop

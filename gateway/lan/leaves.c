@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "gw_int.h"
-#include "lan.h"
+#include "udp.h"
 #include "log.h"
 #include "upstream.h"
 

@@ -1,4 +1,4 @@
-#include "lan.h"
+#include "udp.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
