@@ -18,6 +18,7 @@
 #include "provision.h"
 #include "store.h"
 #include "tls.h"
+#include "pacer.h"
 #include "upstream.h"
 
 #include <time.h>
@@ -451,8 +452,8 @@ int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
     goto fail_store;
   provision_observe(gw->prov, on_provision_step, gw);
   gw->started_ms = uv_now(loop);
-  if (upstream_pacer_new(loop, cfg->upstream.max_connecting, cfg->upstream.connect_rate_per_s,
-                         &gw->pacer) != UPSTREAM_OK) {
+  if (pacer_new(loop, cfg->upstream.max_connecting, cfg->upstream.connect_rate_per_s,
+                         &gw->pacer) != 0) {
     provision_free(gw->prov);
     goto fail_store;
   }
@@ -565,7 +566,7 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
   provision_stop(gw->prov, close_done_cb, gw);
   if (gw->pacer) {
     gw->pending_closes++;
-    upstream_pacer_close(gw->pacer, close_done_cb, gw);
+    pacer_close(gw->pacer, close_done_cb, gw);
     gw->pacer = NULL;
   }
   if (gw->adv_started) {

@@ -20,7 +20,7 @@
 
 struct upstream;
 struct upstream_opts;
-struct upstream_pacer;
+struct pacer;
 struct store;
 struct provisioner;
 struct tls_identity;
@@ -184,7 +184,7 @@ struct gw {
   struct tls_ctx *tls;
   struct store *store;
   struct provisioner *prov;
-  struct upstream_pacer *pacer;
+  struct pacer *pacer;
   struct metrics m;
 
   struct session **by_id;

@@ -51,7 +51,7 @@
 struct tls_ctx;
 struct tls_identity;
 struct upstream;
-struct upstream_pacer;
+struct pacer;
 
 enum upstream_err {
   UPSTREAM_OK = 0,
@@ -95,12 +95,15 @@ struct upstream_opts {
   uint16_t keepalive;      /* seconds, > 0 */
   bool clean_session;
   struct upstream_will will;
+  /* The limits below have no defaults here: the caller passes the
+   * configuration's (config.h), so there is one default for each.  0 is
+   * refused with UPSTREAM_EINVAL. */
   uint32_t connect_timeout_ms;   /* whole DNS..CONNACK budget per attempt */
   uint32_t backoff_base_ms;
-  uint32_t backoff_cap_ms;
+  uint32_t backoff_cap_ms;       /* raised to backoff_base_ms when below it */
   uint32_t max_queue;      /* queued + in-flight outgoing messages */
-  uint32_t max_packet;     /* largest incoming packet accepted */
-  struct upstream_pacer *pacer; /* shared connect pacing, or NULL */
+  uint32_t max_packet;     /* largest incoming packet accepted, >= 16 */
+  struct pacer *pacer;     /* shared connect pacing (pacer.h), or NULL */
 };
 /* All strings in opts are copied by upstream_new(). */
 
@@ -151,22 +154,6 @@ bool upstream_is_up(const struct upstream *u);
 size_t upstream_queued(const struct upstream *u);
 const char *upstream_reason_str(enum upstream_reason why);
 
-/*
- * Connect pacing, shared by every upstream of a gateway: at most
- * max_connecting attempts in progress at once (DNS to CONNACK) and at most
- * rate_per_s new attempts per second; the others wait their turn in FIFO
- * order.  A thousand leaves connecting at once then neither overflow the
- * broker's listen backlog (dropped SYNs cost a one-second retransmission)
- * nor exceed a cloud's connect quota (AWS IoT: a few hundred per second per
- * account).  0 means unlimited for either.  Free it with upstream_pacer_close
- * after every upstream using it has been closed.
- */
-int upstream_pacer_new(uv_loop_t *loop, uint32_t max_connecting, uint32_t rate_per_s,
-                       struct upstream_pacer **out);
-void upstream_pacer_close(struct upstream_pacer *p, void (*done)(void *), void *ud);
-/* Attempts waiting for their turn, and in progress. */
-size_t upstream_pacer_waiting(const struct upstream_pacer *p);
-size_t upstream_pacer_connecting(const struct upstream_pacer *p);
 const char *upstream_client_id(const struct upstream *u);
 
 #endif

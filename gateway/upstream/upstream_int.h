@@ -1,0 +1,172 @@
+/*
+ * upstream_int.h - what the two halves of an upstream share, and nothing
+ * outside gateway/upstream/ includes: upstream.c is the MQTT client (state
+ * machine, outgoing queue, incoming packets, public API), upstream_conn.c
+ * the wire of one connection attempt (TCP, DNS, TLS pump, writes, reads).
+ * Functions one half calls in the other are named upstream__* (in
+ * upstream.c) and uconn_* (in upstream_conn.c).
+ */
+#ifndef FLEETGW_UPSTREAM_INT_H
+#define FLEETGW_UPSTREAM_INT_H
+
+#include <netdb.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "backoff.h"
+#include "idset.h"
+#include "mqtt.h"
+#include "mqtt_stream.h"
+#include "pacer.h"
+#include "upstream.h"
+
+enum ustate {
+  U_IDLE = 0,
+  U_RESOLVING = 1,
+  U_CONNECTING = 2,     /* TCP connect in progress (possibly the next address) */
+  U_HANDSHAKE = 3,      /* TLS handshake in progress */
+  U_WAIT_CONNACK = 4,   /* CONNECT sent */
+  U_UP = 5,
+  U_BACKOFF = 6,        /* waiting for the timer before the next attempt */
+  U_CLOSING = 7,        /* upstream_stop() called; terminal */
+};
+
+extern const char *const upstream__state_names[];
+
+/* One connection attempt: the TCP handle and everything tied to it. */
+struct conn {
+  uv_tcp_t tcp;                /* tcp.data == this conn */
+  uv_connect_t creq;
+  uv_shutdown_t sreq;
+  struct upstream *u;
+  struct tls_conn *tls;        /* NULL for plain TCP */
+  struct mqtt_stream stream;
+  uint8_t *inbuf;              /* storage of stream */
+  bool closing;                /* uv_close called */
+  enum upstream_reason why;    /* reported by lost() once closed */
+  int connack_rc;
+};
+
+/* One outgoing PUBLISH. */
+struct omsg {
+  struct omsg *next;
+  void *token;
+  uint16_t packet_id;          /* QoS 1 only, allocated at enqueue */
+  uint8_t qos;
+  bool retain;
+  bool sent;                   /* written on the current connection */
+  bool ever_sent;              /* a resend carries DUP=1 */
+  uint16_t topic_len;
+  size_t len;
+  uint8_t data[];              /* topic, then payload */
+};
+
+struct upstream {
+  uv_loop_t *loop;
+  enum ustate state;
+  struct upstream_cbs cbs;
+  void *ud;
+  struct upstream_opts o;      /* strings are our own copies */
+  uint8_t *will_payload;
+  char port_str[8];
+
+  uv_timer_t timer;            /* one timer, its meaning depends on state */
+  bool timer_closing;
+  uv_getaddrinfo_t gai;
+  bool gai_active;             /* a DNS request is outstanding */
+  struct addrinfo *ai;         /* results being tried */
+  struct addrinfo *ai_cur;
+  struct conn *conn;           /* the current attempt, NULL if none */
+  unsigned nconns;             /* conns not yet through their close callback */
+
+  struct backoff bo;
+  uint64_t deadline;           /* end of the current attempt (loop ms) */
+  uint64_t attempt_started;    /* start of the current or last attempt (loop ms) */
+  uint64_t last_tx;
+  uint64_t ping_sent;
+  bool ping_outstanding;
+
+  struct omsg *qhead, *qtail;
+  size_t nqueued;
+  uint16_t last_id;
+  struct idset subs;           /* SUBSCRIBE/UNSUBSCRIBE awaiting their ack */
+  struct idset in_qos1;        /* incoming QoS 1 not yet acked by the owner */
+  struct idset in_qos2;        /* incoming QoS 2 delivered, awaiting PUBREL */
+
+  struct pacer_slot slot;      /* this upstream's place with the connect pacer */
+};
+
+/* A write in flight; data lives until write_cb. */
+struct wreq {
+  uv_write_t req;
+  bool wipe;                   /* holds a password: cleared before free */
+  size_t len;
+  uint8_t data[];
+};
+
+#define MIN_MAX_PACKET 16u
+/* The MQTT input buffer kept between packets; larger packets get a buffer
+ * of their exact size for as long as they take to arrive. */
+#define INBUF_SMALL 512u
+/* Ciphertext is fed to OpenSSL in slices so that its input BIO never grows
+ * beyond this (BUF_MEM keeps its high-water mark). */
+#define TLS_FEED_CHUNK 4096u
+/* Stop taking messages off the queue while libuv holds this much unsent. */
+#define WRITE_HIGH_WATER (64u * 1024u)
+/* How long a graceful stop waits for DISCONNECT to be flushed. */
+#define GRACEFUL_FLUSH_MS 2000u
+
+/* AWS IoT accepts one CONNECT per second per client id
+ * (docs/protocol-notes.md): attempts of one upstream start at least this far
+ * apart. */
+#define MIN_CONNECT_INTERVAL_MS 1000
+
+/* upstream.c */
+void upstream__set_state(struct upstream *u, enum ustate s);
+void upstream__arm_timer_at(struct upstream *u, uint64_t at);
+void upstream__timer_cb(uv_timer_t *t);
+/* The connection c is the current one, open, and the upstream not stopping. */
+bool upstream__conn_alive(const struct upstream *u, const struct conn *c);
+/* MQTT is up on the current connection. */
+bool upstream__conn_up(const struct upstream *u);
+/* The reason to report when the peer goes away in the current state. */
+enum upstream_reason upstream__eof_reason(const struct upstream *u);
+/* The attempt failed or the connection was lost: schedule a retry, tell the
+ * owner. */
+void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc);
+/* In CLOSING: frees the upstream once its last handle is closed. */
+void upstream__closing_progress(struct upstream *u);
+/* The close callback of a connection's TCP handle. */
+void upstream__conn_close_cb(uv_handle_t *h);
+void upstream__free_addrinfo(struct upstream *u);
+/* Writes every queued message not yet written on this connection. */
+void upstream__send_queue(struct upstream *u);
+/* One complete MQTT packet from the broker. */
+void upstream__handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt, size_t len);
+
+/* upstream_conn.c */
+/* Closes c; if it is still the current connection its close callback
+ * reports why through upstream__lost().  Idempotent. */
+void uconn_abort(struct conn *c, enum upstream_reason why, int connack_rc);
+/* Closes a connection that is no longer current (nothing to report). */
+void uconn_discard(struct upstream *u, struct conn *c);
+/* Sends one encoded MQTT packet (plaintext in w); takes ownership of w. */
+int uconn_send(struct upstream *u, struct conn *c, struct wreq *w);
+/* A write request of len bytes, and its release (wiped when it held a
+ * password). */
+struct wreq *uconn_wreq_new(size_t len);
+void uconn_wreq_free(struct wreq *w);
+/* A fixed-size packet: PUBACK/PUBREC/PUBREL/PUBCOMP when id != 0, else
+ * PINGREQ/DISCONNECT. */
+int uconn_send_small(struct upstream *u, struct conn *c, enum mqtt_type type, uint16_t id);
+/* The same; the connection is dropped if it fails. */
+void uconn_send_small_or_abort(struct upstream *u, struct conn *c, enum mqtt_type type,
+                               uint16_t id);
+/* Moves all pending TLS output to the socket. */
+int uconn_flush_tls(struct conn *c);
+/* Starts one attempt: DNS, TCP, TLS, then CONNECT. */
+void uconn_start_attempt(struct upstream *u);
+
+#endif
