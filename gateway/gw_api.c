@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "gw_int.h"
+#include "leaves.h"
 #include "log.h"
 #include "provision.h"
 #include "store.h"
@@ -34,14 +35,7 @@ static void copy(char *dst, size_t cap, const char *src)
 static void live_counts(struct gw *gw, struct metrics *m, uint64_t *links)
 {
   memset(m, 0, sizeof *m);
-  *links = 0;
-  for (size_t i = 0; i < gw->nbuckets; i++) {
-    for (struct session *s = gw->by_id[i]; s; s = s->next_by_id) {
-      sess_count(s, m);
-      if (s->link)
-        (*links)++;
-    }
-  }
+  leaves_count(gw->lan, m, links, NULL);
 }
 
 int api_status(struct gw *gw, struct api_status *out)
@@ -76,9 +70,17 @@ int api_status(struct gw *gw, struct api_status *out)
 
 /* ---- devices ------------------------------------------------------------- */
 
+static int count_sub(void *ud, const char *filter, int qos)
+{
+  (void)filter;
+  (void)qos;
+  ++*(uint32_t *)ud;
+  return 0;
+}
+
 static void fill_device(struct gw *gw, const struct store_device *d, struct api_device *out)
 {
-  struct session *s = leaves_by_id(gw, d->client_id, strlen(d->client_id));
+  struct session *s = leaves_find(gw->lan, d->client_id);
   struct store_cert c;
 
   memset(out, 0, sizeof *out);
@@ -92,15 +94,16 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
   out->attempts = d->attempts;
   copy(out->session, sizeof out->session, "none");
   if (s) {
+    struct sess_info si;
     uint32_t n = 0;
-    copy(out->session, sizeof out->session, sess_public_state(s->state));
-    if (s->in_addr_table)
-      leaves_addr_str((const struct sockaddr *)&s->addr, out->address, sizeof out->address);
-    out->msgs_in = s->msgs_in;
-    out->msgs_out = s->msgs_out;
-    out->queued = s->q_len;
-    for (const struct sub *b = s->subs; b; b = b->next)
-      n++;
+    sess_get_info(s, &si);
+    copy(out->session, sizeof out->session, si.state);
+    if (si.has_address)
+      copy(out->address, sizeof out->address, si.address);
+    out->msgs_in = si.msgs_in;
+    out->msgs_out = si.msgs_out;
+    out->queued = si.queued;
+    sess_each_sub(s, count_sub, &n);
     out->subscriptions = n;
   }
   memset(&c, 0, sizeof c);
@@ -177,7 +180,7 @@ int api_device_get(struct gw *gw, const char *client_id, struct api_device *out)
 
 int api_device_subscriptions(struct gw *gw, const char *client_id, api_sub_cb cb, void *ud)
 {
-  struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  struct session *s = leaves_find(gw->lan, client_id);
   struct store_device d;
   int rc = get_device(gw, client_id, &d);
   if (rc != API_OK)
@@ -225,12 +228,12 @@ static void acted(struct gw *gw, const char *client_id, const char *actor, const
   LOGI(MOD, "%s: %s by %s%s%s", client_id, action, actor ? actor : "operator",
        detail ? ": " : "", detail ? detail : "");
   if (new_state)
-    leaves_event(gw, "device.state", client_id, "state", new_state);
+    gw_emit(gw, "device.state", client_id, "state", new_state, NULL, NULL);
 }
 
 static void kick(struct gw *gw, const char *client_id)
 {
-  struct session *s = leaves_by_id(gw, client_id, strlen(client_id));
+  struct session *s = leaves_find(gw->lan, client_id);
   if (s)
     sess_kick(s);
 }
@@ -568,9 +571,8 @@ int api_metrics_prometheus(struct gw *gw, char **text)
          "Messages buffered in the gateway for leaves (asleep or busy).");
   {
     uint64_t q = 0;
-    for (size_t i = 0; i < gw->nbuckets; i++)
-      for (struct session *s = gw->by_id[i]; s; s = s->next_by_id)
-        q += s->q_len;
+    struct metrics scratch;
+    leaves_count(gw->lan, &scratch, NULL, &q);
     put(&b, "fleetgw_outbox_depth %llu\n", (unsigned long long)q);
   }
   family(&b, "fleetgw_http_requests_total", "counter", "HTTP requests by status class.");
@@ -584,7 +586,6 @@ int api_metrics_prometheus(struct gw *gw, char **text)
 #define PROM_GAUGE(name, help)                                                     \
   family(&b, "fleetgw_" #name, "gauge", help ".");                                 \
   put(&b, "fleetgw_" #name " %llu\n", (unsigned long long)live.name);
-  live.sessions = gw->nsessions;
   METRICS_MAP(PROM_COUNTER, PROM_GAUGE)
 #undef PROM_COUNTER
 #undef PROM_GAUGE
@@ -622,7 +623,7 @@ void api_unsubscribe(struct gw *gw, struct api_sub *sub)
   if (!sub)
     return;
   if (gw->emitting) {
-    sub->dead = true; /* freed by leaves_event() once it is done */
+    sub->dead = true; /* freed by gw_emit() once it is done */
     return;
   }
   for (struct api_sub **pp = &gw->subs; *pp; pp = &(*pp)->next) {

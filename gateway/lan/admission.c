@@ -16,6 +16,17 @@ static int refuse(struct store *st, int64_t now, const char *client_id, char *re
   return ADMIT_REFUSED;
 }
 
+int admit_check_live(struct store *st, const char *client_id, const char *bound_addr,
+                     const char *from_addr, int64_t now, char *reason, size_t cap)
+{
+  char why[256];
+  if (!bound_addr)
+    return ADMIT_OK;
+  snprintf(why, sizeof why, "ClientId in use by a connected leaf at %s, CONNECT came from %s",
+           bound_addr, from_addr);
+  return refuse(st, now, client_id, reason, cap, why);
+}
+
 static int registry_error(struct store *st, int rc, char *reason, size_t cap)
 {
   snprintf(reason, cap, "registry error: %s (%s)", store_strerror(rc), store_errmsg(st));

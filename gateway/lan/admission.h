@@ -37,6 +37,14 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
                 const char *ip, int64_t now, struct store_device *dev, char *reason,
                 size_t cap);
 
+/* The live-session half of identity binding: bound_addr is the address
+ * ("ip:port") of a connected leaf that already uses client_id, or NULL when
+ * none does.  A CONNECT for a ClientId in use at another address is refused
+ * and audited, so that a second box cannot take over a live identity.
+ * Returns ADMIT_OK, or ADMIT_REFUSED with the reason. */
+int admit_check_live(struct store *st, const char *client_id, const char *bound_addr,
+                     const char *from_addr, int64_t now, char *reason, size_t cap);
+
 /* Adds admission.allowlist entries to the registry's allowlist (idempotent). */
 int admit_seed_allowlist(struct store *st, const struct gw_config *cfg, int64_t now);
 

@@ -1,285 +1,419 @@
 /*
- * leaves.c - what the leaf sessions share, below both gw.c and session.c:
- * the session tables (hash by ClientId and by address, grown by doubling;
- * never a linear walk on the hot path), sending one MQTT-SN message to an
- * address, the predefined topics, upstream options, and the accounting of
- * asynchronous closes during shutdown.  It calls nothing in session.c or
- * gw.c, so the dependency runs one way: gw.c -> session.c -> leaves.c.
+ * leaves.c - the LAN side (leaves.h): the UDP socket, datagram dispatch to
+ * the sessions, CONNECT admission, gateway discovery (SEARCHGW/GWINFO and
+ * ADVERTISE), QoS -1 publishes, the queries the API makes, and the stop.
+ * One leaf's behaviour lives in session.c, the table in table.c.
  */
-#include <cjson/cJSON.h>
+#include "leaves.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "gw_int.h"
-#include "udp.h"
+#include "admission.h"
+#include "lan_int.h"
 #include "log.h"
-#include "upstream.h"
+#include "udp.h"
 
-#define MOD "gw"
+#define MOD "lan"
 
-static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
+/* ---- CONNECT ------------------------------------------------------------ */
+
+/* A ClientId is 1..max octets of printable ASCII: it becomes part of an
+ * upstream client id, a file name (cert_dir) and log lines. */
+static bool client_id_ok(const struct leaves *lv, const struct mqttsn_str *id)
 {
-  const uint8_t *b = p;
-  for (size_t i = 0; i < n; i++) {
-    h ^= b[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-uint64_t leaves_hash_id(const char *id, size_t len)
-{
-  return fnv1a(id, len, 14695981039346656037ull);
-}
-
-/* Hashes what identifies a UDP peer: family, port and address bytes. */
-uint64_t leaves_hash_addr(const struct sockaddr *a)
-{
-  uint64_t h = 14695981039346656037ull;
-  if (a->sa_family == AF_INET) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-    h = fnv1a(&in->sin_port, sizeof in->sin_port, h);
-    h = fnv1a(&in->sin_addr, sizeof in->sin_addr, h);
-  } else {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
-    h = fnv1a(&in6->sin6_port, sizeof in6->sin6_port, h);
-    h = fnv1a(&in6->sin6_addr, sizeof in6->sin6_addr, h);
-  }
-  return h;
-}
-
-bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b)
-{
-  if (a->sa_family != b->sa_family)
+  if (id->len < 1 || id->len > lv->cfg->lan.max_client_id_len || id->len > 255)
     return false;
-  if (a->sa_family == AF_INET) {
-    const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
-    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-  }
-  const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
-  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+  for (size_t i = 0; i < id->len; i++)
+    if (id->p[i] <= 0x20 || id->p[i] >= 0x7F || id->p[i] == '/')
+      return false;
+  return true;
 }
 
-void leaves_addr_str(const struct sockaddr *a, char *out, size_t cap)
+static void ip_of(const struct sockaddr *from, char *ip, size_t cap)
 {
-  char ip[64] = "?";
-  int port = 0;
-  if (a->sa_family == AF_INET) {
-    uv_ip4_name((const struct sockaddr_in *)a, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in *)a)->sin_port);
-  } else if (a->sa_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)a, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
-  }
-  snprintf(out, cap, "%s:%d", ip, port);
+  if (from->sa_family == AF_INET)
+    uv_ip4_name((const struct sockaddr_in *)from, ip, cap);
+  else
+    uv_ip6_name((const struct sockaddr_in6 *)from, ip, cap);
 }
 
-struct session *leaves_by_id(struct gw *gw, const char *id, size_t len)
+/* Admission against the registry: policy, approval, identity binding.
+ * Returns true when the CONNECT may go on; otherwise the leaf was answered. */
+static bool admit(struct leaves *lv, const struct sockaddr *from, const char *cid)
 {
-  struct session *s = gw->by_id[leaves_hash_id(id, len) & (gw->nbuckets - 1)];
-  for (; s; s = s->next_by_id)
-    if (s->id_len == len && memcmp(s->client_id, id, len) == 0)
-      return s;
-  return NULL;
-}
+  char a[80], ip[64], reason[256];
+  int ar;
 
-struct session *leaves_by_addr(struct gw *gw, const struct sockaddr *addr)
-{
-  struct session *s = gw->by_addr[leaves_hash_addr(addr) & (gw->nbuckets - 1)];
-  for (; s; s = s->next_by_addr)
-    if (leaves_addr_eq((const struct sockaddr *)&s->addr, addr))
-      return s;
-  return NULL;
-}
-
-void leaves_unbind_addr(struct gw *gw, struct session *s)
-{
-  struct session **pp;
-  if (!s->in_addr_table)
-    return;
-  pp = &gw->by_addr[leaves_hash_addr((struct sockaddr *)&s->addr) & (gw->nbuckets - 1)];
-  for (; *pp; pp = &(*pp)->next_by_addr) {
-    if (*pp == s) {
-      *pp = s->next_by_addr;
-      break;
-    }
-  }
-  s->in_addr_table = false;
-  s->next_by_addr = NULL;
-}
-
-void leaves_bind_addr(struct gw *gw, struct session *s, const struct sockaddr *addr)
-{
-  size_t b;
-  if (s->in_addr_table && leaves_addr_eq((struct sockaddr *)&s->addr, addr))
-    return;
-  leaves_unbind_addr(gw, s);
-  memset(&s->addr, 0, sizeof s->addr);
-  memcpy(&s->addr, addr,
-         addr->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-  b = leaves_hash_addr(addr) & (gw->nbuckets - 1);
-  s->next_by_addr = gw->by_addr[b];
-  gw->by_addr[b] = s;
-  s->in_addr_table = true;
-}
-
-/* Doubles both tables when the load factor passes 1. */
-int leaves_grow(struct gw *gw)
-{
-  size_t n = gw->nbuckets * 2;
-  struct session **ids = calloc(n, sizeof *ids), **addrs = calloc(n, sizeof *addrs);
-  if (!ids || !addrs) {
-    free(ids);
-    free(addrs);
-    return -1;
-  }
-  for (size_t i = 0; i < gw->nbuckets; i++) {
-    struct session *s = gw->by_id[i];
-    while (s) {
-      struct session *next = s->next_by_id;
-      size_t b = leaves_hash_id(s->client_id, s->id_len) & (n - 1);
-      s->next_by_id = ids[b];
-      ids[b] = s;
-      s = next;
-    }
-    s = gw->by_addr[i];
-    while (s) {
-      struct session *next = s->next_by_addr;
-      size_t b = leaves_hash_addr((struct sockaddr *)&s->addr) & (n - 1);
-      s->next_by_addr = addrs[b];
-      addrs[b] = s;
-      s = next;
-    }
-  }
-  free(gw->by_id);
-  free(gw->by_addr);
-  gw->by_id = ids;
-  gw->by_addr = addrs;
-  gw->nbuckets = n;
-  return 0;
-}
-
-int leaves_send(struct gw *gw, const struct sockaddr *to, const struct mqttsn_msg *msg)
-{
-  int n = mqttsn_encode(msg, gw->tx, sizeof gw->tx);
-  if (n < 0) {
-    /* §6.10: what does not fit is dropped. */
+  leaves_addr_str(from, a, sizeof a);
+  ip_of(from, ip, sizeof ip);
+  ar = admit_check(lv->env.store, lv->cfg, cid, ip, (int64_t)time(NULL), NULL, reason,
+                   sizeof reason);
+  leaves_event2(lv, "admission", cid, "result",
+                ar == ADMIT_OK ? "admitted" : (ar == ADMIT_PENDING ? "pending" : "refused"),
+                "reason", reason);
+  if (ar == ADMIT_OK)
+    return true;
+  {
     static struct log_ratelimit rl;
-    gw->m.send_errors++;
-    log_ratelimited(&rl, LOG_WARN, MOD, "cannot encode %s: %s", mqttsn_type_name(msg->type),
-                    proto_strerror(n));
-    return n;
+    if (ar == ADMIT_PENDING)
+      lv->m->admission_pending++;
+    else
+      lv->m->admission_refused++;
+    log_ratelimited(&rl, ar == ADMIT_ERROR ? LOG_ERROR : LOG_WARN, MOD,
+                    "CONNECT %s from %s %s: %s", cid, a,
+                    ar == ADMIT_PENDING ? "held" : "refused", reason);
   }
-  if (lan_send(gw->lan, to, gw->tx, (size_t)n) != 0) {
-    gw->m.send_errors++;
-    return -1;
+  /* Pending (or a registry hiccup): try again later.  Refused: MQTT-SN has
+   * no "not authorized"; 0x03 is the nearest. */
+  leaves_reply_connack(lv, from,
+                       ar == ADMIT_REFUSED ? MQTTSN_RC_NOT_SUPPORTED : MQTTSN_RC_CONGESTION);
+  return false;
+}
+
+/* Refuses the CONNECT when the ClientId is in use by a live leaf at another
+ * address (admission.h: admit_check_live).  Returns true when it may go on. */
+static bool not_taken(struct leaves *lv, const struct sockaddr *from, struct session *s)
+{
+  char a[80], b[80], reason[256];
+  static struct log_ratelimit rl;
+
+  if (!s || !s->in_addr_table || leaves_addr_eq((struct sockaddr *)&s->addr, from) ||
+      !sess_is_live(s))
+    return true;
+  lv->m->connects_refused++;
+  leaves_addr_str(from, a, sizeof a);
+  leaves_addr_str((struct sockaddr *)&s->addr, b, sizeof b);
+  log_ratelimited(&rl, LOG_WARN, MOD, "CONNECT %s from %s refused: bound to %s", s->client_id, a,
+                  b);
+  admit_check_live(lv->env.store, s->client_id, b, a, (int64_t)time(NULL), reason,
+                   sizeof reason);
+  leaves_reply_connack(lv, from, MQTTSN_RC_NOT_SUPPORTED);
+  return false;
+}
+
+static void on_connect(struct leaves *lv, const struct sockaddr *from, const struct mqttsn_msg *m)
+{
+  const struct mqttsn_str *id = &m->u.connect.client_id;
+  struct session *s, *other;
+  char cid[256];
+
+  if (!client_id_ok(lv, id)) {
+    static struct log_ratelimit rl;
+    char a[80];
+    lv->m->connects_refused++;
+    leaves_addr_str(from, a, sizeof a);
+    log_ratelimited(&rl, LOG_WARN, MOD,
+                    "CONNECT from %s refused: ClientId of %zu octets (allowed: 1..%u printable)",
+                    a, id->len, lv->cfg->lan.max_client_id_len);
+    leaves_reply_connack(lv, from, MQTTSN_RC_NOT_SUPPORTED);
+    return;
   }
-  gw->m.datagrams_out++;
+  memcpy(cid, id->p, id->len);
+  cid[id->len] = '\0';
+  s = leaves_by_id(lv, cid, id->len);
+  if (!not_taken(lv, from, s))
+    return;
+  /* Another session at this address: that leaf came back under a new id. */
+  other = leaves_by_addr(lv, from);
+  if (other && other != s) {
+    LOGI(MOD, "%s: address reused by %s, session ended", other->client_id, cid);
+    /* No DISCONNECT: it would reach the new leaf at the same address. */
+    sess_shutdown(other, false);
+    leaves_unbind_addr(lv, other);
+  }
+  if (!admit(lv, from, cid))
+    return;
+  if (!s) {
+    s = leaves_add(lv, cid, id->len);
+    if (!s) {
+      lv->m->connects_refused++;
+      LOGW(MOD, "CONNECT %s refused: %zu sessions (lan.max_leaves)", cid, lv->nsessions);
+      leaves_reply_connack(lv, from, MQTTSN_RC_CONGESTION);
+      return;
+    }
+  }
+  sess_on_connect(s, from, m);
+}
+
+/* ---- other datagrams ---------------------------------------------------- */
+
+/* QoS -1 (§6.8): no connection; predefined or short topic ids only. */
+static void on_qos_m1(struct leaves *lv, const struct mqttsn_publish *p)
+{
+  char sb[3];
+  const char *name = NULL;
+  size_t nlen = 0;
+
+  lv->m->publish_in_qos_m1++;
+  if (p->flags.topic_type == MQTTSN_TOPIC_PREDEFINED) {
+    name = topics_predefined_name(lv->cfg, p->topic_id);
+    nlen = name ? strlen(name) : 0;
+  } else if (p->flags.topic_type == MQTTSN_TOPIC_SHORT) {
+    sb[0] = (char)(p->topic_id >> 8);
+    sb[1] = (char)(p->topic_id & 0xFF);
+    sb[2] = '\0';
+    name = sb;
+    nlen = 2;
+  }
+  if (!name || lv->env.up->publish_anon(lv->env.up_ctx, name, nlen, p->data.p, p->data.len,
+                                        p->flags.retain) != SESS_UP_OK) {
+    static struct log_ratelimit rl;
+    lv->m->qos_m1_dropped++;
+    log_ratelimited(&rl, LOG_INFO, MOD, "QoS -1 publish dropped (%s)",
+                    !name ? "unknown topic id"
+                          : !lv->cfg->upstream.qos_m1_client_id ? "no QoS -1 session configured"
+                                                                : "queue full");
+  }
+}
+
+/* PINGREQ with a ClientId: a sleeping leaf waking up (§6.14); it must come
+ * from the session's address. */
+static void on_wake_ping(struct leaves *lv, const struct sockaddr *from,
+                         const struct mqttsn_msg *m)
+{
+  struct session *s =
+      leaves_by_id(lv, (const char *)m->u.pingreq.client_id.p, m->u.pingreq.client_id.len);
+  bool here = s && s->in_addr_table && leaves_addr_eq((struct sockaddr *)&s->addr, from);
+
+  if (here && (s->state == SESS_ASLEEP || s->state == SESS_AWAKE)) {
+    sess_on_wake(s, from);
+    return;
+  }
+  if (here && s->state == SESS_ACTIVE) {
+    sess_on_message(s, from, m);
+    return;
+  }
+  lv->m->datagrams_unknown_client++;
+  leaves_reply(lv, from, MQTTSN_DISCONNECT);
+}
+
+/* Decodes a datagram; false (counted and logged) when it is not one we take. */
+static bool decode(struct leaves *lv, const struct sockaddr *from, const uint8_t *data,
+                   size_t len, struct mqttsn_msg *m)
+{
+  int rc = mqttsn_decode(data, len, m);
+  if (rc == PROTO_OK && m->type == MQTTSN_ENCAPSULATED) {
+    /* Forwarder encapsulation (§5.5) is not supported: leaves talk directly. */
+    rc = PROTO_UNSUPPORTED;
+  }
+  if (rc != PROTO_OK) {
+    static struct log_ratelimit rl;
+    char a[80];
+    lv->m->datagrams_malformed++;
+    leaves_addr_str(from, a, sizeof a);
+    log_ratelimited(&rl, LOG_WARN, MOD, "malformed datagram of %zu bytes from %s: %s", len, a,
+                    proto_strerror(rc));
+    return false;
+  }
+  LOGT(MOD, "rx %s (%zu bytes)", mqttsn_type_name(m->type), len);
+  return true;
+}
+
+static void on_datagram(void *ud, const struct sockaddr *from, const uint8_t *data, size_t len)
+{
+  struct leaves *lv = ud;
+  struct mqttsn_msg m;
+  struct session *s;
+
+  lv->m->datagrams_in++;
+  if (lv->stopping || !decode(lv, from, data, len, &m))
+    return;
+  switch (m.type) {
+  case MQTTSN_SEARCHGW: {
+    /* §6.1: answer at once with our GwId (the reply is unicast to the
+     * searcher; broadcasting it needs a configured advertise address). */
+    struct mqttsn_msg r;
+    memset(&r, 0, sizeof r);
+    r.type = MQTTSN_GWINFO;
+    r.u.gwinfo.gw_id = lv->cfg->gateway_id;
+    leaves_send(lv, from, &r);
+    return;
+  }
+  case MQTTSN_ADVERTISE:
+  case MQTTSN_GWINFO:
+    return; /* other gateways, or leaves answering for us: nothing to do */
+  case MQTTSN_CONNECT:
+    on_connect(lv, from, &m);
+    return;
+  case MQTTSN_PUBLISH:
+    if (m.u.publish.flags.qos == MQTTSN_QOS_M1) {
+      on_qos_m1(lv, &m.u.publish);
+      return;
+    }
+    break;
+  case MQTTSN_PINGREQ:
+    if (m.u.pingreq.client_id.len > 0) {
+      on_wake_ping(lv, from, &m);
+      return;
+    }
+    break;
+  default:
+    break;
+  }
+  s = leaves_by_addr(lv, from);
+  if (!s) {
+    /* §6.12: not a connected client; a DISCONNECT tells it to connect again
+     * (after a gateway restart, for example).  A DISCONNECT is not answered,
+     * so two gateways cannot ping-pong. */
+    lv->m->datagrams_unknown_client++;
+    if (m.type != MQTTSN_DISCONNECT)
+      leaves_reply(lv, from, MQTTSN_DISCONNECT);
+    return;
+  }
+  sess_on_message(s, from, &m);
+}
+
+/* ---- ADVERTISE ---------------------------------------------------------- */
+
+static void adv_cb(uv_timer_t *t)
+{
+  struct leaves *lv = t->data;
+  struct sockaddr_storage ss;
+  struct mqttsn_msg m;
+  const char *ip = lv->cfg->lan.advertise_address;
+
+  memset(&ss, 0, sizeof ss);
+  if (uv_ip4_addr(ip, lv->cfg->lan.advertise_port, (struct sockaddr_in *)&ss) != 0 &&
+      uv_ip6_addr(ip, lv->cfg->lan.advertise_port, (struct sockaddr_in6 *)&ss) != 0)
+    return;
+  memset(&m, 0, sizeof m);
+  m.type = MQTTSN_ADVERTISE;
+  m.u.advertise.gw_id = lv->cfg->gateway_id;
+  m.u.advertise.duration = (uint16_t)(lv->cfg->lan.advertise_interval_s > 0xFFFF
+                                          ? 0xFFFF
+                                          : lv->cfg->lan.advertise_interval_s);
+  leaves_send(lv, (struct sockaddr *)&ss, &m);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+int leaves_new(const struct leaves_env *env, struct leaves **out)
+{
+  struct leaves *lv = calloc(1, sizeof *lv);
+  if (!lv)
+    return UV_ENOMEM;
+  lv->env = *env;
+  lv->loop = env->loop;
+  lv->cfg = env->cfg;
+  lv->m = env->m;
+  if (leaves_table_init(lv) != 0) {
+    free(lv);
+    return UV_ENOMEM;
+  }
+  *out = lv;
   return 0;
 }
 
-const char *leaves_predefined_topic(const struct gw *gw, uint16_t id)
+int leaves_start(struct leaves *lv)
 {
-  for (size_t i = 0; i < gw->cfg->lan.n_predefined; i++)
-    if (gw->cfg->lan.predefined[i].id == id)
-      return gw->cfg->lan.predefined[i].topic;
-  return NULL;
-}
-
-int leaves_predefined_id(const struct gw *gw, const char *topic, size_t len)
-{
-  for (size_t i = 0; i < gw->cfg->lan.n_predefined; i++) {
-    const char *t = gw->cfg->lan.predefined[i].topic;
-    if (strlen(t) == len && memcmp(t, topic, len) == 0)
-      return gw->cfg->lan.predefined[i].id;
+  const struct gw_config *cfg = lv->cfg;
+  int rc = udp_open(lv->loop, cfg->lan.bind, cfg->lan.port, cfg->lan.recv_buffer_bytes,
+                    on_datagram, lv, &lv->udp);
+  if (rc != 0) {
+    LOGE(MOD, "cannot bind UDP %s:%u: %s", cfg->lan.bind, cfg->lan.port, uv_strerror(rc));
+    return rc;
   }
-  return -1;
-}
-
-void leaves_upstream_opts(struct gw *gw, struct upstream_opts *o, const char *client_id,
-                      const char *cert, const char *key)
-{
-  const struct gw_config *cfg = gw->cfg;
-  memset(o, 0, sizeof *o);
-  o->host = cfg->upstream.host;
-  o->port = cfg->upstream.port;
-  o->tls = gw->tls;
-  o->alpn = cfg->upstream.alpn;
-  o->cert_file = cert;
-  o->key_file = key;
-  o->client_id = client_id;
-  o->username = cfg->upstream.username;
-  o->password = cfg->upstream.password;
-  o->keepalive = cfg->upstream.keepalive_s;
-  o->clean_session = cfg->upstream.clean_session;
-  o->connect_timeout_ms = cfg->upstream.connect_timeout_ms;
-  o->backoff_base_ms = cfg->upstream.backoff_base_ms;
-  o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
-  o->max_queue = cfg->upstream.max_queue;
-  o->max_packet = cfg->upstream.max_packet;
-  o->pacer = gw->pacer;
-}
-
-void leaves_close_done(struct gw *gw)
-{
-  if (gw->pending_closes > 0)
-    gw->pending_closes--;
-  if (gw->stopping && gw->pending_closes == 0 && gw->stop_done) {
-    void (*done)(void *) = gw->stop_done;
-    gw->stop_done = NULL;
-    done(gw->stop_ud);
+  if (cfg->lan.advertise_address) {
+    uint64_t ms = (uint64_t)cfg->lan.advertise_interval_s * 1000u;
+    uv_timer_init(lv->loop, &lv->adv_timer);
+    lv->adv_timer.data = lv;
+    uv_timer_start(&lv->adv_timer, adv_cb, 0, ms);
+    lv->adv_started = true;
   }
+  return 0;
 }
 
-void leaves_event(struct gw *gw, const char *type, const char *client_id, const char *key,
-                  const char *value)
+static void udp_closed(void *ud)
 {
-  leaves_event2(gw, type, client_id, key, value, NULL, NULL);
+  drain_release(ud);
 }
 
-void leaves_event2(struct gw *gw, const char *type, const char *client_id, const char *key,
-                   const char *value, const char *key2, const char *value2)
+static void adv_closed(uv_handle_t *h)
 {
-  struct timespec ts;
-  cJSON *o;
-  char *json;
+  struct leaves *lv = h->data;
+  drain_release(lv->env.drain);
+}
 
-  if (!gw->subs)
-    return;
-  o = cJSON_CreateObject();
-  if (!o)
-    return;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  cJSON_AddStringToObject(o, "type", type);
-  cJSON_AddNumberToObject(o, "at", (double)ts.tv_sec * 1000.0 + (double)(ts.tv_nsec / 1000000));
-  if (client_id)
-    cJSON_AddStringToObject(o, "client_id", client_id);
-  if (key)
-    cJSON_AddStringToObject(o, key, value ? value : "");
-  if (key2)
-    cJSON_AddStringToObject(o, key2, value2 ? value2 : "");
-  json = cJSON_PrintUnformatted(o);
-  cJSON_Delete(o);
-  if (!json)
-    return;
-  gw->emitting++;
-  for (struct api_sub *sub = gw->subs; sub; sub = sub->next)
-    if (!sub->dead)
-      sub->cb(sub->ud, json, strlen(json));
-  gw->emitting--;
-  free(json);
-  /* Subscribers that left during the calls are freed now. */
-  if (gw->emitting == 0) {
-    for (struct api_sub **pp = &gw->subs; *pp;) {
-      if ((*pp)->dead) {
-        struct api_sub *d = *pp;
-        *pp = d->next;
-        free(d);
-      } else {
-        pp = &(*pp)->next;
-      }
+void leaves_stop(struct leaves *lv, size_t *live_out, uint64_t *queued_out)
+{
+  size_t live = 0;
+  uint64_t queued = 0;
+
+  lv->stopping = true;
+  for (size_t i = 0; i < lv->nbuckets; i++) {
+    for (struct session *s = lv->by_id[i], *next; s; s = next) {
+      next = s->next_by_id;
+      if (sess_is_live(s))
+        live++;
+      queued += s->q_len;
+      sess_shutdown(s, true);
     }
   }
+  /* Free every session record (each closes its timer). */
+  for (size_t i = 0; i < lv->nbuckets; i++)
+    while (lv->by_id[i])
+      leaves_remove(lv, lv->by_id[i]);
+  if (lv->adv_started) {
+    drain_hold(lv->env.drain);
+    uv_close((uv_handle_t *)&lv->adv_timer, adv_closed);
+    lv->adv_started = false;
+  }
+  if (lv->udp) {
+    drain_hold(lv->env.drain);
+    udp_close(lv->udp, udp_closed, lv->env.drain);
+    lv->udp = NULL;
+  }
+  if (live_out)
+    *live_out = live;
+  if (queued_out)
+    *queued_out = queued;
+}
+
+void leaves_free(struct leaves *lv)
+{
+  if (!lv)
+    return;
+  leaves_table_free(lv);
+  free(lv);
+}
+
+int leaves_port(const struct leaves *lv)
+{
+  return lv->udp ? udp_port(lv->udp) : -1;
+}
+
+/* ---- queries ------------------------------------------------------------ */
+
+struct session *leaves_find(struct leaves *lv, const char *client_id)
+{
+  return leaves_by_id(lv, client_id, strlen(client_id));
+}
+
+void leaves_count(const struct leaves *lv, struct metrics *m, uint64_t *links, uint64_t *queued)
+{
+  uint64_t nl = 0, nq = 0;
+  m->leaves_active = m->leaves_asleep = m->leaves_connecting = m->upstreams_up = 0;
+  m->sessions = lv->nsessions;
+  for (size_t i = 0; i < lv->nbuckets; i++) {
+    for (const struct session *s = lv->by_id[i]; s; s = s->next_by_id) {
+      sess_count(s, m);
+      if (s->link)
+        nl++;
+      nq += s->q_len;
+    }
+  }
+  if (links)
+    *links = nl;
+  if (queued)
+    *queued = nq;
+}
+
+void leaves_on_provisioned(struct leaves *lv, const char *client_id, bool ok)
+{
+  struct session *s = leaves_find(lv, client_id);
+  if (s)
+    sess_on_provisioned(s, ok);
 }

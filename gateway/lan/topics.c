@@ -1,5 +1,7 @@
 #include "topics.h"
 
+#include "config.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,4 +81,22 @@ struct topic_entry *topics_add(struct topics *t, const char *name, size_t len)
   e->id = alloc_id(t);
   t->n++;
   return e;
+}
+
+const char *topics_predefined_name(const struct gw_config *cfg, uint16_t id)
+{
+  for (size_t i = 0; i < cfg->lan.n_predefined; i++)
+    if (cfg->lan.predefined[i].id == id)
+      return cfg->lan.predefined[i].topic;
+  return NULL;
+}
+
+int topics_predefined_id(const struct gw_config *cfg, const char *topic, size_t len)
+{
+  for (size_t i = 0; i < cfg->lan.n_predefined; i++) {
+    const char *t = cfg->lan.predefined[i].topic;
+    if (strlen(t) == len && memcmp(t, topic, len) == 0)
+      return cfg->lan.predefined[i].id;
+  }
+  return -1;
 }

@@ -46,4 +46,10 @@ struct topic_entry *topics_by_id(struct topics *t, uint16_t id);
  * A new entry has known_by_leaf == false. */
 struct topic_entry *topics_add(struct topics *t, const char *name, size_t len);
 
+struct gw_config;
+/* The configured predefined topics (lan.predefined_topics): the name of id,
+ * or NULL; the id of a name, or -1. */
+const char *topics_predefined_name(const struct gw_config *cfg, uint16_t id);
+int topics_predefined_id(const struct gw_config *cfg, const char *topic, size_t len);
+
 #endif

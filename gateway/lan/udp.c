@@ -11,9 +11,9 @@
 #define LAN_SLOT 2048 /* > any MQTT-SN datagram we accept on a LAN (MTU-bound) */
 #define LAN_BATCH 32
 
-struct lan {
+struct udp {
   uv_udp_t udp;
-  lan_recv_cb cb;
+  udp_recv_cb cb;
   void *ud;
   void (*done)(void *);
   void *done_ud;
@@ -28,7 +28,7 @@ struct send_req {
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-  struct lan *lan = h->data;
+  struct udp *lan = h->data;
   (void)suggested;
   /* One buffer: libuv hands it back in recv_cb before asking again. */
   buf->base = lan->rbuf;
@@ -38,7 +38,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *addr,
                     unsigned flags)
 {
-  struct lan *lan = h->data;
+  struct udp *lan = h->data;
   (void)buf;
   if (nread < 0) {
     static struct log_ratelimit rl;
@@ -56,11 +56,11 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struc
   lan->cb(lan->ud, addr, (const uint8_t *)buf->base, (size_t)nread);
 }
 
-int lan_open(uv_loop_t *loop, const char *bind_ip, uint16_t port, uint32_t rcvbuf,
-             lan_recv_cb cb, void *ud, struct lan **out)
+int udp_open(uv_loop_t *loop, const char *bind_ip, uint16_t port, uint32_t rcvbuf,
+             udp_recv_cb cb, void *ud, struct udp **out)
 {
   struct sockaddr_storage ss;
-  struct lan *lan;
+  struct udp *lan;
   int family, rc;
 
   memset(&ss, 0, sizeof ss);
@@ -112,7 +112,7 @@ static void send_cb(uv_udp_send_t *req, int status)
   free(req);
 }
 
-int lan_send(struct lan *lan, const struct sockaddr *to, const uint8_t *data, size_t len)
+int udp_send(struct udp *lan, const struct sockaddr *to, const uint8_t *data, size_t len)
 {
   uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   struct send_req *r;
@@ -139,7 +139,7 @@ int lan_send(struct lan *lan, const struct sockaddr *to, const uint8_t *data, si
 
 static void close_cb(uv_handle_t *h)
 {
-  struct lan *lan = h->data;
+  struct udp *lan = h->data;
   void (*done)(void *) = lan->done;
   void *ud = lan->done_ud;
   free(lan);
@@ -147,7 +147,7 @@ static void close_cb(uv_handle_t *h)
     done(ud);
 }
 
-void lan_close(struct lan *lan, void (*done)(void *), void *ud)
+void udp_close(struct udp *lan, void (*done)(void *), void *ud)
 {
   lan->done = done;
   lan->done_ud = ud;
@@ -155,7 +155,7 @@ void lan_close(struct lan *lan, void (*done)(void *), void *ud)
   uv_close((uv_handle_t *)&lan->udp, close_cb);
 }
 
-int lan_port(const struct lan *lan)
+int udp_port(const struct udp *lan)
 {
   struct sockaddr_storage ss;
   int len = sizeof ss;

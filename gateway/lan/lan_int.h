@@ -1,0 +1,266 @@
+/*
+ * lan_int.h - what the files of gateway/lan/ share, and nothing outside it
+ * includes: the session record, the LAN side's state, and the functions one
+ * file of the room calls in another.
+ *
+ *   leaves.c     the LAN side: start/stop, datagram dispatch, discovery
+ *   table.c      the session table (hash by ClientId and by address)
+ *   reply.c      encoding and sending one MQTT-SN message to an address
+ *   session.c    one leaf's state machine: CONNECT, will, sleep, timers
+ *   sess_up.c    the leaf's traffic towards its upstream: PUBLISH,
+ *                SUBSCRIBE, and the upstream's reports (sess_up_*)
+ *   sess_down.c  the downlink: broker messages queued for the leaf, one in
+ *                flight, REGISTER first when the leaf has no id for a topic
+ *   admission.c  who may connect (registry policy, identity binding)
+ *   topics.c     per-leaf topic ids; the configured predefined topics
+ *   udp.c        the UDP socket
+ */
+#ifndef FLEETGW_LAN_INT_H
+#define FLEETGW_LAN_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "config.h"
+#include "drain.h"
+#include "leaves.h"
+#include "metrics.h"
+#include "mqttsn.h"
+#include "session.h"
+#include "topics.h"
+
+struct udp;
+
+/*
+ * A leaf session's states (MQTT-SN v1.2 §6.14 plus the gateway's own waits;
+ * docs/architecture.md §6):
+ *
+ *   DISCONNECTED --CONNECT(will)--> WAIT_WILLTOPIC --> WAIT_WILLMSG --+
+ *   DISCONNECTED --CONNECT---------------------------------------------+--> WAIT_UPSTREAM
+ *   WAIT_UPSTREAM --upstream up--> ACTIVE   (CONNACK accepted)
+ *   WAIT_UPSTREAM --timeout------> DISCONNECTED (CONNACK congestion)
+ *   ACTIVE --DISCONNECT(duration)--> ASLEEP --PINGREQ(ClientId)--> AWAKE
+ *   AWAKE --queue drained, PINGRESP--> ASLEEP
+ *   ACTIVE/ASLEEP --keep-alive or sleep timer--> LOST (will published)
+ *   any --DISCONNECT--> DISCONNECTED
+ *
+ * All transitions go through sess_set_state(), which logs them at debug.
+ */
+enum sess_state {
+  SESS_DISCONNECTED = 0, /* no connection; record kept for CleanSession=0 */
+  SESS_WAIT_WILLTOPIC,   /* sent WILLTOPICREQ */
+  SESS_WAIT_WILLMSG,     /* sent WILLMSGREQ */
+  SESS_WAIT_UPSTREAM,    /* CONNECT complete, CONNACK waits for the upstream */
+  SESS_ACTIVE,
+  SESS_ASLEEP,
+  SESS_AWAKE,            /* woke with PINGREQ(ClientId), draining its queue */
+  SESS_LOST,             /* keep-alive or sleep timer expired; like DISCONNECTED */
+};
+
+/* A message from the broker waiting to go to the leaf. */
+struct downmsg {
+  struct downmsg *next;
+  uint16_t up_pid;       /* upstream packet id to acknowledge (QoS 1), else 0 */
+  uint8_t qos;
+  bool retain;
+  uint16_t topic_len;
+  size_t len;
+  char data[];           /* topic, NUL, payload */
+};
+
+/* A leaf's QoS 1/2 publish waiting for the upstream PUBACK.  It is the token
+ * given to ops->publish; it is freed in sess_up_acked or sess_up_dropped,
+ * which the relay calls exactly once per QoS 1 message. */
+struct uppending {
+  struct uppending *next;
+  uint16_t msg_id;
+  uint16_t topic_id;
+  uint8_t topic_type;
+  uint8_t qos;           /* the leaf's QoS: 1 or 2 */
+  bool orphan;           /* the session let go of this upstream */
+};
+
+/* A leaf's subscription, kept to re-subscribe after an upstream reconnect. */
+struct sub {
+  struct sub *next;
+  uint8_t qos;           /* as requested upstream: 0 or 1 */
+  uint16_t len;
+  char filter[];
+};
+
+/* A SUBSCRIBE/UNSUBSCRIBE waiting for the upstream SUBACK/UNSUBACK. */
+struct pending_sub {
+  struct pending_sub *next;
+  uint16_t up_pid;
+  uint16_t msg_id;       /* the leaf's; unused when internal */
+  uint16_t topic_id;
+  uint8_t qos;
+  bool unsub;
+  bool internal;         /* a re-subscription after reconnect: no leaf reply */
+  uint16_t len;
+  char filter[];
+};
+
+enum inflight { INF_NONE = 0, INF_REGACK, INF_PUBACK };
+
+struct session {
+  struct leaves *lv;
+  struct session *next_by_id;   /* hash chains */
+  struct session *next_by_addr;
+  bool in_addr_table;
+
+  char client_id[256];
+  uint8_t id_len;
+  struct sockaddr_storage addr;
+  enum sess_state state;
+  bool clean;
+  uint16_t keepalive;           /* leaf keep-alive, s */
+  uint64_t last_rx;             /* loop ms of the last message from the leaf */
+  uint64_t sleep_deadline;
+  uint64_t connect_deadline;
+  uint64_t up_down_since;       /* 0 while the upstream is up */
+  bool wait_provision;          /* WAIT_UPSTREAM for provisioning, not the upstream */
+
+  /* The will, as the leaf set it. */
+  bool will_set;
+  uint8_t will_qos;
+  bool will_retain;
+  char *will_topic;
+  uint8_t *will_msg;
+  size_t will_msg_len;
+  bool will_dirty;              /* changed since the upstream CONNECT carried it */
+
+  struct sess_link *link;       /* the relay's; NULL when no upstream */
+  bool up_is_up;
+  bool up_was_up;               /* it came up at least once (resubscribe on later ups) */
+
+  struct topics topics;
+  struct sub *subs;
+  struct pending_sub *psubs;
+
+  /* Downlink: one message in flight to the leaf at a time. */
+  struct downmsg *q_head, *q_tail;
+  uint32_t q_len;
+  enum inflight inflight;
+  uint16_t inf_msg_id;
+  uint16_t inf_topic_id;
+  uint8_t inf_tries;
+  uint64_t inf_deadline;
+  uint16_t next_msg_id;
+
+  /* Uplink. */
+  struct uppending *upp;
+  uint16_t qos2_ids[8];         /* QoS 2 msg ids relayed, waiting for PUBREL */
+  uint8_t n_qos2;
+
+  uv_timer_t timer;
+  uint64_t timer_due;           /* 0 when not armed */
+  uint64_t msgs_in;             /* publishes from the leaf */
+  uint64_t msgs_out;            /* publishes to the leaf */
+};
+
+struct leaves {
+  struct leaves_env env;
+  uv_loop_t *loop;              /* env.loop, env.cfg, env.m, shortened */
+  const struct gw_config *cfg;
+  struct metrics *m;
+  struct udp *udp;
+
+  struct session **by_id;
+  struct session **by_addr;
+  size_t nbuckets;              /* power of two, shared by both tables */
+  size_t nsessions;
+
+  uv_timer_t adv_timer;
+  bool adv_started;
+  bool stopping;
+
+  uint8_t tx[65540];            /* encode buffer for datagrams */
+};
+
+/* The uplink operations, for the session's upstream. */
+#define SESS_UP(s) ((s)->lv->env.up)
+#define SESS_UP_CTX(s) ((s)->lv->env.up_ctx)
+
+/* table.c */
+bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b);
+void leaves_addr_str(const struct sockaddr *a, char *out, size_t cap);
+int leaves_table_init(struct leaves *lv);
+void leaves_table_free(struct leaves *lv);
+struct session *leaves_by_id(struct leaves *lv, const char *id, size_t len);
+struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr);
+void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr);
+void leaves_unbind_addr(struct leaves *lv, struct session *s);
+/* A new session record for id, evicting a record without a connection when
+ * the table holds lan.max_leaves.  NULL when full or out of memory. */
+struct session *leaves_add(struct leaves *lv, const char *id, size_t len);
+/* Takes s out of both tables and frees it (asynchronously: its timer). */
+void leaves_remove(struct leaves *lv, struct session *s);
+
+/* reply.c */
+int leaves_send(struct leaves *lv, const struct sockaddr *to, const struct mqttsn_msg *msg);
+/* A message with no fields but its type (PINGRESP, DISCONNECT, WILLTOPICREQ...). */
+int leaves_reply(struct leaves *lv, const struct sockaddr *to, enum mqttsn_type t);
+int leaves_reply_connack(struct leaves *lv, const struct sockaddr *to, uint8_t rc);
+/* A message whose only field is a MsgId (PUBREC, PUBREL, PUBCOMP, UNSUBACK). */
+int leaves_reply_msgid(struct leaves *lv, const struct sockaddr *to, enum mqttsn_type t,
+                       uint16_t msg_id);
+void leaves_event(struct leaves *lv, const char *type, const char *client_id, const char *key,
+                  const char *value);
+void leaves_event2(struct leaves *lv, const char *type, const char *client_id, const char *key,
+                   const char *value, const char *key2, const char *value2);
+
+/* session.c */
+struct session *sess_new(struct leaves *lv, const char *id, size_t len);
+/* Frees the session once its timer is closed; it must already be out of the
+ * tables and detached from its upstream. */
+void sess_free(struct session *s);
+void sess_set_state(struct session *s, enum sess_state st);
+const char *sess_state_name(enum sess_state st);
+/* The state as the API shows it: "connecting" for the waits. */
+const char *sess_public_state(enum sess_state st);
+bool sess_is_live(const struct session *s);
+void sess_count(const struct session *s, struct metrics *m);
+void sess_arm(struct session *s);
+/* MQTT-SN §7.2: a timer's tolerance above the indicated seconds. */
+uint64_t sess_tolerance_ms(uint32_t seconds);
+void sess_send(struct session *s, const struct mqttsn_msg *m);
+/* To the leaf: a message of only its type, or of a MsgId. */
+void sess_reply(struct session *s, enum mqttsn_type t);
+void sess_reply_msgid(struct session *s, enum mqttsn_type t, uint16_t msg_id);
+void sess_send_puback(struct session *s, uint16_t topic_id, uint16_t msg_id, uint8_t rc);
+void sess_on_message(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
+void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
+void sess_on_wake(struct session *s, const struct sockaddr *from);
+void sess_on_provisioned(struct session *s, bool ok);
+/* Ends the session: DISCONNECT to the leaf when notify, graceful upstream
+ * stop (no will). */
+void sess_shutdown(struct session *s, bool notify);
+/* Lets go of the upstream (see sess_up.c). */
+void sess_end_upstream(struct session *s, bool graceful, bool publish_will);
+/* The upstream is gone for good: the leaf is told. */
+void sess_give_up(struct session *s, const char *why, uint8_t connack_rc);
+void sess_connect_done(struct session *s);
+
+/* sess_up.c */
+void sess_on_publish(struct session *s, const struct mqttsn_publish *p);
+void sess_on_pubrel(struct session *s, uint16_t msg_id);
+void sess_on_register(struct session *s, const struct mqttsn_register *r);
+void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, bool unsub);
+void sess_resubscribe(struct session *s);
+void sess_free_subs(struct session *s);
+void sess_free_psubs(struct session *s);
+/* Orphans the leaf's publishes waiting for the broker (the link is going). */
+void sess_orphan_pending(struct session *s);
+
+/* sess_down.c */
+void sess_pump(struct session *s);
+void sess_send_inflight(struct session *s, bool dup);
+void sess_clear_queue(struct session *s, bool ack_upstream);
+void sess_on_regack(struct session *s, const struct mqttsn_regack *r);
+void sess_on_puback(struct session *s, const struct mqttsn_puback *p);
+void sess_go_asleep(struct session *s);
+
+#endif

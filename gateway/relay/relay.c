@@ -1,0 +1,383 @@
+/*
+ * relay.c - one upstream per leaf behind the session's uplink interface
+ * (see relay.h).
+ *
+ * A link is the glue between a session and one upstream instance.  The
+ * upstream's callbacks get the link; when the session lets go of it
+ * (ops->close) link->s becomes NULL, the upstream closes asynchronously and
+ * the link is freed in on_closed.  So a callback never reaches a freed
+ * session: reports for a detached link pass NULL (session.h).
+ */
+#include "relay.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "drain.h"
+#include "log.h"
+#include "metrics.h"
+#include "provision.h"
+#include "tls.h"
+#include "upstream.h"
+
+#define MOD "relay"
+
+struct sess_link {
+  struct session *s;             /* NULL once the session let go */
+  struct relay *r;
+  struct upstream *u;
+};
+
+struct relay {
+  struct relay_env env;
+  struct sess_link *qm1;         /* the gateway-level session for QoS -1, or NULL */
+};
+
+/* Upstream options for client_id from the configuration; cert and key are
+ * per-connection certificate files (NULL: the context's). */
+static void upstream_opts(const struct relay *r, struct upstream_opts *o, const char *client_id,
+                          const char *cert, const char *key)
+{
+  const struct gw_config *cfg = r->env.cfg;
+  memset(o, 0, sizeof *o);
+  o->host = cfg->upstream.host;
+  o->port = cfg->upstream.port;
+  o->tls = r->env.tls;
+  o->alpn = cfg->upstream.alpn;
+  o->cert_file = cert;
+  o->key_file = key;
+  o->client_id = client_id;
+  o->username = cfg->upstream.username;
+  o->password = cfg->upstream.password;
+  o->keepalive = cfg->upstream.keepalive_s;
+  o->clean_session = cfg->upstream.clean_session;
+  o->connect_timeout_ms = cfg->upstream.connect_timeout_ms;
+  o->backoff_base_ms = cfg->upstream.backoff_base_ms;
+  o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
+  o->max_queue = cfg->upstream.max_queue;
+  o->max_packet = cfg->upstream.max_packet;
+  o->pacer = r->env.pacer;
+}
+
+static int map_err(int rc)
+{
+  if (rc == UPSTREAM_OK)
+    return SESS_UP_OK;
+  return rc == UPSTREAM_EFULL ? SESS_UP_FULL : SESS_UP_ERROR;
+}
+
+/* ---- the upstream's callbacks for a leaf's link ------------------------- */
+
+static void up_on_up(void *ud, bool session_present)
+{
+  struct sess_link *l = ud;
+  if (!l->s)
+    return;
+  l->r->env.m->upstream_connects++;
+  sess_up_up(l->s, session_present);
+}
+
+static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint32_t retry_ms)
+{
+  struct sess_link *l = ud;
+  static struct log_ratelimit rl;
+  if (!l->s)
+    return;
+  log_ratelimited(&rl, LOG_WARN, MOD, "%s: upstream down (%s%s%s), retry in %u ms",
+                  upstream_client_id(l->u), upstream_reason_str(why),
+                  why == UPSTREAM_R_CONNACK ? ": " : "",
+                  why == UPSTREAM_R_CONNACK ? "refused" : "", retry_ms);
+  /* CONNACK 2 (identifier rejected), 4 (bad user name or password) and 5
+   * (not authorized) refuse the identity itself: retrying will not help. */
+  sess_up_down(l->s, why == UPSTREAM_R_CONNACK &&
+                         (connack_rc == 2 || connack_rc == 4 || connack_rc == 5));
+}
+
+static void up_on_message(void *ud, const char *topic, size_t topic_len, const uint8_t *payload,
+                          size_t len, int qos, bool retain, uint16_t packet_id)
+{
+  struct sess_link *l = ud;
+  /* Never acknowledged for a gone leaf: the broker delivers it again to the
+   * next session of the same client id. */
+  if (l->s)
+    sess_up_message(l->s, topic, topic_len, payload, len, qos, retain, packet_id);
+}
+
+static void up_on_puback(void *ud, void *token)
+{
+  struct sess_link *l = ud;
+  sess_up_acked(l->s, token);
+}
+
+static void up_on_dropped(void *ud, void *token)
+{
+  struct sess_link *l = ud;
+  l->r->env.m->queue_discarded++;
+  sess_up_dropped(l->s, token);
+}
+
+static void up_on_suback(void *ud, uint16_t packet_id, const uint8_t *codes, size_t n)
+{
+  struct sess_link *l = ud;
+  if (l->s)
+    sess_up_suback(l->s, packet_id, codes, n);
+}
+
+static void up_on_unsuback(void *ud, uint16_t packet_id)
+{
+  struct sess_link *l = ud;
+  if (l->s)
+    sess_up_unsuback(l->s, packet_id);
+}
+
+static void up_on_closed(void *ud)
+{
+  struct sess_link *l = ud;
+  struct drain *d = l->r->env.drain;
+  sess_up_closed(l->s, l);
+  free(l);
+  drain_release(d);
+}
+
+static const struct upstream_cbs leaf_cbs = {
+    .on_up = up_on_up,
+    .on_down = up_on_down,
+    .on_message = up_on_message,
+    .on_puback = up_on_puback,
+    .on_suback = up_on_suback,
+    .on_unsuback = up_on_unsuback,
+    .on_dropped = up_on_dropped,
+    .on_closed = up_on_closed,
+};
+
+/* ---- the uplink interface ----------------------------------------------- */
+
+/* Creates and starts the leaf's upstream session with its identity: the
+ * client id (the thing name once provisioned) and its TLS client identity
+ * (NULL: the configured certificate, or <cert_dir>/<ClientId>.crt). */
+static int start_upstream(struct relay *r, struct session *s, const struct sess_open *so,
+                          const struct provision_identity *id, struct sess_link **out)
+{
+  const struct gw_config *cfg = r->env.cfg;
+  struct upstream_opts o;
+  struct sess_link *l;
+  char cert[4096], key[4096];
+  const char *certp = NULL, *keyp = NULL;
+
+  if (cfg->upstream.cert_dir && !id->tls) {
+    snprintf(cert, sizeof cert, "%s/%s.crt", cfg->upstream.cert_dir, so->client_id);
+    snprintf(key, sizeof key, "%s/%s.key", cfg->upstream.cert_dir, so->client_id);
+    certp = cert;
+    keyp = key;
+  }
+  upstream_opts(r, &o, id->thing_name, certp, keyp);
+  o.identity = id->tls;
+  o.clean_session = cfg->upstream.clean_session && so->clean;
+  if (so->will_topic) {
+    o.will.topic = so->will_topic;
+    o.will.payload = so->will_msg;
+    o.will.payload_len = so->will_msg_len;
+    o.will.qos = so->will_qos;
+    o.will.retain = so->will_retain;
+  }
+  l = calloc(1, sizeof *l);
+  if (!l)
+    return -1;
+  l->s = s;
+  l->r = r;
+  if (upstream_new(r->env.loop, &o, &leaf_cbs, l, &l->u) != UPSTREAM_OK) {
+    free(l);
+    return -1;
+  }
+  if (upstream_start(l->u) != UPSTREAM_OK) {
+    l->s = NULL;
+    drain_hold(r->env.drain);
+    upstream_stop(l->u, false);
+    return -1;
+  }
+  *out = l;
+  return 0;
+}
+
+static int op_open(void *ctx, struct session *s, const struct sess_open *so,
+                   struct sess_link **link, char *reason, size_t cap)
+{
+  struct relay *r = ctx;
+  struct provision_identity id;
+  int st, rc;
+
+  *link = NULL;
+  st = provision_ensure(r->env.prov, so->client_id, &id, reason, cap);
+  if (st == PROVISION_PENDING)
+    return SESS_OPEN_PENDING;
+  if (st == PROVISION_REFUSED)
+    return SESS_OPEN_REFUSED;
+  rc = start_upstream(r, s, so, &id, link);
+  tls_identity_unref(id.tls);
+  return rc == 0 ? SESS_OPEN_OK : SESS_OPEN_ERROR;
+}
+
+static void op_close(void *ctx, struct sess_link *l, bool graceful)
+{
+  struct relay *r = ctx;
+  l->s = NULL;
+  drain_hold(r->env.drain);
+  upstream_stop(l->u, graceful);
+}
+
+static int op_publish(void *ctx, struct sess_link *l, const char *topic, size_t topic_len,
+                      const uint8_t *payload, size_t len, int qos, bool retain, void *token)
+{
+  (void)ctx;
+  return map_err(upstream_publish(l->u, topic, topic_len, payload, len, qos, retain, token));
+}
+
+static int op_subscribe(void *ctx, struct sess_link *l, const char *filter, size_t len, int qos,
+                        uint16_t *pid)
+{
+  (void)ctx;
+  return map_err(upstream_subscribe(l->u, filter, len, qos, pid));
+}
+
+static int op_unsubscribe(void *ctx, struct sess_link *l, const char *filter, size_t len,
+                          uint16_t *pid)
+{
+  (void)ctx;
+  return map_err(upstream_unsubscribe(l->u, filter, len, pid));
+}
+
+static void op_puback(void *ctx, struct sess_link *l, uint16_t pid)
+{
+  (void)ctx;
+  upstream_puback(l->u, pid);
+}
+
+static int op_publish_anon(void *ctx, const char *topic, size_t topic_len,
+                           const uint8_t *payload, size_t len, bool retain)
+{
+  struct relay *r = ctx;
+  if (!r->qm1)
+    return SESS_UP_ERROR;
+  return map_err(upstream_publish(r->qm1->u, topic, topic_len, payload, len, 0, retain, NULL));
+}
+
+static const struct sess_uplink_ops ops = {
+    .open = op_open,
+    .close = op_close,
+    .publish = op_publish,
+    .subscribe = op_subscribe,
+    .unsubscribe = op_unsubscribe,
+    .puback = op_puback,
+    .publish_anon = op_publish_anon,
+};
+
+const struct sess_uplink_ops *relay_ops(void)
+{
+  return &ops;
+}
+
+/* ---- the QoS -1 session ------------------------------------------------- */
+
+static void qm1_on_up(void *ud, bool sp)
+{
+  struct sess_link *l = ud;
+  (void)sp;
+  LOGI(MOD, "QoS -1 upstream session up");
+  l->r->env.m->upstream_connects++;
+}
+
+static void qm1_on_down(void *ud, enum upstream_reason why, int rc, uint32_t retry)
+{
+  struct sess_link *l = ud;
+  (void)rc;
+  l->r->env.m->upstream_failures++;
+  LOGW(MOD, "QoS -1 upstream session down (%s), retry in %u ms", upstream_reason_str(why), retry);
+}
+
+static void qm1_on_message(void *ud, const char *t, size_t tl, const uint8_t *p, size_t n, int q,
+                           bool rt, uint16_t pid)
+{
+  struct sess_link *l = ud;
+  (void)t; (void)tl; (void)p; (void)n; (void)rt;
+  if (q > 0)
+    upstream_puback(l->u, pid);
+}
+
+static void qm1_noop_token(void *ud, void *token) { (void)ud; (void)token; }
+
+static void qm1_on_suback(void *ud, uint16_t pid, const uint8_t *c, size_t n)
+{
+  (void)ud; (void)pid; (void)c; (void)n;
+}
+
+static void qm1_on_unsuback(void *ud, uint16_t pid) { (void)ud; (void)pid; }
+
+static void qm1_on_closed(void *ud)
+{
+  struct sess_link *l = ud;
+  struct drain *d = l->r->env.drain;
+  free(l);
+  drain_release(d);
+}
+
+static const struct upstream_cbs qm1_cbs = {
+    .on_up = qm1_on_up,
+    .on_down = qm1_on_down,
+    .on_message = qm1_on_message,
+    .on_puback = qm1_noop_token,
+    .on_suback = qm1_on_suback,
+    .on_unsuback = qm1_on_unsuback,
+    .on_dropped = qm1_noop_token,
+    .on_closed = qm1_on_closed,
+};
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+int relay_new(const struct relay_env *env, struct relay **out)
+{
+  struct relay *r = calloc(1, sizeof *r);
+  if (!r)
+    return UV_ENOMEM;
+  r->env = *env;
+  *out = r;
+  return 0;
+}
+
+int relay_start(struct relay *r)
+{
+  const char *id = r->env.cfg->upstream.qos_m1_client_id;
+  struct upstream_opts o;
+  struct sess_link *l;
+
+  if (!id)
+    return 0;
+  l = calloc(1, sizeof *l);
+  if (!l)
+    return UV_ENOMEM;
+  l->r = r;
+  upstream_opts(r, &o, id, NULL, NULL);
+  if (upstream_new(r->env.loop, &o, &qm1_cbs, l, &l->u) != UPSTREAM_OK) {
+    free(l);
+    LOGE(MOD, "cannot create the QoS -1 upstream session");
+    return UV_ENOMEM;
+  }
+  r->qm1 = l;
+  upstream_start(l->u);
+  return 0;
+}
+
+void relay_stop(struct relay *r)
+{
+  if (!r->qm1)
+    return;
+  drain_hold(r->env.drain);
+  upstream_stop(r->qm1->u, true);
+  r->qm1 = NULL;
+}
+
+void relay_free(struct relay *r)
+{
+  free(r);
+}
