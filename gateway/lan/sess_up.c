@@ -350,97 +350,113 @@ void sess_on_register(struct session *s, const struct mqttsn_register *r)
   sess_send(s, &m);
 }
 
-void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, bool unsub)
+/* The filter a SUBSCRIBE/UNSUBSCRIBE names, by its topic id type: *filter
+ * (a short name is written into shortbuf[3]), *flen and the topic id for the
+ * SUBACK.  Returns MQTTSN_RC_ACCEPTED or the return code to refuse with. */
+static uint8_t sub_filter(struct session *s, const struct mqttsn_subscribe *sb, bool unsub,
+                          char *shortbuf, const char **filter, size_t *flen, uint16_t *topic_id)
 {
-  struct mqttsn_msg m;
-  char shortbuf[3];
-  const char *filter = NULL;
-  size_t flen = 0;
-  uint16_t topic_id = 0, pid = 0;
-  int rc;
-  struct pending_sub *p;
-  uint8_t qos = (uint8_t)(sb->flags.qos > 1 ? 1 : (sb->flags.qos < 0 ? 0 : sb->flags.qos));
-  unsigned npending = 0;
-
-  memset(&m, 0, sizeof m);
-  m.type = MQTTSN_SUBACK;
-  m.u.suback.msg_id = sb->msg_id;
-  /* §6.9: one SUBSCRIBE/UNSUBSCRIBE outstanding per client.  A few are
-   * tolerated; a leaf that floods them while the broker is slow gets
-   * "congestion" instead of growing the pending list without bound. */
-  for (p = s->psubs; p; p = p->next)
-    if (!p->internal)
-      npending++;
-  if (npending >= MAX_PENDING_SUBS) {
-    s->lv->m->uplink_congestion++;
-    if (unsub)
-      return; /* UNSUBACK has no return code: the leaf retries after T_RETRY */
-    m.u.suback.rc = MQTTSN_RC_CONGESTION;
-    sess_send(s, &m);
-    return;
-  }
   switch (sb->flags.topic_type) {
   case MQTTSN_TOPIC_NORMAL:
-    filter = (const char *)sb->topic_name.p;
-    flen = sb->topic_name.len;
-    if (!topic_filter_is_valid(filter, flen)) {
-      m.u.suback.rc = MQTTSN_RC_NOT_SUPPORTED;
-      goto reply_error;
-    }
+    *filter = (const char *)sb->topic_name.p;
+    *flen = sb->topic_name.len;
+    if (!topic_filter_is_valid(*filter, *flen))
+      return MQTTSN_RC_NOT_SUPPORTED;
     /* §5.4.16: a filter with wildcards gets TopicId 0x0000 (some gateways
      * allocate one anyway; we follow the specification).  A plain name gets
      * its id now so the leaf needs no REGISTER for it. */
-    if (!unsub && !topic_filter_has_wildcard(filter, flen)) {
-      struct topic_entry *e = topics_add(&s->topics, filter, flen);
-      if (!e) {
-        m.u.suback.rc = MQTTSN_RC_CONGESTION;
-        goto reply_error;
-      }
+    if (!unsub && !topic_filter_has_wildcard(*filter, *flen)) {
+      struct topic_entry *e = topics_add(&s->topics, *filter, *flen);
+      if (!e)
+        return MQTTSN_RC_CONGESTION;
       e->known_by_leaf = true;
-      topic_id = e->id;
+      *topic_id = e->id;
     }
-    break;
+    return MQTTSN_RC_ACCEPTED;
   case MQTTSN_TOPIC_PREDEFINED:
-    filter = topics_predefined_name(s->lv->cfg, sb->topic_id);
-    if (!filter) {
-      m.u.suback.rc = MQTTSN_RC_INVALID_TOPIC_ID;
-      goto reply_error;
-    }
-    flen = strlen(filter);
-    topic_id = sb->topic_id;
-    break;
+    *filter = topics_predefined_name(s->lv->cfg, sb->topic_id);
+    if (!*filter)
+      return MQTTSN_RC_INVALID_TOPIC_ID;
+    *flen = strlen(*filter);
+    *topic_id = sb->topic_id;
+    return MQTTSN_RC_ACCEPTED;
   case MQTTSN_TOPIC_SHORT:
     shortbuf[0] = (char)(sb->topic_id >> 8);
     shortbuf[1] = (char)(sb->topic_id & 0xFF);
     shortbuf[2] = '\0';
-    filter = shortbuf;
-    flen = 2;
-    topic_id = sb->topic_id;
-    if (!topic_filter_is_valid(filter, flen)) {
-      m.u.suback.rc = MQTTSN_RC_INVALID_TOPIC_ID;
-      goto reply_error;
-    }
-    break;
+    *filter = shortbuf;
+    *flen = 2;
+    *topic_id = sb->topic_id;
+    return topic_filter_is_valid(*filter, *flen) ? MQTTSN_RC_ACCEPTED
+                                                 : MQTTSN_RC_INVALID_TOPIC_ID;
   default:
-    m.u.suback.rc = MQTTSN_RC_NOT_SUPPORTED;
-    goto reply_error;
+    return MQTTSN_RC_NOT_SUPPORTED;
   }
+}
 
+/* SUBSCRIBEs and UNSUBSCRIBEs of the leaf waiting for the broker. */
+static unsigned leaf_pending_subs(const struct session *s)
+{
+  unsigned n = 0;
+  for (const struct pending_sub *p = s->psubs; p; p = p->next)
+    if (!p->internal)
+      n++;
+  return n;
+}
+
+/* Answers a SUBSCRIBE (SUBACK with rc) or an UNSUBSCRIBE (UNSUBACK, which
+ * has no return code) without asking the broker. */
+static void sub_reply_now(struct session *s, const struct mqttsn_subscribe *sb, bool unsub,
+                          uint8_t rc)
+{
+  struct mqttsn_msg m;
+  if (unsub) {
+    sess_reply_msgid(s, MQTTSN_UNSUBACK, sb->msg_id);
+    return;
+  }
+  memset(&m, 0, sizeof m);
+  m.type = MQTTSN_SUBACK;
+  m.u.suback.msg_id = sb->msg_id;
+  m.u.suback.rc = rc;
+  sess_send(s, &m);
+}
+
+void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, bool unsub)
+{
+  char shortbuf[3];
+  const char *filter = NULL;
+  size_t flen = 0;
+  uint16_t topic_id = 0, pid = 0;
+  struct pending_sub *p;
+  uint8_t qos = (uint8_t)(sb->flags.qos > 1 ? 1 : (sb->flags.qos < 0 ? 0 : sb->flags.qos));
+  uint8_t rc;
+
+  /* §6.9: one SUBSCRIBE/UNSUBSCRIBE outstanding per client.  A few are
+   * tolerated; a leaf that floods them while the broker is slow gets
+   * "congestion" instead of growing the pending list without bound. */
+  if (leaf_pending_subs(s) >= MAX_PENDING_SUBS) {
+    s->lv->m->uplink_congestion++;
+    if (!unsub) /* UNSUBACK has no return code: the leaf retries after T_RETRY */
+      sub_reply_now(s, sb, false, MQTTSN_RC_CONGESTION);
+    return;
+  }
+  rc = sub_filter(s, sb, unsub, shortbuf, &filter, &flen, &topic_id);
+  if (rc != MQTTSN_RC_ACCEPTED) {
+    sub_reply_now(s, sb, unsub, rc);
+    return;
+  }
   if (unsub) {
     forget_sub(s, filter, (uint16_t)flen);
-    rc = SESS_UP(s)->unsubscribe(SESS_UP_CTX(s), s->link, filter, flen, &pid);
-    if (rc != SESS_UP_OK) {
+    if (SESS_UP(s)->unsubscribe(SESS_UP_CTX(s), s->link, filter, flen, &pid) != SESS_UP_OK) {
       /* The upstream is reconnecting: the subscription is gone from our list,
        * so it is not restored; acknowledge now. */
-      sess_reply_msgid(s, MQTTSN_UNSUBACK, sb->msg_id);
+      sub_reply_now(s, sb, true, 0);
       return;
     }
-  } else {
-    rc = SESS_UP(s)->subscribe(SESS_UP_CTX(s), s->link, filter, flen, qos, &pid);
-    if (rc != SESS_UP_OK) {
-      m.u.suback.rc = MQTTSN_RC_CONGESTION;
-      goto reply_error;
-    }
+  } else if (SESS_UP(s)->subscribe(SESS_UP_CTX(s), s->link, filter, flen, qos, &pid) !=
+             SESS_UP_OK) {
+    sub_reply_now(s, sb, false, MQTTSN_RC_CONGESTION);
+    return;
   }
   p = calloc(1, sizeof *p + flen + 1);
   if (!p)
@@ -454,12 +470,4 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
   memcpy(p->filter, filter, flen);
   p->next = s->psubs;
   s->psubs = p;
-  return;
-
-reply_error:
-  if (unsub) {
-    sess_reply_msgid(s, MQTTSN_UNSUBACK, sb->msg_id);
-    return;
-  }
-  sess_send(s, &m);
 }
