@@ -15,12 +15,13 @@
  */
 #include "web_int.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
+
+#include "log.h"
+#include "secret.h"
+
+#define MOD "web"
 
 enum {
   STOP_POLL_MS = 10,
@@ -30,33 +31,20 @@ enum {
 };
 
 /* lws's own errors and warnings, in our format (lines end in '\n').  Most
- * are about one misbehaving client, so at most LWS_LOG_BURST lines per
- * 10 s window get through. */
+ * are about one misbehaving client, which can make lws say them at will, so
+ * they go through the rate limiter. */
 static void lws_log_emit(int level, const char *line)
 {
-  enum { LWS_LOG_BURST = 20 };
-  static time_t window;
-  static unsigned count, suppressed;
-  time_t now = time(NULL);
+  static struct log_ratelimit rl;
   size_t n = strlen(line);
 
-  if (now - window >= 10) {
-    if (suppressed)
-      web_log(WEB_LOG_WARN, "lws: (%u similar messages suppressed)", suppressed);
-    window = now;
-    count = suppressed = 0;
-  }
-  if (++count > LWS_LOG_BURST) {
-    suppressed++;
-    return;
-  }
   while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
     n--;
   /* Warnings, even lws's "errors": most are about one bad client (for
    * example "Ran out of header data space"), and our own code logs the
    * failures that matter (such as not being able to listen) as errors. */
   (void)level;
-  web_log(WEB_LOG_WARN, "lws: %.*s", (int)n, line);
+  log_ratelimited(&rl, LOG_WARN, MOD, "lws: %.*s", (int)n, line);
 }
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -106,14 +94,9 @@ static const lws_retry_bo_t idle_policy = {
 static void free_web(struct web *w)
 {
   free(w->bind);
-  if (w->admin_token) {
-    memset(w->admin_token, 0, strlen(w->admin_token));
-    free(w->admin_token);
-  }
-  if (w->read_token) {
-    memset(w->read_token, 0, strlen(w->read_token));
-    free(w->read_token);
-  }
+  /* A memset before free() may be optimised away; secret_free's wipe is not. */
+  secret_free(w->admin_token);
+  secret_free(w->read_token);
   free(w->tls_cert_file);
   free(w->tls_key_file);
   free(w->static_dir);
@@ -176,8 +159,7 @@ static void stop_poll(uv_timer_t *t)
     } else {
       /* Freeing the context now would leave lws's handles pointing at
        * freed memory; leaking it is the lesser evil. */
-      web_log(WEB_LOG_WARN, "libwebsockets still has %u handles open; not waiting longer",
-              ws.left);
+      LOGW(MOD, "libwebsockets still has %u handles open; not waiting longer", ws.left);
     }
   }
   uv_timer_stop(t);
@@ -200,7 +182,7 @@ static void begin_stop(struct web *w, bool destroying, void (*done)(void *), voi
   uv_timer_init(w->loop, &w->stop_timer);
   w->stop_timer.data = w;
   uv_timer_start(&w->stop_timer, stop_poll, 0, STOP_POLL_MS);
-  web_log(WEB_LOG_INFO, "stopping");
+  LOGI(MOD, "stopping");
 }
 
 int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struct web **out)
@@ -212,12 +194,12 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
 
   *out = NULL;
   if (!opts->admin_token || strlen(opts->admin_token) < 8) {
-    web_log(WEB_LOG_ERROR, "an admin token of at least 8 characters is required");
+    LOGE(MOD, "an admin token of at least 8 characters is required");
     return -1;
   }
   w = calloc(1, sizeof *w);
   if (!w) {
-    web_log(WEB_LOG_ERROR, "out of memory");
+    LOGE(MOD, "out of memory");
     return -1;
   }
   w->loop = loop;
@@ -233,7 +215,7 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
   w->open_metrics = opts->open_metrics;
   w->max_body = opts->max_body ? opts->max_body : 64 * 1024;
   if (!ok) {
-    web_log(WEB_LOG_ERROR, "out of memory");
+    LOGE(MOD, "out of memory");
     goto fail_free_web;
   }
 
@@ -271,23 +253,21 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
   info.pcontext = &w->ctx;
   w->ctx = lws_create_context(&info);
   if (!w->ctx) {
-    web_log(WEB_LOG_ERROR, "cannot listen on %s:%u", w->bind ? w->bind : "*",
-            (unsigned)opts->port);
+    LOGE(MOD, "cannot listen on %s:%u", w->bind ? w->bind : "*", (unsigned)opts->port);
     goto fail_free_web;
   }
   /* lws 4.1 returns a context even when the vhost could not listen. */
   w->vhost = lws_get_vhost_by_name(w->ctx, "fleetgw");
   w->port = w->vhost ? lws_get_vhost_listen_port(w->vhost) : -1;
   if (w->port <= 0) {
-    web_log(WEB_LOG_ERROR, "cannot listen on %s:%u", w->bind ? w->bind : "*",
-            (unsigned)opts->port);
+    LOGE(MOD, "cannot listen on %s:%u", w->bind ? w->bind : "*", (unsigned)opts->port);
     /* The context may already have handles on the loop: take it down the
      * asynchronous way; the loop finishes it (and frees w) if it runs. */
     begin_stop(w, true, NULL, NULL);
     return -1;
   }
-  web_log(WEB_LOG_INFO, "listening on %s://%s:%d/", info.ssl_cert_filepath ? "https" : "http",
-          w->bind ? w->bind : "*", w->port);
+  LOGI(MOD, "listening on %s://%s:%d/", info.ssl_cert_filepath ? "https" : "http",
+       w->bind ? w->bind : "*", w->port);
   *out = w;
   return 0;
 

@@ -3,9 +3,11 @@
  *
  * One request at a time per connection: LWS_CALLBACK_HTTP looks at the
  * method, path and Content-Length; a body is accumulated (never more than
- * max_body bytes); then the request is dispatched and the whole reply is
- * built in memory (bounded: the largest list is 1,000 rows) and written from
- * LWS_CALLBACK_HTTP_WRITEABLE in chunks, one lws_write per callback.
+ * max_body bytes); then the request is dispatched through one table of
+ * routes (web_routes: method, path pattern, token, handler) and the whole
+ * reply is built in memory (bounded: the largest list is 1,000 rows) and
+ * written from LWS_CALLBACK_HTTP_WRITEABLE in chunks, one lws_write per
+ * callback.
  * Every reply, error or not, is counted with api_count_http().
  */
 #define _XOPEN_SOURCE 700 /* realpath() */
@@ -23,6 +25,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "log.h"
+
+#define MOD "web"
 
 enum {
   WRITE_CHUNK = 32 * 1024,       /* bytes per lws_write */
@@ -80,7 +86,7 @@ static int reply_copy(struct lws *wsi, struct web *w, struct web_http_conn *c, i
 {
   unsigned char *out = out_alloc(len);
   if (!out) {
-    web_log(WEB_LOG_ERROR, "out of memory for a %zu-byte reply", len);
+    LOGE(MOD, "out of memory for a %zu-byte reply", len);
     return -1; /* closes the connection: nothing better is possible */
   }
   if (len)
@@ -100,7 +106,7 @@ static int reply_error(struct lws *wsi, struct web *w, struct web_http_conn *c, 
     text = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   if (!text) {
-    web_log(WEB_LOG_ERROR, "out of memory for an error reply");
+    LOGE(MOD, "out of memory for an error reply");
     return -1;
   }
   rc = reply_copy(wsi, w, c, status, CT_JSON, text, strlen(text));
@@ -328,7 +334,7 @@ static void add_num(cJSON *o, const char *k, double v, bool *ok)
     *ok = false;
 }
 
-static cJSON *device_json(const struct api_device *d)
+cJSON *web_device_json(const struct api_device *d)
 {
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
@@ -369,12 +375,7 @@ static cJSON *device_json(const struct api_device *d)
   return o;
 }
 
-struct list_ctx {
-  cJSON *items;
-  bool ok;
-};
-
-static int add_item(struct list_ctx *lc, cJSON *item)
+static int add_item(struct web_rows *lc, cJSON *item)
 {
   if (!item || !cJSON_AddItemToArray(lc->items, item)) {
     cJSON_Delete(item);
@@ -395,12 +396,12 @@ static int add_row(void *ud, cJSON *o, bool ok)
   return add_item(ud, o);
 }
 
-static int device_row(void *ud, const struct api_device *d)
+int web_device_row(void *ud, const struct api_device *d)
 {
-  return add_item(ud, device_json(d));
+  return add_item(ud, web_device_json(d));
 }
 
-static int cert_row(void *ud, const struct api_cert *cr)
+int web_cert_row(void *ud, const struct api_cert *cr)
 {
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
@@ -416,7 +417,7 @@ static int cert_row(void *ud, const struct api_cert *cr)
   return add_row(ud, o, ok);
 }
 
-static int audit_row(void *ud, const struct api_audit *a)
+int web_audit_row(void *ud, const struct api_audit *a)
 {
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
@@ -431,18 +432,29 @@ static int audit_row(void *ud, const struct api_audit *a)
   return add_row(ud, o, ok);
 }
 
-static int allow_row(void *ud, const char *entry, int64_t added_at)
+/* An allowlist entry, as listed and as answered to its POST. */
+static cJSON *allow_json(const char *entry, int64_t added_at)
 {
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
-  if (o) {
-    add_str(o, "entry", entry, &ok);
-    add_num(o, "added_at", (double)added_at, &ok);
+
+  if (!o)
+    return NULL;
+  add_str(o, "entry", entry, &ok);
+  add_num(o, "added_at", (double)added_at, &ok);
+  if (!ok) {
+    cJSON_Delete(o);
+    return NULL;
   }
-  return add_row(ud, o, ok);
+  return o;
 }
 
-static int sub_row(void *ud, const char *filter, int qos)
+int web_allow_row(void *ud, const char *entry, int64_t added_at)
+{
+  return add_item(ud, allow_json(entry, added_at));
+}
+
+int web_sub_row(void *ud, const char *filter, int qos)
 {
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
@@ -455,7 +467,7 @@ static int sub_row(void *ud, const char *filter, int qos)
 
 /* {"items": [...], "total": N, "offset": O, "limit": L}; takes items. */
 static int reply_list(struct lws *wsi, struct web *w, struct web_http_conn *c, int rc,
-                      struct list_ctx *lc, int64_t total, const struct page *pg)
+                      struct web_rows *lc, int64_t total, const struct page *pg)
 {
   bool ok = lc->ok;
   cJSON *o;
@@ -484,7 +496,13 @@ static int reply_list(struct lws *wsi, struct web *w, struct web_http_conn *c, i
 
 /* ---- handlers ------------------------------------------------------------- */
 
-static int h_status(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_health(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
+{
+  static const char ok[] = "{\"status\":\"ok\"}";
+  return reply_copy(wsi, w, c, 200, CT_JSON, ok, sizeof ok - 1);
+}
+
+int web_h_status(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   struct api_status st;
   bool ok = true;
@@ -530,11 +548,11 @@ static int h_status(struct lws *wsi, struct web *w, struct web_http_conn *c)
   return reply_json(wsi, w, c, 200, o);
 }
 
-static int h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   char state[32], q[ARG_MAX_LEN];
   struct page pg;
-  struct list_ctx lc = {NULL, true};
+  struct web_rows lc = {NULL, true};
   int64_t total = 0;
   bool replied;
   int r, rc;
@@ -567,25 +585,15 @@ static int h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c)
   if (!lc.items)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
   rc = api_devices_list(w->gw, has_state ? state : NULL, has_q ? q : NULL,
-                        has_sort ? sort : NULL, pg.offset, pg.limit, device_row, &lc, &total);
+                        has_sort ? sort : NULL, pg.offset, pg.limit, web_device_row, &lc,
+                        &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 
-/* Copies the ClientId (or allowlist entry) out of the path.  false if it
- * cannot be one. */
-static bool path_arg(const struct web_route *rt, char *out, size_t cap)
-{
-  if (rt->arg_len == 0 || rt->arg_len >= cap)
-    return false;
-  memcpy(out, rt->arg, rt->arg_len);
-  out[rt->arg_len] = '\0';
-  return true;
-}
-
-static int h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+int web_h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
 {
   struct api_device *d = calloc(1, sizeof *d);
-  struct list_ctx lc = {NULL, true};
+  struct web_rows lc = {NULL, true};
   cJSON *o;
   int rc;
 
@@ -596,7 +604,7 @@ static int h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, con
     free(d);
     return reply_api_err(wsi, w, c, rc, NULL, "device");
   }
-  o = device_json(d);
+  o = web_device_json(d);
   free(d);
   lc.items = cJSON_CreateArray();
   if (!o || !lc.items) {
@@ -604,7 +612,7 @@ static int h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, con
     cJSON_Delete(lc.items);
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  rc = api_device_subscriptions(w->gw, id, sub_row, &lc);
+  rc = api_device_subscriptions(w->gw, id, web_sub_row, &lc);
   if (!lc.ok || rc != API_OK) {
     cJSON_Delete(o);
     cJSON_Delete(lc.items);
@@ -621,8 +629,7 @@ static int h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, con
   return reply_json(wsi, w, c, 200, o);
 }
 
-static int h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c,
-                         const char *id)
+int web_h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
 {
   char *pem = NULL;
   int rc = api_device_certificate(w->gw, id, &pem);
@@ -640,8 +647,8 @@ static int h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c
 
 typedef int (*device_cmd_fn)(struct gw *, const char *, const char *, char *, size_t);
 
-static int h_device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id,
-                        device_cmd_fn fn, const char *what)
+static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id,
+                      device_cmd_fn fn, const char *what)
 {
   char reason[256] = "";
   struct api_device *d;
@@ -650,7 +657,7 @@ static int h_device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c,
   reason[sizeof reason - 1] = '\0';
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, reason, "device");
-  web_log(WEB_LOG_INFO, "%s %s by %s", what, id, ACTOR);
+  LOGI(MOD, "%s %s by %s", what, id, ACTOR);
   d = calloc(1, sizeof *d);
   if (!d)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
@@ -659,21 +666,52 @@ static int h_device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c,
     free(d);
     return reply_api_err(wsi, w, c, rc, NULL, "device");
   }
-  cJSON *o = device_json(d);
+  cJSON *o = web_device_json(d);
   free(d);
   if (!o)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
   return reply_json(wsi, w, c, 200, o);
 }
 
-static int h_allowlist_get(struct lws *wsi, struct web *w, struct web_http_conn *c)
+/* The device commands, one handler per route (the table names them). */
+int web_h_approve(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
 {
-  struct list_ctx lc = {cJSON_CreateArray(), true};
+  return device_cmd(wsi, w, c, id, api_device_approve, "approve");
+}
+
+int web_h_block(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_block, "block");
+}
+
+int web_h_unblock(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_unblock, "unblock");
+}
+
+int web_h_reprovision(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_reprovision, "reprovision");
+}
+
+int web_h_release(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_release, "release");
+}
+
+int web_h_decommission(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_decommission, "decommission");
+}
+
+int web_h_allowlist_get(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
+{
+  struct web_rows lc = {cJSON_CreateArray(), true};
   int rc;
 
   if (!lc.items)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_allow_list(w->gw, allow_row, &lc);
+  rc = api_allow_list(w->gw, web_allow_row, &lc);
   return reply_list(wsi, w, c, rc, &lc, cJSON_GetArraySize(lc.items), NULL);
 }
 
@@ -703,51 +741,53 @@ static bool header_starts_with(struct lws *wsi, enum lws_token_indexes h, const 
   return strncasecmp(v, prefix, strlen(prefix)) == 0;
 }
 
-static int h_allowlist_post(struct lws *wsi, struct web *w, struct web_http_conn *c)
+/* A text/csv body: one entry a line, an optional "entry" header line. */
+static int allowlist_import_csv(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                                const char *body, size_t len)
 {
-  const char *body = c->body ? c->body : "";
-  size_t len = c->body_len;
+  char buf[ENTRY_CAP];
+  size_t pos = 0;
+  int64_t added = 0, skipped = 0;
+  bool first = true;
+  const char *e;
 
-  if (header_starts_with(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, "text/csv")) {
-    char buf[ENTRY_CAP];
-    size_t pos = 0;
-    int64_t added = 0, skipped = 0;
-    bool first = true;
-    const char *e;
-
-    while ((e = web_csv_next(body, len, &pos, buf, sizeof buf)) != NULL) {
-      if (first && strcasecmp(e, "entry") == 0) {
-        first = false;
-        continue;
-      }
+  while ((e = web_csv_next(body, len, &pos, buf, sizeof buf)) != NULL) {
+    if (first && strcasecmp(e, "entry") == 0) {
       first = false;
-      if (!*e) {
-        skipped++;
-        continue;
-      }
-      int rc = api_allow_add(w->gw, e, ACTOR);
-      if (rc == API_OK)
-        added++;
-      else if (rc == API_CONFLICT || rc == API_INVAL)
-        skipped++;
-      else
-        return reply_api_err(wsi, w, c, rc, NULL, "entry");
+      continue;
     }
-    web_log(WEB_LOG_INFO, "allowlist import by %s: %" PRId64 " added, %" PRId64 " skipped",
-            ACTOR, added, skipped);
-    cJSON *o = cJSON_CreateObject();
-    bool ok = o != NULL;
-    if (o) {
-      add_num(o, "added", (double)added, &ok);
-      add_num(o, "skipped", (double)skipped, &ok);
+    first = false;
+    if (!*e) {
+      skipped++;
+      continue;
     }
-    if (!ok) {
-      cJSON_Delete(o);
-      return reply_error(wsi, w, c, 500, "internal", "out of memory");
-    }
-    return reply_json(wsi, w, c, 200, o);
+    int rc = api_allow_add(w->gw, e, ACTOR);
+    if (rc == API_OK)
+      added++;
+    else if (rc == API_CONFLICT || rc == API_INVAL)
+      skipped++;
+    else
+      return reply_api_err(wsi, w, c, rc, NULL, "entry");
   }
+  LOGI(MOD, "allowlist import by %s: %" PRId64 " added, %" PRId64 " skipped", ACTOR, added,
+       skipped);
+  cJSON *o = cJSON_CreateObject();
+  bool ok = o != NULL;
+  if (o) {
+    add_num(o, "added", (double)added, &ok);
+    add_num(o, "skipped", (double)skipped, &ok);
+  }
+  if (!ok) {
+    cJSON_Delete(o);
+    return reply_error(wsi, w, c, 500, "internal", "out of memory");
+  }
+  return reply_json(wsi, w, c, 200, o);
+}
 
+/* A JSON body: {"entry": "..."}. */
+static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                              const char *body, size_t len)
+{
   cJSON *in = cJSON_ParseWithLength(body, len);
   const cJSON *je = in ? cJSON_GetObjectItemCaseSensitive(in, "entry") : NULL;
   if (!in || !cJSON_IsObject(in) || !cJSON_IsString(je) || !je->valuestring[0] ||
@@ -766,38 +806,39 @@ static int h_allowlist_post(struct lws *wsi, struct web *w, struct web_http_conn
     return reply_error(wsi, w, c, 409, "conflict", "the entry is already on the allowlist");
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, NULL, "entry");
-  web_log(WEB_LOG_INFO, "allowlist add by %s", ACTOR);
+  LOGI(MOD, "allowlist add by %s", ACTOR);
 
   struct find_entry fe = {entry, (int64_t)time(NULL), false};
   (void)api_allow_list(w->gw, find_entry_row, &fe);
-  cJSON *o = cJSON_CreateObject();
-  bool ok = o != NULL;
-  if (o) {
-    add_str(o, "entry", entry, &ok);
-    add_num(o, "added_at", (double)fe.added_at, &ok);
-  }
-  if (!ok) {
-    cJSON_Delete(o);
-    return reply_error(wsi, w, c, 500, "internal", "out of memory");
-  }
-  return reply_json(wsi, w, c, 201, o);
+  /* The new entry as GET lists it (NULL: reply_json answers 500). */
+  return reply_json(wsi, w, c, 201, allow_json(entry, fe.added_at));
 }
 
-static int h_allowlist_delete(struct lws *wsi, struct web *w, struct web_http_conn *c,
-                              const char *entry)
+int web_h_allowlist_post(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                         const char *arg)
+{
+  const char *body = c->body ? c->body : "";
+
+  if (header_starts_with(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, "text/csv"))
+    return allowlist_import_csv(wsi, w, c, body, c->body_len);
+  return allowlist_add_json(wsi, w, c, body, c->body_len);
+}
+
+int web_h_allowlist_delete(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                           const char *entry)
 {
   int rc = api_allow_remove(w->gw, entry, ACTOR);
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, NULL, "allowlist entry");
-  web_log(WEB_LOG_INFO, "allowlist remove by %s", ACTOR);
+  LOGI(MOD, "allowlist remove by %s", ACTOR);
   return reply_copy(wsi, w, c, 204, CT_JSON, "", 0);
 }
 
-static int h_certs(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_certs(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   char status[32];
   struct page pg;
-  struct list_ctx lc = {NULL, true};
+  struct web_rows lc = {NULL, true};
   int64_t total = 0;
   bool replied;
   int r, rc;
@@ -813,16 +854,16 @@ static int h_certs(struct lws *wsi, struct web *w, struct web_http_conn *c)
   lc.items = cJSON_CreateArray();
   if (!lc.items)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_certs_list(w->gw, r > 0 && *status ? status : NULL, pg.offset, pg.limit, cert_row,
-                      &lc, &total);
+  rc = api_certs_list(w->gw, r > 0 && *status ? status : NULL, pg.offset, pg.limit,
+                      web_cert_row, &lc, &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 
-static int h_audit(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_audit(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   char id[CLIENT_ID_CAP];
   struct page pg;
-  struct list_ctx lc = {NULL, true};
+  struct web_rows lc = {NULL, true};
   int64_t total = 0;
   bool replied;
   int r, rc;
@@ -836,12 +877,12 @@ static int h_audit(struct lws *wsi, struct web *w, struct web_http_conn *c)
   lc.items = cJSON_CreateArray();
   if (!lc.items)
     return reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_audit_list(w->gw, r > 0 && *id ? id : NULL, pg.offset, pg.limit, audit_row, &lc,
-                      &total);
+  rc = api_audit_list(w->gw, r > 0 && *id ? id : NULL, pg.offset, pg.limit, web_audit_row,
+                      &lc, &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 
-static int h_metrics(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_metrics(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   char *text = NULL;
   int rc = api_metrics_prometheus(w->gw, &text);
@@ -854,6 +895,12 @@ static int h_metrics(struct lws *wsi, struct web *w, struct web_http_conn *c)
                   strlen(text));
   free(text);
   return rc;
+}
+
+/* The upgrade itself never reaches the HTTP side: web_ws.c takes it. */
+int web_h_events(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
+{
+  return reply_error(wsi, w, c, 400, "bad_request", "the event stream needs a WebSocket upgrade");
 }
 
 static int serve_file(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *file,
@@ -870,14 +917,14 @@ static int serve_file(struct lws *wsi, struct web *w, struct web_http_conn *c, c
   return reply_raw(wsi, w, c, 200, ctype, buf, len);
 }
 
-static int h_openapi(struct lws *wsi, struct web *w, struct web_http_conn *c)
+int web_h_openapi(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
   if (!w->openapi_file)
     return reply_error(wsi, w, c, 404, "not_found", "no OpenAPI document configured");
   return serve_file(wsi, w, c, w->openapi_file, CT_JSON);
 }
 
-static int h_static(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *path)
+int web_h_static(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *path)
 {
   char file[PATH_MAX], root[PATH_MAX], real[PATH_MAX];
   size_t plen = strlen(path);
@@ -898,6 +945,80 @@ static int h_static(struct lws *wsi, struct web *w, struct web_http_conn *c, con
   return serve_file(wsi, w, c, real, web_content_type(real));
 }
 
+/* ---- routes --------------------------------------------------------------- */
+
+#define API "/api/v1"
+
+enum { GET_HEAD = WEB_GET | WEB_HEAD }; /* every GET route answers HEAD too */
+
+static const char NO_DEVICE[] = "no such device";
+
+/* Every route.  The search takes the first pattern that matches, so each
+ * device action comes before the bare device (whose {clientId} would take
+ * "x/approve" too), and "*" (the dashboard's files) comes last.  The
+ * entries of one pattern agree on whether a token is needed at all, so that
+ * a request without one learns nothing about the resource, not even which
+ * methods it takes; every entry that changes something needs the admin
+ * token (tests/unit/web/test_web_routes.c checks both). */
+const struct web_route web_routes[] = {
+  {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL},
+  {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL},
+  {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL},
+  {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL},
+  {GET_HEAD, API "/devices/{clientId}/certificate", WEB_AUTH_READ, web_h_device_cert, NO_DEVICE},
+  {WEB_POST, API "/devices/{clientId}/approve", WEB_AUTH_ADMIN, web_h_approve, NO_DEVICE},
+  {WEB_POST, API "/devices/{clientId}/block", WEB_AUTH_ADMIN, web_h_block, NO_DEVICE},
+  {WEB_POST, API "/devices/{clientId}/unblock", WEB_AUTH_ADMIN, web_h_unblock, NO_DEVICE},
+  {WEB_POST, API "/devices/{clientId}/reprovision", WEB_AUTH_ADMIN, web_h_reprovision,
+   NO_DEVICE},
+  {WEB_POST, API "/devices/{clientId}/release", WEB_AUTH_ADMIN, web_h_release, NO_DEVICE},
+  {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE},
+  {WEB_DELETE, API "/devices/{clientId}", WEB_AUTH_ADMIN, web_h_decommission, NO_DEVICE},
+  {GET_HEAD, API "/allowlist", WEB_AUTH_READ, web_h_allowlist_get, NULL},
+  {WEB_POST, API "/allowlist", WEB_AUTH_ADMIN, web_h_allowlist_post, NULL},
+  {WEB_DELETE, API "/allowlist/{entry}", WEB_AUTH_ADMIN, web_h_allowlist_delete,
+   "no such allowlist entry"},
+  {GET_HEAD, API "/certificates", WEB_AUTH_READ, web_h_certs, NULL},
+  {GET_HEAD, API "/audit", WEB_AUTH_READ, web_h_audit, NULL},
+  {GET_HEAD, API "/openapi.json", WEB_AUTH_NONE, web_h_openapi, NULL},
+  /* GET only: the WebSocket handshake is a GET (RFC 6455), and a HEAD has
+   * nothing to show. */
+  {WEB_GET, API "/events", WEB_AUTH_READ, web_h_events, NULL},
+  {GET_HEAD, "*", WEB_AUTH_NONE, web_h_static, NULL},
+};
+const size_t web_routes_count = sizeof web_routes / sizeof web_routes[0];
+
+void web_route_find(const char *path, unsigned method, struct web_route_hit *hit)
+{
+  memset(hit, 0, sizeof *hit);
+  for (size_t i = 0; i < web_routes_count; i++) {
+    const struct web_route *rt = &web_routes[i];
+
+    if (!hit->resource) {
+      if (!web_path_match(rt->pattern, path, &hit->arg, &hit->arg_len))
+        continue;
+      hit->resource = rt;
+    } else if (strcmp(rt->pattern, hit->resource->pattern) != 0) {
+      continue; /* another resource, even if its pattern matches too */
+    }
+    hit->allowed |= rt->methods;
+    if (!hit->route && (rt->methods & method))
+      hit->route = rt;
+  }
+}
+
+enum web_auth web_route_auth(const struct web *w, const struct web_route *rt)
+{
+  switch (rt->auth) {
+  case WEB_AUTH_HEALTH:
+    return w->open_health ? WEB_AUTH_NONE : WEB_AUTH_READ;
+  case WEB_AUTH_METRICS:
+    return w->open_metrics ? WEB_AUTH_NONE : WEB_AUTH_READ;
+  default:
+    return rt->auth;
+  }
+}
+
 /* ---- dispatch ------------------------------------------------------------- */
 
 static unsigned method_bit(int m)
@@ -914,123 +1035,68 @@ static unsigned method_bit(int m)
   }
 }
 
-static int dispatch(struct lws *wsi, struct web *w, struct web_http_conn *c)
+/* Copies the request path (lws has decoded it, without the query) into
+ * path.  NULL, or why it cannot be routed (the message of a 400). */
+static const char *request_path(struct lws *wsi, char path[PATH_MAX_LEN + 1])
 {
-  char path[PATH_MAX_LEN + 1];
   char *uri = NULL;
   int ulen = 0;
-  struct web_route rt;
-  enum web_role role = WEB_ROLE_NONE;
-  bool need_auth;
-  char arg[CLIENT_ID_CAP];
 
   if (lws_http_get_uri_and_method(wsi, &uri, &ulen) < 0 || !uri || ulen <= 0)
-    return reply_error(wsi, w, c, 400, "bad_request", "malformed request line");
+    return "malformed request line";
   if (ulen > PATH_MAX_LEN)
-    return reply_error(wsi, w, c, 400, "bad_request", "path too long");
+    return "path too long";
   memcpy(path, uri, (size_t)ulen);
   path[ulen] = '\0';
   if (strlen(path) != (size_t)ulen || path[0] != '/')
-    return reply_error(wsi, w, c, 400, "bad_request", "malformed path");
+    return "malformed path";
+  return NULL;
+}
 
-  web_route_match(path, &rt);
+/* The route, then in this order: a token if the resource needs one (401;
+ * an unknown path under /api needs one too), the resource (404), the method
+ * (405), the admin token for a command (403), a parameter that can name
+ * something (404); then the handler. */
+static int dispatch(struct lws *wsi, struct web *w, struct web_http_conn *c)
+{
+  char path[PATH_MAX_LEN + 1];
+  char arg[CLIENT_ID_CAP];
+  struct web_route_hit hit;
+  enum web_role role = WEB_ROLE_NONE;
+  const char *bad = request_path(wsi, path);
+
+  if (bad)
+    return reply_error(wsi, w, c, 400, "bad_request", bad);
+  web_route_find(path, c->method, &hit);
   if (c->method == WEB_HEAD) {
     c->head_only = true;
     c->close_after = true; /* keep lws's body accounting out of it */
   }
 
-  switch (rt.id) {
-  case WR_STATIC:
-  case WR_OPENAPI:
-    need_auth = false;
-    break;
-  case WR_HEALTH:
-    need_auth = !w->open_health;
-    break;
-  case WR_METRICS:
-    need_auth = !w->open_metrics;
-    break;
-  default:
-    need_auth = true;
-    break;
-  }
-  if (need_auth) {
+  if (!hit.resource || web_route_auth(w, hit.resource) != WEB_AUTH_NONE) {
     role = web_auth_request(w, wsi);
     if (role == WEB_ROLE_NONE)
       return reply_error(wsi, w, c, 401, "unauthorized", "a valid bearer token is required");
   }
-  if (rt.id == WR_NOT_FOUND)
+  if (!hit.resource)
     return reply_error(wsi, w, c, 404, "not_found", "no such resource");
-  if (!(rt.allowed & c->method)) {
-    if (web_allow_header(rt.allowed, c->allow, sizeof c->allow) < 0)
+  if (!hit.route) {
+    if (web_allow_header(hit.allowed, c->allow, sizeof c->allow) < 0)
       c->allow[0] = '\0';
     return reply_error(wsi, w, c, 405, "method_not_allowed",
                        "method not allowed on this resource");
   }
-  if (need_auth && (c->method & (WEB_POST | WEB_PUT | WEB_PATCH | WEB_DELETE)) &&
-      role != WEB_ROLE_ADMIN)
+  if (web_route_auth(w, hit.route) == WEB_AUTH_ADMIN && role != WEB_ROLE_ADMIN)
     return reply_error(wsi, w, c, 403, "forbidden", "the read-only token cannot run commands");
 
-  switch (rt.id) {
-  case WR_HEALTH: {
-    static const char ok[] = "{\"status\":\"ok\"}";
-    return reply_copy(wsi, w, c, 200, CT_JSON, ok, sizeof ok - 1);
-  }
-  case WR_STATUS:
-    return h_status(wsi, w, c);
-  case WR_DEVICES:
-    return h_devices(wsi, w, c);
-  case WR_DEVICE:
-  case WR_DEVICE_CERT:
-  case WR_DEVICE_APPROVE:
-  case WR_DEVICE_BLOCK:
-  case WR_DEVICE_UNBLOCK:
-  case WR_DEVICE_REPROVISION:
-  case WR_DEVICE_RELEASE:
-    if (!path_arg(&rt, arg, sizeof arg))
-      return reply_error(wsi, w, c, 404, "not_found", "no such device");
-    switch (rt.id) {
-    case WR_DEVICE:
-      if (c->method == WEB_DELETE)
-        return h_device_cmd(wsi, w, c, arg, api_device_decommission, "decommission");
-      return h_device(wsi, w, c, arg);
-    case WR_DEVICE_CERT:
-      return h_device_cert(wsi, w, c, arg);
-    case WR_DEVICE_APPROVE:
-      return h_device_cmd(wsi, w, c, arg, api_device_approve, "approve");
-    case WR_DEVICE_BLOCK:
-      return h_device_cmd(wsi, w, c, arg, api_device_block, "block");
-    case WR_DEVICE_UNBLOCK:
-      return h_device_cmd(wsi, w, c, arg, api_device_unblock, "unblock");
-    case WR_DEVICE_REPROVISION:
-      return h_device_cmd(wsi, w, c, arg, api_device_reprovision, "reprovision");
-    default:
-      return h_device_cmd(wsi, w, c, arg, api_device_release, "release");
-    }
-  case WR_ALLOWLIST:
-    if (c->method == WEB_POST)
-      return h_allowlist_post(wsi, w, c);
-    return h_allowlist_get(wsi, w, c);
-  case WR_ALLOWLIST_ENTRY:
-    if (!path_arg(&rt, arg, sizeof arg))
-      return reply_error(wsi, w, c, 404, "not_found", "no such allowlist entry");
-    return h_allowlist_delete(wsi, w, c, arg);
-  case WR_CERTS:
-    return h_certs(wsi, w, c);
-  case WR_AUDIT:
-    return h_audit(wsi, w, c);
-  case WR_OPENAPI:
-    return h_openapi(wsi, w, c);
-  case WR_METRICS:
-    return h_metrics(wsi, w, c);
-  case WR_EVENTS:
-    return reply_error(wsi, w, c, 400, "bad_request",
-                       "the event stream needs a WebSocket upgrade");
-  case WR_STATIC:
-    return h_static(wsi, w, c, path);
-  default:
-    return reply_error(wsi, w, c, 404, "not_found", "no such resource");
-  }
+  if (!hit.arg)
+    return hit.route->handler(wsi, w, c, path);
+  /* The registry holds no ClientId or entry this long. */
+  if (hit.arg_len >= sizeof arg)
+    return reply_error(wsi, w, c, 404, "not_found", hit.route->missing);
+  memcpy(arg, hit.arg, hit.arg_len);
+  arg[hit.arg_len] = '\0';
+  return hit.route->handler(wsi, w, c, arg);
 }
 
 /* LWS_CALLBACK_HTTP: decide how the body (if any) is framed. */

@@ -1,7 +1,7 @@
 /*
  * web_int.h - web/ internals shared by web.c, web_http.c, web_ws.c,
- * web_auth.c and web_util.c.  Nothing outside web/ (except the unit test of
- * the pure helpers) includes this header.
+ * web_auth.c and web_util.c.  Nothing outside web/ (except the unit tests in
+ * tests/unit/web) includes this header.
  */
 #ifndef FLEETGW_WEB_INT_H
 #define FLEETGW_WEB_INT_H
@@ -26,38 +26,17 @@ enum web_method {
   WEB_OTHER = 1u << 7,
 };
 
-enum web_route_id {
-  WR_NOT_FOUND = 0,    /* under /api/ or /metrics but no such resource */
-  WR_STATIC,           /* anything outside /api/ and /metrics */
-  WR_HEALTH,
-  WR_STATUS,
-  WR_DEVICES,
-  WR_DEVICE,           /* arg: ClientId */
-  WR_DEVICE_CERT,      /* arg: ClientId */
-  WR_DEVICE_APPROVE,
-  WR_DEVICE_BLOCK,
-  WR_DEVICE_UNBLOCK,
-  WR_DEVICE_REPROVISION,
-  WR_DEVICE_RELEASE,
-  WR_ALLOWLIST,
-  WR_ALLOWLIST_ENTRY,  /* arg: the entry */
-  WR_CERTS,
-  WR_AUDIT,
-  WR_OPENAPI,
-  WR_METRICS,
-  WR_EVENTS,
-};
-
-struct web_route {
-  enum web_route_id id;
-  unsigned allowed;    /* enum web_method bits the resource accepts */
-  const char *arg;     /* points into the path given to web_route_match */
-  size_t arg_len;
-};
-
-/* Maps a decoded request path (no query) to a resource.  Never fails: an
- * unknown API path is WR_NOT_FOUND, a path outside the API is WR_STATIC. */
-void web_route_match(const char *path, struct web_route *out);
+/* Matches a decoded request path (no query) against a route pattern:
+ * literal text with at most one parameter "{name}", which stands for one or
+ * more characters of any kind (a ClientId may contain '/', which lws decodes
+ * from %2F).  The literal text after the parameter is matched at the end of
+ * the path, so "/devices/{clientId}/approve" takes "/devices/line/7/approve"
+ * with the parameter "line/7"; the price is that a ClientId ending in
+ * "/approve" and the like cannot be addressed, which no sane device naming
+ * does.  The pattern "*" matches every path outside the API (neither "/api"
+ * nor under "/api/"): the dashboard's files.  On a match *arg and *arg_len
+ * give the parameter inside path (NULL and 0 when the pattern has none). */
+bool web_path_match(const char *pattern, const char *path, const char **arg, size_t *arg_len);
 
 /* Writes "GET, HEAD, POST" style text for an Allow header.  Returns the
  * length, or -1 when cap is too small. */
@@ -101,15 +80,11 @@ const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, s
 
 #ifndef WEB_UTIL_ONLY
 
+#include <cjson/cJSON.h>
 #include <libwebsockets.h>
 #include <uv.h>
 
 #include "gw_api.h"
-
-enum web_log_level { WEB_LOG_ERROR, WEB_LOG_WARN, WEB_LOG_INFO, WEB_LOG_DEBUG };
-
-__attribute__((format(printf, 2, 3))) void web_log(enum web_log_level level, const char *fmt,
-                                                   ...);
 
 enum web_role { WEB_ROLE_NONE = 0, WEB_ROLE_READ = 1, WEB_ROLE_ADMIN = 2 };
 
@@ -199,6 +174,73 @@ enum web_role web_auth_request(const struct web *w, struct lws *wsi);
 /* web_http.c: the HTTP side of the protocol callback. */
 int web_http_callback(struct web *w, struct lws *wsi, enum lws_callback_reasons reason,
                       struct web_pss *pss, void *in, size_t len);
+
+/* web_http.c: the routes.  Everything below is used by web_http.c alone;
+ * it is declared here so that tests/unit/web can check the route table and
+ * the JSON of the rows. */
+
+/* Who may use a route. */
+enum web_auth {
+  WEB_AUTH_NONE,     /* anyone, without a token */
+  WEB_AUTH_READ,     /* the read-only or the admin token */
+  WEB_AUTH_ADMIN,    /* the admin token (commands) */
+  WEB_AUTH_HEALTH,   /* WEB_AUTH_READ, or WEB_AUTH_NONE when open_health is set */
+  WEB_AUTH_METRICS,  /* WEB_AUTH_READ, or WEB_AUTH_NONE when open_metrics is set */
+};
+
+/* A route's handler.  arg is the route's path parameter, NUL-terminated (the
+ * ClientId or the allowlist entry), or the whole path for a route without
+ * one.  It queues the reply; -1 closes the connection. */
+typedef int web_handler(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg);
+
+struct web_route {
+  unsigned methods;      /* enum web_method bits */
+  const char *pattern;   /* see web_path_match */
+  enum web_auth auth;
+  web_handler *handler;
+  const char *missing;   /* the 404 message when the parameter is too long to name anything */
+};
+
+/* The table, in the order it is searched. */
+extern const struct web_route web_routes[];
+extern const size_t web_routes_count;
+
+/* What a request finds.  The resource is the first entry whose pattern
+ * matches the path; every entry with the same pattern belongs to it, one
+ * per method.  resource NULL: no such resource (404); route NULL: the
+ * resource does not take the method (405, with allowed for the Allow
+ * header). */
+struct web_route_hit {
+  const struct web_route *resource;
+  const struct web_route *route;
+  unsigned allowed;      /* enum web_method bits of every entry of the resource */
+  const char *arg;       /* the path parameter, inside the path; NULL if none */
+  size_t arg_len;
+};
+void web_route_find(const char *path, unsigned method, struct web_route_hit *hit);
+
+/* A route's auth under w's configuration: WEB_AUTH_NONE, _READ or _ADMIN. */
+enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
+
+/* The handlers the table names. */
+web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
+    web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_release,
+    web_h_decommission, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete,
+    web_h_certs, web_h_audit, web_h_openapi, web_h_metrics, web_h_events, web_h_static;
+
+/* The JSON of the gateway's rows.  The row callbacks append one object to
+ * a struct web_rows (their ud); when one cannot be built, ok goes false and
+ * the callback returns -1, which stops the listing. */
+struct web_rows {
+  cJSON *items;          /* a cJSON array */
+  bool ok;
+};
+cJSON *web_device_json(const struct api_device *d);
+int web_device_row(void *ud, const struct api_device *d);
+int web_cert_row(void *ud, const struct api_cert *cr);
+int web_audit_row(void *ud, const struct api_audit *a);
+int web_allow_row(void *ud, const char *entry, int64_t added_at);
+int web_sub_row(void *ud, const char *filter, int qos);
 
 /* web_ws.c: the WebSocket side. */
 int web_ws_filter(struct web *w, struct lws *wsi);

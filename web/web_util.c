@@ -1,5 +1,5 @@
 /*
- * web_util.c - the pure helpers of web/: routing, parameter parsing, the
+ * web_util.c - the pure helpers of web/: path patterns, parameter parsing, the
  * bearer-token comparison, static-path checks.  No libwebsockets, no
  * gateway, no I/O, no allocation, so tests/unit/web can check them alone.
  *
@@ -18,107 +18,32 @@
 #include <string.h>
 #include <strings.h>
 
-#define API "/api/v1"
-
-static bool has_prefix(const char *s, const char *prefix, const char **rest)
+bool web_path_match(const char *pattern, const char *path, const char **arg, size_t *arg_len)
 {
-  size_t n = strlen(prefix);
-  if (strncmp(s, prefix, n) != 0)
+  const char *lbrace, *rbrace;
+  size_t prefix_len, suffix_len, len;
+
+  *arg = NULL;
+  *arg_len = 0;
+  if (strcmp(pattern, "*") == 0)
+    return strcmp(path, "/api") != 0 && strncmp(path, "/api/", 5) != 0;
+  lbrace = strchr(pattern, '{');
+  if (!lbrace)
+    return strcmp(pattern, path) == 0;
+  rbrace = strchr(lbrace, '}');
+  if (!rbrace)
+    return false; /* a malformed pattern matches nothing */
+  prefix_len = (size_t)(lbrace - pattern);
+  suffix_len = strlen(rbrace + 1);
+  len = strlen(path);
+  /* The parameter is never empty, and the literal text after it is found
+   * at the end of the path. */
+  if (len < prefix_len + 1 + suffix_len || strncmp(path, pattern, prefix_len) != 0 ||
+      memcmp(path + len - suffix_len, rbrace + 1, suffix_len) != 0)
     return false;
-  *rest = s + n;
+  *arg = path + prefix_len;
+  *arg_len = len - prefix_len - suffix_len;
   return true;
-}
-
-static bool has_suffix(const char *s, size_t len, const char *suffix)
-{
-  size_t n = strlen(suffix);
-  return len > n && memcmp(s + len - n, suffix, n) == 0;
-}
-
-/* Device actions, matched at the end of /api/v1/devices/<ClientId>/<action>.
- * Matching from the end lets a ClientId contain '/' (lws decodes %2F);
- * the price is that a ClientId ending in "/approve" and the like cannot be
- * addressed, which no sane device naming does. */
-static const struct {
-  const char *suffix;
-  enum web_route_id id;
-  unsigned allowed;
-} device_actions[] = {
-  {"/certificate", WR_DEVICE_CERT, WEB_GET | WEB_HEAD},
-  {"/approve", WR_DEVICE_APPROVE, WEB_POST},
-  {"/block", WR_DEVICE_BLOCK, WEB_POST},
-  {"/unblock", WR_DEVICE_UNBLOCK, WEB_POST},
-  {"/reprovision", WR_DEVICE_REPROVISION, WEB_POST},
-  {"/release", WR_DEVICE_RELEASE, WEB_POST},
-};
-
-void web_route_match(const char *path, struct web_route *out)
-{
-  const char *rest;
-
-  memset(out, 0, sizeof *out);
-  out->id = WR_NOT_FOUND;
-
-  if (strcmp(path, "/metrics") == 0) {
-    out->id = WR_METRICS;
-    out->allowed = WEB_GET | WEB_HEAD;
-    return;
-  }
-  if (!has_prefix(path, "/api/", &rest) && strcmp(path, "/api") != 0) {
-    out->id = WR_STATIC;
-    out->allowed = WEB_GET | WEB_HEAD;
-    return;
-  }
-  if (!has_prefix(path, API, &rest))
-    return;
-
-  static const struct {
-    const char *path;
-    enum web_route_id id;
-    unsigned allowed;
-  } fixed[] = {
-    {"/health", WR_HEALTH, WEB_GET | WEB_HEAD},
-    {"/status", WR_STATUS, WEB_GET | WEB_HEAD},
-    {"/devices", WR_DEVICES, WEB_GET | WEB_HEAD},
-    {"/allowlist", WR_ALLOWLIST, WEB_GET | WEB_HEAD | WEB_POST},
-    {"/certificates", WR_CERTS, WEB_GET | WEB_HEAD},
-    {"/audit", WR_AUDIT, WEB_GET | WEB_HEAD},
-    {"/openapi.json", WR_OPENAPI, WEB_GET | WEB_HEAD},
-    {"/events", WR_EVENTS, WEB_GET},
-  };
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-    if (strcmp(rest, fixed[i].path) == 0) {
-      out->id = fixed[i].id;
-      out->allowed = fixed[i].allowed;
-      return;
-    }
-  }
-
-  const char *arg;
-  if (has_prefix(rest, "/devices/", &arg) && *arg) {
-    size_t len = strlen(arg);
-    for (size_t i = 0; i < sizeof device_actions / sizeof device_actions[0]; i++) {
-      if (has_suffix(arg, len, device_actions[i].suffix)) {
-        out->id = device_actions[i].id;
-        out->allowed = device_actions[i].allowed;
-        out->arg = arg;
-        out->arg_len = len - strlen(device_actions[i].suffix);
-        return;
-      }
-    }
-    out->id = WR_DEVICE;
-    out->allowed = WEB_GET | WEB_HEAD | WEB_DELETE;
-    out->arg = arg;
-    out->arg_len = len;
-    return;
-  }
-  if (has_prefix(rest, "/allowlist/", &arg) && *arg) {
-    out->id = WR_ALLOWLIST_ENTRY;
-    out->allowed = WEB_DELETE;
-    out->arg = arg;
-    out->arg_len = strlen(arg);
-    return;
-  }
 }
 
 int web_allow_header(unsigned allowed, char *buf, size_t cap)

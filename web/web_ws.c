@@ -19,6 +19,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
+
+#define MOD "web"
+
 enum {
   WEB_WS_QUEUE = 256,          /* events buffered per client */
   EVENT_MAX = 16 * 1024,       /* larger events are dropped */
@@ -102,7 +106,7 @@ static void enqueue(struct web_ws_client *cl, const char *json, size_t len)
     cl->q_head = (cl->q_head + 1) % WEB_WS_QUEUE;
     cl->q_count--;
     if (cl->dropped++ == 0)
-      web_log(WEB_LOG_WARN, "event stream client too slow: dropping its oldest events");
+      LOGW(MOD, "event stream client too slow: dropping its oldest events");
   }
   cl->queue[(cl->q_head + cl->q_count) % WEB_WS_QUEUE] = ev;
   cl->q_count++;
@@ -207,7 +211,9 @@ static int on_auth_message(struct web *w, struct web_ws_client *cl)
   cl->rx = NULL;
   cl->rx_len = 0;
   if (role == WEB_ROLE_NONE) {
-    web_log(WEB_LOG_INFO, "event stream: refused a client with a bad token");
+    /* Anyone who can reach the port can send bad tokens at will. */
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_INFO, MOD, "event stream: refused a client with a bad token");
     return refuse(cl->wsi, "unauthorized");
   }
   return authenticated(w, cl) < 0 ? refuse(cl->wsi, "internal error") : 0;

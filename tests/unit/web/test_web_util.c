@@ -1,7 +1,7 @@
 /*
- * test_web_util.c - the pure helpers of web/ (web_util.c): routing, the
- * Allow header, integer and query parsing, bearer tokens, the constant-time
- * comparison, static-path safety, content types and CSV lines.
+ * test_web_util.c - the pure helpers of web/ (web_util.c): path patterns,
+ * the Allow header, integer and query parsing, bearer tokens, the
+ * constant-time comparison, static-path safety, content types and CSV lines.
  */
 #define WEB_UTIL_ONLY
 #include "web_int.h"
@@ -11,56 +11,68 @@
 
 #include "test.h"
 
-static void route(const char *path, enum web_route_id id, unsigned allowed, const char *arg)
+/* arg NULL: path must not match pattern; "": it matches without a
+ * parameter; anything else: it matches with that parameter. */
+static void match(const char *pattern, const char *path, const char *arg)
 {
-  struct web_route rt;
-  web_route_match(path, &rt);
-  ASSERT_EQ(rt.id, id);
-  ASSERT_EQ(rt.allowed, allowed);
-  if (arg) {
-    ASSERT_EQ(rt.arg_len, strlen(arg));
-    ASSERT_TRUE(rt.arg && memcmp(rt.arg, arg, rt.arg_len) == 0);
-  } else {
-    ASSERT_TRUE(rt.arg == NULL);
+  const char *got = "x";
+  size_t got_len = 99;
+  bool ok = web_path_match(pattern, path, &got, &got_len);
+
+  ASSERT_EQ(ok, arg != NULL);
+  if (!arg || !*arg) {
+    /* Without a parameter (or a match) nothing points into the path. */
+    ASSERT_TRUE(got == NULL);
+    ASSERT_EQ(got_len, 0);
+    return;
   }
+  ASSERT_EQ(got_len, strlen(arg));
+  ASSERT_TRUE(got && got_len == strlen(arg) && memcmp(got, arg, got_len) == 0);
+  ASSERT_TRUE(got >= path && got + got_len <= path + strlen(path));
 }
 
-static void test_routes(void)
+static void test_path_match(void)
 {
-  const unsigned get = WEB_GET | WEB_HEAD;
+  match("/api/v1/status", "/api/v1/status", "");
+  match("/api/v1/status", "/api/v1/statusx", NULL);
+  match("/api/v1/status", "/api/v1/statu", NULL);
+  match("/api/v1/status", "/api/v1/status/", NULL);
+  match("/metrics", "/metrics/x", NULL);
 
-  route("/api/v1/health", WR_HEALTH, get, NULL);
-  route("/api/v1/status", WR_STATUS, get, NULL);
-  route("/api/v1/devices", WR_DEVICES, get, NULL);
-  route("/api/v1/devices/dev-1", WR_DEVICE, get | WEB_DELETE, "dev-1");
-  route("/api/v1/devices/dev-1/certificate", WR_DEVICE_CERT, get, "dev-1");
-  route("/api/v1/devices/dev-1/approve", WR_DEVICE_APPROVE, WEB_POST, "dev-1");
-  route("/api/v1/devices/dev-1/block", WR_DEVICE_BLOCK, WEB_POST, "dev-1");
-  route("/api/v1/devices/dev-1/unblock", WR_DEVICE_UNBLOCK, WEB_POST, "dev-1");
-  route("/api/v1/devices/dev-1/reprovision", WR_DEVICE_REPROVISION, WEB_POST, "dev-1");
-  route("/api/v1/devices/dev-1/release", WR_DEVICE_RELEASE, WEB_POST, "dev-1");
+  match("/api/v1/devices/{clientId}", "/api/v1/devices/dev-1", "dev-1");
   /* A ClientId with a '/' (sent as %2F, decoded by lws). */
-  route("/api/v1/devices/line/7/approve", WR_DEVICE_APPROVE, WEB_POST, "line/7");
-  route("/api/v1/devices/line/7", WR_DEVICE, get | WEB_DELETE, "line/7");
-  /* The action alone is not a ClientId. */
-  route("/api/v1/devices/approve", WR_DEVICE, get | WEB_DELETE, "approve");
-  route("/api/v1/devices/", WR_NOT_FOUND, 0, NULL);
-  route("/api/v1/allowlist", WR_ALLOWLIST, get | WEB_POST, NULL);
-  route("/api/v1/allowlist/line1-*", WR_ALLOWLIST_ENTRY, WEB_DELETE, "line1-*");
-  route("/api/v1/allowlist/", WR_NOT_FOUND, 0, NULL);
-  route("/api/v1/certificates", WR_CERTS, get, NULL);
-  route("/api/v1/audit", WR_AUDIT, get, NULL);
-  route("/api/v1/openapi.json", WR_OPENAPI, get, NULL);
-  route("/api/v1/events", WR_EVENTS, WEB_GET, NULL);
-  route("/metrics", WR_METRICS, get, NULL);
-  route("/api/v1/statusx", WR_NOT_FOUND, 0, NULL);
-  route("/api/v2/status", WR_NOT_FOUND, 0, NULL);
-  route("/api", WR_NOT_FOUND, 0, NULL);
-  route("/api/", WR_NOT_FOUND, 0, NULL);
-  route("/", WR_STATIC, get, NULL);
-  route("/app.js", WR_STATIC, get, NULL);
-  route("/apix", WR_STATIC, get, NULL);
-  route("/metrics/x", WR_STATIC, get, NULL);
+  match("/api/v1/devices/{clientId}", "/api/v1/devices/line/7", "line/7");
+  match("/api/v1/devices/{clientId}", "/api/v1/devices/", NULL);
+  match("/api/v1/devices/{clientId}", "/api/v1/devices", NULL);
+  match("/api/v1/devices/{clientId}", "/api/v1/devicesx", NULL);
+
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices/dev-1/approve", "dev-1");
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices/line/7/approve", "line/7");
+  /* The action alone is not a ClientId followed by the action, and the
+   * parameter is never empty. */
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices/approve", NULL);
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices//approve", NULL);
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices/x/approve/more", NULL);
+  match("/api/v1/devices/{clientId}/approve", "/api/v1/devices/x/unapprove", NULL);
+  match("/api/v1/devices/{clientId}/block", "/api/v1/devices/x/unblock", NULL);
+  match("/api/v1/devices/{clientId}/unblock", "/api/v1/devices/x/unblock", "x");
+
+  match("/api/v1/allowlist/{entry}", "/api/v1/allowlist/line1-*", "line1-*");
+  match("/api/v1/allowlist/{entry}", "/api/v1/allowlist/", NULL);
+
+  /* "*": everything outside the API. */
+  match("*", "/", "");
+  match("*", "/app.js", "");
+  match("*", "/apix", "");
+  match("*", "/metrics", "");
+  match("*", "/metrics/x", "");
+  match("*", "/api", NULL);
+  match("*", "/api/", NULL);
+  match("*", "/api/v1/status", NULL);
+  match("*", "/api/v2/status", NULL);
+
+  /* A malformed pattern matches nothing. */
+  match("/api/v1/devices/{clientId", "/api/v1/devices/{clientId", NULL);
 }
 
 static void test_allow_header(void)
@@ -230,7 +242,7 @@ static void test_csv(void)
 
 int main(void)
 {
-  RUN(test_routes);
+  RUN(test_path_match);
   RUN(test_allow_header);
   RUN(test_parse_int);
   RUN(test_query_split);
