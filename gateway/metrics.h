@@ -20,6 +20,9 @@
   C(send_errors, "UDP sends that failed")                                      \
   C(connects, "CONNECT messages accepted for processing")                      \
   C(connects_refused, "CONNECTs refused (bad id, bound elsewhere, full)")      \
+  C(connects_half_open, "CONNECTs whose will prompts were never answered")     \
+  C(will_topics_refused, "will topics refused: not a valid topic name")        \
+  C(sessions_replaced, "sessions ended by an accepted CONNECT from their address") \
   C(connack_congestion, "CONNACK congestion: upstream not up in time")         \
   C(publish_in_qos_m1, "PUBLISH QoS -1 from leaves")                           \
   C(publish_in_qos0, "PUBLISH QoS 0 from leaves")                              \

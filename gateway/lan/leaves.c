@@ -114,26 +114,31 @@ static void on_connect(struct leaves *lv, const struct sockaddr *from, const str
   memcpy(cid, id->p, id->len);
   cid[id->len] = '\0';
   s = leaves_by_id(lv, cid, id->len);
-  if (!not_taken(lv, from, s))
-    return;
-  /* Another session at this address: that leaf came back under a new id. */
-  other = leaves_by_addr(lv, from);
-  if (other && other != s) {
-    LOGI(MOD, "%s: address reused by %s, session ended", other->client_id, cid);
-    /* No DISCONNECT: it would reach the new leaf at the same address. */
-    sess_shutdown(other, false);
-    leaves_unbind_addr(lv, other);
-  }
-  if (!admit(lv, from, cid))
+  if (!not_taken(lv, from, s) || !admit(lv, from, cid))
     return;
   if (!s) {
     s = leaves_add(lv, cid, id->len);
     if (!s) {
+      static struct log_ratelimit rl;
       lv->m->connects_refused++;
-      LOGW(MOD, "CONNECT %s refused: %zu sessions (lan.max_leaves)", cid, lv->nsessions);
+      log_ratelimited(&rl, LOG_WARN, MOD, "CONNECT %s refused: %zu sessions (lan.max_leaves)",
+                      cid, lv->nsessions);
       leaves_reply_connack(lv, from, MQTTSN_RC_CONGESTION);
       return;
     }
+  }
+  /* Another session at this address: that leaf came back under a new id.
+   * It ends only now that the new CONNECT is accepted, so a refused CONNECT
+   * from a live leaf's address changes nothing (docs/architecture.md §7). */
+  other = leaves_by_addr(lv, from);
+  if (other && other != s) {
+    static struct log_ratelimit rl;
+    lv->m->sessions_replaced++;
+    log_ratelimited(&rl, LOG_INFO, MOD, "%s: address reused by %s, session ended",
+                    other->client_id, cid);
+    /* No DISCONNECT: it would reach the new leaf at the same address. */
+    sess_shutdown(other, false);
+    leaves_unbind_addr(lv, other);
   }
   sess_on_connect(s, from, m);
 }

@@ -34,6 +34,7 @@
 
 #include "lan_int.h"
 #include "log.h"
+#include "topic.h"
 
 #define MOD "session"
 
@@ -368,20 +369,29 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
 
 /* ---- other messages ----------------------------------------------------- */
 
-static void set_will_topic(struct session *s, const struct mqttsn_willtopic *w)
+/* Sets (or, empty, clears) the will topic.  Returns MQTTSN_RC_ACCEPTED, or
+ * the code to refuse with: a will topic must be a valid MQTT topic name (no
+ * wildcard, no NUL: "a\0#" would otherwise be published on "a"), and memory
+ * may run out. */
+static uint8_t set_will_topic(struct session *s, const struct mqttsn_willtopic *w)
 {
+  if (!w->empty && !topic_name_is_valid((const char *)w->topic.p, w->topic.len)) {
+    s->lv->m->will_topics_refused++;
+    return MQTTSN_RC_NOT_SUPPORTED;
+  }
   free_will(s);
   s->will_dirty = true;
   if (w->empty)
-    return;
+    return MQTTSN_RC_ACCEPTED;
   s->will_topic = malloc(w->topic.len + 1);
   if (!s->will_topic)
-    return;
+    return MQTTSN_RC_CONGESTION;
   memcpy(s->will_topic, w->topic.p, w->topic.len);
   s->will_topic[w->topic.len] = '\0';
   s->will_qos = (uint8_t)(w->flags.qos < 0 ? 0 : w->flags.qos);
   s->will_retain = w->flags.retain;
   s->will_set = true;
+  return MQTTSN_RC_ACCEPTED;
 }
 
 static bool set_will_msg(struct session *s, const struct mqttsn_willmsg *w)
@@ -418,9 +428,18 @@ enum verdict {
 static enum verdict on_will_prompt(struct session *s, const struct mqttsn_msg *m)
 {
   if (s->state == SESS_WAIT_WILLTOPIC) {
+    uint8_t rc;
     if (m->type != MQTTSN_WILLTOPIC)
       return V_UNEXPECTED;
-    set_will_topic(s, &m->u.willtopic);
+    rc = set_will_topic(s, &m->u.willtopic);
+    if (rc != MQTTSN_RC_ACCEPTED) {
+      /* WILLTOPIC has no return code: the CONNECT is refused (§5.4.5). */
+      LOGW(MOD, "%s: will topic refused", s->client_id);
+      sess_reply_connack(s, rc);
+      sess_set_state(s, SESS_DISCONNECTED);
+      sess_arm(s);
+      return V_DONE;
+    }
     if (m->u.willtopic.empty) {
       connect_proceed(s);
       return V_DONE;
@@ -470,9 +489,8 @@ static void on_will_update(struct session *s, const struct mqttsn_msg *m)
   struct mqttsn_msg r;
   memset(&r, 0, sizeof r);
   if (m->type == MQTTSN_WILLTOPICUPD) {
-    set_will_topic(s, &m->u.willtopic);
     r.type = MQTTSN_WILLTOPICRESP;
-    r.u.resp.rc = MQTTSN_RC_ACCEPTED;
+    r.u.resp.rc = set_will_topic(s, &m->u.willtopic);
   } else {
     r.type = MQTTSN_WILLMSGRESP;
     r.u.resp.rc = set_will_msg(s, &m->u.willmsg) ? MQTTSN_RC_ACCEPTED : MQTTSN_RC_CONGESTION;
@@ -643,7 +661,13 @@ static void timer_cb(uv_timer_t *t)
   case SESS_WAIT_WILLTOPIC:
   case SESS_WAIT_WILLMSG:
     if (now >= s->connect_deadline) {
-      LOGW(MOD, "%s: will prompts not answered in time", s->client_id);
+      /* A half-open CONNECT lets go of everything it holds, the upstream of
+       * a resumed CleanSession=0 session included. */
+      static struct log_ratelimit rl;
+      s->lv->m->connects_half_open++;
+      log_ratelimited(&rl, LOG_WARN, MOD, "%s: will prompts not answered in time",
+                      s->client_id);
+      sess_end_upstream(s, true, false);
       sess_set_state(s, SESS_DISCONNECTED);
     }
     break;
