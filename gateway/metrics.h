@@ -21,6 +21,7 @@
   C(connects, "CONNECT messages accepted for processing")                      \
   C(connects_refused, "CONNECTs refused (bad id, bound elsewhere, full)")      \
   C(connects_half_open, "CONNECTs whose will prompts were never answered")     \
+  C(new_ids_throttled, "CONNECTs of never-seen ClientIds over a rate limit")    \
   C(will_topics_refused, "will topics refused: not a valid topic name")        \
   C(sessions_replaced, "sessions ended by an accepted CONNECT from their address") \
   C(connack_congestion, "CONNACK congestion: upstream not up in time")         \

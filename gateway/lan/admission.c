@@ -81,8 +81,8 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
 }
 
 int admit_check(struct store *st, const struct gw_config *cfg, const char *client_id,
-                const char *ip, int64_t now, struct store_device *dev, char *reason,
-                size_t cap)
+                const char *ip, int64_t now, const struct admit_gate *gate,
+                struct store_device *dev, char *reason, size_t cap)
 {
   struct store_device d;
   int rc;
@@ -91,8 +91,13 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
     dev = &d;
   reason[0] = '\0';
   rc = store_device_get(st, client_id, dev);
-  if (rc == STORE_NOTFOUND)
+  if (rc == STORE_NOTFOUND) {
+    /* Cost follows trust: a never-seen identity over the rate limits is
+     * refused before anything, even an audit row, is written. */
+    if (gate && gate->take(gate->ud, reason, cap) != 0)
+      return ADMIT_THROTTLED;
     return first_sight(st, cfg, client_id, ip, now, dev, reason, cap);
+  }
   if (rc != STORE_OK)
     return registry_error(st, rc, reason, cap);
 

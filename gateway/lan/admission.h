@@ -27,15 +27,26 @@ enum admit_result {
   ADMIT_PENDING = 1,  /* waiting for an operator's approval */
   ADMIT_REFUSED = 2,  /* refused: reason says why */
   ADMIT_ERROR = 3,    /* the registry failed: reason says why */
+  ADMIT_THROTTLED = 4, /* a never-seen ClientId over a new-identity rate limit:
+                          nothing is recorded, the leaf may try again later */
+};
+
+/* Asked before anything is recorded for a ClientId the registry has never
+ * seen: take returns 0 to let it go on, or non-zero (with a reason) to
+ * refuse it as ADMIT_THROTTLED (newid.h). */
+struct admit_gate {
+  int (*take)(void *ud, char *reason, size_t cap);
+  void *ud;
 };
 
 /* Decides for client_id connecting from ip (no port), creating its device
  * row on first admission, binding it, and recording last_seen.  Every
- * admission, pending leaf and refusal is an audit row.  dev (may be NULL)
+ * admission, pending leaf and refusal is an audit row, except identities
+ * the gate (may be NULL) throttles, which cost nothing.  dev (may be NULL)
  * receives the device.  Returns an enum admit_result. */
 int admit_check(struct store *st, const struct gw_config *cfg, const char *client_id,
-                const char *ip, int64_t now, struct store_device *dev, char *reason,
-                size_t cap);
+                const char *ip, int64_t now, const struct admit_gate *gate,
+                struct store_device *dev, char *reason, size_t cap);
 
 /* The live-session half of identity binding: bound_addr is the address
  * ("ip:port") of a connected leaf that already uses client_id, or NULL when

@@ -173,6 +173,8 @@ struct leaves {
   size_t nbuckets;              /* power of two, shared by both tables */
   size_t nsessions;
 
+  struct newid newid;           /* rate limits of new identities */
+
   uv_timer_t adv_timer;
   bool adv_started;
   bool stopping;
@@ -183,6 +185,10 @@ struct leaves {
 /* The uplink operations, for the session's upstream. */
 #define SESS_UP(s) ((s)->lv->env.up)
 #define SESS_UP_CTX(s) ((s)->lv->env.up_ctx)
+
+/* leaves.c */
+/* ip (no port) is a listed protocol converter. */
+bool leaves_is_converter(const struct leaves *lv, const char *ip);
 
 /* table.c */
 bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b);

@@ -40,17 +40,47 @@ static void ip_of(const struct sockaddr *from, char *ip, size_t cap)
     uv_ip6_name((const struct sockaddr_in6 *)from, ip, cap);
 }
 
+/* The rate limits of new identities (newid.h), for the CONNECT being
+ * admitted. */
+struct gate_ctx {
+  struct leaves *lv;
+  const struct sockaddr *from;
+  const char *ip;
+};
+
+static int gate_take(void *ud, char *reason, size_t cap)
+{
+  struct gate_ctx *g = ud;
+  struct leaves *lv = g->lv;
+  int r = newid_take(&lv->newid, g->from, leaves_is_converter(lv, g->ip), uv_now(lv->loop));
+  if (r == NEWID_OK)
+    return 0;
+  lv->m->new_ids_throttled++;
+  snprintf(reason, cap, "%s", newid_result_str(r));
+  return -1;
+}
+
 /* Admission against the registry: policy, approval, identity binding.
  * Returns true when the CONNECT may go on; otherwise the leaf was answered. */
 static bool admit(struct leaves *lv, const struct sockaddr *from, const char *cid)
 {
   char a[80], ip[64], reason[256];
+  struct gate_ctx gc = {.lv = lv, .from = from, .ip = ip};
+  struct admit_gate gate = {.take = gate_take, .ud = &gc};
   int ar;
 
   leaves_addr_str(from, a, sizeof a);
   ip_of(from, ip, sizeof ip);
-  ar = admit_check(lv->env.store, lv->cfg, cid, ip, (int64_t)time(NULL), NULL, reason,
+  ar = admit_check(lv->env.store, lv->cfg, cid, ip, (int64_t)time(NULL), &gate, NULL, reason,
                    sizeof reason);
+  if (ar == ADMIT_THROTTLED) {
+    /* Counted (gate_take), logged at a rate, answered "congestion": a real
+     * new leaf retries later; a flood costs nothing. */
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_WARN, MOD, "CONNECT %s from %s throttled: %s", cid, a, reason);
+    leaves_reply_connack(lv, from, MQTTSN_RC_CONGESTION);
+    return false;
+  }
   leaves_event2(lv, "admission", cid, "result",
                 ar == ADMIT_OK ? "admitted" : (ar == ADMIT_PENDING ? "pending" : "refused"),
                 "reason", reason);
@@ -308,6 +338,11 @@ int leaves_new(const struct leaves_env *env, struct leaves **out)
     free(lv);
     return UV_ENOMEM;
   }
+  if (newid_init(&lv->newid, &env->newid, uv_now(env->loop)) != 0) {
+    leaves_table_free(lv);
+    free(lv);
+    return UV_ENOMEM;
+  }
   *out = lv;
   return 0;
 }
@@ -382,7 +417,16 @@ void leaves_free(struct leaves *lv)
   if (!lv)
     return;
   leaves_table_free(lv);
+  newid_free(&lv->newid);
   free(lv);
+}
+
+bool leaves_is_converter(const struct leaves *lv, const char *ip)
+{
+  for (size_t i = 0; i < lv->env.n_converters; i++)
+    if (strcmp(lv->env.converters[i], ip) == 0)
+      return true;
+  return false;
 }
 
 int leaves_port(const struct leaves *lv)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "newid.h"
 #include "session.h"
 
 struct drain;
@@ -37,6 +38,9 @@ struct leaves_env {
   void *up_ctx;
   leaves_event_fn event;
   void *event_ud;
+  struct newid_opts newid;       /* how fast new identities may appear */
+  const char *const *converters; /* IPs of protocol converters (newid.h) */
+  size_t n_converters;
 };
 
 /* Copies env.  Returns 0 or UV_ENOMEM. */
