@@ -3,11 +3,13 @@
  *
  * The loader is table-driven: every object level of the file has a table of
  * its known keys (name, kind, where the value goes in struct gw_config, its
- * range or validator).  One generic walker applies a table to a JSON object,
- * so "unknown key", "duplicate key" and "wrong type" are reported the same
- * way at every level.  Checks that involve several keys (host required, CA
- * required with TLS, certificate pairing, the password variable) run once the
- * whole file has been read.
+ * range or validator, its default).  One generic walker applies a table to a
+ * JSON object, so "unknown key", "duplicate key" and "wrong type" are
+ * reported the same way at every level; other walks over the same tables set
+ * the defaults, free the config and list the keys for README.md's check.
+ * Defaults that depend on other keys and checks that involve several keys
+ * (host required, CA required with TLS, certificate pairing, the password
+ * variable) run once the whole file has been read.
  *
  * Every error is one line: "<file>: <key path>: expected <what>, got <what>".
  */
@@ -15,6 +17,7 @@
 
 #include "log.h"
 #include "provisioning.h"
+#include "secret.h"
 #include "topic.h"
 
 #include <arpa/inet.h>
@@ -40,7 +43,6 @@ enum key_kind {
   K_UINT,       /* integer in [min, max], stored in a 1-, 2- or 4-byte field */
   K_BOOL,       /* true / false */
   K_STR,        /* string, optionally validated; copied */
-  K_LOG_LEVEL,  /* "error" .. "trace" -> enum log_level */
   K_OBJECT,     /* nested table */
   K_PREDEFINED, /* lan.predefined_topics: {"<id>": "<topic>", ...} */
   K_ENUM,       /* one of .choices; its index stored in an int (or a bool) */
@@ -52,15 +54,23 @@ enum key_kind {
  * short reason (e.g. strerror) that is appended to the "got" part. */
 typedef bool (*str_check_fn)(const char *s, const char **why);
 
+/* One key of the file.  The tables of these are the only list of the keys
+ * and their defaults: loading, the defaults, cfg_free() and the README check
+ * (cfg_key_at()) all walk them, so a new key is one line here. */
 struct key_spec {
   const char *name;
   enum key_kind kind;
   size_t off;                  /* offset of the destination in struct gw_config */
-  size_t size;                 /* its size, for K_UINT */
+  size_t size;                 /* its size, for K_UINT and K_ENUM */
+  size_t count_off;            /* K_PREDEFINED, K_STRLIST, K_PARAMS: offset of the size_t count */
   uint32_t min, max;           /* K_UINT range */
+  uint32_t def;                /* default: K_UINT value, K_BOOL 0/1, K_ENUM index */
+  const char *def_str;         /* K_STR default; NULL = not set */
+  const char *doc_default;     /* the README's default where another key decides it */
   str_check_fn check;          /* K_STR: NULL accepts any non-empty string */
   const char *expect;          /* K_STR: what a valid value looks like */
   bool nullable;               /* K_STR: JSON null means "not set" */
+  bool secret;                 /* K_STR: wiped with secret_free() before it is freed */
   const struct key_spec *sub;  /* K_OBJECT */
   size_t n_sub;
   const char *const *choices;  /* K_ENUM: NULL-terminated */
@@ -325,6 +335,9 @@ static bool check_template_name(const char *s, const char **why)
   return prov_template_name_ok(s) != 0;
 }
 
+/* In enum log_level order, so that the index is the level; log_level_parse()
+ * accepts exactly these names. */
+static const char *const log_level_names[] = {"error", "warn", "info", "debug", "trace", NULL};
 static const char *const policy_names[] = {"open", "allowlist", "approve", NULL};
 static const char *const backend_names[] = {"none", "local-ca", "aws", NULL};
 static const char *const sync_names[] = {"off", "normal", "full", NULL};
@@ -332,15 +345,20 @@ static const char *const method_names[] = {"csr", "create-keys", NULL};
 
 /* ---- key tables --------------------------------------------------------- */
 
+/* Each macro takes the key's default last.  A K_STR default of NULL means
+ * "not set"; a non-nullable K_STR without a default is a required key. */
 #define FIELD(f) .off = offsetof(struct gw_config, f), .size = sizeof(((struct gw_config *)0)->f)
-#define UINT_KEY(n, f, lo, hi) {.name = n, .kind = K_UINT, FIELD(f), .min = lo, .max = hi}
-#define BOOL_KEY(n, f) {.name = n, .kind = K_BOOL, FIELD(f)}
-#define STR_KEY(n, f, fn, what, null_ok) \
-  {.name = n, .kind = K_STR, FIELD(f), .check = fn, .expect = what, .nullable = null_ok}
+#define UINT_KEY(n, f, lo, hi, d) \
+  {.name = n, .kind = K_UINT, FIELD(f), .min = lo, .max = hi, .def = d}
+#define BOOL_KEY(n, f, d) {.name = n, .kind = K_BOOL, FIELD(f), .def = d}
+#define STR_KEY(n, f, fn, what, null_ok, d)                                                   \
+  {.name = n, .kind = K_STR, FIELD(f), .check = fn, .expect = what, .nullable = null_ok,     \
+   .def_str = d}
+#define ENUM_KEY(n, f, list, d) {.name = n, .kind = K_ENUM, FIELD(f), .choices = list, .def = d}
+#define LIST_KEY(n, k, f, count) \
+  {.name = n, .kind = k, FIELD(f), .count_off = offsetof(struct gw_config, count)}
 #define OBJ_KEY(n, table) \
   {.name = n, .kind = K_OBJECT, .sub = table, .n_sub = sizeof table / sizeof table[0]}
-
-#define ENUM_KEY(n, f, list) {.name = n, .kind = K_ENUM, FIELD(f), .choices = list}
 
 #define WHAT_IP "an IPv4 or IPv6 address literal"
 #define WHAT_FILE "a readable file"
@@ -349,127 +367,146 @@ static const char *const method_names[] = {"csr", "create-keys", NULL};
   "a template containing {client_id} and no placeholder other than {client_id} and {gateway_id}"
 
 static const struct key_spec advertise_keys[] = {
-    STR_KEY("address", lan.advertise_address, check_ip, WHAT_IP, true),
-    UINT_KEY("port", lan.advertise_port, 1, 65535),
-    /* ADVERTISE carries the interval in a 2-byte Duration field (§5.4.2). */
-    UINT_KEY("interval_s", lan.advertise_interval_s, 1, 65535),
+    STR_KEY("address", lan.advertise_address, check_ip, WHAT_IP, true, NULL),
+    UINT_KEY("port", lan.advertise_port, 1, 65535, 1884),
+    /* ADVERTISE carries the interval in a 2-byte Duration field (§5.4.2); the
+     * spec recommends more than 15 minutes (T_ADV). */
+    UINT_KEY("interval_s", lan.advertise_interval_s, 1, 65535, 900),
 };
 
 static const struct key_spec lan_keys[] = {
-    STR_KEY("bind", lan.bind, check_ip, WHAT_IP, false),
-    UINT_KEY("port", lan.port, 1, 65535),
-    UINT_KEY("recv_buffer_bytes", lan.recv_buffer_bytes, 4096, 1073741824),
-    UINT_KEY("max_client_id_len", lan.max_client_id_len, 1, 255),
-    UINT_KEY("max_leaves", lan.max_leaves, 1, 1000000),
-    UINT_KEY("t_retry_ms", lan.t_retry_ms, 100, 600000),
-    UINT_KEY("n_retry", lan.n_retry, 0, 20),
-    UINT_KEY("connack_timeout_ms", lan.connack_timeout_ms, 100, 600000),
-    UINT_KEY("queue_max", lan.queue_max, 1, 1000000),
+    STR_KEY("bind", lan.bind, check_ip, WHAT_IP, false, "0.0.0.0"),
+    UINT_KEY("port", lan.port, 1, 65535, 1884),
+    UINT_KEY("recv_buffer_bytes", lan.recv_buffer_bytes, 4096, 1073741824, 4194304),
+    /* MQTT-SN §5.3.1 allows 1..23 characters. */
+    UINT_KEY("max_client_id_len", lan.max_client_id_len, 1, 255, 23),
+    UINT_KEY("max_leaves", lan.max_leaves, 1, 1000000, 10000),
+    /* The spec suggests T_retry 10-15 s and N_retry 3-5. */
+    UINT_KEY("t_retry_ms", lan.t_retry_ms, 100, 600000, 10000),
+    UINT_KEY("n_retry", lan.n_retry, 0, 20, 3),
+    UINT_KEY("connack_timeout_ms", lan.connack_timeout_ms, 100, 600000, 10000),
+    UINT_KEY("queue_max", lan.queue_max, 1, 1000000, 100),
     OBJ_KEY("advertise", advertise_keys),
-    {.name = "predefined_topics", .kind = K_PREDEFINED},
+    LIST_KEY("predefined_topics", K_PREDEFINED, lan.predefined, lan.n_predefined),
 };
 
 static const struct key_spec upstream_keys[] = {
-    STR_KEY("host", upstream.host, check_host, WHAT_HOST, false),
-    UINT_KEY("port", upstream.port, 1, 65535),
-    BOOL_KEY("tls", upstream.tls),
-    STR_KEY("ca_file", upstream.ca_file, check_readable_file, WHAT_FILE, true),
-    STR_KEY("cert_file", upstream.cert_file, check_readable_file, WHAT_FILE, true),
-    STR_KEY("key_file", upstream.key_file, check_readable_file, WHAT_FILE, true),
-    STR_KEY("cert_dir", upstream.cert_dir, check_dir, "a readable directory", true),
+    STR_KEY("host", upstream.host, check_host, WHAT_HOST, false, NULL),
+    /* 0 is "not given" (the file cannot say 0): derive_defaults() picks the
+     * port from upstream.tls. */
+    {.name = "port", .kind = K_UINT, FIELD(upstream.port), .min = 1, .max = 65535, .def = 0,
+     .doc_default = "`8883` with TLS, `1883` without"},
+    BOOL_KEY("tls", upstream.tls, true),
+    STR_KEY("ca_file", upstream.ca_file, check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("cert_file", upstream.cert_file, check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("key_file", upstream.key_file, check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("cert_dir", upstream.cert_dir, check_dir, "a readable directory", true, NULL),
     STR_KEY("alpn", upstream.alpn, check_alpn, "an ALPN protocol id of 1..255 printable bytes",
-            true),
+            true, NULL),
     STR_KEY("client_id_template", upstream.client_id_template, check_template, WHAT_TEMPLATE,
-            false),
-    STR_KEY("username", upstream.username, check_nonempty, "a non-empty string", true),
+            false, PH_CLIENT_ID),
+    STR_KEY("username", upstream.username, check_nonempty, "a non-empty string", true, NULL),
     STR_KEY("password_env", upstream.password_env, check_env_name,
-            "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", true),
-    UINT_KEY("keepalive_s", upstream.keepalive_s, 30, 1200),
-    BOOL_KEY("clean_session", upstream.clean_session),
-    UINT_KEY("connect_timeout_ms", upstream.connect_timeout_ms, 100, 600000),
-    UINT_KEY("backoff_base_ms", upstream.backoff_base_ms, 1, 3600000),
-    UINT_KEY("backoff_cap_ms", upstream.backoff_cap_ms, 1, 86400000),
-    UINT_KEY("give_up_after_s", upstream.give_up_after_s, 0, 86400),
-    UINT_KEY("max_queue", upstream.max_queue, 1, 1000000),
-    /* 268435455 is the largest MQTT Remaining Length, plus 5 header bytes. */
-    UINT_KEY("max_packet", upstream.max_packet, 1024, 268435460),
-    UINT_KEY("max_connecting", upstream.max_connecting, 0, 100000),
-    UINT_KEY("connect_rate_per_s", upstream.connect_rate_per_s, 0, 100000),
+            "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", true, NULL),
+    UINT_KEY("keepalive_s", upstream.keepalive_s, 30, 1200, 60),
+    BOOL_KEY("clean_session", upstream.clean_session, true),
+    UINT_KEY("connect_timeout_ms", upstream.connect_timeout_ms, 100, 600000, 10000),
+    UINT_KEY("backoff_base_ms", upstream.backoff_base_ms, 1, 3600000, 1000),
+    UINT_KEY("backoff_cap_ms", upstream.backoff_cap_ms, 1, 86400000, 60000),
+    UINT_KEY("give_up_after_s", upstream.give_up_after_s, 0, 86400, 120),
+    UINT_KEY("max_queue", upstream.max_queue, 1, 1000000, 1000),
+    /* 268435455 is the largest MQTT Remaining Length, plus 5 header bytes.
+     * The default is AWS IoT's 128 KiB payload limit plus 1 KiB for the
+     * header and topic. */
+    UINT_KEY("max_packet", upstream.max_packet, 1024, 268435460, 131072 + 1024),
+    UINT_KEY("max_connecting", upstream.max_connecting, 0, 100000, 64),
+    /* AWS IoT: 500 CONNECTs/s per account (PROTOCOLS.md A.9). */
+    UINT_KEY("connect_rate_per_s", upstream.connect_rate_per_s, 0, 100000, 500),
     STR_KEY("qos_minus1_client_id", upstream.qos_m1_client_id, check_nonempty,
-            "a non-empty string", true),
+            "a non-empty string", true, NULL),
 };
 
 static const struct key_spec web_keys[] = {
-    BOOL_KEY("enabled", web.enabled),
-    STR_KEY("bind", web.bind, check_ip, WHAT_IP, false),
-    UINT_KEY("port", web.port, 0, 65535),
-    STR_KEY("admin_token_file", web.admin_token_file, check_nonempty, "a file path", true),
+    BOOL_KEY("enabled", web.enabled, true),
+    STR_KEY("bind", web.bind, check_ip, WHAT_IP, false, "127.0.0.1"),
+    UINT_KEY("port", web.port, 0, 65535, 8080),
+    STR_KEY("admin_token_file", web.admin_token_file, check_nonempty, "a file path", true,
+            "fleetgw-admin.token"),
     STR_KEY("admin_token_env", web.admin_token_env, check_env_name,
-            "an environment variable name", true),
-    STR_KEY("read_token_file", web.read_token_file, check_nonempty, "a file path", true),
+            "an environment variable name", true, NULL),
+    STR_KEY("read_token_file", web.read_token_file, check_nonempty, "a file path", true, NULL),
     STR_KEY("read_token_env", web.read_token_env, check_env_name,
-            "an environment variable name", true),
-    BOOL_KEY("open_health", web.open_health),
-    BOOL_KEY("open_metrics", web.open_metrics),
-    STR_KEY("tls_cert_file", web.tls_cert_file, check_readable_file, WHAT_FILE, true),
-    STR_KEY("tls_key_file", web.tls_key_file, check_readable_file, WHAT_FILE, true),
-    STR_KEY("static_dir", web.static_dir, check_nonempty, "a directory path", false),
-    STR_KEY("openapi_file", web.openapi_file, check_nonempty, "a file path", false),
-    UINT_KEY("max_body_bytes", web.max_body_bytes, 1024, 16777216),
+            "an environment variable name", true, NULL),
+    BOOL_KEY("open_health", web.open_health, true),
+    BOOL_KEY("open_metrics", web.open_metrics, false),
+    STR_KEY("tls_cert_file", web.tls_cert_file, check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("tls_key_file", web.tls_key_file, check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("static_dir", web.static_dir, check_nonempty, "a directory path", false,
+            "/usr/share/fleetgw/web"),
+    STR_KEY("openapi_file", web.openapi_file, check_nonempty, "a file path", false,
+            "/usr/share/fleetgw/openapi.json"),
+    UINT_KEY("max_body_bytes", web.max_body_bytes, 1024, 16777216, 65536),
 };
 
 static const struct key_spec registry_keys[] = {
-    STR_KEY("path", registry.path, check_nonempty, "a file path", false),
-    STR_KEY("key_file", registry.key_file, check_nonempty, "a file path", true),
-    ENUM_KEY("synchronous", registry.synchronous, sync_names),
+    STR_KEY("path", registry.path, check_nonempty, "a file path", false, "fleetgw-registry.db"),
+    /* NULL is "not given": derive_defaults() names it after registry.path. */
+    {.name = "key_file", .kind = K_STR, FIELD(registry.key_file), .check = check_nonempty,
+     .expect = "a file path", .nullable = true, .doc_default = "`\"<path>.key\"`"},
+    ENUM_KEY("synchronous", registry.synchronous, sync_names, 1 /* normal */),
 };
 
 static const struct key_spec admission_keys[] = {
-    ENUM_KEY("policy", admission.policy, policy_names),
-    STR_KEY("pattern", admission.pattern, check_nonempty, "a glob pattern", false),
-    {.name = "allowlist", .kind = K_STRLIST, FIELD(admission.allowlist)},
-    BOOL_KEY("bind_address", admission.bind_address),
+    ENUM_KEY("policy", admission.policy, policy_names, POLICY_OPEN),
+    STR_KEY("pattern", admission.pattern, check_nonempty, "a glob pattern", false, "*"),
+    LIST_KEY("allowlist", K_STRLIST, admission.allowlist, admission.n_allowlist),
+    BOOL_KEY("bind_address", admission.bind_address, true),
 };
 
 static const struct key_spec local_ca_keys[] = {
-    STR_KEY("cert_file", provisioning.local_ca.cert_file, check_nonempty, "a file path", false),
-    STR_KEY("key_file", provisioning.local_ca.key_file, check_nonempty, "a file path", false),
-    BOOL_KEY("create", provisioning.local_ca.create),
-    UINT_KEY("days", provisioning.local_ca.days, 1, 36500),
+    STR_KEY("cert_file", provisioning.local_ca.cert_file, check_nonempty, "a file path", false,
+            "fleetgw-ca.crt"),
+    STR_KEY("key_file", provisioning.local_ca.key_file, check_nonempty, "a file path", false,
+            "fleetgw-ca.key"),
+    BOOL_KEY("create", provisioning.local_ca.create, true),
+    UINT_KEY("days", provisioning.local_ca.days, 1, 36500, 3650),
 };
 
 static const struct key_spec aws_keys[] = {
     STR_KEY("claim_cert_file", provisioning.aws.claim_cert_file, check_readable_file, WHAT_FILE,
-            true),
+            true, NULL),
     STR_KEY("claim_key_file", provisioning.aws.claim_key_file, check_readable_file, WHAT_FILE,
-            true),
+            true, NULL),
     STR_KEY("template_name", provisioning.aws.template_name, check_template_name,
-            "a provisioning template name: 1..36 of [0-9A-Za-z_-]", true),
-    ENUM_KEY("method", provisioning.aws.create_keys, method_names),
-    UINT_KEY("pool_size", provisioning.aws.pool_size, 1, 64),
+            "a provisioning template name: 1..36 of [0-9A-Za-z_-]", true, NULL),
+    ENUM_KEY("method", provisioning.aws.create_keys, method_names, 0 /* csr */),
+    UINT_KEY("pool_size", provisioning.aws.pool_size, 1, 64, 2),
     STR_KEY("client_id_prefix", provisioning.aws.client_id_prefix, check_claim_prefix,
-            "printable characters with no placeholder but {gateway_id}", false),
+            "printable characters with no placeholder but {gateway_id}", false,
+            "fleetgw-{gateway_id}-claim-"),
     STR_KEY("serial_parameter", provisioning.aws.serial_parameter, check_nonempty,
-            "a template parameter name", false),
-    {.name = "parameters", .kind = K_PARAMS, FIELD(provisioning.aws.params)},
-    UINT_KEY("token_ttl_s", provisioning.aws.token_ttl_s, 1, 86400),
+            "a template parameter name", false, "SerialNumber"),
+    LIST_KEY("parameters", K_PARAMS, provisioning.aws.params, provisioning.aws.n_params),
+    /* The certificate ownership token's life (PROTOCOLS.md A.4). */
+    UINT_KEY("token_ttl_s", provisioning.aws.token_ttl_s, 1, 86400, 3600),
 };
 
 static const struct key_spec provisioning_keys[] = {
-    ENUM_KEY("backend", provisioning.backend, backend_names),
+    ENUM_KEY("backend", provisioning.backend, backend_names, BACKEND_NONE),
     STR_KEY("thing_name_template", provisioning.thing_name_template, check_template,
-            WHAT_TEMPLATE, false),
-    UINT_KEY("rate_per_s", provisioning.rate_per_s, 1, 10000),
-    UINT_KEY("retry_base_ms", provisioning.retry_base_ms, 10, 3600000),
-    UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000),
-    UINT_KEY("request_timeout_ms", provisioning.request_timeout_ms, 100, 600000),
+            WHAT_TEMPLATE, false, PH_CLIENT_ID),
+    /* AWS: RegisterThing 10 TPS (PROTOCOLS.md A.9). */
+    UINT_KEY("rate_per_s", provisioning.rate_per_s, 1, 10000, 10),
+    UINT_KEY("retry_base_ms", provisioning.retry_base_ms, 10, 3600000, 2000),
+    UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000, 300000),
+    UINT_KEY("request_timeout_ms", provisioning.request_timeout_ms, 100, 600000, 30000),
     OBJ_KEY("local_ca", local_ca_keys),
     OBJ_KEY("aws", aws_keys),
 };
 
 static const struct key_spec top_keys[] = {
-    {.name = "log_level", .kind = K_LOG_LEVEL, FIELD(log_level)},
-    UINT_KEY("gateway_id", gateway_id, 1, 255),
+    ENUM_KEY("log_level", log_level, log_level_names, LOG_INFO),
+    UINT_KEY("gateway_id", gateway_id, 1, 255, 1),
     OBJ_KEY("lan", lan_keys),
     OBJ_KEY("upstream", upstream_keys),
     OBJ_KEY("web", web_keys),
@@ -478,11 +515,69 @@ static const struct key_spec top_keys[] = {
     OBJ_KEY("provisioning", provisioning_keys),
 };
 
+/* Strings the loader fills in from elsewhere than a key of the file: the
+ * file's own path and the secrets read from the environment.  They are not
+ * keys (never loaded from the file, not documented); cfg_free() walks them
+ * together with the key tables. */
+#define OWNED_FIELD(f, is_secret) {.name = #f, .kind = K_STR, FIELD(f), .secret = is_secret}
+
+static const struct key_spec owned_fields[] = {
+    OWNED_FIELD(path, false),
+    OWNED_FIELD(upstream.password, true),
+    OWNED_FIELD(web.admin_token, true),
+    OWNED_FIELD(web.read_token, true),
+};
+
 /* ---- value loaders ------------------------------------------------------ */
+
+static void *field_at(const struct gw_config *cfg, size_t off)
+{
+  return (unsigned char *)cfg + off;
+}
 
 static void *slot(const struct loader *ld, const struct key_spec *ks)
 {
-  return (unsigned char *)ld->cfg + ks->off;
+  return field_at(ld->cfg, ks->off);
+}
+
+/* The element count of a list key (K_PREDEFINED, K_STRLIST, K_PARAMS). */
+static size_t *count_at(const struct gw_config *cfg, const struct key_spec *ks)
+{
+  return field_at(cfg, ks->count_off);
+}
+
+/* Stores u into a K_UINT key's 1-, 2- or 4-byte field. */
+static void store_uint(const struct loader *ld, const struct key_spec *ks, uint32_t u)
+{
+  switch (ks->size) {
+  case 1: {
+    uint8_t x = (uint8_t)u;
+    memcpy(slot(ld, ks), &x, 1);
+    break;
+  }
+  case 2: {
+    uint16_t x = (uint16_t)u;
+    memcpy(slot(ld, ks), &x, 2);
+    break;
+  }
+  default:
+    memcpy(slot(ld, ks), &u, 4);
+    break;
+  }
+}
+
+static void store_bool(const struct loader *ld, const struct key_spec *ks, bool b)
+{
+  memcpy(slot(ld, ks), &b, sizeof b);
+}
+
+/* Stores a K_ENUM index: a two-choice key may live in a bool. */
+static void store_enum(const struct loader *ld, const struct key_spec *ks, int idx)
+{
+  if (ks->size == sizeof(bool))
+    store_bool(ld, ks, idx != 0);
+  else
+    memcpy(slot(ld, ks), &idx, sizeof idx);
 }
 
 /* Replaces the string at a char * slot, freeing what was there. */
@@ -510,21 +605,7 @@ static int load_uint(const struct loader *ld, const char *path, const struct key
   if (!(d >= (double)ks->min && d <= (double)ks->max) || d != (double)(uint32_t)d)
     return fail_expected(ld, path, what, v, NULL);
   u = (uint32_t)d;
-  switch (ks->size) {
-  case 1: {
-    uint8_t x = (uint8_t)u;
-    memcpy(slot(ld, ks), &x, 1);
-    break;
-  }
-  case 2: {
-    uint16_t x = (uint16_t)u;
-    memcpy(slot(ld, ks), &x, 2);
-    break;
-  }
-  default:
-    memcpy(slot(ld, ks), &u, 4);
-    break;
-  }
+  store_uint(ld, ks, u);
   return 0;
 }
 
@@ -574,9 +655,11 @@ static int parse_topic_id(const char *s, uint16_t *id)
   return 0;
 }
 
-static int load_predefined(const struct loader *ld, const char *path, const cJSON *obj)
+static int load_predefined(const struct loader *ld, const char *path, const struct key_spec *ks,
+                           const cJSON *obj)
 {
-  struct gw_config *cfg = ld->cfg;
+  struct cfg_predefined **list = slot(ld, ks);
+  size_t *count = count_at(ld->cfg, ks);
   char key[KEY_PATH_CAP];
   const cJSON *it;
   int n;
@@ -586,12 +669,12 @@ static int load_predefined(const struct loader *ld, const char *path, const cJSO
   n = cJSON_GetArraySize(obj);
   if (n == 0)
     return 0;
-  cfg->lan.predefined = calloc((size_t)n, sizeof *cfg->lan.predefined);
-  if (!cfg->lan.predefined)
+  *list = calloc((size_t)n, sizeof **list);
+  if (!*list)
     return fail_oom(ld);
 
   cJSON_ArrayForEach(it, obj) {
-    struct cfg_predefined *p = &cfg->lan.predefined[cfg->lan.n_predefined];
+    struct cfg_predefined *p = &(*list)[*count];
     const char *name = it->string ? it->string : "";
 
     join_path(key, sizeof key, path, name);
@@ -606,17 +689,16 @@ static int load_predefined(const struct loader *ld, const char *path, const cJSO
     p->topic = strdup(it->valuestring);
     if (!p->topic)
       return fail_oom(ld);
-    cfg->lan.n_predefined++;
+    (*count)++;
   }
 
   /* Sorted by id so that lookups can bisect; adjacent equal ids are then
    * duplicates ("5" given twice: JSON parsers keep both). */
-  qsort(cfg->lan.predefined, cfg->lan.n_predefined, sizeof *cfg->lan.predefined,
-        cmp_predefined);
-  for (size_t i = 1; i < cfg->lan.n_predefined; i++) {
-    if (cfg->lan.predefined[i].id == cfg->lan.predefined[i - 1].id) {
+  qsort(*list, *count, sizeof **list, cmp_predefined);
+  for (size_t i = 1; i < *count; i++) {
+    if ((*list)[i].id == (*list)[i - 1].id) {
       char idkey[16];
-      snprintf(idkey, sizeof idkey, "%u", (unsigned)cfg->lan.predefined[i].id);
+      snprintf(idkey, sizeof idkey, "%u", (unsigned)(*list)[i].id);
       join_path(key, sizeof key, path, idkey);
       return fail(ld, key, "duplicate topic id");
     }
@@ -641,18 +723,15 @@ static int load_enum(const struct loader *ld, const char *path, const struct key
   }
   if (idx < 0)
     return fail_expected(ld, path, what, v, NULL);
-  if (ks->size == sizeof(bool)) {
-    bool b = idx != 0;
-    memcpy(slot(ld, ks), &b, sizeof b);
-  } else {
-    memcpy(slot(ld, ks), &idx, sizeof idx);
-  }
+  store_enum(ld, ks, idx);
   return 0;
 }
 
-static int load_strlist(const struct loader *ld, const char *path, const cJSON *arr)
+static int load_strlist(const struct loader *ld, const char *path, const struct key_spec *ks,
+                        const cJSON *arr)
 {
-  struct gw_config *cfg = ld->cfg;
+  char ***list = slot(ld, ks);
+  size_t *count = count_at(ld->cfg, ks);
   const cJSON *it;
   int n;
 
@@ -661,8 +740,8 @@ static int load_strlist(const struct loader *ld, const char *path, const cJSON *
   n = cJSON_GetArraySize(arr);
   if (n == 0)
     return 0;
-  cfg->admission.allowlist = calloc((size_t)n, sizeof(char *));
-  if (!cfg->admission.allowlist)
+  *list = calloc((size_t)n, sizeof **list);
+  if (!*list)
     return fail_oom(ld);
   cJSON_ArrayForEach(it, arr) {
     char *copy;
@@ -672,14 +751,16 @@ static int load_strlist(const struct loader *ld, const char *path, const cJSON *
     copy = strdup(it->valuestring);
     if (!copy)
       return fail_oom(ld);
-    cfg->admission.allowlist[cfg->admission.n_allowlist++] = copy;
+    (*list)[(*count)++] = copy;
   }
   return 0;
 }
 
-static int load_params(const struct loader *ld, const char *path, const cJSON *obj)
+static int load_params(const struct loader *ld, const char *path, const struct key_spec *ks,
+                       const cJSON *obj)
 {
-  struct gw_config *cfg = ld->cfg;
+  struct cfg_param **list = slot(ld, ks);
+  size_t *count = count_at(ld->cfg, ks);
   char key[KEY_PATH_CAP];
   const cJSON *it;
   int n;
@@ -689,11 +770,11 @@ static int load_params(const struct loader *ld, const char *path, const cJSON *o
   n = cJSON_GetArraySize(obj);
   if (n == 0)
     return 0;
-  cfg->provisioning.aws.params = calloc((size_t)n, sizeof *cfg->provisioning.aws.params);
-  if (!cfg->provisioning.aws.params)
+  *list = calloc((size_t)n, sizeof **list);
+  if (!*list)
     return fail_oom(ld);
   cJSON_ArrayForEach(it, obj) {
-    struct cfg_param *p = &cfg->provisioning.aws.params[cfg->provisioning.aws.n_params];
+    struct cfg_param *p = &(*list)[*count];
     const char *name = it->string ? it->string : "";
     join_path(key, sizeof key, path, name);
     /* RegisterThing parameters are a flat string map (PROTOCOLS.md A.2). */
@@ -701,7 +782,7 @@ static int load_params(const struct loader *ld, const char *path, const cJSON *o
       return fail_expected(ld, key, "a string value", it, NULL);
     p->key = strdup(name);
     p->value = strdup(it->valuestring);
-    cfg->provisioning.aws.n_params++;
+    (*count)++;
     if (!p->key || !p->value)
       return fail_oom(ld);
   }
@@ -801,37 +882,25 @@ static int load_object(const struct loader *ld, const char *prefix, const cJSON 
     case K_BOOL:
       if (!cJSON_IsBool(it))
         return fail_expected(ld, path, "true or false", it, NULL);
-      {
-        bool b = cJSON_IsTrue(it);
-        memcpy(slot(ld, ks), &b, sizeof b);
-      }
+      store_bool(ld, ks, cJSON_IsTrue(it));
       break;
     case K_STR:
       rc = load_string(ld, path, ks, it);
       break;
-    case K_LOG_LEVEL: {
-      int lvl = cJSON_IsString(it) ? log_level_parse(it->valuestring) : -1;
-      if (lvl < 0)
-        return fail_expected(ld, path,
-                             "one of \"error\", \"warn\", \"info\", \"debug\", \"trace\"", it,
-                             NULL);
-      memcpy(slot(ld, ks), &lvl, sizeof lvl);
-      break;
-    }
     case K_OBJECT:
       rc = load_object(ld, path, it, ks->sub, ks->n_sub);
       break;
     case K_PREDEFINED:
-      rc = load_predefined(ld, path, it);
+      rc = load_predefined(ld, path, ks, it);
       break;
     case K_ENUM:
       rc = load_enum(ld, path, ks, it);
       break;
     case K_STRLIST:
-      rc = load_strlist(ld, path, it);
+      rc = load_strlist(ld, path, ks, it);
       break;
     case K_PARAMS:
-      rc = load_params(ld, path, it);
+      rc = load_params(ld, path, ks, it);
       break;
     }
     if (rc != 0)
@@ -842,76 +911,62 @@ static int load_object(const struct loader *ld, const char *prefix, const cJSON 
 
 /* ---- defaults and cross-key rules -------------------------------------- */
 
-static int set_defaults(const struct loader *ld)
+/* Gives every key its default from the tables, before the file is read (the
+ * file's keys then replace them).  Lists start empty: the config is calloc'd. */
+static int set_defaults(const struct loader *ld, const struct key_spec *specs, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    const struct key_spec *ks = &specs[i];
+    char *copy;
+
+    switch (ks->kind) {
+    case K_UINT:
+      store_uint(ld, ks, ks->def);
+      break;
+    case K_BOOL:
+      store_bool(ld, ks, ks->def != 0);
+      break;
+    case K_ENUM:
+      store_enum(ld, ks, (int)ks->def);
+      break;
+    case K_STR:
+      if (ks->def_str) {
+        copy = strdup(ks->def_str);
+        if (!copy)
+          return fail_oom(ld);
+        set_string(slot(ld, ks), copy);
+      }
+      break;
+    case K_OBJECT:
+      if (set_defaults(ld, ks->sub, ks->n_sub) != 0)
+        return -1;
+      break;
+    case K_PREDEFINED:
+    case K_STRLIST:
+    case K_PARAMS:
+      break;
+    }
+  }
+  return 0;
+}
+
+/* The defaults that depend on other keys, so they can only be settled once
+ * the whole file has been read.  Their table entries hold "not given" (port
+ * 0, which the file cannot set; key_file NULL) and a doc_default that tells
+ * the README what they become. */
+static int derive_defaults(const struct loader *ld)
 {
   struct gw_config *cfg = ld->cfg;
 
-  cfg->log_level = LOG_INFO;
-  cfg->gateway_id = 1;
-
-  cfg->lan.bind = strdup("0.0.0.0");
-  cfg->lan.port = 1884;
-  cfg->lan.recv_buffer_bytes = 4194304;
-  cfg->lan.max_client_id_len = 23; /* MQTT-SN §5.3.1 */
-  cfg->lan.max_leaves = 10000;
-  cfg->lan.t_retry_ms = 10000;
-  cfg->lan.n_retry = 3;
-  cfg->lan.connack_timeout_ms = 10000;
-  cfg->lan.queue_max = 100;
-  cfg->lan.advertise_port = 1884;
-  cfg->lan.advertise_interval_s = 900;
-
-  cfg->upstream.port = 0; /* 0 = not given; resolved from tls in check_rules() */
-  cfg->upstream.tls = true;
-  cfg->upstream.client_id_template = strdup(PH_CLIENT_ID);
-  cfg->upstream.keepalive_s = 60;
-  cfg->upstream.clean_session = true;
-  cfg->upstream.connect_timeout_ms = 10000;
-  cfg->upstream.backoff_base_ms = 1000;
-  cfg->upstream.backoff_cap_ms = 60000;
-  cfg->upstream.give_up_after_s = 120;
-  cfg->upstream.max_queue = 1000;
-  cfg->upstream.max_packet = 131072 + 1024;
-  cfg->upstream.max_connecting = 64;
-  cfg->upstream.connect_rate_per_s = 500; /* AWS IoT: 500 CONNECTs/s per account (A.9) */
-
-  cfg->web.enabled = true;
-  cfg->web.bind = strdup("127.0.0.1");
-  cfg->web.port = 8080;
-  cfg->web.admin_token_file = strdup("fleetgw-admin.token");
-  cfg->web.open_health = true;
-  cfg->web.open_metrics = false;
-  cfg->web.static_dir = strdup("/usr/share/fleetgw/web");
-  cfg->web.openapi_file = strdup("/usr/share/fleetgw/openapi.json");
-  cfg->web.max_body_bytes = 65536;
-  cfg->registry.path = strdup("fleetgw-registry.db");
-  cfg->registry.synchronous = 1;
-  cfg->admission.policy = POLICY_OPEN;
-  cfg->admission.pattern = strdup("*");
-  cfg->admission.bind_address = true;
-  cfg->provisioning.backend = BACKEND_NONE;
-  cfg->provisioning.thing_name_template = strdup(PH_CLIENT_ID);
-  cfg->provisioning.rate_per_s = 10;        /* AWS: RegisterThing 10 TPS (PROTOCOLS.md A.9) */
-  cfg->provisioning.retry_base_ms = 2000;
-  cfg->provisioning.retry_cap_ms = 300000;
-  cfg->provisioning.request_timeout_ms = 30000;
-  cfg->provisioning.local_ca.cert_file = strdup("fleetgw-ca.crt");
-  cfg->provisioning.local_ca.key_file = strdup("fleetgw-ca.key");
-  cfg->provisioning.local_ca.create = true;
-  cfg->provisioning.local_ca.days = 3650;
-  cfg->provisioning.aws.pool_size = 2;
-  cfg->provisioning.aws.client_id_prefix = strdup("fleetgw-{gateway_id}-claim-");
-  cfg->provisioning.aws.serial_parameter = strdup("SerialNumber");
-  cfg->provisioning.aws.token_ttl_s = 3600; /* the ownership token's life (A.4) */
-
-  if (!cfg->web.bind || !cfg->web.admin_token_file || !cfg->web.static_dir ||
-      !cfg->web.openapi_file)
-    return fail_oom(ld);
-  if (!cfg->lan.bind || !cfg->upstream.client_id_template || !cfg->registry.path ||
-      !cfg->admission.pattern || !cfg->provisioning.thing_name_template ||
-      !cfg->provisioning.local_ca.cert_file || !cfg->provisioning.local_ca.key_file ||
-      !cfg->provisioning.aws.client_id_prefix || !cfg->provisioning.aws.serial_parameter)
-    return fail_oom(ld);
+  if (cfg->upstream.port == 0)
+    cfg->upstream.port = cfg->upstream.tls ? 8883 : 1883;
+  if (!cfg->registry.key_file) {
+    size_t n = strlen(cfg->registry.path) + 5;
+    cfg->registry.key_file = malloc(n);
+    if (!cfg->registry.key_file)
+      return fail_oom(ld);
+    snprintf(cfg->registry.key_file, n, "%s.key", cfg->registry.path);
+  }
   return 0;
 }
 
@@ -927,8 +982,6 @@ static int check_rules(const struct loader *ld)
 
   if (!cfg->upstream.host)
     return fail_missing(ld, "upstream.host", "", WHAT_HOST);
-  if (cfg->upstream.port == 0)
-    cfg->upstream.port = cfg->upstream.tls ? 8883 : 1883;
   if (cfg->upstream.tls && !cfg->upstream.ca_file)
     return fail_missing(ld, "upstream.ca_file", " when upstream.tls is true", WHAT_FILE);
 
@@ -983,13 +1036,6 @@ static int check_rules(const struct loader *ld)
     cfg->web.read_token = strdup(t);
     if (!cfg->web.read_token)
       return fail_oom(ld);
-  }
-  if (!cfg->registry.key_file) {
-    size_t n = strlen(cfg->registry.path) + 5;
-    cfg->registry.key_file = malloc(n);
-    if (!cfg->registry.key_file)
-      return fail_oom(ld);
-    snprintf(cfg->registry.key_file, n, "%s.key", cfg->registry.path);
   }
   if (cfg->provisioning.retry_cap_ms < cfg->provisioning.retry_base_ms)
     return fail(ld, "provisioning.retry_cap_ms",
@@ -1136,7 +1182,7 @@ int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
     fail_oom(&ld);
     goto free_cfg;
   }
-  if (set_defaults(&ld) != 0)
+  if (set_defaults(&ld, top_keys, sizeof top_keys / sizeof top_keys[0]) != 0)
     goto free_cfg;
   if (read_whole_file(&ld, &buf, &len) != 0)
     goto free_cfg;
@@ -1162,7 +1208,7 @@ int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
   }
   if (load_object(&ld, "", root, top_keys, sizeof top_keys / sizeof top_keys[0]) != 0)
     goto free_json;
-  if (check_rules(&ld) != 0)
+  if (derive_defaults(&ld) != 0 || check_rules(&ld) != 0)
     goto free_json;
 
   cJSON_Delete(root);
@@ -1179,13 +1225,51 @@ free_cfg:
   return -1;
 }
 
-static void wipe_free(char *secret)
+/* Frees what the keys of specs own: strings (secrets wiped first) and lists. */
+static void free_keys(struct gw_config *cfg, const struct key_spec *specs, size_t n)
 {
-  if (secret) {
-    volatile char *p = secret;
-    while (*p)
-      *p++ = '\0';
-    free(secret);
+  for (size_t i = 0; i < n; i++) {
+    const struct key_spec *ks = &specs[i];
+    void *p = field_at(cfg, ks->off);
+
+    switch (ks->kind) {
+    case K_STR:
+      if (ks->secret)
+        secret_free(*(char **)p);
+      else
+        free(*(char **)p);
+      break;
+    case K_OBJECT:
+      free_keys(cfg, ks->sub, ks->n_sub);
+      break;
+    case K_PREDEFINED: {
+      struct cfg_predefined *list = *(struct cfg_predefined **)p;
+      for (size_t j = 0; j < *count_at(cfg, ks); j++)
+        free(list[j].topic);
+      free(list);
+      break;
+    }
+    case K_STRLIST: {
+      char **list = *(char ***)p;
+      for (size_t j = 0; j < *count_at(cfg, ks); j++)
+        free(list[j]);
+      free(list);
+      break;
+    }
+    case K_PARAMS: {
+      struct cfg_param *list = *(struct cfg_param **)p;
+      for (size_t j = 0; j < *count_at(cfg, ks); j++) {
+        free(list[j].key);
+        free(list[j].value);
+      }
+      free(list);
+      break;
+    }
+    case K_UINT:
+    case K_BOOL:
+    case K_ENUM:
+      break;
+    }
   }
 }
 
@@ -1193,61 +1277,125 @@ void cfg_free(struct gw_config *cfg)
 {
   if (!cfg)
     return;
-  free(cfg->path);
-  free(cfg->lan.bind);
-  free(cfg->lan.advertise_address);
-  for (size_t i = 0; i < cfg->lan.n_predefined; i++)
-    free(cfg->lan.predefined[i].topic);
-  free(cfg->lan.predefined);
-  free(cfg->upstream.host);
-  free(cfg->upstream.ca_file);
-  free(cfg->upstream.cert_file);
-  free(cfg->upstream.key_file);
-  free(cfg->upstream.cert_dir);
-  free(cfg->upstream.alpn);
-  free(cfg->upstream.client_id_template);
-  free(cfg->upstream.username);
-  if (cfg->upstream.password) {
-    /* Do not leave the secret in freed heap memory; volatile keeps the
-     * compiler from dropping the stores as dead. */
-    volatile char *p = cfg->upstream.password;
-    while (*p)
-      *p++ = '\0';
-    free(cfg->upstream.password);
-  }
-  free(cfg->upstream.password_env);
-  free(cfg->upstream.qos_m1_client_id);
-  free(cfg->web.bind);
-  free(cfg->web.admin_token_file);
-  free(cfg->web.admin_token_env);
-  free(cfg->web.read_token_file);
-  free(cfg->web.read_token_env);
-  free(cfg->web.tls_cert_file);
-  free(cfg->web.tls_key_file);
-  free(cfg->web.static_dir);
-  free(cfg->web.openapi_file);
-  wipe_free(cfg->web.admin_token);
-  wipe_free(cfg->web.read_token);
-  free(cfg->registry.path);
-  free(cfg->registry.key_file);
-  free(cfg->admission.pattern);
-  for (size_t i = 0; i < cfg->admission.n_allowlist; i++)
-    free(cfg->admission.allowlist[i]);
-  free(cfg->admission.allowlist);
-  free(cfg->provisioning.thing_name_template);
-  free(cfg->provisioning.local_ca.cert_file);
-  free(cfg->provisioning.local_ca.key_file);
-  free(cfg->provisioning.aws.claim_cert_file);
-  free(cfg->provisioning.aws.claim_key_file);
-  free(cfg->provisioning.aws.template_name);
-  free(cfg->provisioning.aws.client_id_prefix);
-  free(cfg->provisioning.aws.serial_parameter);
-  for (size_t i = 0; i < cfg->provisioning.aws.n_params; i++) {
-    free(cfg->provisioning.aws.params[i].key);
-    free(cfg->provisioning.aws.params[i].value);
-  }
-  free(cfg->provisioning.aws.params);
+  free_keys(cfg, top_keys, sizeof top_keys / sizeof top_keys[0]);
+  free_keys(cfg, owned_fields, sizeof owned_fields / sizeof owned_fields[0]);
   free(cfg);
+}
+
+/* ---- key iteration (documentation and tests) --------------------------- */
+
+static size_t count_keys(const struct key_spec *specs, size_t n)
+{
+  size_t total = n;
+  for (size_t i = 0; i < n; i++)
+    if (specs[i].kind == K_OBJECT)
+      total += count_keys(specs[i].sub, specs[i].n_sub);
+  return total;
+}
+
+/* Finds key number *i below specs, depth-first with each object before its
+ * keys, counting *i down as it goes; writes its dotted path into path[cap]. */
+static const struct key_spec *nth_key(const struct key_spec *specs, size_t n, const char *prefix,
+                                      size_t *i, char *path, size_t cap)
+{
+  for (size_t k = 0; k < n; k++) {
+    char here[KEY_PATH_CAP];
+    const struct key_spec *found;
+
+    join_path(here, sizeof here, prefix, specs[k].name);
+    if ((*i)-- == 0) {
+      join_path(path, cap, "", here);
+      return &specs[k];
+    }
+    if (specs[k].kind == K_OBJECT) {
+      found = nth_key(specs[k].sub, specs[k].n_sub, here, i, path, cap);
+      if (found)
+        return found;
+    }
+  }
+  return NULL;
+}
+
+/* The type column of README.md's key tables. */
+static const char *kind_name(const struct key_spec *ks)
+{
+  switch (ks->kind) {
+  case K_UINT:
+    return "integer";
+  case K_BOOL:
+    return "boolean";
+  case K_STR:
+    return ks->nullable ? "string or null" : "string";
+  case K_ENUM:
+    return "string";
+  case K_STRLIST:
+    return "array of strings";
+  case K_OBJECT:
+  case K_PREDEFINED:
+  case K_PARAMS:
+    break;
+  }
+  return "object";
+}
+
+/* The default column of README.md's key tables (Markdown). */
+static void render_default(const struct key_spec *ks, char *out, size_t cap)
+{
+  const char *text = "";
+
+  if (ks->doc_default) {
+    snprintf(out, cap, "%s", ks->doc_default);
+    return;
+  }
+  switch (ks->kind) {
+  case K_UINT:
+    snprintf(out, cap, "`%lu`", (unsigned long)ks->def);
+    return;
+  case K_ENUM:
+    snprintf(out, cap, "`\"%s\"`", ks->choices[ks->def]);
+    return;
+  case K_STR:
+    if (ks->def_str) {
+      snprintf(out, cap, "`\"%s\"`", ks->def_str);
+      return;
+    }
+    /* Without a default and with null refused, the file must give it. */
+    text = ks->nullable ? "not set" : "**required**";
+    break;
+  case K_BOOL:
+    text = ks->def ? "`true`" : "`false`";
+    break;
+  case K_STRLIST:
+    text = "`[]`";
+    break;
+  case K_PREDEFINED:
+  case K_PARAMS:
+    text = "`{}`";
+    break;
+  case K_OBJECT:
+    break; /* an object has no default of its own: its keys have */
+  }
+  snprintf(out, cap, "%s", text);
+}
+
+size_t cfg_key_count(void)
+{
+  return count_keys(top_keys, sizeof top_keys / sizeof top_keys[0]);
+}
+
+int cfg_key_at(size_t i, struct cfg_key_info *info)
+{
+  const struct key_spec *ks;
+
+  if (!info)
+    return -1;
+  ks = nth_key(top_keys, sizeof top_keys / sizeof top_keys[0], "", &i, info->path,
+               sizeof info->path);
+  if (!ks)
+    return -1;
+  info->type = kind_name(ks);
+  render_default(ks, info->def, sizeof info->def);
+  return 0;
 }
 
 /* Expands {client_id} and {gateway_id} in template t into out[cap]. */

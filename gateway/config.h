@@ -1,12 +1,15 @@
 /*
  * config.h - the gateway's configuration: one JSON file (--config).
  *
- * cfg_load() reads the file, applies the defaults below for absent keys, and
+ * cfg_load() reads the file, applies the defaults for absent keys, and
  * validates every key.  An unknown key, a wrong type or an out-of-range value
  * is an error whose message names the file, the key (as a JSON path such as
  * "upstream.port") and what was expected, e.g.
  *   fleetgw.json: upstream.port: expected an integer 1..65535, got "abc"
- * Every key is documented in README.md with its default.
+ * Every key is documented in README.md with its default.  The defaults live
+ * in one place, config.c's key tables; the comments below name each field's
+ * key but do not repeat its default, and test_config_readme checks README.md
+ * against the tables (cfg_key_at()).
  *
  * Strings in struct gw_config are owned by it (freed by cfg_free).  NULL means
  * "not set" for optional strings.
@@ -34,110 +37,110 @@ enum cfg_backend { BACKEND_NONE = 0, BACKEND_LOCAL_CA = 1, BACKEND_AWS = 2 };
 
 struct gw_config {
   char *path;                  /* the file it was loaded from */
-  int log_level;               /* "log_level": enum log_level; default "info" */
-  uint8_t gateway_id;          /* "gateway_id": 1..255; default 1 */
+  int log_level;               /* "log_level": enum log_level */
+  uint8_t gateway_id;          /* "gateway_id": 1..255 */
 
   struct {
-    char *bind;                /* "lan.bind": default "0.0.0.0" */
-    uint16_t port;             /* "lan.port": default 1884 */
-    uint32_t recv_buffer_bytes;/* "lan.recv_buffer_bytes": default 4194304 (SO_RCVBUF) */
-    uint32_t max_client_id_len;/* "lan.max_client_id_len": 1..255; default 23 (spec) */
-    uint32_t max_leaves;       /* "lan.max_leaves": default 10000 */
-    uint32_t t_retry_ms;       /* "lan.t_retry_ms": default 10000 (spec 10-15 s) */
-    uint32_t n_retry;          /* "lan.n_retry": default 3 (spec 3-5) */
-    uint32_t connack_timeout_ms; /* "lan.connack_timeout_ms": default 10000 */
-    uint32_t queue_max;        /* "lan.queue_max": messages buffered per leaf (asleep or busy); default 100 */
+    char *bind;                /* "lan.bind" */
+    uint16_t port;             /* "lan.port" */
+    uint32_t recv_buffer_bytes;/* "lan.recv_buffer_bytes": SO_RCVBUF */
+    uint32_t max_client_id_len;/* "lan.max_client_id_len": 1..255 (spec: 23) */
+    uint32_t max_leaves;       /* "lan.max_leaves" */
+    uint32_t t_retry_ms;       /* "lan.t_retry_ms": spec 10-15 s */
+    uint32_t n_retry;          /* "lan.n_retry": spec 3-5 */
+    uint32_t connack_timeout_ms; /* "lan.connack_timeout_ms" */
+    uint32_t queue_max;        /* "lan.queue_max": messages buffered per leaf (asleep or busy) */
     char *advertise_address;   /* "lan.advertise.address": NULL = ADVERTISE off */
-    uint16_t advertise_port;   /* "lan.advertise.port": default 1884 */
-    uint32_t advertise_interval_s; /* "lan.advertise.interval_s": default 900 (spec T_ADV > 15 min) */
+    uint16_t advertise_port;   /* "lan.advertise.port" */
+    uint32_t advertise_interval_s; /* "lan.advertise.interval_s": spec T_ADV > 15 min */
     struct cfg_predefined *predefined; /* "lan.predefined_topics": {"1": "a/b", ...} */
     size_t n_predefined;
   } lan;
 
   struct {
     char *host;                /* "upstream.host": required */
-    uint16_t port;             /* "upstream.port": default 8883 with TLS, 1883 without */
-    bool tls;                  /* "upstream.tls": default true */
+    uint16_t port;             /* "upstream.port": 8883 with TLS, 1883 without */
+    bool tls;                  /* "upstream.tls" */
     char *ca_file;             /* "upstream.ca_file": required when tls */
     char *cert_file;           /* "upstream.cert_file": one client cert for all leaves */
     char *key_file;            /* "upstream.key_file" */
     char *cert_dir;            /* "upstream.cert_dir": <dir>/<ClientId>.crt + .key per leaf */
     char *alpn;                /* "upstream.alpn": NULL, or e.g. "x-amzn-mqtt-ca" */
-    char *client_id_template;  /* "upstream.client_id_template": default "{client_id}";
-                                  placeholders {client_id}, {gateway_id} */
-    char *username;            /* "upstream.username": NULL */
-    char *password;            /* read from the env var named by "upstream.password_env" */
+    char *client_id_template;  /* "upstream.client_id_template": placeholders {client_id},
+                                  {gateway_id} */
+    char *username;            /* "upstream.username": NULL = none */
+    char *password;            /* read from the env var named by "upstream.password_env" (secret) */
     char *password_env;
-    uint16_t keepalive_s;      /* "upstream.keepalive_s": 30..1200; default 60 */
-    bool clean_session;        /* "upstream.clean_session": default true */
-    uint32_t connect_timeout_ms; /* "upstream.connect_timeout_ms": default 10000 */
-    uint32_t backoff_base_ms;  /* "upstream.backoff_base_ms": default 1000 */
-    uint32_t backoff_cap_ms;   /* "upstream.backoff_cap_ms": default 60000 */
-    uint32_t give_up_after_s;  /* "upstream.give_up_after_s": default 120; leaves told DISCONNECT */
-    uint32_t max_queue;        /* "upstream.max_queue": outgoing messages per session; default 1000 */
-    uint32_t max_packet;       /* "upstream.max_packet": default 131072 + 1024 */
+    uint16_t keepalive_s;      /* "upstream.keepalive_s": 30..1200 */
+    bool clean_session;        /* "upstream.clean_session" */
+    uint32_t connect_timeout_ms; /* "upstream.connect_timeout_ms" */
+    uint32_t backoff_base_ms;  /* "upstream.backoff_base_ms" */
+    uint32_t backoff_cap_ms;   /* "upstream.backoff_cap_ms" */
+    uint32_t give_up_after_s;  /* "upstream.give_up_after_s": then leaves are told DISCONNECT */
+    uint32_t max_queue;        /* "upstream.max_queue": outgoing messages per session */
+    uint32_t max_packet;       /* "upstream.max_packet" */
     char *qos_m1_client_id;    /* "upstream.qos_minus1_client_id": NULL = QoS -1 dropped */
-    uint32_t max_connecting;   /* "upstream.max_connecting": attempts in progress; default 64 */
-    uint32_t connect_rate_per_s; /* "upstream.connect_rate_per_s": new attempts/s; default 200 */
+    uint32_t max_connecting;   /* "upstream.max_connecting": attempts in progress */
+    uint32_t connect_rate_per_s; /* "upstream.connect_rate_per_s": new attempts/s */
   } upstream;
 
   struct {
-    bool enabled;              /* "web.enabled": default true */
-    char *bind;                /* "web.bind": default "127.0.0.1" */
-    uint16_t port;             /* "web.port": default 8080 */
-    char *admin_token_file;    /* "web.admin_token_file": default "fleetgw-admin.token" (created) */
+    bool enabled;              /* "web.enabled" */
+    char *bind;                /* "web.bind" */
+    uint16_t port;             /* "web.port" */
+    char *admin_token_file;    /* "web.admin_token_file": created when absent */
     char *admin_token_env;     /* "web.admin_token_env": variable holding the admin token */
     char *read_token_file;     /* "web.read_token_file": read-only token, optional */
     char *read_token_env;      /* "web.read_token_env" */
-    bool open_health;          /* "web.open_health": default true */
-    bool open_metrics;         /* "web.open_metrics": default false */
+    bool open_health;          /* "web.open_health" */
+    bool open_metrics;         /* "web.open_metrics" */
     char *tls_cert_file;       /* "web.tls_cert_file": HTTPS when set with tls_key_file */
     char *tls_key_file;        /* "web.tls_key_file" */
-    char *static_dir;          /* "web.static_dir": default "/usr/share/fleetgw/web" */
-    char *openapi_file;        /* "web.openapi_file": default "/usr/share/fleetgw/openapi.json" */
-    uint32_t max_body_bytes;   /* "web.max_body_bytes": default 65536 */
+    char *static_dir;          /* "web.static_dir" */
+    char *openapi_file;        /* "web.openapi_file" */
+    uint32_t max_body_bytes;   /* "web.max_body_bytes" */
     char *admin_token;         /* loaded from the file or variable (secret) */
-    char *read_token;
+    char *read_token;          /* (secret) */
   } web;
 
   struct {
-    char *path;                /* "registry.path": default "fleetgw-registry.db" */
-    char *key_file;            /* "registry.key_file": default "<path>.key" */
-    int synchronous;           /* "registry.synchronous": "off"|"normal"|"full"; default normal (1) */
+    char *path;                /* "registry.path" */
+    char *key_file;            /* "registry.key_file": "<path>.key" when not given */
+    int synchronous;           /* "registry.synchronous": 0 "off", 1 "normal", 2 "full" */
   } registry;
 
   struct {
-    int policy;                /* "admission.policy": "open"|"allowlist"|"approve"; default open */
-    char *pattern;             /* "admission.pattern": glob for "open"; default "*" */
+    int policy;                /* "admission.policy": enum cfg_policy */
+    char *pattern;             /* "admission.pattern": glob for "open" */
     char **allowlist;          /* "admission.allowlist": entries seeded into the registry */
     size_t n_allowlist;
-    bool bind_address;         /* "admission.bind_address": ClientId bound to its IP; default true */
+    bool bind_address;         /* "admission.bind_address": ClientId bound to its IP */
   } admission;
 
   struct {
-    int backend;               /* "provisioning.backend": "none"|"local-ca"|"aws"; default none */
-    char *thing_name_template; /* "provisioning.thing_name_template": local-ca; default "{client_id}" */
-    uint32_t rate_per_s;       /* "provisioning.rate_per_s": requests/s to the cloud; default 10 */
-    uint32_t retry_base_ms;    /* "provisioning.retry_base_ms": default 2000 */
-    uint32_t retry_cap_ms;     /* "provisioning.retry_cap_ms": default 300000 */
-    uint32_t request_timeout_ms; /* "provisioning.request_timeout_ms": default 30000 */
+    int backend;               /* "provisioning.backend": enum cfg_backend */
+    char *thing_name_template; /* "provisioning.thing_name_template": local-ca */
+    uint32_t rate_per_s;       /* "provisioning.rate_per_s": requests/s to the cloud */
+    uint32_t retry_base_ms;    /* "provisioning.retry_base_ms" */
+    uint32_t retry_cap_ms;     /* "provisioning.retry_cap_ms" */
+    uint32_t request_timeout_ms; /* "provisioning.request_timeout_ms" */
     struct {
-      char *cert_file;         /* "provisioning.local_ca.cert_file": default "fleetgw-ca.crt" */
-      char *key_file;          /* "provisioning.local_ca.key_file": default "fleetgw-ca.key" */
-      bool create;             /* "provisioning.local_ca.create": default true */
-      uint32_t days;           /* "provisioning.local_ca.days": device cert validity; default 3650 */
+      char *cert_file;         /* "provisioning.local_ca.cert_file" */
+      char *key_file;          /* "provisioning.local_ca.key_file" */
+      bool create;             /* "provisioning.local_ca.create" */
+      uint32_t days;           /* "provisioning.local_ca.days": device cert validity */
     } local_ca;
     struct {
       char *claim_cert_file;   /* "provisioning.aws.claim_cert_file": required for aws */
       char *claim_key_file;    /* "provisioning.aws.claim_key_file": required for aws */
       char *template_name;     /* "provisioning.aws.template_name": required for aws */
-      bool create_keys;        /* "provisioning.aws.method": "csr" (default) | "create-keys" */
-      uint32_t pool_size;      /* "provisioning.aws.pool_size": claim connections; default 2 */
-      char *client_id_prefix;  /* "provisioning.aws.client_id_prefix": default "fleetgw-{gateway_id}-claim-" */
-      char *serial_parameter;  /* "provisioning.aws.serial_parameter": default "SerialNumber" */
+      bool create_keys;        /* "provisioning.aws.method": false "csr", true "create-keys" */
+      uint32_t pool_size;      /* "provisioning.aws.pool_size": claim connections */
+      char *client_id_prefix;  /* "provisioning.aws.client_id_prefix" */
+      char *serial_parameter;  /* "provisioning.aws.serial_parameter" */
       struct cfg_param *params;/* "provisioning.aws.parameters": static template parameters */
       size_t n_params;
-      uint32_t token_ttl_s;    /* "provisioning.aws.token_ttl_s": default 3600 (AWS: one hour) */
+      uint32_t token_ttl_s;    /* "provisioning.aws.token_ttl_s" */
     } aws;
   } provisioning;
 };
@@ -159,5 +162,19 @@ int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, 
  * it does not fit. */
 int cfg_upstream_client_id(const struct gw_config *cfg, const char *leaf_client_id, char *out,
                            size_t cap);
+
+/* The keys the file may hold, read-only, for documentation and tests (README.md's
+ * key tables are checked against them).  Keys are numbered 0..cfg_key_count()-1,
+ * depth-first in table order, each object before its own keys. */
+struct cfg_key_info {
+  char path[96];               /* dotted JSON path, e.g. "upstream.port" */
+  const char *type;            /* README's type column: "integer", "string or null", ... */
+  char def[96];                /* README's default column, e.g. "`1884`", "not set";
+                                  "" for an object */
+};
+
+size_t cfg_key_count(void);
+/* Fills *info for key i; returns 0, or -1 when i is out of range. */
+int cfg_key_at(size_t i, struct cfg_key_info *info);
 
 #endif
