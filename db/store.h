@@ -175,6 +175,9 @@ int store_cert_get(struct store *st, const char *cert_id, bool with_pem, struct 
 /* Decrypts the certificate's private key into *key_pem (free with
  * store_secret_free). */
 int store_cert_key(struct store *st, const char *cert_id, char **key_pem);
+/* Wipes and frees a secret this module returned; NULL does nothing.  The
+ * same as secret_free() of common/secret.h, which new code should call; kept
+ * while callers outside db/ still use this name. */
 void store_secret_free(char *secret);
 /* Number of certificates of a device in a status (-1 = any). */
 int store_cert_count(struct store *st, const char *client_id, int status, int64_t *count);

@@ -30,52 +30,51 @@ int store_audit(struct store *st, int64_t now, const char *actor, const char *ac
   return store_stmt_run(st, s);
 }
 
+/* The ClientId filter of an audit page: ?1, NULL for every row. */
+static void bind_audit_filter(sqlite3_stmt *s, const void *filter)
+{
+  store_bind_opt_text(s, 1, filter);
+}
+
+/* The caller's callback, for store_page_list's row adapter. */
+struct audit_sink {
+  store_audit_cb cb;
+  void *ud;
+};
+
+static int audit_page_row(struct store *st, sqlite3_stmt *s, void *ctx)
+{
+  const struct audit_sink *sink = ctx;
+  struct store_audit a;
+  memset(&a, 0, sizeof a);
+  a.id = sqlite3_column_int64(s, 0);
+  a.at = sqlite3_column_int64(s, 1);
+  store_col_copy(a.actor, sizeof a.actor, s, 2);
+  store_col_copy(a.action, sizeof a.action, s, 3);
+  store_col_copy(a.client_id, sizeof a.client_id, s, 4);
+  store_col_copy(a.detail, sizeof a.detail, s, 5);
+  return sink->cb(sink->ud, &a);
+}
+
 int store_audit_list(struct store *st, const char *client_id, int64_t offset, int64_t limit,
                      store_audit_cb cb, void *ud, int64_t *total)
 {
   static const char count_sql[] = "SELECT count(*) FROM audit WHERE ?1 IS NULL OR client_id = ?1";
   static const char page_sql[] = "SELECT id, at, actor, action, client_id, detail FROM audit "
                                  "WHERE ?1 IS NULL OR client_id = ?1 ORDER BY id DESC "
-                                 "LIMIT ?2 OFFSET ?3";
-  struct store_audit a;
-  sqlite3_stmt *s;
-  int rc, err;
+                                 "LIMIT :limit OFFSET :offset";
+  struct audit_sink sink = {.cb = cb, .ud = ud};
+  const struct store_page page = {.count_sql = count_sql,
+                                  .page_sql = page_sql,
+                                  .bind = bind_audit_filter,
+                                  .filter = client_id,
+                                  .row = cb ? audit_page_row : NULL,
+                                  .ctx = &sink};
+  int err;
 
-  if (offset < 0)
-    return store_fail(st, STORE_INVAL, "negative offset");
   if ((err = store_check_str(st, client_id, STORE_MAX_CLIENT_ID, false, "client id")) != STORE_OK)
     return err;
-  if (total) {
-    if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
-      return err;
-    store_bind_opt_text(s, 1, client_id);
-    if ((err = store_count_done(st, s, total)) != STORE_OK)
-      return err;
-  }
-  if (!cb || limit == 0)
-    return STORE_OK;
-  if ((err = store_stmt_fresh(st, page_sql, &s)) != STORE_OK)
-    return err;
-  store_bind_opt_text(s, 1, client_id);
-  sqlite3_bind_int64(s, 2, limit < 0 ? -1 : limit);
-  sqlite3_bind_int64(s, 3, offset);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    int r;
-    memset(&a, 0, sizeof a);
-    a.id = sqlite3_column_int64(s, 0);
-    a.at = sqlite3_column_int64(s, 1);
-    store_col_copy(a.actor, sizeof a.actor, s, 2);
-    store_col_copy(a.action, sizeof a.action, s, 3);
-    store_col_copy(a.client_id, sizeof a.client_id, s, 4);
-    store_col_copy(a.detail, sizeof a.detail, s, 5);
-    if ((r = cb(ud, &a)) != 0) {
-      sqlite3_finalize(s);
-      return r < 0 ? r : STORE_OK;
-    }
-  }
-  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
-  sqlite3_finalize(s);
-  return err;
+  return store_page_list(st, &page, offset, limit, total);
 }
 
 /* ---- allowlist ---- */
@@ -142,24 +141,28 @@ int store_allow_match(struct store *st, const char *client_id)
   return err != STORE_OK ? err : found;
 }
 
+/* The caller's callback, for store_each_row's row adapter. */
+struct allow_sink {
+  store_allow_cb cb;
+  void *ud;
+};
+
+static int allow_row(struct store *st, sqlite3_stmt *s, void *ctx)
+{
+  const struct allow_sink *sink = ctx;
+  const char *entry = (const char *)sqlite3_column_text(s, 0);
+  return sink->cb(sink->ud, entry ? entry : "", sqlite3_column_int64(s, 1));
+}
+
 int store_allow_list(struct store *st, store_allow_cb cb, void *ud)
 {
   static const char sql[] = "SELECT entry, added_at FROM allowlist ORDER BY entry";
+  struct allow_sink sink = {.cb = cb, .ud = ud};
   sqlite3_stmt *s;
-  int rc, err;
+  int err;
   if (!cb)
     return store_fail(st, STORE_INVAL, "no callback");
   if ((err = store_stmt_fresh(st, sql, &s)) != STORE_OK)
     return err;
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    const char *entry = (const char *)sqlite3_column_text(s, 0);
-    int r = cb(ud, entry ? entry : "", sqlite3_column_int64(s, 1));
-    if (r != 0) {
-      sqlite3_finalize(s);
-      return r < 0 ? r : STORE_OK;
-    }
-  }
-  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
-  sqlite3_finalize(s);
-  return err;
+  return store_each_row(st, s, allow_row, &sink);
 }

@@ -238,43 +238,40 @@ int store_cert_count(struct store *st, const char *client_id, int status, int64_
   return err;
 }
 
+/* The status filter of a certificate page: ?1, -1 for any. */
+static void bind_cert_filter(sqlite3_stmt *s, const void *filter)
+{
+  sqlite3_bind_int(s, 1, *(const int *)filter);
+}
+
+/* The caller's callback, for store_page_list's row adapter. */
+struct cert_sink {
+  store_cert_cb cb;
+  void *ud;
+};
+
+static int cert_page_row(struct store *st, sqlite3_stmt *s, void *ctx)
+{
+  const struct cert_sink *sink = ctx;
+  struct store_cert c;
+  (void)read_cert(st, s, false, &c); /* cannot fail without the PEM */
+  return sink->cb(sink->ud, &c);
+}
+
 int store_cert_list(struct store *st, int status, int64_t offset, int64_t limit, store_cert_cb cb,
                     void *ud, int64_t *total)
 {
   static const char count_sql[] = "SELECT count(*) FROM certificates WHERE ?1 < 0 OR status = ?1";
-  static const char page_sql[] = "SELECT " CERT_COLS CERT_FROM
-                                 " WHERE ?1 < 0 OR c.status = ?1 ORDER BY c.id DESC "
-                                 "LIMIT ?2 OFFSET ?3";
-  struct store_cert c;
-  sqlite3_stmt *s;
-  int rc, err;
+  static const char page_sql[] =
+      "SELECT " CERT_COLS CERT_FROM " WHERE ?1 < 0 OR c.status = ?1 ORDER BY c.id DESC "
+      "LIMIT :limit OFFSET :offset";
+  struct cert_sink sink = {.cb = cb, .ud = ud};
+  const struct store_page page = {.count_sql = count_sql,
+                                  .page_sql = page_sql,
+                                  .bind = bind_cert_filter,
+                                  .filter = &status,
+                                  .row = cb ? cert_page_row : NULL,
+                                  .ctx = &sink};
 
-  if (offset < 0)
-    return store_fail(st, STORE_INVAL, "negative offset");
-  if (total) {
-    if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
-      return err;
-    sqlite3_bind_int(s, 1, status);
-    if ((err = store_count_done(st, s, total)) != STORE_OK)
-      return err;
-  }
-  if (!cb || limit == 0)
-    return STORE_OK;
-  /* A fresh statement: the callback may call back into the store. */
-  if ((err = store_stmt_fresh(st, page_sql, &s)) != STORE_OK)
-    return err;
-  sqlite3_bind_int(s, 1, status);
-  sqlite3_bind_int64(s, 2, limit < 0 ? -1 : limit);
-  sqlite3_bind_int64(s, 3, offset);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    int r;
-    (void)read_cert(st, s, false, &c); /* cannot fail without the PEM */
-    if ((r = cb(ud, &c)) != 0) {
-      sqlite3_finalize(s);
-      return r < 0 ? r : STORE_OK;
-    }
-  }
-  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
-  sqlite3_finalize(s);
-  return err;
+  return store_page_list(st, &page, offset, limit, total);
 }

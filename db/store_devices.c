@@ -270,13 +270,40 @@ int store_device_counts(struct store *st, int64_t counts[7])
   " WHERE (?1 < 0 OR state = ?1) AND (?2 IS NULL OR instr(client_id, ?2) > 0 OR "      \
   "instr(coalesce(thing_name, ''), ?2) > 0)"
 
+/* What a device page is filtered by: ?1 and ?2 of DEV_FILTER. */
+struct dev_filter {
+  int state;        /* -1 any */
+  const char *text; /* NULL any */
+};
+
+static void bind_dev_filter(sqlite3_stmt *s, const void *filter)
+{
+  const struct dev_filter *f = filter;
+  sqlite3_bind_int(s, 1, f->state);
+  store_bind_opt_text(s, 2, f->text);
+}
+
+/* The caller's callback, for store_page_list's row adapter. */
+struct dev_sink {
+  store_device_cb cb;
+  void *ud;
+};
+
+static int dev_page_row(struct store *st, sqlite3_stmt *s, void *ctx)
+{
+  const struct dev_sink *sink = ctx;
+  struct store_device d;
+  read_device(s, &d);
+  return sink->cb(sink->ud, &d);
+}
+
 int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
                              int64_t offset, int64_t limit, store_device_cb cb, void *ud,
                              int64_t *total)
 {
   static const char count_sql[] = "SELECT count(*) FROM devices" DEV_FILTER;
-#define PAGE_SQL(order) \
-  "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY " order " LIMIT ?3 OFFSET ?4"
+#define PAGE_SQL(order)                                                                            \
+  "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY " order " LIMIT :limit OFFSET :offset"
   /* One fixed statement per order: nothing from the caller goes into SQL. */
   static const char *const page_sqls[][2] = {
       {PAGE_SQL("client_id"), PAGE_SQL("client_id DESC")},
@@ -286,49 +313,20 @@ int store_device_list_sorted(struct store *st, int state, const char *text, int 
       {PAGE_SQL("first_seen, client_id"), PAGE_SQL("first_seen DESC, client_id DESC")},
   };
 #undef PAGE_SQL
-  const char *page_sql;
-  struct store_device d;
-  sqlite3_stmt *s;
-  int rc, err;
+  struct dev_filter filter = {.state = state, .text = text && *text ? text : NULL};
+  struct dev_sink sink = {.cb = cb, .ud = ud};
+  struct store_page page = {.count_sql = count_sql,
+                            .bind = bind_dev_filter,
+                            .filter = &filter,
+                            .row = cb ? dev_page_row : NULL,
+                            .ctx = &sink};
 
-  if (offset < 0)
-    return store_fail(st, STORE_INVAL, "negative offset");
   if (sort < 0 || sort >= (int)(sizeof page_sqls / sizeof page_sqls[0]))
     return store_fail(st, STORE_INVAL, "sort order %d out of range", sort);
-  page_sql = page_sqls[sort][desc ? 1 : 0];
+  page.page_sql = page_sqls[sort][desc ? 1 : 0];
   if (state >= NSTATES || state < -1)
     return store_fail(st, STORE_INVAL, "device state %d out of range", state);
-  if (text && !*text)
-    text = NULL;
-  if (total) {
-    if ((err = store_stmt(st, count_sql, &s)) != STORE_OK)
-      return err;
-    sqlite3_bind_int(s, 1, state);
-    store_bind_opt_text(s, 2, text);
-    if ((err = store_count_done(st, s, total)) != STORE_OK)
-      return err;
-  }
-  if (!cb || limit == 0)
-    return STORE_OK;
-  /* A fresh statement: the callback may call back into the store. */
-  if ((err = store_stmt_fresh(st, page_sql, &s)) != STORE_OK)
-    return err;
-  sqlite3_bind_int(s, 1, state);
-  store_bind_opt_text(s, 2, text);
-  sqlite3_bind_int64(s, 3, limit < 0 ? -1 : limit);
-  sqlite3_bind_int64(s, 4, offset);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    int r;
-    read_device(s, &d);
-    if ((r = cb(ud, &d)) != 0) {
-      /* A negative callback result is passed on; a positive one just stops. */
-      sqlite3_finalize(s);
-      return r < 0 ? r : STORE_OK;
-    }
-  }
-  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
-  sqlite3_finalize(s);
-  return err;
+  return store_page_list(st, &page, offset, limit, total);
 }
 
 int store_device_list(struct store *st, int state, const char *text, int64_t offset,

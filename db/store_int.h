@@ -1,7 +1,8 @@
 /*
  * store_int.h - db-internal: the struct store definition and the helpers the
  * files in db/ share (statement cache, error mapping, atomic sections, field
- * validation, key sealing).  Included only by the files in db/ and db's own unit tests.
+ * validation, key sealing, row loops and paged listings).  Included only by
+ * the files in db/ and db's own unit tests.
  */
 #ifndef FLEETGW_STORE_INT_H
 #define FLEETGW_STORE_INT_H
@@ -127,12 +128,50 @@ void store_keys_wipe(struct store *st);
  * malloc'd (ciphertext, not secret: free()). */
 int store_key_seal(struct store *st, const char *aad, const void *plain, size_t len,
                    unsigned char **blob, size_t *blob_len);
-/* Decrypts a blob into a NUL-terminated malloc'd secret (store_secret_free). */
+/* Decrypts a blob into a NUL-terminated malloc'd secret; free it with
+ * secret_free() (common/secret.h). */
 int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t blob_len,
                      char **plain);
 
 /* Steps a bound "SELECT count(*)" statement into *total and releases it. */
 int store_count_done(struct store *st, sqlite3_stmt *s, int64_t *total);
+
+/* ---- listings (store_util.c) ---- */
+
+/* Reads the current row of a listing and hands it to the caller's callback,
+ * returning that callback's result: 0 goes on, a positive value stops
+ * without an error, a negative one stops and is returned. */
+typedef int (*store_row_fn)(struct store *st, sqlite3_stmt *s, void *ctx);
+
+/* Steps s, a bound fresh statement (store_stmt_fresh, so that row may
+ * re-enter the store), handing each row to row(st, s, ctx) as above, and
+ * finalizes it.  Returns STORE_OK, the negative answer of row, or the
+ * stepping error. */
+int store_each_row(struct store *st, sqlite3_stmt *s, store_row_fn row, void *ctx);
+
+/*
+ * One paged listing (devices, certificates, audit): a count query and a page
+ * query over the same filter.  The filter's parameters are bound by `bind`
+ * in both; the page query ends in "LIMIT :limit OFFSET :offset", which
+ * store_page_list binds by name, so the filter may use any numbered
+ * parameters before them.
+ */
+struct store_page {
+  const char *count_sql; /* "SELECT count(*) ... <filter>" */
+  const char *page_sql;  /* "SELECT <cols> ... <filter> ORDER BY ... LIMIT :limit OFFSET :offset" */
+  void (*bind)(sqlite3_stmt *s, const void *filter);
+  const void *filter;
+  store_row_fn row; /* NULL when the caller wants only the total */
+  void *ctx;
+};
+
+/* Refuses a negative offset (STORE_INVAL); stores the filter's row count in
+ * *total when total is not NULL; then, unless row is NULL or limit is 0,
+ * hands row each of at most limit rows (negative: no limit) after skipping
+ * offset.  The page runs on a fresh statement, so row may re-enter the
+ * store. */
+int store_page_list(struct store *st, const struct store_page *p, int64_t offset, int64_t limit,
+                    int64_t *total);
 
 /* Why the last store_open() on this thread failed (store_errmsg(NULL)). */
 extern _Thread_local char store_open_errmsg[512];

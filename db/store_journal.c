@@ -428,12 +428,26 @@ out_tx:
   return store_tx_end(st, &tx, err);
 }
 
+/* The caller's callback, for store_each_row's row adapter. */
+struct run_sink {
+  store_run_cb cb;
+  void *ud;
+};
+
+static int run_row(struct store *st, sqlite3_stmt *s, void *ctx)
+{
+  const struct run_sink *sink = ctx;
+  struct store_run r;
+  read_run(s, &r);
+  return sink->cb(sink->ud, &r);
+}
+
 int store_run_list_open(struct store *st, store_run_cb cb, void *ud)
 {
   static const char sql[] = "SELECT " RUN_COLS RUN_FROM " WHERE r.finished = 0 ORDER BY r.id";
-  struct store_run r;
+  struct run_sink sink = {.cb = cb, .ud = ud};
   sqlite3_stmt *s;
-  int rc, err;
+  int err;
 
   if (!cb)
     return store_fail(st, STORE_INVAL, "no callback");
@@ -441,15 +455,5 @@ int store_run_list_open(struct store *st, store_run_cb cb, void *ud)
    * (resume or fail the run it was handed). */
   if ((err = store_stmt_fresh(st, sql, &s)) != STORE_OK)
     return err;
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    int ret;
-    read_run(s, &r);
-    if ((ret = cb(ud, &r)) != 0) {
-      sqlite3_finalize(s);
-      return ret < 0 ? ret : STORE_OK;
-    }
-  }
-  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
-  sqlite3_finalize(s);
-  return err;
+  return store_each_row(st, s, run_row, &sink);
 }

@@ -1,7 +1,8 @@
 /*
  * store_util.c - what every file of db/ shares, below all of them: errors
  * and the mapping of SQLite result codes to store_err, the prepared-statement
- * cache, binding and column helpers, and transactions.  It calls no other
+ * cache, binding and column helpers, transactions, and the paged listing
+ * that the device, certificate and audit lists share.  It calls no other
  * file of db/, so the module's files depend on each other one way:
  * store.c -> store_keys.c, store_migrate.c -> store_util.c.
  *
@@ -295,5 +296,50 @@ int store_count_done(struct store *st, sqlite3_stmt *s, int64_t *total)
   *total = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
   err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
   store_stmt_done(s);
+  return err;
+}
+
+int store_page_list(struct store *st, const struct store_page *p, int64_t offset, int64_t limit,
+                    int64_t *total)
+{
+  sqlite3_stmt *s;
+  int err;
+
+  if (offset < 0)
+    return store_fail(st, STORE_INVAL, "negative offset");
+  if (total) {
+    if ((err = store_stmt(st, p->count_sql, &s)) != STORE_OK)
+      return err;
+    p->bind(s, p->filter);
+    if ((err = store_count_done(st, s, total)) != STORE_OK)
+      return err;
+  }
+  if (!p->row || limit == 0)
+    return STORE_OK;
+  /* A fresh statement, not a cached one: the row callback may call back
+   * into the store, which could otherwise reset this statement under us. */
+  if ((err = store_stmt_fresh(st, p->page_sql, &s)) != STORE_OK)
+    return err;
+  p->bind(s, p->filter);
+  /* SQLite reads a negative LIMIT as "no limit". */
+  sqlite3_bind_int64(s, sqlite3_bind_parameter_index(s, ":limit"), limit < 0 ? -1 : limit);
+  sqlite3_bind_int64(s, sqlite3_bind_parameter_index(s, ":offset"), offset);
+  return store_each_row(st, s, p->row, p->ctx);
+}
+
+int store_each_row(struct store *st, sqlite3_stmt *s, store_row_fn row, void *ctx)
+{
+  int rc, err;
+
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int r = row(st, s, ctx);
+    if (r != 0) {
+      /* A negative callback result is passed on; a positive one just stops. */
+      sqlite3_finalize(s);
+      return r < 0 ? r : STORE_OK;
+    }
+  }
+  err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
+  sqlite3_finalize(s);
   return err;
 }

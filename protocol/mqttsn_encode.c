@@ -8,9 +8,12 @@
  * these make decode(encode(m)) == m and encode(decode(b)) == b for every
  * canonical datagram b, which the fuzz target checks.
  *
- * Sizing happens before writing: mqttsn_encode computes the exact size,
- * checks it against cap and only then writes, so a too-small buffer is never
- * left half-written.
+ * Each message type is described once, by a function that validates and
+ * writes its fields through a wire_writer (the table `layouts` below).
+ * Sizing runs that same function on a measuring writer, so the size and the
+ * octets cannot disagree.  Sizing happens before writing: mqttsn_encode
+ * computes the exact size, checks it against cap and only then writes, so a
+ * too-small buffer is never left half-written.
  */
 #include "mqttsn.h"
 #include "wire.h"
@@ -97,130 +100,307 @@ static int check_inner(const struct mqttsn_str *inner)
 }
 
 /*
- * Validate msg and compute the size of what follows MsgType: *counted is the
- * part the Length field covers, *trailer the part it does not (only the
- * inner message of ENCAPSULATED, §5.5).
+ * One function per message type describes what follows MsgType, in order:
+ * it first validates the fields the way mqttsn_decode would, then writes
+ * them through w.  mqttsn_encode runs it twice, first on a measuring writer
+ * (wire_writer_init_measure) to learn the size, then on the caller's buffer,
+ * so the Length field and the octets written come from the same lines and
+ * cannot disagree.  The checks run again in the second pass; they are cheap,
+ * and keeping them beside the fields they guard is what makes a type's rules
+ * readable in one place.
  */
-static int body_size(const struct mqttsn_msg *msg, size_t *counted, size_t *trailer)
+typedef int (*layout_fn)(struct wire_writer *w, const struct mqttsn_msg *msg);
+
+static int write_str(struct wire_writer *w, const struct mqttsn_str *s)
 {
-  const struct mqttsn_willtopic *wt;
-  const struct mqttsn_subscribe *sub;
+  return wire_write_bytes(w, s->p, s->len);
+}
+
+/* A message that is one free-form string after MsgType (may be empty). */
+static int put_only_str(struct wire_writer *w, const struct mqttsn_str *s)
+{
   int rc;
 
-  *trailer = 0;
-  switch (msg->type) {
-  case MQTTSN_ADVERTISE:
-    *counted = 3;
+  if ((rc = check_str(s, 0)) < 0)
+    return rc;
+  return write_str(w, s);
+}
+
+static int put_flags(struct wire_writer *w, const struct mqttsn_flags *f)
+{
+  return wire_write_u8(w, mqttsn_flags_encode(f));
+}
+
+/* WILLTOPICREQ, WILLMSGREQ, PINGRESP: nothing follows MsgType. */
+static int put_nothing(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return PROTO_OK;
+}
+
+static int put_advertise(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  int rc;
+
+  if ((rc = wire_write_u8(w, msg->u.advertise.gw_id)) < 0)
+    return rc;
+  return wire_write_u16(w, msg->u.advertise.duration);
+}
+
+static int put_searchgw(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return wire_write_u8(w, msg->u.searchgw.radius);
+}
+
+static int put_gwinfo(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  int rc;
+
+  if ((rc = check_str(&msg->u.gwinfo.gw_add, 0)) < 0 ||
+      (rc = wire_write_u8(w, msg->u.gwinfo.gw_id)) < 0)
+    return rc;
+  return write_str(w, &msg->u.gwinfo.gw_add);
+}
+
+static int put_connect(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_connect *c = &msg->u.connect;
+  int rc;
+
+  if ((rc = check_flags(&c->flags, false)) < 0 || (rc = check_str(&c->client_id, 1)) < 0)
+    return rc;
+  if (c->protocol_id != MQTTSN_PROTOCOL_ID)
+    return PROTO_INVALID_ARG;
+  if ((rc = put_flags(w, &c->flags)) < 0 || (rc = wire_write_u8(w, c->protocol_id)) < 0 ||
+      (rc = wire_write_u16(w, c->duration)) < 0)
+    return rc;
+  return write_str(w, &c->client_id);
+}
+
+/* CONNACK, WILLTOPICRESP and WILLMSGRESP: a ReturnCode alone. */
+static int put_rc(struct wire_writer *w, uint8_t code)
+{
+  int rc;
+
+  if ((rc = check_rc(code)) < 0)
+    return rc;
+  return wire_write_u8(w, code);
+}
+
+static int put_connack(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return put_rc(w, msg->u.connack.rc);
+}
+
+/* WILLTOPIC and WILLTOPICUPD; the empty form is MsgType alone. */
+static int put_willtopic(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_willtopic *wt = &msg->u.willtopic;
+  int rc;
+
+  if (wt->empty)
     return PROTO_OK;
-  case MQTTSN_SEARCHGW:
-    *counted = 1;
+  if ((rc = check_flags(&wt->flags, false)) < 0 || (rc = check_str(&wt->topic, 1)) < 0 ||
+      (rc = put_flags(w, &wt->flags)) < 0)
+    return rc;
+  return write_str(w, &wt->topic);
+}
+
+/* WILLMSG and WILLMSGUPD. */
+static int put_willmsg(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return put_only_str(w, &msg->u.willmsg.msg);
+}
+
+static int put_register(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_register *r = &msg->u.reg;
+  int rc;
+
+  if ((rc = check_str(&r->topic_name, 1)) < 0 || (rc = wire_write_u16(w, r->topic_id)) < 0 ||
+      (rc = wire_write_u16(w, r->msg_id)) < 0)
+    return rc;
+  return write_str(w, &r->topic_name);
+}
+
+/* REGACK and PUBACK share one layout: TopicId, MsgId, ReturnCode. */
+static int put_id_id_rc(struct wire_writer *w, uint16_t topic_id, uint16_t msg_id, uint8_t code)
+{
+  int rc;
+
+  if ((rc = check_rc(code)) < 0 || (rc = wire_write_u16(w, topic_id)) < 0 ||
+      (rc = wire_write_u16(w, msg_id)) < 0)
+    return rc;
+  return wire_write_u8(w, code);
+}
+
+static int put_regack(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_regack *a = &msg->u.regack;
+
+  return put_id_id_rc(w, a->topic_id, a->msg_id, a->rc);
+}
+
+static int put_publish(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_publish *p = &msg->u.publish;
+  int rc;
+
+  if ((rc = check_flags(&p->flags, true)) < 0 || (rc = check_str(&p->data, 0)) < 0)
+    return rc;
+  /* §6.8: QoS -1 needs a pre-defined id or a short name. */
+  if (p->flags.qos == MQTTSN_QOS_M1 && p->flags.topic_type == MQTTSN_TOPIC_NORMAL)
+    return PROTO_INVALID_ARG;
+  if ((rc = put_flags(w, &p->flags)) < 0 || (rc = wire_write_u16(w, p->topic_id)) < 0 ||
+      (rc = wire_write_u16(w, p->msg_id)) < 0)
+    return rc;
+  return write_str(w, &p->data);
+}
+
+static int put_puback(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_puback *a = &msg->u.puback;
+
+  return put_id_id_rc(w, a->topic_id, a->msg_id, a->rc);
+}
+
+/* PUBCOMP, PUBREC, PUBREL, UNSUBACK. */
+static int put_msgid(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return wire_write_u16(w, msg->u.msgid.msg_id);
+}
+
+/* SUBSCRIBE and UNSUBSCRIBE: a topic name for NORMAL, else a TopicId. */
+static int put_subscribe(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_subscribe *sub = &msg->u.subscribe;
+  bool by_name = sub->flags.topic_type == MQTTSN_TOPIC_NORMAL;
+  int rc;
+
+  if ((rc = check_flags(&sub->flags, false)) < 0 ||
+      (by_name && (rc = check_str(&sub->topic_name, 1)) < 0))
+    return rc;
+  if ((rc = put_flags(w, &sub->flags)) < 0 || (rc = wire_write_u16(w, sub->msg_id)) < 0)
+    return rc;
+  return by_name ? write_str(w, &sub->topic_name) : wire_write_u16(w, sub->topic_id);
+}
+
+static int put_suback(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_suback *a = &msg->u.suback;
+  int rc;
+
+  if ((rc = check_flags(&a->flags, false)) < 0 || (rc = check_rc(a->rc)) < 0 ||
+      (rc = put_flags(w, &a->flags)) < 0 || (rc = wire_write_u16(w, a->topic_id)) < 0 ||
+      (rc = wire_write_u16(w, a->msg_id)) < 0)
+    return rc;
+  return wire_write_u8(w, a->rc);
+}
+
+static int put_pingreq(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return put_only_str(w, &msg->u.pingreq.client_id);
+}
+
+static int put_disconnect(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  if (!msg->u.disconnect.has_duration)
     return PROTO_OK;
-  case MQTTSN_GWINFO:
-    if ((rc = check_str(&msg->u.gwinfo.gw_add, 0)) < 0)
-      return rc;
-    *counted = 1 + msg->u.gwinfo.gw_add.len;
-    return PROTO_OK;
-  case MQTTSN_CONNECT:
-    if ((rc = check_flags(&msg->u.connect.flags, false)) < 0 ||
-        (rc = check_str(&msg->u.connect.client_id, 1)) < 0)
-      return rc;
-    if (msg->u.connect.protocol_id != MQTTSN_PROTOCOL_ID)
-      return PROTO_INVALID_ARG;
-    *counted = 4 + msg->u.connect.client_id.len;
-    return PROTO_OK;
-  case MQTTSN_CONNACK:
-    *counted = 1;
-    return check_rc(msg->u.connack.rc);
-  case MQTTSN_WILLTOPICREQ:
-  case MQTTSN_WILLMSGREQ:
-  case MQTTSN_PINGRESP:
-    *counted = 0;
-    return PROTO_OK;
-  case MQTTSN_WILLTOPIC:
-  case MQTTSN_WILLTOPICUPD:
-    wt = &msg->u.willtopic;
-    if (wt->empty) {
-      *counted = 0;
-      return PROTO_OK;
-    }
-    if ((rc = check_flags(&wt->flags, false)) < 0 || (rc = check_str(&wt->topic, 1)) < 0)
-      return rc;
-    *counted = 1 + wt->topic.len;
-    return PROTO_OK;
-  case MQTTSN_WILLMSG:
-  case MQTTSN_WILLMSGUPD:
-    if ((rc = check_str(&msg->u.willmsg.msg, 0)) < 0)
-      return rc;
-    *counted = msg->u.willmsg.msg.len;
-    return PROTO_OK;
-  case MQTTSN_REGISTER:
-    if ((rc = check_str(&msg->u.reg.topic_name, 1)) < 0)
-      return rc;
-    *counted = 4 + msg->u.reg.topic_name.len;
-    return PROTO_OK;
-  case MQTTSN_REGACK:
-    *counted = 5;
-    return check_rc(msg->u.regack.rc);
-  case MQTTSN_PUBLISH:
-    if ((rc = check_flags(&msg->u.publish.flags, true)) < 0 ||
-        (rc = check_str(&msg->u.publish.data, 0)) < 0)
-      return rc;
-    /* §6.8: QoS -1 needs a pre-defined id or a short name. */
-    if (msg->u.publish.flags.qos == MQTTSN_QOS_M1 &&
-        msg->u.publish.flags.topic_type == MQTTSN_TOPIC_NORMAL)
-      return PROTO_INVALID_ARG;
-    *counted = 5 + msg->u.publish.data.len;
-    return PROTO_OK;
-  case MQTTSN_PUBACK:
-    *counted = 5;
-    return check_rc(msg->u.puback.rc);
-  case MQTTSN_PUBCOMP:
-  case MQTTSN_PUBREC:
-  case MQTTSN_PUBREL:
-  case MQTTSN_UNSUBACK:
-    *counted = 2;
-    return PROTO_OK;
-  case MQTTSN_SUBSCRIBE:
-  case MQTTSN_UNSUBSCRIBE:
-    sub = &msg->u.subscribe;
-    if ((rc = check_flags(&sub->flags, false)) < 0)
-      return rc;
-    if (sub->flags.topic_type == MQTTSN_TOPIC_NORMAL) {
-      if ((rc = check_str(&sub->topic_name, 1)) < 0)
-        return rc;
-      *counted = 3 + sub->topic_name.len;
-    } else {
-      *counted = 5;
-    }
-    return PROTO_OK;
-  case MQTTSN_SUBACK:
-    *counted = 6;
-    if ((rc = check_flags(&msg->u.suback.flags, false)) < 0)
-      return rc;
-    return check_rc(msg->u.suback.rc);
-  case MQTTSN_PINGREQ:
-    if ((rc = check_str(&msg->u.pingreq.client_id, 0)) < 0)
-      return rc;
-    *counted = msg->u.pingreq.client_id.len;
-    return PROTO_OK;
-  case MQTTSN_DISCONNECT:
-    *counted = msg->u.disconnect.has_duration ? 2 : 0;
-    return PROTO_OK;
-  case MQTTSN_WILLTOPICRESP:
-  case MQTTSN_WILLMSGRESP:
-    *counted = 1;
-    return check_rc(msg->u.resp.rc);
-  case MQTTSN_ENCAPSULATED:
-    /* Same rules as the decoder: a node id that identifies something, and
-     * a well-framed inner message. */
-    if ((rc = check_str(&msg->u.encap.node_id, 1)) < 0 ||
-        (rc = check_inner(&msg->u.encap.inner)) < 0)
-      return rc;
-    *counted = 1 + msg->u.encap.node_id.len;
-    *trailer = msg->u.encap.inner.len;
-    return PROTO_OK;
-  }
-  return PROTO_INVALID_ARG;
+  return wire_write_u16(w, msg->u.disconnect.duration);
+}
+
+/* WILLTOPICRESP and WILLMSGRESP. */
+static int put_resp(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return put_rc(w, msg->u.resp.rc);
+}
+
+/* ENCAPSULATED up to the inner message: the part its Length covers.  Same
+ * rules as the decoder: a node id that identifies something, and a
+ * well-framed inner message. */
+static int put_encap(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  const struct mqttsn_encapsulated *e = &msg->u.encap;
+  int rc;
+
+  if ((rc = check_str(&e->node_id, 1)) < 0 || (rc = check_inner(&e->inner)) < 0 ||
+      (rc = wire_write_u8(w, e->ctrl)) < 0)
+    return rc;
+  return write_str(w, &e->node_id);
+}
+
+/* The inner message of ENCAPSULATED, after the part the Length covers
+ * (§5.5); put_encap has checked it. */
+static int put_encap_inner(struct wire_writer *w, const struct mqttsn_msg *msg)
+{
+  return write_str(w, &msg->u.encap.inner);
+}
+
+/* The layout of each message type: `counted` writes what the Length field
+ * covers after MsgType, `trailer` (ENCAPSULATED only, else NULL) what
+ * follows outside it. */
+struct layout {
+  enum mqttsn_type type;
+  layout_fn counted;
+  layout_fn trailer;
+};
+
+/* One row per type, in the order of §5.2.2 Table 3. */
+/* clang-format off */
+static const struct layout layouts[] = {
+  {MQTTSN_ADVERTISE, put_advertise, NULL},
+  {MQTTSN_SEARCHGW, put_searchgw, NULL},
+  {MQTTSN_GWINFO, put_gwinfo, NULL},
+  {MQTTSN_CONNECT, put_connect, NULL},
+  {MQTTSN_CONNACK, put_connack, NULL},
+  {MQTTSN_WILLTOPICREQ, put_nothing, NULL},
+  {MQTTSN_WILLTOPIC, put_willtopic, NULL},
+  {MQTTSN_WILLMSGREQ, put_nothing, NULL},
+  {MQTTSN_WILLMSG, put_willmsg, NULL},
+  {MQTTSN_REGISTER, put_register, NULL},
+  {MQTTSN_REGACK, put_regack, NULL},
+  {MQTTSN_PUBLISH, put_publish, NULL},
+  {MQTTSN_PUBACK, put_puback, NULL},
+  {MQTTSN_PUBCOMP, put_msgid, NULL},
+  {MQTTSN_PUBREC, put_msgid, NULL},
+  {MQTTSN_PUBREL, put_msgid, NULL},
+  {MQTTSN_SUBSCRIBE, put_subscribe, NULL},
+  {MQTTSN_SUBACK, put_suback, NULL},
+  {MQTTSN_UNSUBSCRIBE, put_subscribe, NULL},
+  {MQTTSN_UNSUBACK, put_msgid, NULL},
+  {MQTTSN_PINGREQ, put_pingreq, NULL},
+  {MQTTSN_PINGRESP, put_nothing, NULL},
+  {MQTTSN_DISCONNECT, put_disconnect, NULL},
+  {MQTTSN_WILLTOPICUPD, put_willtopic, NULL},
+  {MQTTSN_WILLTOPICRESP, put_resp, NULL},
+  {MQTTSN_WILLMSGUPD, put_willmsg, NULL},
+  {MQTTSN_WILLMSGRESP, put_resp, NULL},
+  {MQTTSN_ENCAPSULATED, put_encap, put_encap_inner},
+};
+/* clang-format on */
+
+/* The layout of a message type; NULL for a reserved one. */
+static const struct layout *layout_of(enum mqttsn_type type)
+{
+  for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
+    if (layouts[i].type == type)
+      return &layouts[i];
+  return NULL;
+}
+
+/* Runs a layout on w: the counted part, then the trailer.  *counted (when
+ * counted is not NULL) receives the size of the counted part, which is what
+ * the Length field declares. */
+static int put_layout(struct wire_writer *w, const struct layout *l, const struct mqttsn_msg *msg,
+                      size_t *counted)
+{
+  size_t before = wire_written(w);
+  int rc;
+
+  if ((rc = l->counted(w, msg)) < 0)
+    return rc;
+  if (counted)
+    *counted = wire_written(w) - before;
+  return l->trailer ? l->trailer(w, msg) : PROTO_OK;
 }
 
 /*
@@ -236,17 +416,24 @@ static size_t length_value(size_t counted, bool *long_form)
   return counted + (*long_form ? 4 : 2);
 }
 
-static int size_of(const struct mqttsn_msg *msg, size_t *declared, bool *long_form)
+/*
+ * Validates msg and measures it: the Length field value in *declared, its
+ * form in *long_form, and the whole datagram as the return value.
+ */
+static int size_of(const struct mqttsn_msg *msg, const struct layout **l, size_t *declared,
+                   bool *long_form)
 {
-  size_t counted, trailer, total;
+  struct wire_writer w;
+  size_t counted, total;
   int rc;
 
-  if (!msg)
+  if (!msg || !(*l = layout_of(msg->type)))
     return PROTO_INVALID_ARG;
-  if ((rc = body_size(msg, &counted, &trailer)) < 0)
+  wire_writer_init_measure(&w);
+  if ((rc = put_layout(&w, *l, msg, &counted)) < 0)
     return rc;
   *declared = length_value(counted, long_form);
-  total = *declared + trailer;
+  total = *declared + (wire_written(&w) - counted);
   /* Also bounds the encapsulated total: it must fit one UDP datagram and
    * the int return value. */
   if (*declared > MAX_TOTAL || total > MAX_TOTAL)
@@ -256,124 +443,25 @@ static int size_of(const struct mqttsn_msg *msg, size_t *declared, bool *long_fo
 
 int mqttsn_encoded_size(const struct mqttsn_msg *msg)
 {
+  const struct layout *l;
   size_t declared;
   bool long_form;
 
-  return size_of(msg, &declared, &long_form);
-}
-
-static int write_str(struct wire_writer *w, const struct mqttsn_str *s)
-{
-  return wire_write_bytes(w, s->p, s->len);
-}
-
-/* Writes what follows MsgType; body_size has validated msg already. */
-static int write_body(struct wire_writer *w, const struct mqttsn_msg *msg)
-{
-  const struct mqttsn_subscribe *sub;
-  int rc = PROTO_OK;
-
-  switch (msg->type) {
-  case MQTTSN_ADVERTISE:
-    if ((rc = wire_write_u8(w, msg->u.advertise.gw_id)) < 0)
-      return rc;
-    return wire_write_u16(w, msg->u.advertise.duration);
-  case MQTTSN_SEARCHGW:
-    return wire_write_u8(w, msg->u.searchgw.radius);
-  case MQTTSN_GWINFO:
-    if ((rc = wire_write_u8(w, msg->u.gwinfo.gw_id)) < 0)
-      return rc;
-    return write_str(w, &msg->u.gwinfo.gw_add);
-  case MQTTSN_CONNECT:
-    if ((rc = wire_write_u8(w, mqttsn_flags_encode(&msg->u.connect.flags))) < 0 ||
-        (rc = wire_write_u8(w, msg->u.connect.protocol_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.connect.duration)) < 0)
-      return rc;
-    return write_str(w, &msg->u.connect.client_id);
-  case MQTTSN_CONNACK:
-    return wire_write_u8(w, msg->u.connack.rc);
-  case MQTTSN_WILLTOPICREQ:
-  case MQTTSN_WILLMSGREQ:
-  case MQTTSN_PINGRESP:
-    return PROTO_OK;
-  case MQTTSN_WILLTOPIC:
-  case MQTTSN_WILLTOPICUPD:
-    if (msg->u.willtopic.empty)
-      return PROTO_OK;
-    if ((rc = wire_write_u8(w, mqttsn_flags_encode(&msg->u.willtopic.flags))) < 0)
-      return rc;
-    return write_str(w, &msg->u.willtopic.topic);
-  case MQTTSN_WILLMSG:
-  case MQTTSN_WILLMSGUPD:
-    return write_str(w, &msg->u.willmsg.msg);
-  case MQTTSN_REGISTER:
-    if ((rc = wire_write_u16(w, msg->u.reg.topic_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.reg.msg_id)) < 0)
-      return rc;
-    return write_str(w, &msg->u.reg.topic_name);
-  case MQTTSN_REGACK:
-    if ((rc = wire_write_u16(w, msg->u.regack.topic_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.regack.msg_id)) < 0)
-      return rc;
-    return wire_write_u8(w, msg->u.regack.rc);
-  case MQTTSN_PUBLISH:
-    if ((rc = wire_write_u8(w, mqttsn_flags_encode(&msg->u.publish.flags))) < 0 ||
-        (rc = wire_write_u16(w, msg->u.publish.topic_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.publish.msg_id)) < 0)
-      return rc;
-    return write_str(w, &msg->u.publish.data);
-  case MQTTSN_PUBACK:
-    if ((rc = wire_write_u16(w, msg->u.puback.topic_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.puback.msg_id)) < 0)
-      return rc;
-    return wire_write_u8(w, msg->u.puback.rc);
-  case MQTTSN_PUBCOMP:
-  case MQTTSN_PUBREC:
-  case MQTTSN_PUBREL:
-  case MQTTSN_UNSUBACK:
-    return wire_write_u16(w, msg->u.msgid.msg_id);
-  case MQTTSN_SUBSCRIBE:
-  case MQTTSN_UNSUBSCRIBE:
-    sub = &msg->u.subscribe;
-    if ((rc = wire_write_u8(w, mqttsn_flags_encode(&sub->flags))) < 0 ||
-        (rc = wire_write_u16(w, sub->msg_id)) < 0)
-      return rc;
-    if (sub->flags.topic_type == MQTTSN_TOPIC_NORMAL)
-      return write_str(w, &sub->topic_name);
-    return wire_write_u16(w, sub->topic_id);
-  case MQTTSN_SUBACK:
-    if ((rc = wire_write_u8(w, mqttsn_flags_encode(&msg->u.suback.flags))) < 0 ||
-        (rc = wire_write_u16(w, msg->u.suback.topic_id)) < 0 ||
-        (rc = wire_write_u16(w, msg->u.suback.msg_id)) < 0)
-      return rc;
-    return wire_write_u8(w, msg->u.suback.rc);
-  case MQTTSN_PINGREQ:
-    return write_str(w, &msg->u.pingreq.client_id);
-  case MQTTSN_DISCONNECT:
-    if (!msg->u.disconnect.has_duration)
-      return PROTO_OK;
-    return wire_write_u16(w, msg->u.disconnect.duration);
-  case MQTTSN_WILLTOPICRESP:
-  case MQTTSN_WILLMSGRESP:
-    return wire_write_u8(w, msg->u.resp.rc);
-  case MQTTSN_ENCAPSULATED:
-    if ((rc = wire_write_u8(w, msg->u.encap.ctrl)) < 0 ||
-        (rc = write_str(w, &msg->u.encap.node_id)) < 0)
-      return rc;
-    return write_str(w, &msg->u.encap.inner);
-  }
-  return PROTO_INVALID_ARG;
+  return size_of(msg, &l, &declared, &long_form);
 }
 
 int mqttsn_encode(const struct mqttsn_msg *msg, uint8_t *buf, size_t cap)
 {
+  const struct layout *l;
   struct wire_writer w;
   size_t declared;
   bool long_form;
   int total, rc;
 
-  if ((total = size_of(msg, &declared, &long_form)) < 0)
+  if ((total = size_of(msg, &l, &declared, &long_form)) < 0)
     return total;
+  /* Refused before the first octet, so a too-small buffer is left as it
+   * was rather than half-written. */
   if (!buf || cap < (size_t)total)
     return PROTO_BUF_TOO_SMALL;
 
@@ -385,11 +473,9 @@ int mqttsn_encode(const struct mqttsn_msg *msg, uint8_t *buf, size_t cap)
   } else if ((rc = wire_write_u8(&w, (uint8_t)declared)) < 0) {
     return rc;
   }
-  if ((rc = wire_write_u8(&w, (uint8_t)msg->type)) < 0 || (rc = write_body(&w, msg)) < 0)
+  /* The layout that was measured writes the rest, so exactly total octets
+   * are written and the Length field is true by construction. */
+  if ((rc = wire_write_u8(&w, (uint8_t)msg->type)) < 0 || (rc = put_layout(&w, l, msg, NULL)) < 0)
     return rc;
-  /* body_size and write_body describe the same layout; if they ever drift
-   * apart, fail loudly rather than send a lying Length field. */
-  if (wire_written(&w) != (size_t)total)
-    return PROTO_INVALID_ARG;
   return total;
 }

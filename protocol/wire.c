@@ -5,9 +5,13 @@
  * Each check is written as "n > len - pos" rather than "pos + n > len" so
  * that a huge n cannot wrap the sum around and slip past the check; the
  * invariant pos <= len keeps the subtraction itself from wrapping.
+ *
+ * A measuring writer goes through the same checks as a real one and skips
+ * only the stores, so a size measured here is the size a write produces.
  */
 #include "wire.h"
 
+#include <stdint.h>
 #include <string.h>
 
 void wire_reader_init(struct wire_reader *r, const uint8_t *buf, size_t len)
@@ -85,6 +89,15 @@ void wire_writer_init(struct wire_writer *w, uint8_t *buf, size_t cap)
   w->buf = buf;
   w->cap = buf ? cap : 0;
   w->pos = 0;
+  w->measure = false;
+}
+
+void wire_writer_init_measure(struct wire_writer *w)
+{
+  w->buf = NULL;
+  w->cap = SIZE_MAX;
+  w->pos = 0;
+  w->measure = true;
 }
 
 size_t wire_written(const struct wire_writer *w)
@@ -101,7 +114,8 @@ int wire_write_u8(struct wire_writer *w, uint8_t v)
 {
   if (!writer_room(w, 1))
     return PROTO_BUF_TOO_SMALL;
-  w->buf[w->pos] = v;
+  if (!w->measure)
+    w->buf[w->pos] = v;
   w->pos += 1;
   return PROTO_OK;
 }
@@ -110,8 +124,10 @@ int wire_write_u16(struct wire_writer *w, uint16_t v)
 {
   if (!writer_room(w, 2))
     return PROTO_BUF_TOO_SMALL;
-  w->buf[w->pos] = (uint8_t)(v >> 8);
-  w->buf[w->pos + 1] = (uint8_t)(v & 0xFF);
+  if (!w->measure) {
+    w->buf[w->pos] = (uint8_t)(v >> 8);
+    w->buf[w->pos + 1] = (uint8_t)(v & 0xFF);
+  }
   w->pos += 2;
   return PROTO_OK;
 }
@@ -120,10 +136,12 @@ int wire_write_u32(struct wire_writer *w, uint32_t v)
 {
   if (!writer_room(w, 4))
     return PROTO_BUF_TOO_SMALL;
-  w->buf[w->pos] = (uint8_t)(v >> 24);
-  w->buf[w->pos + 1] = (uint8_t)((v >> 16) & 0xFF);
-  w->buf[w->pos + 2] = (uint8_t)((v >> 8) & 0xFF);
-  w->buf[w->pos + 3] = (uint8_t)(v & 0xFF);
+  if (!w->measure) {
+    w->buf[w->pos] = (uint8_t)(v >> 24);
+    w->buf[w->pos + 1] = (uint8_t)((v >> 16) & 0xFF);
+    w->buf[w->pos + 2] = (uint8_t)((v >> 8) & 0xFF);
+    w->buf[w->pos + 3] = (uint8_t)(v & 0xFF);
+  }
   w->pos += 4;
   return PROTO_OK;
 }
@@ -136,7 +154,8 @@ int wire_write_bytes(struct wire_writer *w, const uint8_t *p, size_t n)
   if (n > 0) {
     if (!p)
       return PROTO_INVALID_ARG;
-    memcpy(w->buf + w->pos, p, n);
+    if (!w->measure)
+      memcpy(w->buf + w->pos, p, n);
   }
   w->pos += n;
   return PROTO_OK;

@@ -15,10 +15,15 @@
  * Writer: every wire_write_* checks the remaining capacity first and returns
  * PROTO_BUF_TOO_SMALL otherwise, writing nothing.  Integers are big-endian
  * (network order), as both MQTT and MQTT-SN require.
+ *
+ * A measuring writer (wire_writer_init_measure) stores nothing and only
+ * counts: the same code that writes a message then also sizes it, so the
+ * size an encoder announces and the octets it writes cannot disagree.
  */
 #ifndef FLEETGW_WIRE_H
 #define FLEETGW_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,9 +36,10 @@ struct wire_reader {
 };
 
 struct wire_writer {
-  uint8_t *buf; /* the output, not owned; may be NULL when cap is 0 */
-  size_t cap;   /* its size */
-  size_t pos;   /* octets written so far, 0 <= pos <= cap */
+  uint8_t *buf; /* the output, not owned; NULL when cap is 0 or when measuring */
+  size_t cap;   /* its size; SIZE_MAX when measuring */
+  size_t pos;   /* octets written (or counted) so far, 0 <= pos <= cap */
+  bool measure; /* count only, store nothing */
 };
 
 void wire_reader_init(struct wire_reader *r, const uint8_t *buf, size_t len);
@@ -56,7 +62,12 @@ void wire_read_rest(struct wire_reader *r, const uint8_t **out, size_t *n);
 
 void wire_writer_init(struct wire_writer *w, uint8_t *buf, size_t cap);
 
-/* Octets written so far. */
+/* A writer with no buffer that accepts every write up to SIZE_MAX octets and
+ * only advances its count.  Argument checks still apply (wire_write_bytes
+ * refuses a NULL source with n > 0), so measuring fails where writing would. */
+void wire_writer_init_measure(struct wire_writer *w);
+
+/* Octets written (or, when measuring, counted) so far. */
 size_t wire_written(const struct wire_writer *w);
 
 int wire_write_u8(struct wire_writer *w, uint8_t v);

@@ -2,8 +2,8 @@
  * test_store.c - the registry (db/): open and migrations, devices,
  * certificates and the one-active-certificate invariant (also against raw
  * SQL on the same file), the provisioning journal, keys at rest, audit,
- * allowlist, and a crash-safety smoke test.  Each case works in its own
- * files under one temporary directory.
+ * allowlist, the edge cases of paged listings, and a crash-safety smoke
+ * test.  Each case works in its own files under one temporary directory.
  */
 #include "test.h"
 
@@ -952,6 +952,200 @@ static void test_audit_allowlist(void)
   store_close(st);
 }
 
+/* ---- paging, the same edge cases over every paged listing ---- */
+
+/* Counts the rows a listing hands out, keeps their names in order, and
+ * answers `ret` from the `ret_at`-th row on (0: go on throughout). */
+struct probe {
+  int n;
+  char keys[16][260];
+  int ret_at;
+  int ret;
+};
+
+static int probe_row(struct probe *pr, const char *key)
+{
+  if (pr->n < 16)
+    snprintf(pr->keys[pr->n], sizeof pr->keys[0], "%s", key);
+  pr->n++;
+  return pr->ret_at && pr->n >= pr->ret_at ? pr->ret : 0;
+}
+
+static int probe_dev(void *ud, const struct store_device *d)
+{
+  return probe_row(ud, d->client_id);
+}
+
+static int probe_cert(void *ud, const struct store_cert *c)
+{
+  return probe_row(ud, c->cert_id);
+}
+
+static int probe_audit(void *ud, const struct store_audit *a)
+{
+  return probe_row(ud, a->action);
+}
+
+/* One paged listing, unfiltered; pr NULL asks for the total only. */
+typedef int (*page_fn)(struct store *st, int64_t offset, int64_t limit, struct probe *pr,
+                       int64_t *total);
+
+static int page_devices(struct store *st, int64_t offset, int64_t limit, struct probe *pr,
+                        int64_t *total)
+{
+  return store_device_list(st, -1, NULL, offset, limit, pr ? probe_dev : NULL, pr, total);
+}
+
+static int page_certs(struct store *st, int64_t offset, int64_t limit, struct probe *pr,
+                      int64_t *total)
+{
+  return store_cert_list(st, -1, offset, limit, pr ? probe_cert : NULL, pr, total);
+}
+
+static int page_audit(struct store *st, int64_t offset, int64_t limit, struct probe *pr,
+                      int64_t *total)
+{
+  return store_audit_list(st, NULL, offset, limit, pr ? probe_audit : NULL, pr, total);
+}
+
+/* Runs one page and checks the row count and the total it reports. */
+static void expect_page(struct store *st, page_fn fn, int64_t offset, int64_t limit, int rows,
+                        int64_t want_total)
+{
+  struct probe pr;
+  int64_t total = -1;
+
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(fn(st, offset, limit, &pr, &total), STORE_OK);
+  ASSERT_EQ(pr.n, rows);
+  ASSERT_EQ(total, want_total);
+}
+
+static void check_paging(struct store *st, page_fn fn, int rows)
+{
+  struct probe all, pr;
+  int64_t total;
+
+  /* The whole list, the reference for the pages below. */
+  memset(&all, 0, sizeof all);
+  ASSERT_EQ(fn(st, 0, -1, &all, &total), STORE_OK);
+  ASSERT_EQ(all.n, rows);
+  ASSERT_EQ(total, rows);
+
+  /* Limits: 0 hands out nothing but still counts; negative, just enough,
+   * one too many and the largest are all "every row" (there is no cap). */
+  expect_page(st, fn, 0, 0, 0, rows);
+  expect_page(st, fn, 0, rows, rows, rows);
+  expect_page(st, fn, 0, rows + 1, rows, rows);
+  expect_page(st, fn, 0, INT64_MAX, rows, rows);
+  expect_page(st, fn, 0, -5, rows, rows);
+
+  /* Offsets: the last row, then at, past and far past the end. */
+  expect_page(st, fn, rows - 1, 10, 1, rows);
+  expect_page(st, fn, rows, 10, 0, rows);
+  expect_page(st, fn, rows + 100, 10, 0, rows);
+  expect_page(st, fn, INT64_MAX, 10, 0, rows);
+  expect_page(st, fn, rows, 0, 0, rows);
+
+  /* Pages of three, one after another, are the whole list in order. */
+  for (int off = 0; off < rows; off += 3) {
+    memset(&pr, 0, sizeof pr);
+    ASSERT_EQ(fn(st, off, 3, &pr, NULL), STORE_OK);
+    ASSERT_EQ(pr.n, rows - off < 3 ? rows - off : 3);
+    for (int i = 0; i < pr.n; i++)
+      ASSERT_STR_EQ(pr.keys[i], all.keys[off + i]);
+  }
+
+  /* A negative offset is refused before anything is counted or listed. */
+  memset(&pr, 0, sizeof pr);
+  total = -1;
+  ASSERT_EQ(fn(st, -1, 10, &pr, &total), STORE_INVAL);
+  ASSERT_EQ(pr.n, 0);
+  ASSERT_EQ(total, -1);
+  ASSERT_EQ(fn(st, INT64_MIN, 10, NULL, &total), STORE_INVAL);
+
+  /* No callback: the total alone.  No total: the rows alone. */
+  total = -1;
+  ASSERT_EQ(fn(st, 0, 10, NULL, &total), STORE_OK);
+  ASSERT_EQ(total, rows);
+  expect_page(st, fn, 1, 2, 2, rows);
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(fn(st, 0, -1, &pr, NULL), STORE_OK);
+  ASSERT_EQ(pr.n, rows);
+
+  /* The callback's answer: positive stops quietly, negative is passed on. */
+  memset(&pr, 0, sizeof pr);
+  pr.ret_at = 2;
+  pr.ret = 7;
+  ASSERT_EQ(fn(st, 0, -1, &pr, NULL), STORE_OK);
+  ASSERT_EQ(pr.n, 2);
+  memset(&pr, 0, sizeof pr);
+  pr.ret_at = 3;
+  pr.ret = -42;
+  ASSERT_EQ(fn(st, 0, -1, &pr, NULL), -42);
+  ASSERT_EQ(pr.n, 3);
+}
+
+static void test_paging(void)
+{
+  enum { ROWS = 7 };
+  struct paths p;
+  struct store *st;
+  struct probe pr;
+  int64_t total;
+
+  paths_for(&p, "paging");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  for (int i = 0; i < ROWS; i++) {
+    char id[32], cid[32], action[32];
+    snprintf(id, sizeof id, "pg-%02d", i);
+    snprintf(cid, sizeof cid, "pg-cert-%02d", i);
+    snprintf(action, sizeof action, "pg-action-%02d", i);
+    ASSERT_EQ(store_device_create(st, id, i % 2 ? DEV_ACTIVE : DEV_PENDING, NULL, i, NULL),
+              STORE_OK);
+    ASSERT_EQ(store_cert_insert(st, id, cid, CERT_PEM, NULL, 0, NULL,
+                                i % 2 ? CERT_ACTIVE : CERT_PENDING, i),
+              STORE_OK);
+    ASSERT_EQ(store_audit(st, i, "gateway", action, i % 2 ? id : NULL, NULL), STORE_OK);
+  }
+  check_paging(st, page_devices, ROWS);
+  check_paging(st, page_certs, ROWS);
+  check_paging(st, page_audit, ROWS);
+
+  /* A filter narrows the total and the rows alike, also past its end. */
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_device_list(st, DEV_ACTIVE, NULL, 2, 10, probe_dev, &pr, &total), STORE_OK);
+  ASSERT_EQ(total, 3);
+  ASSERT_EQ(pr.n, 1);
+  ASSERT_STR_EQ(pr.keys[0], "pg-05");
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_device_list(st, DEV_ACTIVE, "", 3, 10, probe_dev, &pr, &total), STORE_OK);
+  ASSERT_EQ(total, 3);
+  ASSERT_EQ(pr.n, 0);
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_cert_list(st, CERT_PENDING, 1, 2, probe_cert, &pr, &total), STORE_OK);
+  ASSERT_EQ(total, 4);
+  ASSERT_EQ(pr.n, 2);
+  ASSERT_STR_EQ(pr.keys[0], "pg-cert-04"); /* newest first */
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_audit_list(st, "pg-03", 0, 0, probe_audit, &pr, &total), STORE_OK);
+  ASSERT_EQ(total, 1);
+  ASSERT_EQ(pr.n, 0);
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_audit_list(st, "pg-03", 1, 10, probe_audit, &pr, &total), STORE_OK);
+  ASSERT_EQ(total, 1);
+  ASSERT_EQ(pr.n, 0);
+
+  /* The other arguments are still checked. */
+  ASSERT_EQ(store_device_list_sorted(st, -1, NULL, 99, false, 0, 10, probe_dev, &pr, NULL),
+            STORE_INVAL);
+  ASSERT_EQ(store_device_list(st, -2, NULL, 0, 10, probe_dev, &pr, NULL), STORE_INVAL);
+  store_close(st);
+}
+
 /* ---- crash safety ---- */
 
 static int count_open(void *ud, const struct store_run *r)
@@ -1092,6 +1286,7 @@ int main(void)
   RUN(test_keys);
   RUN(test_keys_tamper);
   RUN(test_audit_allowlist);
+  RUN(test_paging);
   RUN(test_crash_resume);
   RUN(test_timing);
 

@@ -923,6 +923,141 @@ static void test_encode_invalid(void)
   expect_invalid(&m);
 }
 
+/* ---- encoded size against cap, every type ------------------------------ */
+
+/*
+ * Points the variable-length field of m (if its type has one) at len octets
+ * of text.  Returns false for the types whose size is fixed, and for the
+ * forms that carry no variable field (empty WILLTOPIC, SUBSCRIBE by id).
+ */
+static bool set_variable_field(struct mqttsn_msg *m, const uint8_t *text, size_t len)
+{
+  struct mqttsn_str *s;
+
+  switch (m->type) {
+  case MQTTSN_GWINFO:
+    s = &m->u.gwinfo.gw_add;
+    break;
+  case MQTTSN_CONNECT:
+    s = &m->u.connect.client_id;
+    break;
+  case MQTTSN_WILLTOPIC:
+  case MQTTSN_WILLTOPICUPD:
+    if (m->u.willtopic.empty)
+      return false;
+    s = &m->u.willtopic.topic;
+    break;
+  case MQTTSN_WILLMSG:
+  case MQTTSN_WILLMSGUPD:
+    s = &m->u.willmsg.msg;
+    break;
+  case MQTTSN_REGISTER:
+    s = &m->u.reg.topic_name;
+    break;
+  case MQTTSN_PUBLISH:
+    s = &m->u.publish.data;
+    break;
+  case MQTTSN_SUBSCRIBE:
+  case MQTTSN_UNSUBSCRIBE:
+    if (m->u.subscribe.flags.topic_type != MQTTSN_TOPIC_NORMAL)
+      return false;
+    s = &m->u.subscribe.topic_name;
+    break;
+  case MQTTSN_PINGREQ:
+    s = &m->u.pingreq.client_id;
+    break;
+  case MQTTSN_ENCAPSULATED:
+    s = &m->u.encap.node_id;
+    break;
+  default:
+    return false;
+  }
+  s->p = text;
+  s->len = len;
+  return true;
+}
+
+/*
+ * The size mqttsn_encoded_size predicts is the size mqttsn_encode writes,
+ * and its Length field tells the truth in the canonical form; then every
+ * cap below that size is refused, in an exact-size heap buffer (so ASan
+ * reports a write one octet past cap) that is left untouched.
+ */
+static void check_size_and_caps(const struct mqttsn_msg *m)
+{
+  static uint8_t full[1024], untouched[1024];
+  struct mqttsn_msg got;
+  size_t n, declared, outside;
+  uint8_t *buf;
+  int size = mqttsn_encoded_size(m);
+
+  ASSERT_TRUE(size > 0 && (size_t)size <= sizeof full);
+  if (size <= 0 || (size_t)size > sizeof full)
+    return;
+  n = (size_t)size;
+  memset(untouched, 0x5A, sizeof untouched);
+  memset(full, 0xEE, sizeof full);
+  ASSERT_EQ(mqttsn_encode(m, full, sizeof full), n);
+  ASSERT_EQ(full[n], 0xEE);
+  ASSERT_EQ(mqttsn_decode(full, n, &got), PROTO_OK);
+  ASSERT_TRUE(msg_eq(&got, m));
+
+  /* The Length field: one octet up to 255, else 0x01 and a uint16; it covers
+   * everything but ENCAPSULATED's inner message (§5.5). */
+  outside = m->type == MQTTSN_ENCAPSULATED ? m->u.encap.inner.len : 0;
+  declared = full[0] == 0x01 ? (size_t)full[1] << 8 | full[2] : full[0];
+  ASSERT_EQ(declared + outside, n);
+  ASSERT_EQ(full[0] == 0x01, declared > 255);
+
+  for (size_t cap = 0; cap <= n; cap++) {
+    /* malloc(0) may return NULL; the encoder must then refuse NULL too. */
+    buf = malloc(cap);
+    if (cap > 0 && !buf) {
+      ASSERT_TRUE(!"out of memory");
+      return;
+    }
+    if (cap > 0)
+      memset(buf, 0x5A, cap);
+    if (cap < n) {
+      ASSERT_EQ(mqttsn_encode(m, buf, cap), PROTO_BUF_TOO_SMALL);
+      if (cap > 0)
+        ASSERT_MEM_EQ(buf, untouched, cap);
+    } else {
+      ASSERT_EQ(mqttsn_encode(m, buf, cap), n);
+      ASSERT_MEM_EQ(buf, full, n);
+    }
+    free(buf);
+  }
+}
+
+static void test_size_and_caps(void)
+{
+  static uint8_t text[400];
+  /* Around the switch from the 1-octet to the 3-octet form for every fixed
+   * prefix (0 to 5 octets before the variable field), and well past it. */
+  const size_t lens[] = {1, 2, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255, 256, 300, 400};
+  bool seen[256] = {false};
+  int types = 0;
+
+  for (size_t i = 0; i < sizeof text; i++)
+    text[i] = (uint8_t)('A' + i % 26);
+  for (size_t g = 0; g < NGOLDEN; g++) {
+    struct mqttsn_msg m = goldens[g].msg;
+    int ok = test_failures;
+
+    if (!seen[m.type])
+      types++;
+    seen[m.type] = true;
+    check_size_and_caps(&m);
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+      if (set_variable_field(&m, text, lens[i]))
+        check_size_and_caps(&m);
+    if (test_failures != ok)
+      fprintf(stderr, "  in sizes of \"%s\"\n", goldens[g].name);
+  }
+  ASSERT_EQ(types, 28);
+}
+
 /* ---- round trips ------------------------------------------------------ */
 
 /* encode -> decode -> same fields -> encode -> same bytes. */
@@ -1127,6 +1262,19 @@ static void test_wire(void)
   ASSERT_EQ(wire_written(&w), 3);
   wire_writer_init(&w, NULL, 10);
   ASSERT_EQ(wire_write_u8(&w, 0), PROTO_BUF_TOO_SMALL);
+
+  /* A measuring writer counts what a real one would write, stores nothing,
+   * and refuses what a real one refuses. */
+  wire_writer_init_measure(&w);
+  ASSERT_EQ(wire_write_u8(&w, 1), PROTO_OK);
+  ASSERT_EQ(wire_write_u16(&w, 2), PROTO_OK);
+  ASSERT_EQ(wire_write_u32(&w, 3), PROTO_OK);
+  ASSERT_EQ(wire_write_bytes(&w, in, sizeof in), PROTO_OK);
+  ASSERT_EQ(wire_write_bytes(&w, NULL, 0), PROTO_OK);
+  ASSERT_EQ(wire_written(&w), 7 + sizeof in);
+  ASSERT_EQ(wire_write_bytes(&w, NULL, 2), PROTO_INVALID_ARG);
+  ASSERT_EQ(wire_write_bytes(&w, in, SIZE_MAX), PROTO_BUF_TOO_SMALL);
+  ASSERT_EQ(wire_written(&w), 7 + sizeof in);
 }
 
 int main(void)
@@ -1145,6 +1293,7 @@ int main(void)
   RUN(test_optional_fields);
   RUN(test_encapsulated);
   RUN(test_encode_invalid);
+  RUN(test_size_and_caps);
   RUN(test_round_trips);
   RUN(test_flags);
   RUN(test_wire);
