@@ -252,15 +252,15 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
   /* lws writes NULL here once it has freed the context. */
   info.pcontext = &w->ctx;
   w->ctx = lws_create_context(&info);
-  if (!w->ctx) {
-    LOGE(MOD, "cannot listen on %s:%u", w->bind ? w->bind : "*", (unsigned)opts->port);
-    goto fail_free_web;
-  }
   /* lws 4.1 returns a context even when the vhost could not listen. */
-  w->vhost = lws_get_vhost_by_name(w->ctx, "fleetgw");
-  w->port = w->vhost ? lws_get_vhost_listen_port(w->vhost) : -1;
-  if (w->port <= 0) {
+  if (w->ctx) {
+    w->vhost = lws_get_vhost_by_name(w->ctx, "fleetgw");
+    w->port = w->vhost ? lws_get_vhost_listen_port(w->vhost) : -1;
+  }
+  if (!w->ctx || w->port <= 0) {
     LOGE(MOD, "cannot listen on %s:%u", w->bind ? w->bind : "*", (unsigned)opts->port);
+    if (!w->ctx)
+      goto fail_free_web;
     /* The context may already have handles on the loop: take it down the
      * asynchronous way; the loop finishes it (and frees w) if it runs. */
     begin_stop(w, true, NULL, NULL);

@@ -1,6 +1,6 @@
 /*
- * web_int.h - web/ internals shared by web.c, web_http.c, web_ws.c,
- * web_auth.c and web_util.c.  Nothing outside web/ (except the unit tests in
+ * web_int.h - web/ internals shared by web.c, web_http.c, web_api.c,
+ * web_ws.c, web_auth.c and web_util.c.  Nothing outside web/ (except the unit tests in
  * tests/unit/web) includes this header.
  */
 #ifndef FLEETGW_WEB_INT_H
@@ -175,9 +175,24 @@ enum web_role web_auth_request(const struct web *w, struct lws *wsi);
 int web_http_callback(struct web *w, struct lws *wsi, enum lws_callback_reasons reason,
                       struct web_pss *pss, void *in, size_t len);
 
-/* web_http.c: the routes.  Everything below is used by web_http.c alone;
- * it is declared here so that tests/unit/web can check the route table and
- * the JSON of the rows. */
+/* web_http.c: the replies, for the handlers in web_api.c.  Each queues the
+ * whole reply on c and counts it; -1 closes the connection. */
+extern const char web_ct_json[];   /* "application/json" */
+/* LWS_PRE bytes of headroom, len body bytes and one spare; NULL if no memory. */
+unsigned char *web_out_alloc(size_t len);
+/* Takes ownership of out (from web_out_alloc, len body bytes). */
+int web_reply_raw(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
+                  const char *ctype, unsigned char *out, size_t len);
+int web_reply_copy(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
+                   const char *ctype, const char *body, size_t len);
+/* {"error": code, "message": message}; a 401 adds WWW-Authenticate. */
+int web_reply_error(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
+                    const char *code, const char *message);
+
+/* web_http.c (the table, the search) and web_api.c (the handlers, the
+ * rows): the routes.  Everything below is used by web_http.c and
+ * web_api.c alone; it is declared here so that tests/unit/web can check the
+ * route table and the JSON of the rows. */
 
 /* Who may use a route. */
 enum web_auth {
@@ -222,13 +237,13 @@ void web_route_find(const char *path, unsigned method, struct web_route_hit *hit
 /* A route's auth under w's configuration: WEB_AUTH_NONE, _READ or _ADMIN. */
 enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
 
-/* The handlers the table names. */
+/* web_api.c: the handlers the table names. */
 web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
     web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_release,
     web_h_decommission, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete,
     web_h_certs, web_h_audit, web_h_openapi, web_h_metrics, web_h_events, web_h_static;
 
-/* The JSON of the gateway's rows.  The row callbacks append one object to
+/* web_api.c: the JSON of the gateway's rows.  The row callbacks append one object to
  * a struct web_rows (their ud); when one cannot be built, ok goes false and
  * the callback returns -1, which stops the listing. */
 struct web_rows {

@@ -1,10 +1,10 @@
 /*
  * gw_api_fakes.h - link stubs for every gateway/api/gw_api.h function that
- * web_http.c calls.  The web unit tests that reach into web_http.c (its
- * route table, its row adapters) pull web_http.o out of fleetgw_web, and
- * fleetgw_web does not link the gateway; these stand in for it.  The tests
- * never run a handler, so the stubs only fail (or, for the request counter,
- * do nothing).  Include it in exactly one file of a test executable.
+ * web_http.c and web_api.c call.  The web unit tests that reach into them
+ * (the route table, the row adapters) pull web_http.o and web_api.o (each
+ * needs the other) out of fleetgw_web, and fleetgw_web does not link the
+ * gateway; these stand in for it.  The tests never run a handler, so the
+ * stubs only fail (or, for the request counter, do nothing).  Include it in exactly one file of a test executable.
  */
 #ifndef FLEETGW_GW_API_FAKES_H
 #define FLEETGW_GW_API_FAKES_H

@@ -1,6 +1,6 @@
 /*
  * test_web_rows.c - the JSON that web/ makes of the gateway's rows
- * (web_http.c: web_device_json and the row callbacks for devices,
+ * (web_api.c: web_device_json and the row callbacks for devices,
  * certificates, audit entries, allowlist entries and subscriptions).  Each
  * case prints the object unformatted and compares the whole text, so field
  * names, their order, null against absent, number formatting and string
