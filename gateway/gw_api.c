@@ -102,6 +102,7 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
       copy(out->address, sizeof out->address, si.address);
     out->msgs_in = si.msgs_in;
     out->msgs_out = si.msgs_out;
+    out->msgs_refused = si.msgs_refused;
     out->queued = si.queued;
     sess_each_sub(s, count_sub, &n);
     out->subscriptions = n;

@@ -33,6 +33,7 @@
   C(publish_out_qos1, "PUBLISH QoS 1 to leaves")                               \
   C(qos_m1_dropped, "QoS -1 publishes dropped (no gateway session or bad id)") \
   C(invalid_topic_id, "publishes rejected with 'invalid topic id'")            \
+  C(publish_refused, "leaf publishes the broker refused (closed after them), dropped") \
   C(uplink_congestion, "leaf publishes refused: upstream queue full")          \
   C(queue_dropped, "messages for a leaf dropped: its queue was full")          \
   C(queue_discarded, "queued messages discarded when a session ended")         \

@@ -69,6 +69,7 @@ struct api_device {
   char cert_status[16];       /* "active", or "" */
   uint64_t msgs_in;           /* publishes from this leaf since the gateway started */
   uint64_t msgs_out;          /* publishes to it */
+  uint64_t msgs_refused;      /* its publishes the broker refused (dropped) */
   uint32_t queued;            /* messages buffered for it */
   uint32_t subscriptions;     /* number of subscriptions */
 };

@@ -159,6 +159,7 @@ struct session {
   uint64_t timer_due;           /* 0 when not armed */
   uint64_t msgs_in;             /* publishes from the leaf */
   uint64_t msgs_out;            /* publishes to the leaf */
+  uint64_t msgs_refused;        /* publishes the broker refused */
 };
 
 struct leaves {

@@ -97,18 +97,26 @@ void sess_up_down(struct session *s, bool identity_refused)
   sess_arm(s);
 }
 
+/* Takes token out of the session's list of publishes waiting for the
+ * broker; false when the session let go of it (or there is no session). */
+static bool take_pending(struct session *s, struct uppending *p)
+{
+  if (!s || p->orphan)
+    return false;
+  for (struct uppending **pp = &s->upp; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  return true;
+}
+
 void sess_up_acked(struct session *s, void *token)
 {
   struct uppending *p = token;
 
-  if (s && !p->orphan) {
-    /* Unlink from the session's list. */
-    for (struct uppending **pp = &s->upp; *pp; pp = &(*pp)->next) {
-      if (*pp == p) {
-        *pp = p->next;
-        break;
-      }
-    }
+  if (take_pending(s, p)) {
     if (p->qos == 2) {
       if (s->n_qos2 < sizeof s->qos2_ids / sizeof s->qos2_ids[0])
         s->qos2_ids[s->n_qos2++] = p->msg_id;
@@ -120,18 +128,27 @@ void sess_up_acked(struct session *s, void *token)
   free(p);
 }
 
-void sess_up_dropped(struct session *s, void *token)
+void sess_up_refused(struct session *s, void *token)
 {
   struct uppending *p = token;
-  if (s && !p->orphan) {
-    for (struct uppending **pp = &s->upp; *pp; pp = &(*pp)->next) {
-      if (*pp == p) {
-        *pp = p->next;
-        break;
-      }
-    }
+
+  if (take_pending(s, p)) {
+    /* §5.4.13: a PUBACK with a return code rejects a PUBLISH of either QoS;
+     * 0x03 "not supported" is the nearest to "not authorized". */
+    static struct log_ratelimit rl;
+    s->msgs_refused++;
+    s->lv->m->publish_refused++;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: publish (MsgId %u) refused by the broker, dropped",
+                    s->client_id, p->msg_id);
+    sess_send_puback(s, p->topic_id, p->msg_id, MQTTSN_RC_NOT_SUPPORTED);
   }
   free(p);
+}
+
+void sess_up_dropped(struct session *s, void *token)
+{
+  take_pending(s, token);
+  free(token);
 }
 
 static struct pending_sub *take_psub(struct session *s, uint16_t pid, bool unsub)

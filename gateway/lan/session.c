@@ -305,6 +305,8 @@ static void connect_proceed(struct session *s)
   s->wait_provision = false;
   if (!s->link)
     open_upstream(s);
+  else
+    SESS_UP(s)->kick(SESS_UP_CTX(s), s->link);
   sess_arm(s);
 }
 
@@ -758,6 +760,7 @@ void sess_get_info(const struct session *s, struct sess_info *out)
     leaves_addr_str((const struct sockaddr *)&s->addr, out->address, sizeof out->address);
   out->msgs_in = s->msgs_in;
   out->msgs_out = s->msgs_out;
+  out->msgs_refused = s->msgs_refused;
   out->queued = s->q_len;
   out->has_upstream = s->link != NULL;
   out->upstream_up = s->up_is_up;

@@ -67,6 +67,9 @@ struct sess_uplink_ops {
                    uint16_t *pid);
   int (*unsubscribe)(void *ctx, struct sess_link *l, const char *filter, size_t len,
                      uint16_t *pid);
+  /* The leaf is waiting for its upstream (a CONNECT): retry now if it is
+   * backing off (upstream_kick). */
+  void (*kick)(void *ctx, struct sess_link *l);
   /* The leaf has the broker's QoS 1 message pid: acknowledge it upstream. */
   void (*puback)(void *ctx, struct sess_link *l, uint16_t pid);
   /* A QoS -1 publish, through the gateway-level session (no leaf session).
@@ -88,6 +91,10 @@ void sess_up_message(struct session *s, const char *topic, size_t topic_len,
                      const uint8_t *payload, size_t len, int qos, bool retain, uint16_t pid);
 /* The broker acknowledged the publish token (s may be NULL: see above). */
 void sess_up_acked(struct session *s, void *token);
+/* The broker refused the publish token (it closed the connection after it,
+ * again and again): the leaf gets PUBACK "not supported" and its later
+ * messages go on (s may be NULL). */
+void sess_up_refused(struct session *s, void *token);
 /* The publish token was discarded unacknowledged (s may be NULL). */
 void sess_up_dropped(struct session *s, void *token);
 void sess_up_suback(struct session *s, uint16_t pid, const uint8_t *codes, size_t n);
@@ -102,6 +109,7 @@ struct sess_info {
   bool has_address;
   char address[80];            /* "ip:port" */
   uint64_t msgs_in, msgs_out;
+  uint64_t msgs_refused;       /* publishes the broker refused (dropped) */
   uint32_t queued;             /* downlink messages waiting for the leaf */
   bool has_upstream;
   bool upstream_up;

@@ -10,6 +10,10 @@
  * slots and reads up to this many datagrams in one system call. */
 #define LAN_SLOT 2048 /* > any MQTT-SN datagram we accept on a LAN (MTU-bound) */
 #define LAN_BATCH 32
+/* Datagrams queued when the kernel's send buffer is full: beyond these
+ * bytes a send is refused (and counted by the caller), so a slow or
+ * saturated interface cannot make the gateway hold unbounded copies. */
+#define UDP_QUEUE_MAX_BYTES (4u * 1024u * 1024u)
 
 struct udp {
   uv_udp_t udp;
@@ -17,11 +21,13 @@ struct udp {
   void *ud;
   void (*done)(void *);
   void *done_ud;
+  size_t queued_bytes;         /* copies waiting in libuv's send queue */
   char rbuf[LAN_SLOT * LAN_BATCH];
 };
 
 struct send_req {
   uv_udp_send_t req;
+  struct udp *owner;
   size_t len;
   uint8_t data[];
 };
@@ -105,6 +111,8 @@ fail_close:
 
 static void send_cb(uv_udp_send_t *req, int status)
 {
+  struct send_req *r = (struct send_req *)req;
+  r->owner->queued_bytes -= r->len;
   if (status != 0) {
     static struct log_ratelimit rl;
     log_ratelimited(&rl, LOG_WARN, "lan", "send failed: %s", uv_strerror(status));
@@ -124,17 +132,23 @@ int udp_send(struct udp *lan, const struct sockaddr *to, const uint8_t *data, si
   if (rc != UV_EAGAIN)
     return rc;
   /* The socket's send buffer is full (or earlier sends are queued): queue a
-   * copy so the caller's buffer can be reused at once. */
+   * copy so the caller's buffer can be reused at once, within a bound. */
+  if (lan->queued_bytes + len > UDP_QUEUE_MAX_BYTES)
+    return UV_ENOBUFS;
   r = malloc(sizeof *r + len);
   if (!r)
     return UV_ENOMEM;
   memcpy(r->data, data, len);
   r->len = len;
+  r->owner = lan;
   b = uv_buf_init((char *)r->data, (unsigned)len);
   rc = uv_udp_send(&r->req, &lan->udp, &b, 1, to, send_cb);
-  if (rc != 0)
+  if (rc != 0) {
     free(r);
-  return rc;
+    return rc;
+  }
+  lan->queued_bytes += len;
+  return 0;
 }
 
 static void close_cb(uv_handle_t *h)

@@ -24,7 +24,8 @@ typedef void (*udp_recv_cb)(void *ud, const struct sockaddr *from, const uint8_t
 int udp_open(uv_loop_t *loop, const char *bind_ip, uint16_t port, uint32_t rcvbuf,
              udp_recv_cb cb, void *ud, struct udp **out);
 /* Sends one datagram.  Returns 0 or a negative libuv error (the caller counts
- * it; UDP gives no delivery guarantee anyway). */
+ * it; UDP gives no delivery guarantee anyway): UV_ENOBUFS when the copies
+ * queued behind a full kernel buffer already hold 4 MiB. */
 int udp_send(struct udp *lan, const struct sockaddr *to, const uint8_t *data, size_t len);
 /* Closes the socket; done(ud) runs once the handle is closed and freed. */
 void udp_close(struct udp *lan, void (*done)(void *), void *ud);

@@ -23,6 +23,9 @@
 #include "upstream.h"
 
 #define MOD "relay"
+/* Times the broker may close the connection right after the same QoS 1
+ * message before it counts as refused (upstream.h on_refused). */
+#define RELAY_MAX_REFUSALS 3
 
 struct sess_link {
   struct session *s;             /* NULL once the session let go */
@@ -58,6 +61,7 @@ static void upstream_opts(const struct relay *r, struct upstream_opts *o, const 
   o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
   o->max_queue = cfg->upstream.max_queue;
   o->max_packet = cfg->upstream.max_packet;
+  o->max_refusals = RELAY_MAX_REFUSALS;
   o->pacer = r->env.pacer;
 }
 
@@ -118,6 +122,12 @@ static void up_on_dropped(void *ud, void *token)
   sess_up_dropped(l->s, token);
 }
 
+static void up_on_refused(void *ud, void *token)
+{
+  struct sess_link *l = ud;
+  sess_up_refused(l->s, token);
+}
+
 static void up_on_suback(void *ud, uint16_t packet_id, const uint8_t *codes, size_t n)
 {
   struct sess_link *l = ud;
@@ -149,6 +159,7 @@ static const struct upstream_cbs leaf_cbs = {
     .on_suback = up_on_suback,
     .on_unsuback = up_on_unsuback,
     .on_dropped = up_on_dropped,
+    .on_refused = up_on_refused,
     .on_closed = up_on_closed,
 };
 
@@ -248,6 +259,12 @@ static int op_unsubscribe(void *ctx, struct sess_link *l, const char *filter, si
   return map_err(upstream_unsubscribe(l->u, filter, len, pid));
 }
 
+static void op_kick(void *ctx, struct sess_link *l)
+{
+  (void)ctx;
+  upstream_kick(l->u);
+}
+
 static void op_puback(void *ctx, struct sess_link *l, uint16_t pid)
 {
   (void)ctx;
@@ -269,6 +286,7 @@ static const struct sess_uplink_ops ops = {
     .publish = op_publish,
     .subscribe = op_subscribe,
     .unsubscribe = op_unsubscribe,
+    .kick = op_kick,
     .puback = op_puback,
     .publish_anon = op_publish_anon,
 };

@@ -183,6 +183,7 @@ void upstream__send_queue(struct upstream *u)
       continue;
     }
     m->sent = m->ever_sent = true;
+    m->sent_at = uv_now(u->loop);
     prev = m;
     m = m->next;
   }
@@ -197,12 +198,46 @@ void upstream__free_addrinfo(struct upstream *u)
   u->ai = u->ai_cur = NULL;
 }
 
-/* The connection attempt failed or the connection was upstream__lost: forget the
+/* The connection attempt failed or the connection was lost: forget the
  * per-connection state, schedule a retry and tell the owner. */
+/* The broker closed an UP connection: if it did so right after a QoS 1
+ * PUBLISH it never acknowledged, that message gets a strike, and after
+ * max_refusals strikes in a row it is refused and dropped. */
+static void strike_refused(struct upstream *u, enum upstream_reason why)
+{
+  struct omsg *prev = NULL, *m;
+  uint64_t now = uv_now(u->loop);
+
+  if (u->state != U_UP || why != UPSTREAM_R_TCP || u->o.max_refusals == 0)
+    return;
+  for (m = u->qhead; m; prev = m, m = m->next)
+    if (m->qos == 1 && m->sent)
+      break;
+  if (!m || now - m->sent_at > REFUSAL_WINDOW_MS)
+    return;
+  if (++m->strikes < u->o.max_refusals)
+    return;
+  LOGW(MOD, "%s: the broker closed the connection after the same message %u times: "
+       "refused, dropped", u->o.client_id, (unsigned)m->strikes);
+  unlink_msg(u, prev, m);
+  {
+    void *token = m->token;
+    free(m);
+    if (u->cbs.on_refused)
+      u->cbs.on_refused(u->ud, token);
+    else if (u->cbs.on_dropped)
+      u->cbs.on_dropped(u->ud, token);
+  }
+}
+
 void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc)
 {
   uint32_t delay;
 
+  strike_refused(u, why);
+  if (u->state == U_UP && uv_now(u->loop) - u->up_since >= STABLE_UP_MS)
+    backoff_reset(&u->bo);
+  u->kicked = false;
   pace_release(u);
   upstream__free_addrinfo(u);
   idset_clear(&u->in_qos1);
@@ -402,7 +437,10 @@ static void handle_connack(struct upstream *u, struct conn *c, const struct mqtt
     return;
   }
   upstream__set_state(u, U_UP);
-  backoff_reset(&u->bo);
+  /* The back-off is reset only once the connection proved stable
+   * (upstream__lost), not here: a broker that accepts and then closes at
+   * once must not get a reconnect every second. */
+  u->up_since = uv_now(u->loop);
   u->ping_outstanding = false;
   /* Without a session on the broker no PUBREL can follow. */
   if (!p->u.connack.session_present)
@@ -684,6 +722,8 @@ int upstream_publish(struct upstream *u, const char *topic, size_t topic_len,
   m->qos = (uint8_t)qos;
   m->retain = retain;
   m->sent = m->ever_sent = false;
+  m->strikes = 0;
+  m->sent_at = 0;
   m->topic_len = (uint16_t)topic_len;
   m->len = len;
   memcpy(m->data, topic, topic_len);
@@ -767,6 +807,17 @@ int upstream_puback(struct upstream *u, uint16_t packet_id)
   return UPSTREAM_OK;
 }
 
+void upstream_kick(struct upstream *u)
+{
+  uint64_t since;
+  if (u->state != U_BACKOFF || u->kicked || u->slot.waiting)
+    return;
+  u->kicked = true;
+  since = uv_now(u->loop) - u->attempt_started;
+  uv_timer_start(&u->timer, upstream__timer_cb,
+                 since < MIN_CONNECT_INTERVAL_MS ? MIN_CONNECT_INTERVAL_MS - since : 0, 0);
+}
+
 bool upstream_is_up(const struct upstream *u) { return upstream__conn_up(u); }
 
 size_t upstream_queued(const struct upstream *u) { return u->nqueued; }
@@ -777,7 +828,7 @@ const char *upstream_reason_str(enum upstream_reason why)
   case UPSTREAM_R_DNS:
     return "DNS resolution failed";
   case UPSTREAM_R_TCP:
-    return "TCP connection failed or upstream__lost";
+    return "TCP connection failed or lost";
   case UPSTREAM_R_TLS:
     return "TLS handshake or verification failed";
   case UPSTREAM_R_CONNACK:

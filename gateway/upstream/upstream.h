@@ -103,6 +103,7 @@ struct upstream_opts {
   uint32_t backoff_cap_ms;       /* raised to backoff_base_ms when below it */
   uint32_t max_queue;      /* queued + in-flight outgoing messages */
   uint32_t max_packet;     /* largest incoming packet accepted, >= 16 */
+  uint32_t max_refusals;   /* see on_refused; 0: never drop a message */
   struct pacer *pacer;     /* shared connect pacing (pacer.h), or NULL */
 };
 /* All strings in opts are copied by upstream_new(). */
@@ -122,6 +123,12 @@ struct upstream_cbs {
   void (*on_dropped)(void *ud, void *token);
   /* After upstream_stop(): all handles closed, the upstream is freed. */
   void (*on_closed)(void *ud);
+  /* The broker refused the QoS 1 message token: it closed the connection
+   * right after it, without PUBACK, opts.max_refusals times in a row (the
+   * MQTT 3.1.1 way, AWS IoT's answer to a publish its policy denies).  The
+   * message is dropped so the ones behind it can go.  May be NULL
+   * (on_dropped is called instead). */
+  void (*on_refused)(void *ud, void *token);
 };
 
 int upstream_new(uv_loop_t *loop, const struct upstream_opts *opts,
@@ -143,6 +150,11 @@ int upstream_subscribe(struct upstream *u, const char *filter, size_t len, int q
                        uint16_t *packet_id_out);
 int upstream_unsubscribe(struct upstream *u, const char *filter, size_t len,
                          uint16_t *packet_id_out);
+/* Someone is waiting for this upstream (a leaf connects): when it is
+ * backing off, the next attempt starts now (at least a second after the
+ * last, the cloud's per-client-id limit).  Once per back-off, so a leaf that
+ * keeps asking cannot make it reconnect faster than every other attempt. */
+void upstream_kick(struct upstream *u);
 /* Acknowledge an incoming QoS 1 PUBLISH.  The upstream keeps the set of
  * incoming packet ids not yet acknowledged by the owner for the current
  * connection; the set is cleared when the connection is lost, and a puback

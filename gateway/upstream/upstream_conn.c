@@ -137,7 +137,7 @@ static int write_raw(struct conn *c, struct wreq *w)
       b = uv_buf_init((char *)w->data, (unsigned)w->len);
     }
     /* UV_EAGAIN, or an error: uv_write reports errors through write_cb,
-     * where a upstream__lost connection gets its proper reason. */
+     * where a lost connection gets its proper reason. */
   }
   r = uv_write(&w->req, st, &b, 1, write_cb);
   if (r < 0)

@@ -58,6 +58,8 @@ struct omsg {
   bool retain;
   bool sent;                   /* written on the current connection */
   bool ever_sent;              /* a resend carries DUP=1 */
+  uint8_t strikes;             /* connections the broker closed right after it */
+  uint64_t sent_at;            /* loop ms of its last write */
   uint16_t topic_len;
   size_t len;
   uint8_t data[];              /* topic, then payload */
@@ -96,6 +98,8 @@ struct upstream {
   struct idset in_qos2;        /* incoming QoS 2 delivered, awaiting PUBREL */
 
   struct pacer_slot slot;      /* this upstream's place with the connect pacer */
+  uint64_t up_since;           /* loop ms of the last CONNACK */
+  bool kicked;                 /* upstream_kick used in this back-off */
 };
 
 /* A write in flight; data lives until write_cb. */
@@ -122,6 +126,14 @@ struct wreq {
  * (docs/protocol-notes.md): attempts of one upstream start at least this far
  * apart. */
 #define MIN_CONNECT_INTERVAL_MS 1000
+/* A connection that stayed up this long was healthy: the back-off starts
+ * again from its base.  A broker that closes each connection sooner (AWS IoT
+ * refusing a publish, a policy that denies the CONNECT's follow-up) meets a
+ * growing back-off instead of a reconnect every second. */
+#define STABLE_UP_MS 10000
+/* The broker closing the connection within this long of a QoS 1 PUBLISH
+ * that it did not acknowledge counts as a refusal of that message. */
+#define REFUSAL_WINDOW_MS 2000
 
 /* upstream.c */
 void upstream__set_state(struct upstream *u, enum ustate s);

@@ -313,8 +313,10 @@ static void on_closed(void *ud)
   p->u = NULL;
 }
 
-static const struct upstream_cbs g_cbs = {on_up,     on_down,     on_message, on_puback,
-                                          on_suback, on_unsuback, on_dropped, on_closed};
+static const struct upstream_cbs g_cbs = {
+    .on_up = on_up,         .on_down = on_down,         .on_message = on_message,
+    .on_puback = on_puback, .on_suback = on_suback,     .on_unsuback = on_unsuback,
+    .on_dropped = on_dropped, .on_closed = on_closed};
 
 static struct upstream_opts plain_opts(const char *client_id)
 {
