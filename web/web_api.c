@@ -237,6 +237,7 @@ cJSON *web_device_json(const struct api_device *d)
   }
   add_num(o, "msgs_in", (double)d->msgs_in, &ok);
   add_num(o, "msgs_out", (double)d->msgs_out, &ok);
+  add_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
   add_num(o, "queued", d->queued, &ok);
   add_num(o, "subscriptions", d->subscriptions, &ok);
   if (!ok) {

@@ -241,7 +241,11 @@ function deviceRow(d) {
         d.bound_addr || '–'),
     h('td', { 'data-ago': d.last_seen || '', title: fmtTime(d.last_seen) }, fmtAgo(d.last_seen)),
     certCell(d),
-    h('td', { class: 'num' }, fmtInt(d.msgs_in)),
+    d.msgs_refused
+      ? h('td', { class: 'num warn', 'data-field': 'refused',
+        title: fmtInt(d.msgs_refused) + ' publish(es) refused by the cloud and dropped' },
+      fmtInt(d.msgs_in) + ' (' + fmtInt(d.msgs_refused) + ' refused)')
+      : h('td', { class: 'num' }, fmtInt(d.msgs_in)),
     h('td', { class: 'num' }, fmtInt(d.msgs_out)));
   if (d.last_error) tr.classList.add('has-error');
   return tr;

@@ -48,6 +48,7 @@ static void device_fill(struct api_device *d)
   d->attempts = 2;
   d->msgs_in = 12;
   d->msgs_out = 3;
+  d->msgs_refused = 2;
   d->queued = 1;
   d->subscriptions = 4;
 }
@@ -63,7 +64,7 @@ static void test_device_without_certificate(void)
               "\"session\":\"asleep\",\"bound_addr\":\"10.0.0.7\","
               "\"address\":\"10.0.0.7:50000\",\"first_seen\":1764451200,"
               "\"last_seen\":1764454800,\"last_error\":\"\",\"attempts\":2,"
-              "\"certificate\":null,\"msgs_in\":12,\"msgs_out\":3,\"queued\":1,"
+              "\"certificate\":null,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,"
               "\"subscriptions\":4}");
 }
 
@@ -85,7 +86,7 @@ static void test_device_with_certificate(void)
               "\"certificate\":{\"cert_id\":\"3f2a9c\",\"fingerprint\":"
               "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
               "\"not_after\":4102444800,\"status\":\"active\"},"
-              "\"msgs_in\":12,\"msgs_out\":3,\"queued\":1,\"subscriptions\":4}");
+              "\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
 }
 
 static void test_device_empty(void)
@@ -102,7 +103,7 @@ static void test_device_empty(void)
               "{\"client_id\":\"new\",\"thing_name\":\"\",\"state\":\"pending\","
               "\"session\":\"none\",\"bound_addr\":\"\",\"address\":\"\",\"first_seen\":0,"
               "\"last_seen\":0,\"last_error\":\"\",\"attempts\":0,\"certificate\":null,"
-              "\"msgs_in\":0,\"msgs_out\":0,\"queued\":0,\"subscriptions\":0}");
+              "\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
 }
 
 static void test_device_odd_client_id(void)
@@ -125,7 +126,7 @@ static void test_device_odd_client_id(void)
                  "\"thing_name\":\"\",\"state\":\"\",\"session\":\"\",\"bound_addr\":\"\","
                  "\"address\":\"\",\"first_seen\":0,\"last_seen\":0,"
                  "\"last_error\":\"bad \\\"claim\\\"\\n\",\"attempts\":0,\"certificate\":null,"
-                 "\"msgs_in\":0,\"msgs_out\":0,\"queued\":0,\"subscriptions\":0}");
+                 "\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
 }
 
 static void test_device_numbers(void)
