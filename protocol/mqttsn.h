@@ -11,7 +11,7 @@
  * Encoding: mqttsn_encoded_size(&msg) gives the exact size; mqttsn_encode(&msg,
  * buf, cap) writes it and returns the size, or PROTO_BUF_TOO_SMALL.  The
  * encoder uses the 1-octet Length form for totals <= 255 and the 3-octet form
- * above (a total of exactly 255 fits one octet; see PROTOCOLS.md C.1).
+ * above (a total of exactly 255 fits one octet; see docs/protocol-notes.md §2.1).
  */
 #ifndef FLEETGW_MQTTSN_H
 #define FLEETGW_MQTTSN_H

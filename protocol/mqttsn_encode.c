@@ -408,7 +408,7 @@ static int put_layout(struct wire_writer *w, const struct layout *l, const struc
  * 1 + 1 + counted when that is at most 255, else 3 + 1 + counted.  So a
  * counted part of 253 gives 255 in one octet, and 254 gives 258 in three
  * (totals 256 and 257 are never produced: they would need the 3-octet form,
- * which makes them 258 and 259).  This is the edge Paho gets wrong (C.1).
+ * which makes them 258 and 259).  This is the edge Paho gets wrong (docs/protocol-notes.md §2.1).
  */
 static size_t length_value(size_t counted, bool *long_form)
 {

@@ -1,7 +1,7 @@
 /*
  * provisioning.c - AWS IoT Fleet Provisioning MQTT API payloads (JSON).
  *
- * Facts used here come from PROTOCOLS.md section A; each is cited where it
+ * Facts used here come from docs/protocol-notes.md §5 (the bare § numbers below refer to it); each is cited where it
  * shapes the code.  The module allocates (it is the one file of protocol/
  * that does), but it has no globals and does no I/O.
  *
@@ -27,10 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A.1: template names are 1-36 characters of [0-9A-Za-z_-] (API reference
+/* §5.1: template names are 1-36 characters of [0-9A-Za-z_-] (API reference
  * for CreateProvisioningTemplateVersion; FP_TEMPLATENAME_MAX_LENGTH 36U). */
 #define TEMPLATE_NAME_MAX 36u
-/* A.3: thing names are 1-128 characters of [a-zA-Z0-9:_-] (API_CreateThing). */
+/* §5.4: thing names are 1-128 characters of [a-zA-Z0-9:_-] (API_CreateThing). */
 #define THING_NAME_MAX 128u
 
 static int is_alnum_ascii(char c)
@@ -68,10 +68,10 @@ int prov_thing_name_ok(const char *name)
   return i > 0;
 }
 
-/* ---- Topics (A.1) ------------------------------------------------------ */
+/* ---- Topics (§5.1) ------------------------------------------------------ */
 
 /* Only the JSON format is built here: the response format follows the
- * request topic's format (A.1), and this module speaks JSON only. */
+ * request topic's format (§5.1), and this module speaks JSON only. */
 static int topic_join(const char *prefix, const char *middle, const char *tail,
                       const char *suffix, char *out, size_t cap)
 {
@@ -113,7 +113,7 @@ int prov_topic_register(const char *template_name, const char *suffix, char *out
                     out, cap);
 }
 
-/* ---- Requests (A.2) ---------------------------------------------------- */
+/* ---- Requests (§5.2) ---------------------------------------------------- */
 
 static char *dup_mem(const char *s, size_t n)
 {
@@ -150,7 +150,7 @@ char *prov_build_csr_request(const char *csr_pem)
 {
   cJSON *root;
 
-  /* A.2: the request is exactly { "certificateSigningRequest": "<PEM CSR>" }.
+  /* §5.2: the request is exactly { "certificateSigningRequest": "<PEM CSR>" }.
    * An empty CSR can only be rejected by the cloud, so it is refused here. */
   if (!csr_pem || csr_pem[0] == '\0')
     return NULL;
@@ -166,7 +166,7 @@ char *prov_build_csr_request(const char *csr_pem)
 
 char *prov_build_create_keys_request(void)
 {
-  /* A.2: the documented request is "an empty message payload", but real
+  /* §5.2: the documented request is "an empty message payload", but real
    * clients send "{}" and the service accepts both; "{}" is the form that
    * also survives brokers and tools that drop empty payloads. */
   return dup_str("{}");
@@ -178,7 +178,7 @@ char *prov_build_register_request(const char *ownership_token, const struct prov
   cJSON *root, *map;
   size_t i, j;
 
-  /* A.2 (real example): an empty token is rejected with
+  /* §5.2 (real example): an empty token is rejected with
    * InvalidCertificateOwnershipToken, so do not even send it. */
   if (!ownership_token || ownership_token[0] == '\0' || (n > 0 && !params))
     return NULL;
@@ -186,7 +186,7 @@ char *prov_build_register_request(const char *ownership_token, const struct prov
     if (!params[i].key || !params[i].value)
       return NULL;
     /* A JSON object with a repeated key means different things to different
-     * parsers; the parameters are a map (A.2), so a repeat is a caller bug. */
+     * parsers; the parameters are a map (§5.2), so a repeat is a caller bug. */
     for (j = 0; j < i; j++)
       if (strcmp(params[i].key, params[j].key) == 0)
         return NULL;
@@ -197,7 +197,7 @@ char *prov_build_register_request(const char *ownership_token, const struct prov
     return NULL;
   if (!cJSON_AddStringToObject(root, "certificateOwnershipToken", ownership_token))
     goto fail_root;
-  /* A.2: "parameters" is optional and a flat string->string map, so it is
+  /* §5.2: "parameters" is optional and a flat string->string map, so it is
    * left out rather than sent empty when there are none. */
   if (n > 0) {
     map = cJSON_AddObjectToObject(root, "parameters");
@@ -214,7 +214,7 @@ fail_root:
   return NULL;
 }
 
-/* ---- Replies (A.2) ----------------------------------------------------- */
+/* ---- Replies (§5.2) ----------------------------------------------------- */
 
 /* Parses exactly json[0..len) as one JSON value.  The copy gives cJSON a
  * NUL-terminated buffer it cannot overrun; trailing non-whitespace after the
@@ -251,9 +251,9 @@ static int parse_object(const char *json, size_t len, cJSON **root)
 }
 
 /* Copies the non-empty string member `name` of obj into *dst.  Field names
- * are exact (A.2), so the lookup is case-sensitive.  An empty value is as
+ * are exact (§5.2), so the lookup is case-sensitive.  An empty value is as
  * useless as a missing one (a certificate without PEM, a token of zero
- * bytes, A.4), so both are malformed. */
+ * bytes, §5.5), so both are malformed. */
 static int take_string(const cJSON *obj, const char *name, char **dst)
 {
   const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, name);
@@ -276,10 +276,10 @@ int prov_parse_cert_reply(const char *json, size_t len, int expect_private_key,
   rc = parse_object(json, len, &root);
   if (rc != PROTO_OK)
     return rc;
-  /* A.2: both create operations return certificateId, certificatePem and
+  /* §5.2: both create operations return certificateId, certificatePem and
    * certificateOwnershipToken; only CreateKeysAndCertificate adds
    * privateKey.  A privateKey in a CSR reply is ignored: our key never left
-   * the gateway (A.3), so whatever came back is not ours to store. */
+   * the gateway (§5.4), so whatever came back is not ours to store. */
   rc = take_string(root, "certificateId", &out->certificate_id);
   if (rc == PROTO_OK)
     rc = take_string(root, "certificatePem", &out->certificate_pem);
@@ -313,7 +313,7 @@ void prov_cert_reply_clear(struct prov_cert_reply *r)
     return;
   free(r->certificate_id);
   free(r->certificate_pem);
-  /* The private key and the ownership token are credentials (A.4: the
+  /* The private key and the ownership token are credentials (§5.5: the
    * token claims the certificate for an hour), so they are wiped. */
   wipe_free(r->private_key);
   wipe_free(r->ownership_token);
@@ -333,16 +333,16 @@ int prov_parse_register_reply(const char *json, size_t len, struct prov_register
   rc = parse_object(json, len, &root);
   if (rc != PROTO_OK)
     return rc;
-  /* A.2: { "deviceConfiguration": {...}, "thingName": str }.  The thing name
+  /* §5.2: { "deviceConfiguration": {...}, "thingName": str }.  The thing name
    * becomes our MQTT client ID and topic material, so it must match the
-   * CreateThing pattern (A.3), not merely be a string. */
+   * CreateThing pattern (§5.4), not merely be a string. */
   rc = take_string(root, "thingName", &out->thing_name);
   if (rc == PROTO_OK && !prov_thing_name_ok(out->thing_name))
     rc = PROTO_MALFORMED;
   if (rc != PROTO_OK)
     goto out_root;
 
-  /* A.2/A.7: DeviceConfiguration is optional in the template and a flat
+  /* §5.2/§5.8: DeviceConfiguration is optional in the template and a flat
    * map, so absent (or null) means "none"; any non-object is malformed.
    * The object is kept as compact JSON, since its keys are whatever the
    * template author chose. */
@@ -403,7 +403,7 @@ int prov_parse_error(const char *json, size_t len, struct prov_error *out)
   rc = parse_object(json, len, &root);
   if (rc != PROTO_OK)
     return rc;
-  /* A.2: { "statusCode": int, "errorCode": str, "errorMessage": str }.  A
+  /* §5.2: { "statusCode": int, "errorCode": str, "errorMessage": str }.  A
    * statusCode that is not an integral number in a sane range is treated as
    * absent (0) rather than converted, since converting an out-of-range
    * double to int is undefined. */
@@ -432,11 +432,11 @@ void prov_error_clear(struct prov_error *e)
 
 /* Error codes that say the request itself was wrong, whatever statusCode
  * says (or when it is missing):
- *   - InvalidCertificateOwnershipToken: the real example of A.2 (an empty
+ *   - InvalidCertificateOwnershipToken: the real example of §5.2 (an empty
  *     token); sending the same token again cannot fix it.
  *   - ResourceConflictsException: RegisterThing when the template's
- *     OverrideSettings say FAIL for an existing resource (A.8).
- *   - ACCESS_DENIED: the pre-provisioning hook refused (A.7).  A hook that
+ *     OverrideSettings say FAIL for an existing resource (§5.9).
+ *   - ACCESS_DENIED: the pre-provisioning hook refused (§5.8).  A hook that
  *     errored or timed out gives the same code, so a transient hook failure
  *     is treated as permanent too; the operator has to look either way. */
 static const char *const permanent_codes[] = {
@@ -457,7 +457,7 @@ int prov_error_is_retryable(const struct prov_error *e)
 
   /* Throttling and service-side failures are retryable by name, checked
    * before the status so that such a code paired with an unexpected status
-   * still backs off.  A.9: RegisterThing is limited to 10 TPS and
+   * still backs off.  §5.10: RegisterThing is limited to 10 TPS and
    * CreateCertificateFromCsr to 15 TPS per account, and RegisterThing calls
    * other control-plane APIs that have their own throttling limits, so
    * throttling is the expected transient error of a fleet roll-out. */
@@ -465,13 +465,13 @@ int prov_error_is_retryable(const struct prov_error *e)
       strstr(code, "InternalFailure"))
     return 1;
 
-  /* A.2 (FreeRTOS provisioning status codes): 429 too many requests and
+  /* §5.3 (FreeRTOS provisioning status codes): 429 too many requests and
    * 500 internal error are the server's transient answers; anything 5xx is
    * treated the same way. */
   if (e->status_code == 429 || e->status_code >= 500)
     return 1;
 
-  /* A.2: 400 invalid CSR/parameters, 403 forbidden, 404 template not
+  /* §5.3: 400 invalid CSR/parameters, 403 forbidden, 404 template not
    * found; 401 is an authentication failure.  Repeating the same request
    * gets the same answer, so these are permanent, as is any other 4xx. */
   if (e->status_code >= 400 && e->status_code < 500)
@@ -482,7 +482,7 @@ int prov_error_is_retryable(const struct prov_error *e)
       return 0;
 
   /* statusCode missing (0) or outside 4xx/5xx with an unknown code: retry
-   * with back-off.  A.9 also advises treating a failed attempt as "reconnect
+   * with back-off.  §5.3 also advises treating a failed attempt as "reconnect
    * and restart from create", which the caller's back-off covers. */
   return 1;
 }

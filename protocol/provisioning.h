@@ -1,7 +1,7 @@
 /*
  * provisioning.h - AWS IoT Fleet Provisioning MQTT API payloads (JSON), built
- * and parsed with cJSON.  See PROTOCOLS.md section A (topics A.1, payloads
- * A.2).  This is the one file of protocol/ that allocates: builders return a
+ * and parsed with cJSON.  See docs/protocol-notes.md §5 (topics §5.1, payloads
+ * §5.2).  This is the one file of protocol/ that allocates: builders return a
  * malloc'd NUL-terminated string (free()), parsers fill caller structs with
  * malloc'd strings (free with the matching *_clear function).
  */

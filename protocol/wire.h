@@ -4,7 +4,7 @@
  * Every codec in protocol/ reads and writes fields through these two cursors
  * and never indexes a buffer by hand, so a bounds check cannot be forgotten
  * in one message type and remembered in another.  This header is internal to
- * protocol/: nothing outside protocol/ may include it (DESIGN, dependency
+ * protocol/: nothing outside protocol/ may include it (docs/architecture.md §1, dependency
  * rule).
  *
  * Reader: every wire_read_* checks that the whole field lies inside the

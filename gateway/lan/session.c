@@ -332,7 +332,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
 
   /* A CONNECT from a sleeping leaf is its way back to active, not a new
    * session: the upstream session, subscriptions and buffered messages stay,
-   * whatever CleanSession says (PROTOCOLS.md C.13.1; Paho and Bisquitt read
+   * whatever CleanSession says (docs/protocol-notes.md §2.9 item 1; Paho and Bisquitt read
    * the specification the same way).  Many leaves always send
    * CleanSession=1, and dropping their subscriptions on every wake-up would
    * lose their commands. */

@@ -6,7 +6,7 @@
  * their turn in FIFO order.  A thousand leaves connecting at once then
  * neither overflow the broker's listen backlog (dropped SYNs cost a
  * one-second retransmission) nor exceed a cloud's connect quota (AWS IoT
- * limits connects per second per account: docs/protocol-notes.md).  0 means
+ * limits connects per second per account: docs/protocol-notes.md §4.6).  0 means
  * unlimited for either bound.
  *
  * The pacer knows nothing of what it paces: a user embeds a struct

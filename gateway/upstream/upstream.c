@@ -250,8 +250,8 @@ void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc
   upstream__set_state(u, U_BACKOFF);
   delay = backoff_next(&u->bo);
   {
-    /* AWS IoT accepts one CONNECT per second per client id (PROTOCOLS.md
-     * A.9): attempts of one upstream start at least a second apart. */
+    /* AWS IoT accepts one CONNECT per second per client id (docs/protocol-notes.md
+     * §4.6): attempts of one upstream start at least a second apart. */
     uint64_t since = uv_now(u->loop) - u->attempt_started;
     if (since + delay < MIN_CONNECT_INTERVAL_MS)
       delay = (uint32_t)(MIN_CONNECT_INTERVAL_MS - since);

@@ -123,7 +123,7 @@ struct wreq {
 #define GRACEFUL_FLUSH_MS 2000u
 
 /* AWS IoT accepts one CONNECT per second per client id
- * (docs/protocol-notes.md): attempts of one upstream start at least this far
+ * (docs/protocol-notes.md §4.6): attempts of one upstream start at least this far
  * apart. */
 #define MIN_CONNECT_INTERVAL_MS 1000
 /* A connection that stayed up this long was healthy: the back-off starts

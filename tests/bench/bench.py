@@ -33,7 +33,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 MOSQUITTO_BIN = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
 METRICS_RE = re.compile(r"\bmetrics (\{.*\})\s*$")
-CLEAN_LOSS_PCT = 0.1  # DESIGN.md: "clean" means loss < 0.1 %
+CLEAN_LOSS_PCT = 0.1  # docs/architecture.md §11: "clean" means loss < 0.1 %
 MAX_LAG_S = 0.5  # ... and the subscriber got the last message at most this late
 # The ladder stops early once neither path is clean (both saturated).
 DEFAULT_QOS0_RATES = "10000 20000 30000 40000 50000 60000 80000 100000 120000 150000"

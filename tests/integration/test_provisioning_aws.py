@@ -216,7 +216,7 @@ def test_end_to_end_leaf_to_cloud(gateway, sim, pki, tmp_path):
     assert [(r["cert_id"], r["status"]) for r in rows] == [(list(certs)[0], CERT_ACTIVE)]
     d = registry_device(tmp_path / "reg.db", "leaf-1")
     assert d["state"] == DEV_ACTIVE and d["thing_name"] == "fleetgw-leaf-1"
-    # The claim connections' SNI was the endpoint's name (B.8).
+    # The claim connections' SNI was the endpoint's name (docs/protocol-notes.md §6.1).
     assert any(c["sni"] == "localhost" for c in st["clients"].values())
 
 
@@ -303,7 +303,7 @@ def test_crash_at_each_step_leaves_one_active_certificate(gateway, pki, tmp_path
             assert orphaned == [] and st["counters"]["certs_issued"] == 1
         if point == "csr_sent":
             # The certificate issued for the reply that was never read is
-            # deleted by the cloud when its ownership token expires (A.4).
+            # deleted by the cloud when its ownership token expires (docs/protocol-notes.md §5.5).
             assert wait_until(lambda: sim.state()["counters"]["deleted_unregistered"] == 1, 15)
             assert orphaned == []
     finally:

@@ -27,7 +27,7 @@ def test_sleep_buffers_then_wake_delivers_then_pingresp(broker, gateway, broker_
     assert all(r.t <= pingresp.t for r in got)
     # Nothing left: the next wake-up gets PINGRESP at once.
     assert lf.wake_and_drain(timeout=5) == []
-    # Back to active with CONNECT: live delivery again.  PROTOCOLS.md C.13.1:
+    # Back to active with CONNECT: live delivery again.  docs/protocol-notes.md §2.9 item 1:
     # a CONNECT from asleep/awake resumes the same session even with
     # CleanSession=1 (what most leaves send), so the subscription survives.
     assert lf.connect(keepalive=60, clean=True) == sn.RC_ACCEPTED

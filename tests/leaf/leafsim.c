@@ -7,7 +7,7 @@
  * one libuv loop (epoll underneath: no select(), no descriptor-number limit).
  *
  * The MQTT-SN codec below is deliberately written from the specification
- * (MQTT-SN v1.2, shared/PROTOCOLS.md section C) and does NOT use the
+ * (MQTT-SN v1.2, docs/protocol-notes.md §2) and does NOT use the
  * project's protocol/ library, so that the simulator and the gateway check
  * each other rather than sharing a bug.
  *
@@ -38,7 +38,7 @@
 #include <uv.h>
 
 /* ------------------------------------------------------------------------ */
-/* MQTT-SN v1.2 codec (spec section 5; PROTOCOLS.md C.1-C.5)                 */
+/* MQTT-SN v1.2 codec (spec section 5; docs/protocol-notes.md §2.1-§2.4)                 */
 /* ------------------------------------------------------------------------ */
 
 enum {

@@ -2,7 +2,7 @@
 """mqttsn_leaf - an MQTT-SN v1.2 client ("leaf") for testing fleetgw.
 
 Written from the MQTT-SN v1.2 specification (IBM, 14 Nov 2013) and
-shared/PROTOCOLS.md section C, deliberately NOT from the gateway's C code, so
+docs/protocol-notes.md §2, deliberately NOT from the gateway's C code, so
 that the two implementations check each other.
 
 Two layers:

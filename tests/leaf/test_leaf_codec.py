@@ -1,7 +1,7 @@
 """Golden-byte tests for the leaf's MQTT-SN v1.2 codec (pure, no sockets).
 
 Every expected byte string below was written by hand from the v1.2 spec
-(section 5) and shared/PROTOCOLS.md section C, not produced by the encoder.
+(section 5) and docs/protocol-notes.md §2, not produced by the encoder.
 """
 import os
 import sys
@@ -156,7 +156,7 @@ def test_flags(flags, parsed):
     assert sn.Flags.parse(flags).byte() == flags
 
 
-# --- the 254/255/256/257 length boundary (PROTOCOLS.md C.1) ----------------
+# --- the 254/255/256/257 length boundary (docs/protocol-notes.md §2.1) ----------------
 
 @pytest.mark.parametrize("body_len,total,long_form", [
     (252, 254, False),   # total 254: 1-octet length 0xFE

@@ -2,7 +2,7 @@
 // aws_iot_sim.js - a stand-in for AWS IoT Core and its Fleet Provisioning MQTT API, for
 // fleetgw's tests. It is written on aedes (an MQTT broker library) and Node's crypto, and
 // shares no code with the gateway's C MQTT client. Every AWS behaviour it reproduces cites the
-// fact in /work/shared/PROTOCOLS.md (section A = fleet provisioning, B = AWS IoT MQTT).
+// fact in docs/protocol-notes.md (§5 = fleet provisioning, §4 = AWS IoT MQTT, §6 = TLS; bare § numbers below refer to it).
 // Usage and the control API: tests/sim/README.md.
 import aedesFactory from 'aedes' // aedes 0.51: CommonJS, works on Node 18 (Debian 12) and 20
 import tls from 'node:tls'
@@ -105,7 +105,7 @@ function asn1Time (d) {
 }
 
 // The simulator's issuing CA, standing in for the Amazon Root CA that signs AWS-issued
-// device certificates (PROTOCOLS.md A.3).
+// device certificates (docs/protocol-notes.md §5.4).
 const DEVICE_CA_PEM = fs.readFileSync(ARGS['device-ca-cert'], 'utf8')
 const DEVICE_CA = new crypto.X509Certificate(DEVICE_CA_PEM)
 const DEVICE_CA_KEY = crypto.createPrivateKey(fs.readFileSync(ARGS['device-ca-key']))
@@ -119,7 +119,7 @@ const NOT_AFTER = new Date(ARGS['not-after'])
 if (isNaN(NOT_AFTER)) throw new Error('--not-after is not a date')
 
 // Issue a certificate for a public key (DER SubjectPublicKeyInfo), signed by the device CA.
-// A.3: AWS-issued certificates expire at 2049-12-31T23:59:59Z; the certificateId is 64 hex
+// §5.4: AWS-issued certificates expire at 2049-12-31T23:59:59Z; the certificateId is 64 hex
 // characters, here the SHA-256 of the DER certificate.
 function issueCertificate (spki, subject) {
   const serial = crypto.randomBytes(16)
@@ -144,7 +144,7 @@ function issueCertificate (spki, subject) {
 // certificates; not a documented guarantee, so the gateway must not depend on it).
 const AWS_SUBJECT = SEQ(der(0x31, SEQ(hex('0603550403'), der(0x0c, Buffer.from('AWS IoT Certificate')))))
 
-// Parse and check a PEM CSR. A.3: the key must be RSA >= 2048 bits or ECC P-256/P-384
+// Parse and check a PEM CSR. §5.4: the key must be RSA >= 2048 bits or ECC P-256/P-384
 // (newer SDK strings add "P-512", read as P-521). Throws an Error whose message is sent back.
 function parseCsr (pem) {
   if (typeof pem !== 'string') throw new Error('certificateSigningRequest is missing or not a string')
@@ -173,7 +173,7 @@ function parseCsr (pem) {
 }
 
 // A tiny CBOR encoder (maps of text keys to text/unsigned int), so requests on the cbor
-// topics (A.1) can be answered in their own format.
+// topics (§5.1) can be answered in their own format.
 function cbor (v) {
   const head = (major, n) => n < 24 ? Buffer.from([major << 5 | n])
     : n < 256 ? Buffer.from([major << 5 | 24, n])
@@ -188,7 +188,7 @@ function cbor (v) {
 // ---------------------------------------------------------------------------------------
 // Topics
 // ---------------------------------------------------------------------------------------
-// A.1: three operations x {json, cbor} x {request, accepted, rejected} = 18 topic strings.
+// §5.1: three operations x {json, cbor} x {request, accepted, rejected} = 18 topic strings.
 const RE_CERT_TOPIC = /^\$aws\/certificates\/(create|create-from-csr)\/(json|cbor)(?:\/(accepted|rejected))?$/
 const RE_PROV_TOPIC = /^\$aws\/provisioning-templates\/([^/]+)\/provision\/(json|cbor)(?:\/(accepted|rejected))?$/
 const OPS = { create: 'CreateKeysAndCertificate', 'create-from-csr': 'CreateCertificateFromCsr', provision: 'RegisterThing' }
@@ -208,7 +208,7 @@ function opName (s) {
   throw new Error(`unknown operation ${s}`)
 }
 
-// MQTT topic filter matching. B.4: on AWS "sensor/#" does not match "sensor", and filters
+// MQTT topic filter matching. §4.3: on AWS "sensor/#" does not match "sensor", and filters
 // starting with a wildcard never match topics starting with "$".
 function topicMatches (filter, topic) {
   const f = filter.split('/')
@@ -267,7 +267,7 @@ function policyAllows (policy, action, resource, ctx) {
 }
 const loadPolicy = (file) => compilePolicy(JSON.parse(fs.readFileSync(file, 'utf8')), file)
 
-// Built-in defaults. The claim policy is the A.6 example plus create-from-csr (the gotcha),
+// Built-in defaults. The claim policy is the §5.7 example plus create-from-csr (the gotcha),
 // for any template name, so that an unknown template gets its 404 instead of a closed connection.
 const CLAIM_POLICY = ARGS['claim-policy'] ? loadPolicy(ARGS['claim-policy']) : compilePolicy({
   Statement: [
@@ -276,7 +276,7 @@ const CLAIM_POLICY = ARGS['claim-policy'] ? loadPolicy(ARGS['claim-policy']) : c
     { Effect: 'Allow', Action: 'iot:Subscribe', Resource: ['topicfilter/$aws/certificates/create/*', 'topicfilter/$aws/certificates/create-from-csr/*', 'topicfilter/$aws/provisioning-templates/*/provision/*'] }
   ]
 }, 'built-in claim policy')
-// B.1: client id = thing name, enforced through the thing policy variable.
+// §4.1: client id = thing name, enforced through the thing policy variable.
 const DEVICE_PREFIXES = ARGS['device-topic-prefix'].length ? ARGS['device-topic-prefix'] : ['things/${thing}/', 'fleet/${thing}/']
 const DEVICE_POLICY = ARGS['device-policy'] ? loadPolicy(ARGS['device-policy']) : compilePolicy({
   Statement: [
@@ -287,7 +287,7 @@ const DEVICE_POLICY = ARGS['device-policy'] ? loadPolicy(ARGS['device-policy']) 
 }, 'built-in device policy')
 
 // ---------------------------------------------------------------------------------------
-// Provisioning templates (A.7)
+// Provisioning templates (§5.8)
 // ---------------------------------------------------------------------------------------
 const TEMPLATES = new Map()
 for (const spec of ARGS.template) {
@@ -295,7 +295,7 @@ for (const spec of ARGS.template) {
   const name = eq > 0 ? spec.slice(0, eq) : ARGS['template-name']
   const file = eq > 0 ? spec.slice(eq + 1) : spec
   const text = fs.readFileSync(file, 'utf8')
-  // A.1: template names are 1-36 characters of [0-9A-Za-z_-]; A.7: body <= 10,240 characters.
+  // §5.1: template names are 1-36 characters of [0-9A-Za-z_-]; §5.8: body <= 10,240 characters.
   if (!/^[0-9A-Za-z_-]{1,36}$/.test(name)) throw new Error(`template name ${name} is not valid on AWS`)
   if (text.length > 10240) throw new Error(`${file}: template body is over 10,240 characters`)
   const body = JSON.parse(text)
@@ -372,7 +372,7 @@ function recordMessage (dir, clientId, topic, qos, payload) {
   if (S.messages.length > 2000) S.messages.shift()
 }
 
-// A.4: tokens are opaque, a few hundred bytes, single-use, and expire after one hour; when one
+// §5.5: tokens are opaque, a few hundred bytes, single-use, and expire after one hour; when one
 // expires while its certificate is still unactivated and unattached, the certificate is deleted.
 function newToken (certId) {
   const token = crypto.randomBytes(240).toString('base64')
@@ -393,7 +393,7 @@ function newToken (certId) {
   return token
 }
 
-// A.3: both create operations leave the certificate PENDING_ACTIVATION.
+// §5.4: both create operations leave the certificate PENDING_ACTIVATION.
 function storeCert (cert, via) {
   S.certs.set(cert.id, { state: 'PENDING_ACTIVATION', thing: null, created_at: new Date().toISOString(), via, not_after: NOT_AFTER.toISOString(), policies: [] })
   S.counters.certs_issued++
@@ -411,14 +411,14 @@ function parseJson (payload, emptyOk) {
 }
 
 async function createKeysAndCertificate (payload) {
-  // A.2: the request is "an empty message payload"; real clients also send {}. Accept both.
+  // §5.2: the request is "an empty message payload"; real clients also send {}. Accept both.
   parseJson(payload, true)
-  // A.3: a 2048-bit RSA key pair; A.2 (observed): the key is PKCS#1 PEM.
+  // §5.4: a 2048-bit RSA key pair; §5.2 (observed): the key is PKCS#1 PEM.
   const { publicKey, privateKey } = await new Promise((resolve, reject) =>
     crypto.generateKeyPair('rsa', { modulusLength: 2048 }, (e, pub, priv) => e ? reject(e) : resolve({ publicKey: pub, privateKey: priv })))
   const cert = issueCertificate(publicKey.export({ type: 'spki', format: 'der' }), AWS_SUBJECT)
   storeCert(cert, 'CreateKeysAndCertificate')
-  // A.2 (observed): key order certificateId, certificatePem, privateKey, certificateOwnershipToken.
+  // §5.2 (observed): key order certificateId, certificatePem, privateKey, certificateOwnershipToken.
   return {
     certificateId: cert.id,
     certificatePem: cert.pem,
@@ -431,9 +431,9 @@ function createCertificateFromCsr (payload) {
   const req = parseJson(payload, false)
   let csr
   try { csr = parseCsr(req.certificateSigningRequest) } catch (e) {
-    throw new ApiError(400, 'InvalidCertificateSigningRequest', e.message) // FreeRTOS list: 400 = invalid CSR (A.2)
+    throw new ApiError(400, 'InvalidCertificateSigningRequest', e.message) // FreeRTOS list: 400 = invalid CSR (§5.3)
   }
-  // A.3: reusing a CSR gives a distinct certificate each time (fresh serial, so a fresh id).
+  // §5.4: reusing a CSR gives a distinct certificate each time (fresh serial, so a fresh id).
   const cert = issueCertificate(csr.spki, csr.subject)
   storeCert(cert, 'CreateCertificateFromCsr')
   return { certificateOwnershipToken: newToken(cert.id), certificateId: cert.id, certificatePem: cert.pem }
@@ -442,22 +442,22 @@ function createCertificateFromCsr (payload) {
 function registerThing (templateName, payload) {
   S.counters.register_calls++
   const tpl = TEMPLATES.get(templateName)
-  if (!tpl) throw new ApiError(404, 'ResourceNotFoundException', `Template ${templateName} not found`) // A.2: 404
+  if (!tpl) throw new ApiError(404, 'ResourceNotFoundException', `Template ${templateName} not found`) // §5.3: 404
   const req = parseJson(payload, false)
   const token = req.certificateOwnershipToken
   if (typeof token !== 'string' || token === '') {
-    // A.2: the message observed on real AWS for an empty token.
+    // §5.2: the message observed on real AWS for an empty token.
     throw new ApiError(400, 'InvalidCertificateOwnershipToken', 'Certificate ownership token cannot be empty.')
   }
   const tok = S.tokens.get(token)
   const cert = tok && S.certs.get(tok.certId)
   if (!tok || !cert || Date.now() >= tok.expires_at) throw new ApiError(400, 'InvalidCertificateOwnershipToken', 'Certificate ownership token is invalid or has expired.')
-  // A.2: parameters is an optional flat string->string map.
+  // §5.2: parameters is an optional flat string->string map.
   const given = req.parameters === undefined ? {} : req.parameters
   if (given === null || typeof given !== 'object' || Array.isArray(given)) throw badParams('parameters must be a JSON object')
   for (const [k, v] of Object.entries(given)) if (typeof v !== 'string') throw badParams(`Parameter ${k} must be a string`)
   const body = tpl.body
-  // A.7: the service fills AWS::IoT::Certificate::Id from the token; the device does not send it.
+  // §5.8: the service fills AWS::IoT::Certificate::Id from the token; the device does not send it.
   const params = { 'AWS::IoT::Certificate::Id': tok.certId }
   for (const [name, def] of Object.entries(body.Parameters || {})) {
     if (name === 'AWS::IoT::Certificate::Id') continue
@@ -473,19 +473,19 @@ function registerThing (templateName, payload) {
   }
   const props = evalValue(thingRes.Properties || {}, params, body.Mappings)
   const thingName = props.ThingName
-  // A.3: thing names are 1-128 characters of [a-zA-Z0-9:_-].
+  // §5.4: thing names are 1-128 characters of [a-zA-Z0-9:_-].
   if (typeof thingName !== 'string' || !/^[a-zA-Z0-9:_-]{1,128}$/.test(thingName)) throw badParams(`Thing name ${JSON.stringify(thingName)} is not valid`)
   const certProps = certRes ? evalValue(certRes.Properties || {}, params, body.Mappings) : null
-  const status = certProps ? (certProps.Status || 'ACTIVE') : null // A.7: Status defaults to ACTIVE
+  const status = certProps ? (certProps.Status || 'ACTIVE') : null // §5.8: Status defaults to ACTIVE
   if (status && !['ACTIVE', 'INACTIVE'].includes(status)) throw badParams(`Certificate status ${status} is not valid`)
   const deviceConfiguration = evalValue(body.DeviceConfiguration || {}, params, body.Mappings)
   for (const [k, v] of Object.entries(deviceConfiguration)) {
-    if (v !== null && typeof v === 'object') throw new ApiError(500, 'InternalFailure', `DeviceConfiguration ${k} is nested; AWS does not support that (A.2)`)
+    if (v !== null && typeof v === 'object') throw new ApiError(500, 'InternalFailure', `DeviceConfiguration ${k} is nested; AWS does not support that (§5.2)`)
   }
   const overrides = thingRes.OverrideSettings || {}
   let thing = S.things.get(thingName)
   if (thing) {
-    // A.8: an existing thing is reused, not recreated, unless an OverrideSettings entry says FAIL.
+    // §5.9: an existing thing is reused, not recreated, unless an OverrideSettings entry says FAIL.
     if (Object.values(overrides).includes('FAIL')) throw new ApiError(409, 'ResourceConflictsException', `Thing ${thingName} already exists`)
     const attrs = props.AttributePayload || {}
     const mode = overrides.AttributePayload || 'DO_NOTHING'
@@ -505,10 +505,10 @@ function registerThing (templateName, payload) {
     cert.state = status
     cert.thing = thingName
     cert.policies = policies.map((p) => p.Properties && p.Properties.PolicyName).filter(Boolean)
-    thing.certificates.add(tok.certId) // A.8: old certificates stay attached too
+    thing.certificates.add(tok.certId) // §5.9: old certificates stay attached too
     bump(S.counters.certs_per_thing, thingName)
   }
-  // A.2: accepted = { deviceConfiguration: flat map, thingName }.
+  // §5.2: accepted = { deviceConfiguration: flat map, thingName }.
   return { deviceConfiguration, thingName }
 }
 
@@ -527,7 +527,7 @@ function takeFault (list, op) {
 }
 
 function rateLimited () {
-  // A.9: API TPS quotas per account across the provisioning operations; a token bucket here.
+  // §5.10: API TPS quotas per account across the provisioning operations; a token bucket here.
   const rate = S.faults.rate_limit
   if (!rate) return false
   const now = Date.now()
@@ -548,7 +548,7 @@ async function handleRequest (client, pt, payload) {
     if (rf) throw new ApiError(rf.statusCode, rf.errorCode, rf.errorMessage || 'Injected fault')
     if (rateLimited()) {
       S.counters.throttled++
-      throw new ApiError(429, 'ThrottlingException', 'Rate exceeded') // A.9, FreeRTOS code 429 (A.2)
+      throw new ApiError(429, 'ThrottlingException', 'Rate exceeded') // §5.10, FreeRTOS code 429 (§5.3)
     }
     if (pt.fmt === 'cbor') throw new ApiError(400, 'InvalidPayload', 'The simulator implements the JSON format only')
     if (op === OPS.create) body = await createKeysAndCertificate(payload)
@@ -559,7 +559,7 @@ async function handleRequest (client, pt, payload) {
   } catch (e) {
     const err = e instanceof ApiError ? e : new ApiError(500, 'InternalFailure', String(e && e.message))
     if (!(e instanceof ApiError)) console.error('[sim] internal error:', e)
-    body = { statusCode: err.statusCode, errorCode: err.errorCode, errorMessage: err.message } // A.2 rejected shape
+    body = { statusCode: err.statusCode, errorCode: err.errorCode, errorMessage: err.message } // §5.2 rejected shape
     bump(S.counters.rejections, err.errorCode)
   }
   respond(client, pt, ok, body)
@@ -569,8 +569,8 @@ function respond (client, pt, ok, body) {
   const topic = `${pt.base}/${ok ? 'accepted' : 'rejected'}`
   const payload = pt.fmt === 'cbor' ? cbor(body) : Buffer.from(JSON.stringify(body))
   const send = () => {
-    // A.5: the result goes back only over the connection that published the request, and only
-    // if that connection is subscribed (A.1: subscribe before publishing or miss the response).
+    // §5.6: the result goes back only over the connection that published the request, and only
+    // if that connection is subscribed (§5.1: subscribe before publishing or miss the response).
     if (client.closed || !client.connected) { S.counters.responses_not_delivered++; return }
     let qos = -1
     for (const [filter, sub] of Object.entries(client.subscriptions)) {
@@ -578,7 +578,7 @@ function respond (client, pt, ok, body) {
     }
     if (qos < 0 || !mayReceive(client, topic)) { S.counters.responses_not_delivered++; return }
     recordMessage('out', client.id, topic, qos, payload)
-    // A.2 (observed): responses arrive at QoS 1; here the subscription's QoS, capped at 1 (B.5).
+    // §5.2 (observed): responses arrive at QoS 1; here the subscription's QoS, capped at 1 (§4.4).
     client.publish({ cmd: 'publish', topic, payload, qos, retain: false, clientId: SIM_MARK }, () => {})
   }
   const d = S.faults.delay.find((f) => f.op === null || f.op === pt.op)
@@ -588,7 +588,7 @@ function respond (client, pt, ok, body) {
 // ---------------------------------------------------------------------------------------
 // Identities and broker hooks
 // ---------------------------------------------------------------------------------------
-// A connection's identity comes from its TLS client certificate (B.8):
+// A connection's identity comes from its TLS client certificate (§6.1):
 //  * a certificate the simulator issued (its SHA-256 is a certificateId) -> "device";
 //  * any other certificate issued by the device CA (deleted, or from an earlier run) -> refused;
 //  * CN = --observer-cn (default sim-observer) -> "observer", allowed everything;
@@ -617,7 +617,7 @@ function ctxFor (client) {
   if (s.ident.kind === 'device') {
     const c = S.certs.get(s.ident.certId)
     // Thing policy variables resolve only when client id = thing name and the certificate is
-    // attached to that thing (B.1, thing-policy-variables).
+    // attached to that thing (§4.1, thing-policy-variables).
     if (c && c.thing === clientId) thingName = clientId
   }
   return { clientId, thingName }
@@ -633,7 +633,7 @@ function mayReceive (client, topic) {
   return allowed(client, 'iot:Receive', 'topic/' + topic)
 }
 
-// A.6 (and B.9): anything outside the policy closes the connection and nothing is sent.
+// §5.7 (and §4.7): anything outside the policy closes the connection and nothing is sent.
 function violation (client, what) {
   S.counters.policy_violations++
   log('policy violation, closing', client.id, what)
@@ -650,25 +650,25 @@ const broker = aedesFactory({
     const refuse = (why) => {
       S.counters.connect_refused++
       log('refusing CONNECT from', clientId, why)
-      cb(new Error(why), false) // B.9: the connection is closed, no CONNACK
+      cb(new Error(why), false) // §4.7: the connection is closed, no CONNACK
     }
     const ident = identify(sock)
     client._sim = { ident, clientId, sni: sock.servername || null, alpn: sock.alpnProtocol || null, msgs: 0 }
-    // B.1: client ids are up to 128 bytes and must not start with "$".
+    // §4.1: client ids are up to 128 bytes and must not start with "$".
     if (clientId.startsWith('$') || Buffer.byteLength(clientId) > 128) return refuse('bad client id')
     if (ident.kind === 'none' || ident.kind === 'unknown' || ident.kind === 'unknown-device') return refuse(`certificate not accepted (${ident.kind})`)
     if (ident.kind === 'device') {
       const c = S.certs.get(ident.certId)
-      // Only an ACTIVE certificate may connect (A.3: RegisterThing activates it).
+      // Only an ACTIVE certificate may connect (§5.4: RegisterThing activates it).
       if (!c || c.state !== 'ACTIVE') return refuse(`certificate is ${c ? c.state : 'deleted'}`)
     }
     if (!allowed(client, 'iot:Connect', 'client/' + clientId)) { S.counters.policy_violations++; return refuse('iot:Connect not allowed') }
     if (!ARGS['no-keepalive-clamp']) {
-      // B.3: 0 or > 1200 s -> 1200 s; 1..29 s -> 30 s.
+      // §4.2: 0 or > 1200 s -> 1200 s; 1..29 s -> 30 s.
       if (packet.keepalive === 0 || packet.keepalive > 1200) packet.keepalive = 1200
       else if (packet.keepalive < 30) packet.keepalive = 30
     }
-    // B.2: the new connection is accepted and the old one with the same client id is closed.
+    // §4.1: the new connection is accepted and the old one with the same client id is closed.
     if (broker.clients[clientId]) S.counters.duplicate_client_id_kicks++
     cb(null, true)
   },
@@ -686,15 +686,15 @@ const broker = aedesFactory({
       return cb(new Error('fault injection: connection dropped'))
     }
     const topic = packet.topic
-    // B.5: AWS IoT has no QoS 2. It would leave the client hanging; the simulator closes the
+    // §4.4: AWS IoT has no QoS 2. It would leave the client hanging; the simulator closes the
     // connection instead, so a test notices.
     if (packet.qos === 2) return cb(violation(client, 'QoS 2 publish'))
-    // B.4: topic <= 256 bytes and <= 7 slashes (not counting $aws/rules/<rule>/); payload <= 128 KB.
+    // §4.3: topic <= 256 bytes and <= 7 slashes (not counting $aws/rules/<rule>/); payload <= 128 KB.
     const counted = topic.replace(/^\$aws\/rules\/[^/]+\//, '')
     if (Buffer.byteLength(counted) > 256 || counted.split('/').length > 8) return cb(violation(client, 'topic too long or too deep'))
     if (packet.payload.length > 128 * 1024) return cb(violation(client, 'payload over 128 KB'))
     const pt = provTopic(topic)
-    // Reserved topics: only the documented request topics may be published to (B.4, A.6).
+    // Reserved topics: only the documented request topics may be published to (§4.3, §5.7).
     if (topic.startsWith('$') && (!pt || pt.suffix) && s.ident.kind !== 'observer') return cb(violation(client, `publish to reserved topic ${topic}`))
     if (!allowed(client, 'iot:Publish', 'topic/' + topic)) return cb(violation(client, `publish to ${topic}`))
     if (pt && !pt.suffix) setImmediate(() => handleRequest(client, pt, packet.payload))
@@ -702,12 +702,12 @@ const broker = aedesFactory({
   },
   authorizeSubscribe (client, sub, cb) {
     if (!allowed(client, 'iot:Subscribe', 'topicfilter/' + sub.topic)) return cb(violation(client, `subscribe to ${sub.topic}`))
-    // B.5: no QoS 2 on AWS; granted as QoS 1 here (AWS would send no SUBACK at all).
+    // §4.4: no QoS 2 on AWS; granted as QoS 1 here (AWS would send no SUBACK at all).
     if (sub.qos > 1) sub.qos = 1
     cb(null, sub)
   },
   authorizeForward (client, packet) {
-    // A.5: service topics are not routed between clients; only the simulator's own responses,
+    // §5.6: service topics are not routed between clients; only the simulator's own responses,
     // sent straight to the requesting connection, pass.
     if (isServiceTopic(packet.topic)) return packet.clientId === SIM_MARK ? packet : null
     if (!mayReceive(client, packet.topic)) return null // iot:Receive denied: not delivered
@@ -719,7 +719,7 @@ broker.on('clientReady', (client) => { S.counters.connections++; log('connected'
 broker.on('clientError', (client, err) => log('client error', client && client.id, err.message))
 
 // ---------------------------------------------------------------------------------------
-// TLS listener (B.8): TLS 1.2+, client certificates required, SNI recorded (and required with
+// TLS listener (§6.1): TLS 1.2+, client certificates required, SNI recorded (and required with
 // --require-sni), ALPN x-amzn-mqtt-ca accepted.
 // ---------------------------------------------------------------------------------------
 const caList = ARGS.ca.map((f) => fs.readFileSync(f, 'utf8'))
@@ -735,7 +735,7 @@ const server = tls.createServer({
 }, (sock) => {
   if (!sock.servername) {
     S.counters.sni_missing++
-    // B.8: "Connection attempts that don't include the SNI are refused".
+    // §6.1: "Connection attempts that don't include the SNI are refused".
     if (ARGS['require-sni']) { log('refusing a connection without SNI'); sock.destroy(); return }
   }
   sock.on('error', () => {})

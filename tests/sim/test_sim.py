@@ -1,6 +1,6 @@
 """Tests of the AWS IoT Core / Fleet Provisioning simulator (tests/sim/aws_iot_sim.js).
 
-They prove that the simulator behaves as /work/shared/PROTOCOLS.md (sections A and B) says AWS
+They prove that the simulator behaves as docs/protocol-notes.md (§4 to §6) says AWS
 does, so that gateway tests run against it mean something. Run with:
     /usr/bin/python3 -m pytest -q tests/sim
 """
@@ -234,7 +234,7 @@ def conns():
 
 
 def request(conn, topic, payload, timeout=10):
-    """Subscribe to accepted and rejected (A.1: before publishing), publish, return (suffix, body)."""
+    """Subscribe to accepted and rejected (§5.1: before publishing), publish, return (suffix, body)."""
     if topic not in getattr(conn, "subscribed", set()):
         conn.sub(topic + "/accepted", topic + "/rejected")
         conn.subscribed = getattr(conn, "subscribed", set()) | {topic}
@@ -282,7 +282,7 @@ def test_claim_connects_with_sni_and_alpn(sim, conns):
 
 
 def test_connection_without_sni_is_refused(sim, conns):
-    # B.8: "Connection attempts that don't include the SNI are refused" (--require-sni).
+    # §6.1: "Connection attempts that don't include the SNI are refused" (--require-sni).
     c = conns(sim, "claim", "claim-nosni", sni=None)
     assert not c.ok(2)
     assert c.closed.wait(5)
@@ -290,7 +290,7 @@ def test_connection_without_sni_is_refused(sim, conns):
 
 
 def test_duplicate_client_id_kicks_the_first(sim, conns):
-    # B.2: the new connection is accepted and the previous one disconnected.
+    # §4.1: the new connection is accepted and the previous one disconnected.
     a = conns(sim, "claim", "same-id")
     assert a.ok()
     b = conns(sim, "claim", "same-id")
@@ -309,15 +309,15 @@ def test_csr_flow_end_to_end(sim, conns):
     csr = make_csr(sim.pki, "csr1")
     kind, body = request(claim, CSR_TOPIC, {"certificateSigningRequest": csr})
     assert kind == "accepted"
-    # A.2: exactly these fields, no privateKey.
+    # §5.2: exactly these fields, no privateKey.
     assert set(body) == {"certificateOwnershipToken", "certificateId", "certificatePem"}
-    assert re.fullmatch(r"[0-9a-f]{64}", body["certificateId"])  # A.3
-    assert 200 <= len(body["certificateOwnershipToken"]) <= 1000  # A.4: opaque, a few hundred bytes
+    assert re.fullmatch(r"[0-9a-f]{64}", body["certificateId"])  # §5.4
+    assert 200 <= len(body["certificateOwnershipToken"]) <= 1000  # §5.5: opaque, a few hundred bytes
     crt = sim.pki.p("csr1.crt")
     with open(crt, "w") as f:
         f.write(body["certificatePem"])
     run("openssl", "verify", "-CAfile", sim.pki.p("devca.pem"), crt)
-    # A.3: notAfter 2049-12-31T23:59:59Z.
+    # §5.4: notAfter 2049-12-31T23:59:59Z.
     assert run("openssl", "x509", "-in", crt, "-noout", "-enddate").strip() == "notAfter=Dec 31 23:59:59 2049 GMT"
     # The certificate carries the CSR's public key.
     assert run("openssl", "x509", "-in", crt, "-noout", "-pubkey") == \
@@ -328,7 +328,7 @@ def test_csr_flow_end_to_end(sim, conns):
     kind, reg = request(claim, PROV_TOPIC, {"certificateOwnershipToken": body["certificateOwnershipToken"],
                                             "parameters": {"SerialNumber": "A100", "GatewayId": "gw-7"}})
     assert kind == "accepted", reg
-    # A.2: { deviceConfiguration, thingName }; the name per deploy/aws/provisioning-template.json.
+    # §5.2: { deviceConfiguration, thingName }; the name per deploy/aws/provisioning-template.json.
     assert reg == {"deviceConfiguration": {"GatewayId": "gw-7", "TopicRoot": "things/fleetgw-A100"},
                    "thingName": "fleetgw-A100"}
     st = sim.state()
@@ -354,7 +354,7 @@ def test_reused_csr_gives_a_distinct_certificate(sim, conns):
         kind, body = request(claim, CSR_TOPIC, {"certificateSigningRequest": csr})
         assert kind == "accepted"
         ids.add(body["certificateId"])
-    assert len(ids) == 2  # A.3
+    assert len(ids) == 2  # §5.4
 
 
 @pytest.mark.parametrize("payload,why", [
@@ -372,7 +372,7 @@ def test_bad_csr_is_rejected(sim, conns, payload, why):
 
 
 def test_weak_rsa_csr_is_rejected_and_rsa2048_accepted(sim, conns):
-    # A.3: RSA keys of at least 2048 bits.
+    # §5.4: RSA keys of at least 2048 bits.
     claim = conns(sim, "claim", "claim-rsa")
     assert claim.ok()
     kind, body = request(claim, CSR_TOPIC, {"certificateSigningRequest": make_csr(sim.pki, "rsa1024", 1024)})
@@ -390,7 +390,7 @@ def test_create_keys_and_certificate(sim, conns, payload):
     assert claim.ok()
     kind, body = request(claim, CREATE_TOPIC, payload)
     assert kind == "accepted"
-    # A.2 (observed): this key order, a PKCS#1 RSA key.
+    # §5.2 (observed): this key order, a PKCS#1 RSA key.
     assert list(body) == ["certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"]
     assert body["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
     key, crt = sim.pki.p("keys.key"), sim.pki.p("keys.crt")
@@ -398,7 +398,7 @@ def test_create_keys_and_certificate(sim, conns, payload):
         f.write(body["privateKey"])
     with open(crt, "w") as f:
         f.write(body["certificatePem"])
-    assert "Private-Key: (2048 bit" in run("openssl", "rsa", "-in", key, "-noout", "-text")  # A.3
+    assert "Private-Key: (2048 bit" in run("openssl", "rsa", "-in", key, "-noout", "-text")  # §5.4
     assert run("openssl", "pkey", "-in", key, "-pubout") == run("openssl", "x509", "-in", crt, "-noout", "-pubkey")
     assert "CN = AWS IoT Certificate" in run("openssl", "x509", "-in", crt, "-noout", "-subject")
     run("openssl", "verify", "-CAfile", sim.pki.p("devca.pem"), crt)
@@ -406,14 +406,14 @@ def test_create_keys_and_certificate(sim, conns, payload):
 
 
 def test_cbor_topics_are_recognised(sim, conns):
-    # A.1: the cbor variants exist; the simulator answers them (rejected) in CBOR.
+    # §5.1: the cbor variants exist; the simulator answers them (rejected) in CBOR.
     claim = conns(sim, "claim", "claim-cbor")
     assert claim.ok()
     claim.sub("$aws/certificates/create/cbor/accepted", "$aws/certificates/create/cbor/rejected")
     claim.pub("$aws/certificates/create/cbor", b"\xa0")
     m = claim.get()
     assert m.topic == "$aws/certificates/create/cbor/rejected"
-    assert m.qos == 1  # A.2 (observed): responses at QoS 1
+    assert m.qos == 1  # §5.2 (observed): responses at QoS 1
     assert m.payload[0] == 0xa3  # a CBOR map of three pairs
     assert b"statusCode" in m.payload and b"errorCode" in m.payload
     assert not claim.closed.is_set()
@@ -423,7 +423,7 @@ def test_cbor_topics_are_recognised(sim, conns):
 # Response routing, tokens
 # --------------------------------------------------------------------------------------------
 def test_response_goes_only_to_the_requesting_connection(sim, conns):
-    # A.5: results come back over the connection that published the request, nowhere else.
+    # §5.6: results come back over the connection that published the request, nowhere else.
     a = conns(sim, "claim", "claim-a")
     b = conns(sim, "claim", "claim-b")
     obs = conns(sim, "observer", "observer-1")
@@ -437,7 +437,7 @@ def test_response_goes_only_to_the_requesting_connection(sim, conns):
 
 
 def test_unsubscribed_requester_gets_nothing(sim, conns):
-    # A.1: subscribe before publishing, or the response is missed.
+    # §5.1: subscribe before publishing, or the response is missed.
     a = conns(sim, "claim", "claim-nosub")
     assert a.ok()
     a.pub(CSR_TOPIC, {"certificateSigningRequest": make_csr(sim.pki, "nosub")})
@@ -454,11 +454,11 @@ def test_token_is_single_use(sim, conns):
     assert (kind, body["statusCode"], body["errorCode"]) == ("rejected", 400, "InvalidCertificateOwnershipToken")
     kind, body = request(claim, PROV_TOPIC, {"parameters": {"SerialNumber": "S1", "GatewayId": "gw-1"}})
     assert body == {"statusCode": 400, "errorCode": "InvalidCertificateOwnershipToken",
-                    "errorMessage": "Certificate ownership token cannot be empty."}  # A.2 observed
+                    "errorMessage": "Certificate ownership token cannot be empty."}  # §5.2 observed
 
 
 def test_token_expiry_deletes_the_unregistered_certificate(sim, conns):
-    # A.4: the token expires (1 h on AWS; shortened here) and the unactivated cert is deleted.
+    # §5.5: the token expires (1 h on AWS; shortened here) and the unactivated cert is deleted.
     sim.faults(token_ttl_ms=300)
     claim = conns(sim, "claim", "claim-exp")
     assert claim.ok()
@@ -512,7 +512,7 @@ def test_missing_parameter_and_bad_thing_name_are_rejected(sim, conns):
 
 
 def test_register_on_existing_thing_is_counted(sim, conns):
-    # A.8: the existing thing is reused and the new certificate attached as well.
+    # §5.9: the existing thing is reused and the new certificate attached as well.
     claim = conns(sim, "claim", "claim-dup")
     assert claim.ok()
     _, _, _, first, _ = provision(sim, claim, "D1", "gw-1")
@@ -534,7 +534,7 @@ def test_unknown_template_is_404_with_a_permissive_claim_policy(sim_builtin, con
 
 
 def test_other_template_outside_shipped_claim_policy_closes(sim, conns):
-    # A.6: the shipped claim policy names only the fleetgw template.
+    # §5.7: the shipped claim policy names only the fleetgw template.
     claim = conns(sim, "claim", "claim-othertpl")
     assert claim.ok()
     claim.pub("$aws/provisioning-templates/other/provision/json", {"certificateOwnershipToken": "x"})
@@ -549,7 +549,7 @@ def test_claim_publish_outside_policy_closes_with_nothing_sent(sim, conns):
     assert claim.ok()
     info = claim.pub("things/somebody/data", "x", qos=1)
     assert claim.closed.wait(5)
-    assert info.mid not in claim.pubacks  # no PUBACK: nothing is sent (A.6)
+    assert info.mid not in claim.pubacks  # no PUBACK: nothing is sent (§5.7)
     assert claim.get(0.2) is None
     assert sim.state()["counters"]["policy_violations"] == 1
 
@@ -563,7 +563,7 @@ def test_claim_subscribe_outside_policy_closes(sim, conns):
 
 
 def test_create_from_csr_is_covered_by_the_shipped_claim_policy(sim):
-    # A.6 gotcha: the AWS example policy lacks create-from-csr; ours must list it.
+    # §5.7 gotcha: the AWS example policy lacks create-from-csr; ours must list it.
     with open(CLAIM_POLICY) as f:
         text = f.read()
     assert "topic/$aws/certificates/create-from-csr/*" in text
@@ -578,7 +578,7 @@ def test_device_connects_only_as_its_thing(sim, conns):
     wrong = conns(sim, None, "not-" + name, cert=crt, key=key)
     assert not wrong.ok(1.5)
     assert wrong.closed.wait(5)
-    assert wrong.connack is None  # B.9: closed before any CONNACK
+    assert wrong.connack is None  # §4.7: closed before any CONNACK
     dev = conns(sim, None, name, cert=crt, key=key)
     assert dev.ok()
     c = sim.state()["clients"][name]

@@ -3,7 +3,7 @@
  * cursor it is built on (protocol/wire.c).
  *
  * The golden vectors below were written by hand from the field layouts of
- * the spec (§5.4, §5.5; PROTOCOLS.md C.3) and are named after the section
+ * the spec (§5.4, §5.5; docs/protocol-notes.md §2.3) and are named after the section
  * they come from.  Each one is checked both ways (encode(msg) == bytes and
  * decode(bytes) == msg) and then abused: every prefix, one octet too many,
  * a wrong Length, the 3-octet Length form, and for fixed-size messages a
@@ -476,7 +476,7 @@ static struct mqttsn_msg publish_of(const uint8_t *data, size_t d)
 }
 
 /*
- * C.1: the 1-octet form holds totals up to 255.  The encoder's totals go
+ * docs/protocol-notes.md §2.1: the 1-octet form holds totals up to 255.  The encoder's totals go
  * 254, 255 (1 octet), then 258, 259 (3 octets), since adding the two extra
  * Length octets to a 254-octet message skips 256 and 257.  A peer may still
  * send 256 and 257 (and anything smaller) in the 3-octet form; we accept it.

@@ -1,6 +1,6 @@
 /*
- * test_provisioning.c - fleet-provisioning payloads and topics (PROTOCOLS.md
- * section A).
+ * test_provisioning.c - fleet-provisioning payloads and topics (docs/protocol-notes.md
+ * §5; the bare § numbers below refer to it).
  *
  * provisioning.c is included with malloc() redirected to a counting wrapper
  * so the last test can fail the 1st, 2nd, ... allocation of every builder
@@ -49,14 +49,14 @@ static void *t_malloc(size_t n)
   "-----END RSA PRIVATE KEY-----\n"
 #define TOKEN "eyJ2ZXJzaW9uIjoiMjAxOS0xMC0wMSIsImVuYyI6ImNpcGhlcnRleHQifQ.AQIDBAUG"
 
-/* The observed CreateKeysAndCertificate accepted reply (A.2): key order
+/* The observed CreateKeysAndCertificate accepted reply (§5.2): key order
  * certificateId, certificatePem, privateKey, certificateOwnershipToken; a
  * 64-hex certificateId; a PKCS#1 RSA key; PEM newlines escaped as \n. */
 static const char keys_accepted[] =
   "{\"certificateId\":\"" CERT_ID "\",\"certificatePem\":\"" CERT_PEM_JSON
   "\",\"privateKey\":\"" KEY_PEM_JSON "\",\"certificateOwnershipToken\":\"" TOKEN "\"}";
 
-/* A CreateCertificateFromCsr accepted reply (A.2 order: token first), with
+/* A CreateCertificateFromCsr accepted reply (§5.2 order: token first), with
  * the whitespace a pretty-printing simulator might add. */
 static const char csr_accepted[] =
   "{\n  \"certificateOwnershipToken\": \"" TOKEN "\",\n  \"certificateId\": \"" CERT_ID
@@ -141,13 +141,13 @@ static void test_topic_errors(void)
   ASSERT_EQ(prov_topic_create_from_csr("accepted", buf, 47), PROTO_BUF_TOO_SMALL);
   ASSERT_EQ(prov_topic_register("T", "accepted", buf, 20), PROTO_BUF_TOO_SMALL);
 
-  /* Only the two reply suffixes exist (A.1). */
+  /* Only the two reply suffixes exist (§5.1). */
   ASSERT_EQ(prov_topic_create_keys("", buf, sizeof(buf)), PROTO_INVALID_ARG);
   ASSERT_EQ(prov_topic_create_keys("Accepted", buf, sizeof(buf)), PROTO_INVALID_ARG);
   ASSERT_EQ(prov_topic_create_from_csr("+", buf, sizeof(buf)), PROTO_INVALID_ARG);
   ASSERT_EQ(prov_topic_register("T", "accepted/x", buf, sizeof(buf)), PROTO_INVALID_ARG);
 
-  /* Template names: 1..36 of [0-9A-Za-z_-] (A.1). */
+  /* Template names: 1..36 of [0-9A-Za-z_-] (§5.1). */
   memset(name37, 'a', 37);
   name37[37] = '\0';
   ASSERT_EQ(prov_topic_register(name37, NULL, buf, sizeof(buf)), PROTO_INVALID_ARG);
@@ -248,7 +248,7 @@ static void test_build_register_request(void)
   cJSON_Delete(root);
   free(s);
 
-  /* "parameters" is optional (A.2): with none it is left out. */
+  /* "parameters" is optional (§5.2): with none it is left out. */
   s = prov_build_register_request(TOKEN, NULL, 0);
   ASSERT_STR_EQ(s, "{\"certificateOwnershipToken\":\"" TOKEN "\"}");
   cJSON_Delete(check_exact_keys(s, top1, 1));
@@ -298,7 +298,7 @@ static void test_parse_csr_accepted(void)
   ASSERT_TRUE(r.private_key == NULL);
   prov_cert_reply_clear(&r);
 
-  /* A CSR reply has no privateKey (A.2), so expecting one fails. */
+  /* A CSR reply has no privateKey (§5.2), so expecting one fails. */
   ASSERT_EQ(parse_cert(csr_accepted, 1, &r), PROTO_MALFORMED);
   ASSERT_TRUE(r.certificate_id == NULL && r.certificate_pem == NULL &&
               r.ownership_token == NULL && r.private_key == NULL);
@@ -340,7 +340,7 @@ static void test_parse_cert_malformed(void)
     "{\"certificateId\":\"\",\"certificatePem\":\"p\",\"certificateOwnershipToken\":\"t\"}",
     "{\"certificateId\":\"ab\",\"certificatePem\":\"\",\"certificateOwnershipToken\":\"t\"}",
     "{\"certificateId\":\"ab\",\"certificatePem\":\"p\",\"certificateOwnershipToken\":\"\"}",
-    /* names are exact (A.2) */
+    /* names are exact (§5.2) */
     "{\"CertificateId\":\"ab\",\"certificatePem\":\"p\",\"certificateOwnershipToken\":\"t\"}",
     "{\"certificateid\":\"ab\",\"certificatePem\":\"p\",\"certificateOwnershipToken\":\"t\"}",
     /* bad escapes and unterminated strings */
@@ -472,7 +472,7 @@ static void test_parse_register_malformed(void)
     ASSERT_TRUE(r.thing_name == NULL && r.device_configuration == NULL);
   }
 
-  /* 128 characters is the longest thing name (A.3). */
+  /* 128 characters is the longest thing name (§5.4). */
   strcpy(long_name, "{\"thingName\":\"");
   memset(long_name + 14, 'n', 128);
   strcpy(long_name + 14 + 128, "\"}");
@@ -500,7 +500,7 @@ static void test_parse_error(void)
 {
   struct prov_error e;
 
-  /* The real example of A.2 (aws-iot-device-sdk-js-v2 #69). */
+  /* The real example of §5.2 (aws-iot-device-sdk-js-v2 #69). */
   ASSERT_EQ(parse_err("{\"statusCode\":400,\"errorCode\":\"InvalidCertificateOwnershipToken\","
                       "\"errorMessage\":\"Certificate ownership token cannot be empty.\"}",
                       &e),
