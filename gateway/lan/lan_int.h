@@ -6,9 +6,15 @@
  *   leaves.c     the LAN side: start/stop, datagram dispatch, discovery
  *   table.c      the session table (hash by ClientId and by address)
  *   reply.c      encoding and sending one MQTT-SN message to an address
+ *   sess_state.c a session's state setter, deadlines and timer arming
  *   session.c    one leaf's state machine: CONNECT, will, sleep, timers
  *   sess_up.c    the leaf's traffic towards its upstream: PUBLISH,
- *                SUBSCRIBE, and the upstream's reports (sess_up_*)
+ *                SUBSCRIBE, the upstream's reports (sess_up_*) and its end
+ *
+ * The files call downwards only (leaves.c -> session.c -> sess_up.c ->
+ * sess_down.c -> sess_state.c -> reply.c, table.c), so none of them is
+ * part of a circle; the timer callback reaches session.c through the
+ * session's on_timer pointer.
  *   sess_down.c  the downlink: broker messages queued for the leaf, one in
  *                flight, REGISTER first when the leaf has no id for a topic
  *   admission.c  who may connect (registry policy, identity binding)
@@ -156,6 +162,7 @@ struct session {
   uint8_t n_qos2;
 
   uv_timer_t timer;
+  uv_timer_cb on_timer;         /* session.c's timer callback */
   uint64_t timer_due;           /* 0 when not armed */
   uint64_t msgs_in;             /* publishes from the leaf */
   uint64_t msgs_out;            /* publishes to the leaf */
@@ -188,6 +195,11 @@ struct leaves {
 #define SESS_UP_CTX(s) ((s)->lv->env.up_ctx)
 
 /* leaves.c */
+/* A new session record for id, evicting a record without a connection when
+ * the table holds lan.max_leaves.  NULL when full or out of memory. */
+struct session *leaves_add(struct leaves *lv, const char *id, size_t len);
+/* Takes s out of both tables and frees it (asynchronously: its timer). */
+void leaves_remove(struct leaves *lv, struct session *s);
 /* ip (no port) is a listed protocol converter. */
 bool leaves_is_converter(const struct leaves *lv, const char *ip);
 
@@ -200,11 +212,12 @@ struct session *leaves_by_id(struct leaves *lv, const char *id, size_t len);
 struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr);
 void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr);
 void leaves_unbind_addr(struct leaves *lv, struct session *s);
-/* A new session record for id, evicting a record without a connection when
- * the table holds lan.max_leaves.  NULL when full or out of memory. */
-struct session *leaves_add(struct leaves *lv, const char *id, size_t len);
-/* Takes s out of both tables and frees it (asynchronously: its timer). */
-void leaves_remove(struct leaves *lv, struct session *s);
+/* Room for one more session (the tables grow); -1 when out of memory. */
+int leaves_table_reserve(struct leaves *lv);
+/* Puts s in the ClientId table (leaves_bind_addr adds its address). */
+void leaves_table_insert(struct leaves *lv, struct session *s);
+/* Takes s out of both tables; the caller frees it. */
+void leaves_table_unlink(struct leaves *lv, struct session *s);
 
 /* reply.c */
 int leaves_send(struct leaves *lv, const struct sockaddr *to, const struct mqttsn_msg *msg);
@@ -237,6 +250,7 @@ void sess_send(struct session *s, const struct mqttsn_msg *m);
 /* To the leaf: a message of only its type, or of a MsgId. */
 void sess_reply(struct session *s, enum mqttsn_type t);
 void sess_reply_msgid(struct session *s, enum mqttsn_type t, uint16_t msg_id);
+void sess_reply_connack(struct session *s, uint8_t rc);
 void sess_send_puback(struct session *s, uint16_t topic_id, uint16_t msg_id, uint8_t rc);
 void sess_on_message(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
 void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);

@@ -18,6 +18,44 @@
 
 #define MOD "lan"
 
+/* ---- session records ---------------------------------------------------- */
+
+void leaves_remove(struct leaves *lv, struct session *s)
+{
+  leaves_table_unlink(lv, s);
+  sess_free(s);
+}
+
+/* Frees one session record that holds no connection, to make room.  Rare
+ * (the table is full), so a walk is acceptable here. */
+static bool evict_one(struct leaves *lv)
+{
+  for (size_t i = 0; i < lv->nbuckets; i++) {
+    for (struct session *s = lv->by_id[i]; s; s = s->next_by_id) {
+      if (!sess_is_live(s) && !s->link) {
+        LOGD(MOD, "%s: session record evicted", s->client_id);
+        leaves_remove(lv, s);
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+struct session *leaves_add(struct leaves *lv, const char *id, size_t len)
+{
+  struct session *s;
+  if (lv->nsessions >= lv->cfg->lan.max_leaves && !evict_one(lv))
+    return NULL;
+  if (leaves_table_reserve(lv) != 0)
+    return NULL;
+  s = sess_new(lv, id, len);
+  if (!s)
+    return NULL;
+  leaves_table_insert(lv, s);
+  return s;
+}
+
 /* ---- CONNECT ------------------------------------------------------------ */
 
 /* A ClientId is 1..max octets of printable ASCII: it becomes part of an

@@ -70,3 +70,36 @@ void leaves_event2(struct leaves *lv, const char *type, const char *client_id, c
   if (lv->env.event)
     lv->env.event(lv->env.event_ud, type, client_id, key, value, key2, value2);
 }
+
+/* ---- to one session's leaf ------------------------------------------------- */
+
+void sess_send(struct session *s, const struct mqttsn_msg *m)
+{
+  leaves_send(s->lv, (const struct sockaddr *)&s->addr, m);
+}
+
+void sess_reply(struct session *s, enum mqttsn_type t)
+{
+  leaves_reply(s->lv, (const struct sockaddr *)&s->addr, t);
+}
+
+void sess_reply_msgid(struct session *s, enum mqttsn_type t, uint16_t msg_id)
+{
+  leaves_reply_msgid(s->lv, (const struct sockaddr *)&s->addr, t, msg_id);
+}
+
+void sess_reply_connack(struct session *s, uint8_t rc)
+{
+  leaves_reply_connack(s->lv, (const struct sockaddr *)&s->addr, rc);
+}
+
+void sess_send_puback(struct session *s, uint16_t topic_id, uint16_t msg_id, uint8_t rc)
+{
+  struct mqttsn_msg m;
+  memset(&m, 0, sizeof m);
+  m.type = MQTTSN_PUBACK;
+  m.u.puback.topic_id = topic_id;
+  m.u.puback.msg_id = msg_id;
+  m.u.puback.rc = rc;
+  sess_send(s, &m);
+}

@@ -488,3 +488,60 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
   p->next = s->psubs;
   s->psubs = p;
 }
+
+/* ---- the end of the upstream --------------------------------------------- */
+
+/* Lets go of the upstream: the link is given back to the relay (no report
+ * names this session afterwards), the leaf's pending publishes are orphaned
+ * (freed when the relay reports them), the upstream closes asynchronously.
+ * With publish_will the leaf's will is published first: when the will in
+ * the upstream CONNECT is still current, by closing abruptly (the broker
+ * publishes it, as for any lost client); when the leaf changed it since,
+ * explicitly. */
+void sess_end_upstream(struct session *s, bool graceful, bool publish_will)
+{
+  struct sess_link *l = s->link;
+  if (!l)
+    return;
+  sess_orphan_pending(s);
+  s->n_qos2 = 0;
+  /* Messages for the leaf that it never acknowledged are not acked upstream:
+   * with a persistent upstream session the broker will deliver them again. */
+  sess_clear_queue(s, false);
+  sess_free_psubs(s);
+  if (publish_will && s->will_set) {
+    s->lv->m->wills_published++;
+    if (s->will_dirty) {
+      SESS_UP(s)->publish(SESS_UP_CTX(s), l, s->will_topic, strlen(s->will_topic), s->will_msg,
+                          s->will_msg_len, s->will_qos > 1 ? 1 : s->will_qos, s->will_retain,
+                          NULL);
+      graceful = true;
+    } else {
+      graceful = false;
+    }
+  }
+  s->link = NULL;
+  s->up_is_up = false;
+  s->up_was_up = false;
+  s->up_down_since = 0;
+  SESS_UP(s)->close(SESS_UP_CTX(s), l, graceful);
+}
+
+/* The upstream session is gone for good: the leaf is told (CONNACK with
+ * connack_rc while it waits for one, DISCONNECT otherwise) so that it
+ * reconnects instead of publishing into the void. */
+void sess_give_up(struct session *s, const char *why, uint8_t connack_rc)
+{
+  s->lv->m->upstream_given_up++;
+  LOGW(MOD, "%s: upstream session gone for good (%s): leaf told so", s->client_id, why);
+  if (s->state == SESS_WAIT_UPSTREAM) {
+    if (connack_rc == MQTTSN_RC_CONGESTION)
+      s->lv->m->connack_congestion++;
+    sess_reply_connack(s, connack_rc);
+  } else {
+    sess_reply(s, MQTTSN_DISCONNECT);
+  }
+  sess_end_upstream(s, true, false);
+  sess_set_state(s, SESS_DISCONNECTED);
+  sess_arm(s);
+}

@@ -41,97 +41,6 @@
 static void timer_cb(uv_timer_t *t);
 static void go_lost(struct session *s, const char *why);
 
-const char *sess_state_name(enum sess_state st)
-{
-  static const char *const names[] = {"disconnected", "wait-willtopic", "wait-willmsg",
-                                      "wait-upstream", "active", "asleep", "awake", "lost"};
-  return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "?";
-}
-
-void sess_set_state(struct session *s, enum sess_state st)
-{
-  if (s->state == st)
-    return;
-  LOGD(MOD, "%s: %s -> %s", s->client_id, sess_state_name(s->state), sess_state_name(st));
-  s->state = st;
-  leaves_event(s->lv, "device.session", s->client_id, "session", sess_public_state(st));
-}
-
-const char *sess_public_state(enum sess_state st)
-{
-  /* The will prompts and the waits for provisioning and the upstream are
-   * all "connecting" to an operator. */
-  if (st == SESS_WAIT_WILLTOPIC || st == SESS_WAIT_WILLMSG || st == SESS_WAIT_UPSTREAM)
-    return "connecting";
-  return sess_state_name(st);
-}
-
-bool sess_is_live(const struct session *s)
-{
-  return s->state != SESS_DISCONNECTED && s->state != SESS_LOST;
-}
-
-void sess_count(const struct session *s, struct metrics *m)
-{
-  switch (s->state) {
-  case SESS_ACTIVE:
-    m->leaves_active++;
-    break;
-  case SESS_ASLEEP:
-  case SESS_AWAKE:
-    m->leaves_asleep++;
-    break;
-  case SESS_WAIT_WILLTOPIC:
-  case SESS_WAIT_WILLMSG:
-  case SESS_WAIT_UPSTREAM:
-    m->leaves_connecting++;
-    break;
-  default:
-    break;
-  }
-  if (s->up_is_up)
-    m->upstreams_up++;
-}
-
-/* MQTT-SN §7.2: timers 50% above the indicated value below one minute, 10%
- * above it from one minute on. */
-uint64_t sess_tolerance_ms(uint32_t seconds)
-{
-  uint64_t ms = (uint64_t)seconds * 1000u;
-  return seconds < 60 ? ms + ms / 2 : ms + ms / 10;
-}
-
-void sess_send(struct session *s, const struct mqttsn_msg *m)
-{
-  leaves_send(s->lv, (const struct sockaddr *)&s->addr, m);
-}
-
-void sess_reply(struct session *s, enum mqttsn_type t)
-{
-  leaves_reply(s->lv, (const struct sockaddr *)&s->addr, t);
-}
-
-void sess_reply_msgid(struct session *s, enum mqttsn_type t, uint16_t msg_id)
-{
-  leaves_reply_msgid(s->lv, (const struct sockaddr *)&s->addr, t, msg_id);
-}
-
-static void sess_reply_connack(struct session *s, uint8_t rc)
-{
-  leaves_reply_connack(s->lv, (const struct sockaddr *)&s->addr, rc);
-}
-
-void sess_send_puback(struct session *s, uint16_t topic_id, uint16_t msg_id, uint8_t rc)
-{
-  struct mqttsn_msg m;
-  memset(&m, 0, sizeof m);
-  m.type = MQTTSN_PUBACK;
-  m.u.puback.topic_id = topic_id;
-  m.u.puback.msg_id = msg_id;
-  m.u.puback.rc = rc;
-  sess_send(s, &m);
-}
-
 /* ---- lifecycle ---------------------------------------------------------- */
 
 struct session *sess_new(struct leaves *lv, const char *id, size_t len)
@@ -146,6 +55,7 @@ struct session *sess_new(struct leaves *lv, const char *id, size_t len)
   topics_init(&s->topics);
   uv_timer_init(lv->loop, &s->timer);
   s->timer.data = s;
+  s->on_timer = timer_cb;
   return s;
 }
 
@@ -177,70 +87,7 @@ void sess_free(struct session *s)
   uv_close((uv_handle_t *)&s->timer, free_cb);
 }
 
-/* Lets go of the upstream: the link is given back to the relay (no report
- * names this session afterwards), the leaf's pending publishes are orphaned
- * (freed when the relay reports them), the upstream closes asynchronously.
- * With publish_will the leaf's will is published first: when the will in
- * the upstream CONNECT is still current, by closing abruptly (the broker
- * publishes it, as for any lost client); when the leaf changed it since,
- * explicitly. */
-void sess_end_upstream(struct session *s, bool graceful, bool publish_will)
-{
-  struct sess_link *l = s->link;
-  if (!l)
-    return;
-  sess_orphan_pending(s);
-  s->n_qos2 = 0;
-  /* Messages for the leaf that it never acknowledged are not acked upstream:
-   * with a persistent upstream session the broker will deliver them again. */
-  sess_clear_queue(s, false);
-  sess_free_psubs(s);
-  if (publish_will && s->will_set) {
-    s->lv->m->wills_published++;
-    if (s->will_dirty) {
-      SESS_UP(s)->publish(SESS_UP_CTX(s), l, s->will_topic, strlen(s->will_topic), s->will_msg,
-                          s->will_msg_len, s->will_qos > 1 ? 1 : s->will_qos, s->will_retain,
-                          NULL);
-      graceful = true;
-    } else {
-      graceful = false;
-    }
-  }
-  s->link = NULL;
-  s->up_is_up = false;
-  s->up_was_up = false;
-  s->up_down_since = 0;
-  SESS_UP(s)->close(SESS_UP_CTX(s), l, graceful);
-}
-
-/* The upstream session is gone for good: the leaf is told (CONNACK with
- * connack_rc while it waits for one, DISCONNECT otherwise) so that it
- * reconnects instead of publishing into the void. */
-void sess_give_up(struct session *s, const char *why, uint8_t connack_rc)
-{
-  s->lv->m->upstream_given_up++;
-  LOGW(MOD, "%s: upstream session gone for good (%s): leaf told so", s->client_id, why);
-  if (s->state == SESS_WAIT_UPSTREAM) {
-    if (connack_rc == MQTTSN_RC_CONGESTION)
-      s->lv->m->connack_congestion++;
-    sess_reply_connack(s, connack_rc);
-  } else {
-    sess_reply(s, MQTTSN_DISCONNECT);
-  }
-  sess_end_upstream(s, true, false);
-  sess_set_state(s, SESS_DISCONNECTED);
-  sess_arm(s);
-}
-
 /* ---- CONNECT ------------------------------------------------------------ */
-
-/* The CONNACK goes out: the session is active. */
-void sess_connect_done(struct session *s)
-{
-  sess_set_state(s, SESS_ACTIVE);
-  s->last_rx = uv_now(s->lv->loop);
-  sess_reply_connack(s, MQTTSN_RC_ACCEPTED);
-}
 
 /* Asks the relay for the leaf's upstream, with its will.  The relay finds
  * the leaf's identity: provisioned once, then read from the registry.  While
@@ -601,55 +448,6 @@ static void go_lost(struct session *s, const char *why)
   sess_set_state(s, SESS_LOST);
   leaves_unbind_addr(s->lv, s);
   sess_arm(s);
-}
-
-static uint64_t next_deadline(const struct session *s)
-{
-  const struct gw_config *cfg = s->lv->cfg;
-  uint64_t d = UINT64_MAX;
-#define MIN_D(x)        \
-  do {                  \
-    uint64_t x_ = (x);  \
-    if (x_ < d)         \
-      d = x_;           \
-  } while (0)
-  switch (s->state) {
-  case SESS_WAIT_WILLTOPIC:
-  case SESS_WAIT_WILLMSG:
-  case SESS_WAIT_UPSTREAM:
-    MIN_D(s->connect_deadline);
-    break;
-  case SESS_ACTIVE:
-    if (s->keepalive)
-      MIN_D(s->last_rx + sess_tolerance_ms(s->keepalive));
-    break;
-  case SESS_ASLEEP:
-    MIN_D(s->sleep_deadline);
-    break;
-  default:
-    break;
-  }
-  if ((s->state == SESS_ACTIVE || s->state == SESS_AWAKE) && s->inflight != INF_NONE)
-    MIN_D(s->inf_deadline);
-  if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since)
-    MIN_D(s->up_down_since + (uint64_t)cfg->upstream.give_up_after_s * 1000u);
-#undef MIN_D
-  return d;
-}
-
-void sess_arm(struct session *s)
-{
-  uint64_t d = next_deadline(s), now;
-  if (d == UINT64_MAX) {
-    uv_timer_stop(&s->timer);
-    s->timer_due = 0;
-    return;
-  }
-  if (s->timer_due == d && uv_is_active((uv_handle_t *)&s->timer))
-    return;
-  now = uv_now(s->lv->loop);
-  s->timer_due = d;
-  uv_timer_start(&s->timer, timer_cb, d > now ? d - now : 0, 0);
 }
 
 static void timer_cb(uv_timer_t *t)

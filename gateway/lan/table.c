@@ -176,7 +176,8 @@ static int grow(struct leaves *lv)
   return 0;
 }
 
-void leaves_remove(struct leaves *lv, struct session *s)
+/* Takes s out of both tables (the caller frees it). */
+void leaves_table_unlink(struct leaves *lv, struct session *s)
 {
   struct session **pp = &lv->by_id[hash_id(s->client_id, s->id_len) & (lv->nbuckets - 1)];
   for (; *pp; pp = &(*pp)->next_by_id) {
@@ -187,39 +188,20 @@ void leaves_remove(struct leaves *lv, struct session *s)
   }
   leaves_unbind_addr(lv, s);
   lv->nsessions--;
-  sess_free(s);
 }
 
-/* Frees one session record that holds no connection, to make room.  Rare
- * (the table is full), so a walk is acceptable here. */
-static bool evict_one(struct leaves *lv)
+/* Makes room for one more (grows the tables when the load passes 1). */
+int leaves_table_reserve(struct leaves *lv)
 {
-  for (size_t i = 0; i < lv->nbuckets; i++) {
-    for (struct session *s = lv->by_id[i]; s; s = s->next_by_id) {
-      if (!sess_is_live(s) && !s->link) {
-        LOGD(MOD, "%s: session record evicted", s->client_id);
-        leaves_remove(lv, s);
-        return true;
-      }
-    }
-  }
-  return false;
-}
-
-struct session *leaves_add(struct leaves *lv, const char *id, size_t len)
-{
-  struct session *s;
-  size_t b;
-  if (lv->nsessions >= lv->cfg->lan.max_leaves && !evict_one(lv))
-    return NULL;
   if (lv->nsessions + 1 > lv->nbuckets && grow(lv) != 0)
-    return NULL;
-  s = sess_new(lv, id, len);
-  if (!s)
-    return NULL;
-  b = hash_id(id, len) & (lv->nbuckets - 1);
+    return -1;
+  return 0;
+}
+
+void leaves_table_insert(struct leaves *lv, struct session *s)
+{
+  size_t b = hash_id(s->client_id, s->id_len) & (lv->nbuckets - 1);
   s->next_by_id = lv->by_id[b];
   lv->by_id[b] = s;
   lv->nsessions++;
-  return s;
 }

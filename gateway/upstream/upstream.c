@@ -45,20 +45,16 @@
 
 #define MOD "upstream"
 
-const char *const upstream__state_names[] = {"IDLE", "RESOLVING", "CONNECTING", "HANDSHAKE",
-                                             "WAIT_CONNACK", "UP", "BACKOFF", "CLOSING"};
 
 static void pace_release(struct upstream *u);
 static void pace_start(struct upstream *u);
+static void lost(struct upstream *u, enum upstream_reason why, int connack_rc);
+static void closing_progress(struct upstream *u);
+static void send_queue(struct upstream *u);
+static void handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt,
+                                    size_t len);
+static void timer_cb(uv_timer_t *t);
 
-/* ---- small helpers ---- */
-
-void upstream__set_state(struct upstream *u, enum ustate s)
-{
-  if (u->state != s)
-    LOGD(MOD, "%s: %s -> %s", u->o.client_id, upstream__state_names[u->state], upstream__state_names[s]);
-  u->state = s;
-}
 
 static char *dup_str(const char *s, bool *fail)
 {
@@ -71,34 +67,9 @@ static char *dup_str(const char *s, bool *fail)
   return d;
 }
 
-void upstream__arm_timer_at(struct upstream *u, uint64_t at)
-{
-  uint64_t now = uv_now(u->loop);
-  uv_timer_start(&u->timer, upstream__timer_cb, at > now ? at - now : 0, 0);
-}
 
-bool upstream__conn_alive(const struct upstream *u, const struct conn *c)
-{
-  return u->conn == c && c && !c->closing && u->state != U_CLOSING;
-}
 
-bool upstream__conn_up(const struct upstream *u)
-{
-  return u->state == U_UP && u->conn && !u->conn->closing;
-}
 
-/* The reason to report when the peer goes away in the current state. */
-enum upstream_reason upstream__eof_reason(const struct upstream *u)
-{
-  switch (u->state) {
-  case U_HANDSHAKE:
-    return UPSTREAM_R_TLS;
-  case U_WAIT_CONNACK:
-    return UPSTREAM_R_CLOSED_BEFORE_CONNACK;
-  default:
-    return UPSTREAM_R_TCP;
-  }
-}
 
 /* ---- the outgoing queue ---- */
 
@@ -146,12 +117,12 @@ static void fill_publish(const struct omsg *m, struct mqtt_publish *p)
 
 /* Writes every message not yet written on this connection, in order.  QoS 0
  * messages leave the queue once written; QoS 1 ones stay until PUBACK. */
-void upstream__send_queue(struct upstream *u)
+static void send_queue(struct upstream *u)
 {
   struct conn *c = u->conn;
   struct omsg *prev = NULL, *m = u->qhead;
 
-  while (m && upstream__conn_up(u)) {
+  while (m && uconn_up(u)) {
     struct mqtt_publish p;
     struct wreq *w;
     int n;
@@ -189,14 +160,6 @@ void upstream__send_queue(struct upstream *u)
   }
 }
 
-/* ---- timers and lifecycle ---- */
-
-void upstream__free_addrinfo(struct upstream *u)
-{
-  if (u->ai)
-    uv_freeaddrinfo(u->ai);
-  u->ai = u->ai_cur = NULL;
-}
 
 /* The connection attempt failed or the connection was lost: forget the
  * per-connection state, schedule a retry and tell the owner. */
@@ -230,7 +193,7 @@ static void strike_refused(struct upstream *u, enum upstream_reason why)
   }
 }
 
-void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc)
+static void lost(struct upstream *u, enum upstream_reason why, int connack_rc)
 {
   uint32_t delay;
 
@@ -239,7 +202,7 @@ void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc
     backoff_reset(&u->bo);
   u->kicked = false;
   pace_release(u);
-  upstream__free_addrinfo(u);
+  uconn_free_addrinfo(u);
   idset_clear(&u->in_qos1);
   idset_clear(&u->subs);
   for (struct omsg *m = u->qhead; m; m = m->next)
@@ -247,7 +210,7 @@ void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc
   u->ping_outstanding = false;
   if (u->state == U_CLOSING)
     return;
-  upstream__set_state(u, U_BACKOFF);
+  uconn_set_state(u, U_BACKOFF);
   delay = backoff_next(&u->bo);
   {
     /* AWS IoT accepts one CONNECT per second per client id (docs/protocol-notes.md
@@ -256,7 +219,7 @@ void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc
     if (since + delay < MIN_CONNECT_INTERVAL_MS)
       delay = (uint32_t)(MIN_CONNECT_INTERVAL_MS - since);
   }
-  uv_timer_start(&u->timer, upstream__timer_cb, delay, 0);
+  uv_timer_start(&u->timer, timer_cb, delay, 0);
   if (why == UPSTREAM_R_CONNACK)
     LOGW(MOD, "%s: %s (%s), retry in %u ms", u->o.client_id, upstream_reason_str(why),
          mqtt_connack_str(connack_rc), delay);
@@ -284,7 +247,7 @@ static void finish(struct upstream *u)
       free(m);
     }
   }
-  upstream__free_addrinfo(u);
+  uconn_free_addrinfo(u);
   idset_clear(&u->subs);
   idset_clear(&u->in_qos1);
   idset_clear(&u->in_qos2);
@@ -309,7 +272,7 @@ static void timer_close_cb(uv_handle_t *h) { finish(h->data); }
 
 /* In CLOSING: once the last handle and request are done, close the timer;
  * its close callback frees the upstream. */
-void upstream__closing_progress(struct upstream *u)
+static void closing_progress(struct upstream *u)
 {
   if (u->state != U_CLOSING || u->timer_closing || u->nconns > 0 || u->gai_active)
     return;
@@ -317,24 +280,6 @@ void upstream__closing_progress(struct upstream *u)
   uv_close((uv_handle_t *)&u->timer, timer_close_cb);
 }
 
-void upstream__conn_close_cb(uv_handle_t *h)
-{
-  struct conn *c = h->data;
-  struct upstream *u = c->u;
-  bool current = u->conn == c;
-  enum upstream_reason why = c->why;
-  int rc = c->connack_rc;
-
-  if (current)
-    u->conn = NULL;
-  tls_conn_free(c->tls);
-  free(c->inbuf);
-  free(c);
-  u->nconns--;
-  if (current)
-    upstream__lost(u, why, rc);
-  upstream__closing_progress(u);
-}
 
 static void shutdown_cb(uv_shutdown_t *req, int status)
 {
@@ -351,7 +296,7 @@ static void keepalive_arm(struct upstream *u)
     uv_timer_stop(&u->timer);
     return;
   }
-  upstream__arm_timer_at(u, u->ping_outstanding ? u->ping_sent + resp : u->last_tx + ka);
+  uconn_arm_timer_at(u, u->ping_outstanding ? u->ping_sent + resp : u->last_tx + ka);
 }
 
 static void keepalive_tick(struct upstream *u)
@@ -380,7 +325,7 @@ static void keepalive_tick(struct upstream *u)
   keepalive_arm(u);
 }
 
-void upstream__timer_cb(uv_timer_t *t)
+static void timer_cb(uv_timer_t *t)
 {
   struct upstream *u = t->data;
   struct conn *c = u->conn;
@@ -394,19 +339,19 @@ void upstream__timer_cb(uv_timer_t *t)
     /* The request may already run in the thread pool; its late callback
      * is then discarded (or adopted by the next attempt). */
     uv_cancel((uv_req_t *)&u->gai);
-    upstream__lost(u, UPSTREAM_R_TIMEOUT, 0);
+    lost(u, UPSTREAM_R_TIMEOUT, 0);
     break;
   case U_CONNECTING:
   case U_HANDSHAKE:
   case U_WAIT_CONNACK:
     if (uv_now(u->loop) < u->deadline) {
-      upstream__arm_timer_at(u, u->deadline);
+      uconn_arm_timer_at(u, u->deadline);
     } else if (c && !c->closing) {
       LOGW(MOD, "%s: connect to %s:%u timed out in %s", u->o.client_id, u->o.host, u->o.port,
-           upstream__state_names[u->state]);
+           uconn_state_names[u->state]);
       uconn_abort(c, UPSTREAM_R_TIMEOUT, 0);
     } else if (!c) {
-      upstream__lost(u, UPSTREAM_R_TIMEOUT, 0);
+      lost(u, UPSTREAM_R_TIMEOUT, 0);
     }
     break;
   case U_UP:
@@ -436,9 +381,9 @@ static void handle_connack(struct upstream *u, struct conn *c, const struct mqtt
     uconn_abort(c, UPSTREAM_R_CONNACK, p->u.connack.rc);
     return;
   }
-  upstream__set_state(u, U_UP);
+  uconn_set_state(u, U_UP);
   /* The back-off is reset only once the connection proved stable
-   * (upstream__lost), not here: a broker that accepts and then closes at
+   * (lost), not here: a broker that accepts and then closes at
    * once must not get a reconnect every second. */
   u->up_since = uv_now(u->loop);
   u->ping_outstanding = false;
@@ -448,8 +393,8 @@ static void handle_connack(struct upstream *u, struct conn *c, const struct mqtt
   LOGI(MOD, "%s: up (%s:%u%s, session %s)", u->o.client_id, u->o.host, u->o.port,
        c->tls ? ", TLS" : "", p->u.connack.session_present ? "present" : "new");
   keepalive_arm(u);
-  upstream__send_queue(u);
-  if (upstream__conn_alive(u, c) && u->cbs.on_up)
+  send_queue(u);
+  if (uconn_alive(u, c) && u->cbs.on_up)
     u->cbs.on_up(u->ud, p->u.connack.session_present);
 }
 
@@ -486,11 +431,11 @@ static void handle_publish(struct upstream *u, struct conn *c, const struct mqtt
   if (u->cbs.on_message)
     u->cbs.on_message(u->ud, (const char *)p->topic.p, p->topic.len, p->payload.p,
                       p->payload.len, p->qos, p->retain, p->packet_id);
-  if (p->qos == 2 && upstream__conn_alive(u, c))
+  if (p->qos == 2 && uconn_alive(u, c))
     uconn_send_small_or_abort(u, c, MQTT_PUBREC, p->packet_id);
 }
 
-void upstream__handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt, size_t len)
+static void handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt, size_t len)
 {
   struct mqtt_packet p;
   int r = mqtt_decode(pkt, len, &p);
@@ -558,6 +503,15 @@ static int validate_opts(const struct upstream_opts *o)
     return UPSTREAM_EINVAL;
   return UPSTREAM_OK;
 }
+
+/* What the wire (upstream_conn.c) reports to the client above it. */
+static const struct uconn_owner owner = {
+    .lost = lost,
+    .closing_progress = closing_progress,
+    .writable = send_queue,
+    .packet = handle_packet,
+    .timer = timer_cb,
+};
 
 /* ---- connect pacing ---- */
 
@@ -631,6 +585,7 @@ int upstream_new(uv_loop_t *loop, const struct upstream_opts *opts,
     return UPSTREAM_ENOMEM;
   }
   u->timer.data = u;
+  u->own = &owner;
   u->slot.go = pace_go;
   u->gai.data = u;
   /* Different upstreams, different jitter: mix the clock and the address. */
@@ -649,8 +604,8 @@ int upstream_start(struct upstream *u)
   if (u->state != U_IDLE)
     return UPSTREAM_OK;
   /* Start from the loop, so that no owner callback runs inside this call. */
-  upstream__set_state(u, U_BACKOFF);
-  uv_timer_start(&u->timer, upstream__timer_cb, 0, 0);
+  uconn_set_state(u, U_BACKOFF);
+  uv_timer_start(&u->timer, timer_cb, 0, 0);
   return UPSTREAM_OK;
 }
 
@@ -661,7 +616,7 @@ void upstream_stop(struct upstream *u, bool graceful)
 
   if (prev == U_CLOSING)
     return;
-  upstream__set_state(u, U_CLOSING);
+  uconn_set_state(u, U_CLOSING);
   uv_timer_stop(&u->timer);
   pace_release(u);
   if (u->gai_active)
@@ -681,11 +636,11 @@ void upstream_stop(struct upstream *u, bool graceful)
         r = uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, shutdown_cb);
     }
     if (r == 0)
-      upstream__arm_timer_at(u, uv_now(u->loop) + GRACEFUL_FLUSH_MS);
+      uconn_arm_timer_at(u, uv_now(u->loop) + GRACEFUL_FLUSH_MS);
     else
       uconn_abort(c, UPSTREAM_R_TCP, 0);
   }
-  upstream__closing_progress(u);
+  closing_progress(u);
 }
 
 int upstream_publish(struct upstream *u, const char *topic, size_t topic_len,
@@ -735,8 +690,8 @@ int upstream_publish(struct upstream *u, const char *topic, size_t topic_len,
     u->qhead = m;
   u->qtail = m;
   u->nqueued++;
-  if (upstream__conn_up(u))
-    upstream__send_queue(u);
+  if (uconn_up(u))
+    send_queue(u);
   return UPSTREAM_OK;
 }
 
@@ -754,7 +709,7 @@ static int sub_unsub(struct upstream *u, bool sub, const char *filter, size_t le
   if (!filter || len == 0 || len > 65535 || (sub && (qos < 0 || qos > 2)) ||
       !topic_filter_is_valid(filter, len))
     return UPSTREAM_EINVAL;
-  if (!upstream__conn_up(u))
+  if (!uconn_up(u))
     return UPSTREAM_EFULL;
   id = alloc_id(u);
   if (id == 0)
@@ -801,7 +756,7 @@ int upstream_puback(struct upstream *u, uint16_t packet_id)
     return UPSTREAM_ECLOSED;
   /* Unknown id (or one from a previous connection): the broker delivers the
    * message again, so there is nothing to acknowledge. */
-  if (!idset_remove(&u->in_qos1, packet_id) || !upstream__conn_up(u))
+  if (!idset_remove(&u->in_qos1, packet_id) || !uconn_up(u))
     return UPSTREAM_OK;
   uconn_send_small_or_abort(u, u->conn, MQTT_PUBACK, packet_id);
   return UPSTREAM_OK;
@@ -814,11 +769,11 @@ void upstream_kick(struct upstream *u)
     return;
   u->kicked = true;
   since = uv_now(u->loop) - u->attempt_started;
-  uv_timer_start(&u->timer, upstream__timer_cb,
+  uv_timer_start(&u->timer, timer_cb,
                  since < MIN_CONNECT_INTERVAL_MS ? MIN_CONNECT_INTERVAL_MS - since : 0, 0);
 }
 
-bool upstream_is_up(const struct upstream *u) { return upstream__conn_up(u); }
+bool upstream_is_up(const struct upstream *u) { return uconn_up(u); }
 
 size_t upstream_queued(const struct upstream *u) { return u->nqueued; }
 

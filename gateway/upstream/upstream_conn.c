@@ -27,10 +27,79 @@ static _Thread_local uint8_t g_plain[16 * 1024];
 
 static void connect_current(struct upstream *u);
 
+const char *const uconn_state_names[] = {"IDLE", "RESOLVING", "CONNECTING", "HANDSHAKE",
+                                             "WAIT_CONNACK", "UP", "BACKOFF", "CLOSING"};
+
+/* ---- small helpers ---- */
+
+void uconn_set_state(struct upstream *u, enum ustate s)
+{
+  if (u->state != s)
+    LOGD(MOD, "%s: %s -> %s", u->o.client_id, uconn_state_names[u->state], uconn_state_names[s]);
+  u->state = s;
+}
+
+void uconn_arm_timer_at(struct upstream *u, uint64_t at)
+{
+  uint64_t now = uv_now(u->loop);
+  uv_timer_start(&u->timer, u->own->timer, at > now ? at - now : 0, 0);
+}
+
+bool uconn_alive(const struct upstream *u, const struct conn *c)
+{
+  return u->conn == c && c && !c->closing && u->state != U_CLOSING;
+}
+
+bool uconn_up(const struct upstream *u)
+{
+  return u->state == U_UP && u->conn && !u->conn->closing;
+}
+
+/* The reason to report when the peer goes away in the current state. */
+enum upstream_reason uconn_eof_reason(const struct upstream *u)
+{
+  switch (u->state) {
+  case U_HANDSHAKE:
+    return UPSTREAM_R_TLS;
+  case U_WAIT_CONNACK:
+    return UPSTREAM_R_CLOSED_BEFORE_CONNACK;
+  default:
+    return UPSTREAM_R_TCP;
+  }
+}
+
+/* ---- timers and lifecycle ---- */
+
+void uconn_free_addrinfo(struct upstream *u)
+{
+  if (u->ai)
+    uv_freeaddrinfo(u->ai);
+  u->ai = u->ai_cur = NULL;
+}
+
+void uconn_close_cb(uv_handle_t *h)
+{
+  struct conn *c = h->data;
+  struct upstream *u = c->u;
+  bool current = u->conn == c;
+  enum upstream_reason why = c->why;
+  int rc = c->connack_rc;
+
+  if (current)
+    u->conn = NULL;
+  tls_conn_free(c->tls);
+  free(c->inbuf);
+  free(c);
+  u->nconns--;
+  if (current)
+    u->own->lost(u, why, rc);
+  u->own->closing_progress(u);
+}
+
 /* ---- connection objects ---- */
 
 /* Closes a connection; if it is still the current one, its close callback
- * reports `why` through upstream__lost().  Safe to call from anywhere, any number of
+ * reports `why` through the owner's lost().  Safe to call from anywhere, any number of
  * times: the report is deferred to the close callback. */
 void uconn_abort(struct conn *c, enum upstream_reason why, int connack_rc)
 {
@@ -39,7 +108,7 @@ void uconn_abort(struct conn *c, enum upstream_reason why, int connack_rc)
   c->closing = true;
   c->why = why;
   c->connack_rc = connack_rc;
-  uv_close((uv_handle_t *)&c->tcp, upstream__conn_close_cb);
+  uv_close((uv_handle_t *)&c->tcp, uconn_close_cb);
 }
 
 /* Closes a connection that is no longer current (nothing to report). */
@@ -102,13 +171,13 @@ static void write_cb(uv_write_t *req, int status)
   if (status < 0) {
     if (status != UV_ECANCELED && !c->closing && u->conn == c) {
       LOGW(MOD, "%s: write failed: %s", u->o.client_id, uv_strerror(status));
-      uconn_abort(c, upstream__eof_reason(u), 0);
+      uconn_abort(c, uconn_eof_reason(u), 0);
     }
     return;
   }
   /* The queue may have waited for libuv's write queue to drain. */
-  if (upstream__conn_up(u) && u->conn == c && u->qhead)
-    upstream__send_queue(u);
+  if (uconn_up(u) && u->conn == c && u->qhead)
+    u->own->writable(u);
 }
 
 /* Hands a buffer of bytes for the wire to libuv; takes ownership of w.
@@ -236,7 +305,7 @@ static void send_connect(struct upstream *u, struct conn *c)
       m.password = (struct mqtt_bytes){(const uint8_t *)o->password, strlen(o->password)};
     }
   }
-  upstream__set_state(u, U_WAIT_CONNACK);
+  uconn_set_state(u, U_WAIT_CONNACK);
   n = mqtt_encode_connect(&m, NULL, 0);
   if (n < 0) {
     LOGE(MOD, "%s: cannot encode CONNECT: %s", o->client_id, proto_strerror(n));
@@ -342,8 +411,8 @@ static void process_plain(struct upstream *u, struct conn *c, const uint8_t *dat
     data += used;
     n -= (size_t)used;
     if (pkt) {
-      upstream__handle_packet(u, c, pkt, plen);
-      if (!upstream__conn_alive(u, c))
+      u->own->packet(u, c, pkt, plen);
+      if (!uconn_alive(u, c))
         return;
     }
   }
@@ -379,7 +448,7 @@ static void tls_pump(struct upstream *u, struct conn *c, const uint8_t *data, si
         return;
       }
       send_connect(u, c);
-      if (!upstream__conn_alive(u, c))
+      if (!uconn_alive(u, c))
         return;
     }
     for (;;) {
@@ -387,13 +456,13 @@ static void tls_pump(struct upstream *u, struct conn *c, const uint8_t *data, si
       if (k == TLS_WANT_IO)
         break;
       if (k < 0) {
-        enum upstream_reason why = k == TLS_ERR_CLOSED ? upstream__eof_reason(u) : UPSTREAM_R_TLS;
+        enum upstream_reason why = k == TLS_ERR_CLOSED ? uconn_eof_reason(u) : UPSTREAM_R_TLS;
         LOGW(MOD, "%s: TLS: %s", u->o.client_id, tls_last_error(c->tls));
         uconn_abort(c, why, 0);
         return;
       }
       process_plain(u, c, g_plain, (size_t)k);
-      if (!upstream__conn_alive(u, c))
+      if (!uconn_alive(u, c))
         return;
     }
   }
@@ -412,15 +481,15 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
   struct conn *c = stream->data;
   struct upstream *u = c->u;
 
-  if (nread == 0 || !upstream__conn_alive(u, c))
+  if (nread == 0 || !uconn_alive(u, c))
     return;
   if (nread < 0) {
     if (nread == UV_EOF)
       LOGI(MOD, "%s: connection closed by %s in %s", u->o.client_id, u->o.host,
-           upstream__state_names[u->state]);
+           uconn_state_names[u->state]);
     else
       LOGW(MOD, "%s: read error: %s", u->o.client_id, uv_strerror((int)nread));
-    uconn_abort(c, upstream__eof_reason(u), 0);
+    uconn_abort(c, uconn_eof_reason(u), 0);
     return;
   }
   if (c->tls)
@@ -438,7 +507,7 @@ static void connect_cb(uv_connect_t *req, int status)
   char err[256];
   int r;
 
-  if (status == UV_ECANCELED || !upstream__conn_alive(u, c))
+  if (status == UV_ECANCELED || !uconn_alive(u, c))
     return;
   if (status < 0) {
     if (u->ai_cur && u->ai_cur->ai_next) {
@@ -454,7 +523,7 @@ static void connect_cb(uv_connect_t *req, int status)
     uconn_abort(c, UPSTREAM_R_TCP, 0);
     return;
   }
-  upstream__free_addrinfo(u);
+  uconn_free_addrinfo(u);
   (void)uv_tcp_nodelay(&c->tcp, 1);
   r = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
   if (r < 0) {
@@ -476,7 +545,7 @@ static void connect_cb(uv_connect_t *req, int status)
     uconn_abort(c, UPSTREAM_R_TLS, 0);
     return;
   }
-  upstream__set_state(u, U_HANDSHAKE);
+  uconn_set_state(u, U_HANDSHAKE);
   r = tls_handshake(c->tls);
   if (r != TLS_WANT_IO && r != TLS_OK) {
     LOGW(MOD, "%s: TLS handshake failed: %s", u->o.client_id, tls_last_error(c->tls));
@@ -502,10 +571,10 @@ static void connect_current(struct upstream *u)
     c = conn_new(u);
     if (!c) {
       LOGW(MOD, "%s: out of memory for a connection", u->o.client_id);
-      upstream__lost(u, UPSTREAM_R_TCP, 0);
+      u->own->lost(u, UPSTREAM_R_TCP, 0);
       return;
     }
-    upstream__set_state(u, U_CONNECTING);
+    uconn_set_state(u, U_CONNECTING);
     u->conn = c;
     if (uv_tcp_connect(&c->creq, &c->tcp, ai->ai_addr, connect_cb) == 0)
       return;
@@ -513,7 +582,7 @@ static void connect_current(struct upstream *u)
     u->ai_cur = ai->ai_next;
   }
   LOGW(MOD, "%s: no usable address for %s", u->o.client_id, u->o.host);
-  upstream__lost(u, UPSTREAM_R_TCP, 0);
+  u->own->lost(u, UPSTREAM_R_TCP, 0);
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
@@ -530,7 +599,7 @@ static void start_resolve(struct upstream *u)
   r = uv_getaddrinfo(u->loop, &u->gai, gai_cb, u->o.host, u->port_str, &hints);
   if (r < 0) {
     LOGW(MOD, "%s: cannot resolve %s: %s", u->o.client_id, u->o.host, uv_strerror(r));
-    upstream__lost(u, UPSTREAM_R_DNS, 0);
+    u->own->lost(u, UPSTREAM_R_DNS, 0);
     return;
   }
   u->gai_active = true;
@@ -545,7 +614,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     /* Stopped, or the attempt timed out meanwhile. */
     if (res)
       uv_freeaddrinfo(res);
-    upstream__closing_progress(u);
+    u->own->closing_progress(u);
     return;
   }
   if (status == UV_EAI_CANCELED) {
@@ -560,7 +629,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
          status < 0 ? uv_strerror(status) : "no address");
     if (res)
       uv_freeaddrinfo(res);
-    upstream__lost(u, UPSTREAM_R_DNS, 0);
+    u->own->lost(u, UPSTREAM_R_DNS, 0);
     return;
   }
   u->ai = u->ai_cur = res;
@@ -570,9 +639,9 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 void uconn_start_attempt(struct upstream *u)
 {
   u->attempt_started = uv_now(u->loop);
-  upstream__set_state(u, U_RESOLVING);
+  uconn_set_state(u, U_RESOLVING);
   u->deadline = uv_now(u->loop) + u->o.connect_timeout_ms;
-  upstream__arm_timer_at(u, u->deadline);
+  uconn_arm_timer_at(u, u->deadline);
   LOGD(MOD, "%s: connecting to %s:%u%s", u->o.client_id, u->o.host, u->o.port,
        u->o.tls ? " (TLS)" : "");
   /* A request left over from a timed-out attempt is adopted. */

@@ -3,8 +3,8 @@
  * outside gateway/upstream/ includes: upstream.c is the MQTT client (state
  * machine, outgoing queue, incoming packets, public API), upstream_conn.c
  * the wire of one connection attempt (TCP, DNS, TLS pump, writes, reads).
- * Functions one half calls in the other are named upstream__* (in
- * upstream.c) and uconn_* (in upstream_conn.c).
+ * upstream.c calls the wire's uconn_* functions; the wire reports back
+ * through struct uconn_owner, so calls run one way.
  */
 #ifndef FLEETGW_UPSTREAM_INT_H
 #define FLEETGW_UPSTREAM_INT_H
@@ -33,7 +33,7 @@ enum ustate {
   U_CLOSING = 7,        /* upstream_stop() called; terminal */
 };
 
-extern const char *const upstream__state_names[];
+extern const char *const uconn_state_names[];
 
 /* One connection attempt: the TCP handle and everything tied to it. */
 struct conn {
@@ -98,6 +98,7 @@ struct upstream {
   struct idset in_qos2;        /* incoming QoS 2 delivered, awaiting PUBREL */
 
   struct pacer_slot slot;      /* this upstream's place with the connect pacer */
+  const struct uconn_owner *own; /* the client's hooks for the wire */
   uint64_t up_since;           /* loop ms of the last CONNACK */
   bool kicked;                 /* upstream_kick used in this back-off */
 };
@@ -135,32 +136,39 @@ struct wreq {
  * that it did not acknowledge counts as a refusal of that message. */
 #define REFUSAL_WINDOW_MS 2000
 
-/* upstream.c */
-void upstream__set_state(struct upstream *u, enum ustate s);
-void upstream__arm_timer_at(struct upstream *u, uint64_t at);
-void upstream__timer_cb(uv_timer_t *t);
-/* The connection c is the current one, open, and the upstream not stopping. */
-bool upstream__conn_alive(const struct upstream *u, const struct conn *c);
-/* MQTT is up on the current connection. */
-bool upstream__conn_up(const struct upstream *u);
-/* The reason to report when the peer goes away in the current state. */
-enum upstream_reason upstream__eof_reason(const struct upstream *u);
-/* The attempt failed or the connection was lost: schedule a retry, tell the
- * owner. */
-void upstream__lost(struct upstream *u, enum upstream_reason why, int connack_rc);
-/* In CLOSING: frees the upstream once its last handle is closed. */
-void upstream__closing_progress(struct upstream *u);
-/* The close callback of a connection's TCP handle. */
-void upstream__conn_close_cb(uv_handle_t *h);
-void upstream__free_addrinfo(struct upstream *u);
-/* Writes every queued message not yet written on this connection. */
-void upstream__send_queue(struct upstream *u);
-/* One complete MQTT packet from the broker. */
-void upstream__handle_packet(struct upstream *u, struct conn *c, const uint8_t *pkt, size_t len);
+/* What the wire reports to the MQTT client above it (upstream.c fills it
+ * in): the wire calls upwards only through these, so the two files do not
+ * call each other in a circle. */
+struct uconn_owner {
+  /* The attempt failed or the connection was lost: schedule a retry, tell
+   * the owner. */
+  void (*lost)(struct upstream *u, enum upstream_reason why, int connack_rc);
+  /* In CLOSING: frees the upstream once its last handle is closed. */
+  void (*closing_progress)(struct upstream *u);
+  /* libuv's write queue drained: write what is queued. */
+  void (*writable)(struct upstream *u);
+  /* One complete MQTT packet from the broker. */
+  void (*packet)(struct upstream *u, struct conn *c, const uint8_t *pkt, size_t len);
+  /* The upstream's one timer fired. */
+  void (*timer)(uv_timer_t *t);
+};
 
-/* upstream_conn.c */
+/* upstream_conn.c: the wire, and the state both halves read */
+void uconn_set_state(struct upstream *u, enum ustate s);
+/* (Re)arms the upstream's timer for loop time at. */
+void uconn_arm_timer_at(struct upstream *u, uint64_t at);
+/* The connection c is the current one, open, and the upstream not stopping. */
+bool uconn_alive(const struct upstream *u, const struct conn *c);
+/* MQTT is up on the current connection. */
+bool uconn_up(const struct upstream *u);
+/* The reason to report when the peer goes away in the current state. */
+enum upstream_reason uconn_eof_reason(const struct upstream *u);
+/* The close callback of a connection's TCP handle. */
+void uconn_close_cb(uv_handle_t *h);
+void uconn_free_addrinfo(struct upstream *u);
+
 /* Closes c; if it is still the current connection its close callback
- * reports why through upstream__lost().  Idempotent. */
+ * reports why through the owner's lost().  Idempotent. */
 void uconn_abort(struct conn *c, enum upstream_reason why, int connack_rc);
 /* Closes a connection that is no longer current (nothing to report). */
 void uconn_discard(struct upstream *u, struct conn *c);
