@@ -92,6 +92,11 @@ log_type notice
 connection_messages true
 EOF
 
+# The simulated leaves all come from 127.0.0.1, like leaves behind a
+# protocol converter: it is listed as one, with room for the whole fleet.
+# "open" admits them without an operator; a real box keeps the default
+# "approve" (README: "Choosing an admission policy").
+NEW_IDS=$(( LEAVES > 100 ? LEAVES : 100 ))
 cat > fleetgw.json <<EOF
 {
   "log_level": "info",
@@ -111,6 +116,10 @@ cat > fleetgw.json <<EOF
     "openapi_file": "$ROOT/web/openapi.json"
   },
   "registry": { "path": "$STATE/registry.db" },
+  "admission": {
+    "policy": "open", "pattern": "leaf-*",
+    "converters": ["127.0.0.1"], "new_ids_per_converter": $NEW_IDS, "new_ids": $NEW_IDS
+  },
   "provisioning": {
     "backend": "local-ca",
     "local_ca": { "cert_file": "$STATE/localca.crt", "key_file": "$STATE/localca.key", "create": false }

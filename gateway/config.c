@@ -386,6 +386,11 @@ static const struct key_spec lan_keys[] = {
     UINT_KEY("n_retry", lan.n_retry, 0, 20, 3),
     UINT_KEY("connack_timeout_ms", lan.connack_timeout_ms, 100, 600000, 10000),
     UINT_KEY("queue_max", lan.queue_max, 1, 1000000, 100),
+    /* Duration 0 is "no keep-alive" (§5.4.4), which would let a silent
+     * peer hold its record and its upstream for ever. */
+    UINT_KEY("max_keepalive_s", lan.max_keepalive_s, 1, 65535, 3600),
+    UINT_KEY("max_subscriptions", lan.max_subscriptions, 1, 100000, 64),
+    UINT_KEY("max_subscription_bytes", lan.max_subscription_bytes, 64, 16777216, 16384),
     OBJ_KEY("advertise", advertise_keys),
     LIST_KEY("predefined_topics", K_PREDEFINED, lan.predefined, lan.n_predefined),
 };
@@ -422,6 +427,7 @@ static const struct key_spec upstream_keys[] = {
     UINT_KEY("max_connecting", upstream.max_connecting, 0, 100000, 64),
     /* AWS IoT: 500 CONNECTs/s per account (PROTOCOLS.md A.9). */
     UINT_KEY("connect_rate_per_s", upstream.connect_rate_per_s, 0, 100000, 500),
+    UINT_KEY("max_refusals", upstream.max_refusals, 1, 100, 3),
     STR_KEY("qos_minus1_client_id", upstream.qos_m1_client_id, check_nonempty,
             "a non-empty string", true, NULL),
 };
@@ -454,13 +460,31 @@ static const struct key_spec registry_keys[] = {
     {.name = "key_file", .kind = K_STR, FIELD(registry.key_file), .check = check_nonempty,
      .expect = "a file path", .nullable = true, .doc_default = "`\"<path>.key\"`"},
     ENUM_KEY("synchronous", registry.synchronous, sync_names, 1 /* normal */),
+    UINT_KEY("busy_timeout_ms", registry.busy_timeout_ms, 0, 10000, 50),
+    UINT_KEY("audit_max_rows", registry.audit_max_rows, 0, 100000000, 100000),
+    UINT_KEY("audit_max_days", registry.audit_max_days, 0, 36500, 90),
+    UINT_KEY("max_bytes", registry.max_bytes, 0, 4294967295u, 0),
+    UINT_KEY("min_free_bytes", registry.min_free_bytes, 0, 4294967295u, 67108864),
 };
 
 static const struct key_spec admission_keys[] = {
-    ENUM_KEY("policy", admission.policy, policy_names, POLICY_OPEN),
+    ENUM_KEY("policy", admission.policy, policy_names, POLICY_APPROVE),
     STR_KEY("pattern", admission.pattern, check_nonempty, "a glob pattern", false, "*"),
     LIST_KEY("allowlist", K_STRLIST, admission.allowlist, admission.n_allowlist),
     BOOL_KEY("bind_address", admission.bind_address, true),
+    UINT_KEY("new_ids_per_port", admission.new_ids_per_port, 0, 1000000, 1),
+    UINT_KEY("new_ids_per_port_window_s", admission.new_ids_per_port_window_s, 1, 86400, 600),
+    UINT_KEY("new_ids_per_ip", admission.new_ids_per_ip, 0, 1000000, 5),
+    UINT_KEY("new_ids_per_ip_window_s", admission.new_ids_per_ip_window_s, 1, 86400, 60),
+    LIST_KEY("converters", K_STRLIST, admission.converters, admission.n_converters),
+    UINT_KEY("new_ids_per_converter", admission.new_ids_per_converter, 0, 1000000, 100),
+    UINT_KEY("new_ids_per_converter_window_s", admission.new_ids_per_converter_window_s, 1,
+             86400, 60),
+    UINT_KEY("new_ids", admission.new_ids, 0, 1000000, 30),
+    UINT_KEY("new_ids_window_s", admission.new_ids_window_s, 1, 86400, 60),
+    UINT_KEY("sources_tracked", admission.sources_tracked, 16, 1000000, 4096),
+    UINT_KEY("pending_ttl_s", admission.pending_ttl_s, 0, 31536000, 86400),
+    UINT_KEY("max_pending", admission.max_pending, 1, 1000000, 1000),
 };
 
 static const struct key_spec local_ca_keys[] = {
@@ -1059,6 +1083,11 @@ static int check_rules(const struct loader *ld)
     return fail(ld, cfg->upstream.cert_file ? "upstream.cert_file" : "upstream.cert_dir",
                 "expected no upstream certificate with a provisioning backend (each leaf gets its own)");
 
+  for (size_t i = 0; i < cfg->admission.n_converters; i++) {
+    if (!check_ip(cfg->admission.converters[i], NULL))
+      return fail(ld, "admission.converters", "expected IPv4 or IPv6 address literals, got \"%s\"",
+                  cfg->admission.converters[i]);
+  }
   if (cfg->upstream.backoff_cap_ms < cfg->upstream.backoff_base_ms)
     return fail(ld, "upstream.backoff_cap_ms",
                 "expected an integer >= upstream.backoff_base_ms (%lu), got %lu",

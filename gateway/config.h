@@ -50,6 +50,9 @@ struct gw_config {
     uint32_t n_retry;          /* "lan.n_retry": spec 3-5 */
     uint32_t connack_timeout_ms; /* "lan.connack_timeout_ms" */
     uint32_t queue_max;        /* "lan.queue_max": messages buffered per leaf (asleep or busy) */
+    uint32_t max_keepalive_s;  /* "lan.max_keepalive_s": Duration 0 or above becomes this */
+    uint32_t max_subscriptions;     /* "lan.max_subscriptions": per leaf */
+    uint32_t max_subscription_bytes; /* "lan.max_subscription_bytes": filter bytes per leaf */
     char *advertise_address;   /* "lan.advertise.address": NULL = ADVERTISE off */
     uint16_t advertise_port;   /* "lan.advertise.port" */
     uint32_t advertise_interval_s; /* "lan.advertise.interval_s": spec T_ADV > 15 min */
@@ -82,6 +85,7 @@ struct gw_config {
     char *qos_m1_client_id;    /* "upstream.qos_minus1_client_id": NULL = QoS -1 dropped */
     uint32_t max_connecting;   /* "upstream.max_connecting": attempts in progress */
     uint32_t connect_rate_per_s; /* "upstream.connect_rate_per_s": new attempts/s */
+    uint32_t max_refusals;     /* "upstream.max_refusals": closes after one message = refused */
   } upstream;
 
   struct {
@@ -107,6 +111,11 @@ struct gw_config {
     char *path;                /* "registry.path" */
     char *key_file;            /* "registry.key_file": "<path>.key" when not given */
     int synchronous;           /* "registry.synchronous": 0 "off", 1 "normal", 2 "full" */
+    uint32_t busy_timeout_ms;  /* "registry.busy_timeout_ms": lock wait on the loop */
+    uint32_t audit_max_rows;   /* "registry.audit_max_rows": 0 = unlimited */
+    uint32_t audit_max_days;   /* "registry.audit_max_days": 0 = unlimited */
+    uint32_t max_bytes;        /* "registry.max_bytes": size guard, 0 = off */
+    uint32_t min_free_bytes;   /* "registry.min_free_bytes": size guard, 0 = off */
   } registry;
 
   struct {
@@ -115,6 +124,20 @@ struct gw_config {
     char **allowlist;          /* "admission.allowlist": entries seeded into the registry */
     size_t n_allowlist;
     bool bind_address;         /* "admission.bind_address": ClientId bound to its IP */
+    /* New identities (never-seen ClientIds): count per window, 0 = no limit. */
+    uint32_t new_ids_per_port; /* "admission.new_ids_per_port": per source address:port */
+    uint32_t new_ids_per_port_window_s;
+    uint32_t new_ids_per_ip;   /* "admission.new_ids_per_ip": per source IP */
+    uint32_t new_ids_per_ip_window_s;
+    char **converters;         /* "admission.converters": IPs of protocol converters */
+    size_t n_converters;
+    uint32_t new_ids_per_converter; /* "admission.new_ids_per_converter": per converter IP */
+    uint32_t new_ids_per_converter_window_s;
+    uint32_t new_ids;          /* "admission.new_ids": gateway-wide */
+    uint32_t new_ids_window_s;
+    uint32_t sources_tracked;  /* "admission.sources_tracked": rate-limit table size */
+    uint32_t pending_ttl_s;    /* "admission.pending_ttl_s": 0 = pending kept for ever */
+    uint32_t max_pending;      /* "admission.max_pending": identities waiting for approval */
   } admission;
 
   struct {

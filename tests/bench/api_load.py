@@ -53,6 +53,8 @@ class WebGateway(bench.Proc):
             "upstream": {"host": bench.LOOPBACK, "port": broker.port, "tls": False,
                          "keepalive_s": 60, "connect_timeout_ms": 20000, "give_up_after_s": 60},
             "registry": {"path": str(Path(workdir) / "registry.db")},
+            "admission": {"policy": "open", "new_ids_per_port": 0, "new_ids_per_ip": 0,
+                          "new_ids": 0},
             "web": {"enabled": True, "bind": bench.LOOPBACK, "port": self.web_port,
                     "admin_token_env": "FLEETGW_ADMIN_TOKEN", "open_health": True,
                     "open_metrics": False, "static_dir": str(REPO / "web" / "static"),

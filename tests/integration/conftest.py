@@ -665,6 +665,11 @@ def gateway_config(lan_port, broker=None, certs=None):
         },
         # The web server is off unless a test turns it on (with a free port).
         "web": {"enabled": False},
+        # Tests connect many made-up ClientIds from one socket: "open", and
+        # the new-identity rate limits off (test_lan_bounds.py puts them
+        # back to the gateway's defaults).
+        "admission": {"policy": "open", "new_ids_per_port": 0, "new_ids_per_ip": 0,
+                      "new_ids": 0},
     }
     if broker is not None and broker.tls:
         cfg["upstream"].update(ca_file=str(certs.ca_crt), cert_file=str(certs.gateway_crt),

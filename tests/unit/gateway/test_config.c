@@ -384,6 +384,34 @@ static void test_bad_addresses(void)
                "{\"upstream\": {\"host\": \"\", \"tls\": false}}");
 }
 
+/* admission.converters: IP literals only; the new limits' ranges. */
+static void test_admission_limits(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"admission\": {\"converters\": [\"127.0.0.4\", \"::1\"],"
+                    " \"new_ids\": 0}, " UP "}");
+  ASSERT_EQ(rc, 0);
+  if (cfg) {
+    ASSERT_EQ(cfg->admission.n_converters, 2);
+    ASSERT_STR_EQ(cfg->admission.converters[1], "::1");
+    ASSERT_EQ(cfg->admission.new_ids, 0);
+    cfg_free(cfg);
+  }
+  expect_error(true, "admission.converters: expected IPv4 or IPv6 address literals, got "
+                     "\"plc-gw\"",
+               "{\"admission\": {\"converters\": [\"plc-gw\"]}, " UP "}");
+  expect_error(false, "admission.sources_tracked: expected an integer 16..1000000",
+               "{\"admission\": {\"sources_tracked\": 8}, " UP "}");
+  expect_error(false, "admission.max_pending: expected an integer 1..1000000",
+               "{\"admission\": {\"max_pending\": 0}, " UP "}");
+  expect_error(false, "lan.max_keepalive_s: expected an integer 1..65535",
+               "{\"lan\": {\"max_keepalive_s\": 0}, " UP "}");
+  expect_error(false, "upstream.max_refusals: expected an integer 1..100",
+               "{\"upstream\": {\"max_refusals\": 0, \"host\": \"h\", \"tls\": false}}");
+}
+
 static void test_bad_template(void)
 {
   expect_error(false, "upstream.client_id_template: expected a template containing {client_id}",
@@ -531,9 +559,31 @@ static void test_provisioning_sections(void)
   if (cfg) {
     ASSERT_STR_EQ(cfg->registry.key_file, "/tmp/x.db.key");
     ASSERT_EQ(cfg->registry.synchronous, 1);
-    ASSERT_EQ(cfg->admission.policy, POLICY_OPEN);
+    /* The safe defaults: nothing gets an identity without an operator, and
+     * never-seen ClientIds are rate-limited by source. */
+    ASSERT_EQ(cfg->admission.policy, POLICY_APPROVE);
     ASSERT_STR_EQ(cfg->admission.pattern, "*");
     ASSERT_TRUE(cfg->admission.bind_address);
+    ASSERT_EQ(cfg->admission.new_ids_per_port, 1);
+    ASSERT_EQ(cfg->admission.new_ids_per_port_window_s, 600);
+    ASSERT_EQ(cfg->admission.new_ids_per_ip, 5);
+    ASSERT_EQ(cfg->admission.new_ids_per_ip_window_s, 60);
+    ASSERT_EQ(cfg->admission.n_converters, 0);
+    ASSERT_EQ(cfg->admission.new_ids_per_converter, 100);
+    ASSERT_EQ(cfg->admission.new_ids, 30);
+    ASSERT_EQ(cfg->admission.new_ids_window_s, 60);
+    ASSERT_EQ(cfg->admission.sources_tracked, 4096);
+    ASSERT_EQ(cfg->admission.pending_ttl_s, 86400);
+    ASSERT_EQ(cfg->admission.max_pending, 1000);
+    ASSERT_EQ(cfg->registry.busy_timeout_ms, 50);
+    ASSERT_EQ(cfg->registry.audit_max_rows, 100000);
+    ASSERT_EQ(cfg->registry.audit_max_days, 90);
+    ASSERT_EQ(cfg->registry.max_bytes, 0);
+    ASSERT_EQ(cfg->registry.min_free_bytes, 64u * 1024 * 1024);
+    ASSERT_EQ(cfg->lan.max_keepalive_s, 3600);
+    ASSERT_EQ(cfg->lan.max_subscriptions, 64);
+    ASSERT_EQ(cfg->lan.max_subscription_bytes, 16384);
+    ASSERT_EQ(cfg->upstream.max_refusals, 3);
     ASSERT_EQ(cfg->provisioning.backend, BACKEND_NONE);
     ASSERT_EQ(cfg->provisioning.rate_per_s, 10);
     ASSERT_EQ(cfg->provisioning.aws.token_ttl_s, 3600);
@@ -712,6 +762,7 @@ int main(void)
   RUN(test_unknown_keys);
   RUN(test_missing_required);
   RUN(test_bad_addresses);
+  RUN(test_admission_limits);
   RUN(test_bad_template);
   RUN(test_bad_predefined);
   RUN(test_password_env);
