@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #define BUSY_TIMEOUT_MS 5000
@@ -166,4 +167,18 @@ int64_t store_size_bytes(struct store *st)
     n = sqlite3_column_int64(s, 0);
   store_stmt_done(s);
   return n;
+}
+
+void store_set_busy_timeout(struct store *st, int ms)
+{
+  sqlite3_busy_timeout(st->db, ms < 0 ? 0 : ms);
+}
+
+int64_t store_free_bytes(struct store *st)
+{
+  struct statvfs v;
+  const char *path = sqlite3_db_filename(st->db, "main");
+  if (!path || !*path || statvfs(path, &v) != 0)
+    return -1;
+  return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
 }

@@ -44,6 +44,7 @@ enum store_err {
   STORE_CRYPTO = -5,    /* key file unusable, or a stored key fails to decrypt */
   STORE_CORRUPT = -6,   /* schema newer than this build, or integrity failure */
   STORE_INVAL = -7,     /* bad argument (empty id, over-long field, ...) */
+  STORE_BUSY = -8,      /* another connection holds the lock past the busy time-out */
 };
 const char *store_strerror(int err);
 /* The last error's detail (SQLite's message, file name); never secrets. */
@@ -58,6 +59,12 @@ struct store_opts {
 /* Opens (creating and migrating as needed).  Returns STORE_OK and *out. */
 int store_open(const struct store_opts *opts, struct store **out);
 void store_close(struct store *st);
+/* How long a statement waits for another connection's lock before it fails
+ * with STORE_BUSY.  store_open uses a generous one (migrations); the gateway
+ * then sets registry.busy_timeout_ms, short, because it runs on the loop. */
+void store_set_busy_timeout(struct store *st, int ms);
+/* Bytes free on the filesystem holding the database, or -1. */
+int64_t store_free_bytes(struct store *st);
 /* The schema version after migrations (PRAGMA user_version). */
 int store_schema_version(struct store *st);
 /* Size of the database file in bytes (for status pages). */
@@ -114,6 +121,11 @@ int store_device_bind(struct store *st, const char *client_id, const char *addr)
 int store_device_touch(struct store *st, const char *client_id, int64_t now);
 /* Counts devices by state: counts[DEV_PENDING..DEV_REVOKED]. */
 int store_device_counts(struct store *st, int64_t counts[7]);
+/* Deletes the devices in state (DEV_PENDING only: they hold nothing else)
+ * last seen before seen_before, at most limit of them; *deleted says how
+ * many. */
+int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t limit,
+                       int64_t *deleted);
 
 /* Paged listing: state filter (-1 = any), text filter (substring of ClientId
  * or thing name, NULL = any), ordered by ClientId.  cb returns 0 to go on. */
@@ -264,6 +276,11 @@ typedef int (*store_audit_cb)(void *ud, const struct store_audit *a);
 /* Paged, newest first; client_id filter (NULL = all). */
 int store_audit_list(struct store *st, const char *client_id, int64_t offset, int64_t limit,
                      store_audit_cb cb, void *ud, int64_t *total);
+/* The retention: deletes the oldest rows beyond the newest max_rows (0 = no
+ * row limit) and rows older than before (0 = no age limit), at most limit
+ * rows; *deleted says how many. */
+int store_audit_prune(struct store *st, int64_t max_rows, int64_t before, int64_t limit,
+                      int64_t *deleted);
 
 /* ---- allowlist ---------------------------------------------------------- */
 

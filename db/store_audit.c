@@ -1,7 +1,8 @@
 /*
  * store_audit.c - the append-only audit log and the admission allowlist.
  *
- * Audit rows are never updated or deleted by this module.  Free-text detail
+ * Audit rows are never updated; they are deleted only by the retention
+ * (store_audit_prune), oldest first.  Free-text detail
  * is cut to fit struct store_audit rather than refused: an audit write must
  * not fail because a message was long.
  */
@@ -28,6 +29,22 @@ int store_audit(struct store *st, int64_t now, const char *actor, const char *ac
   store_bind_trunc_text(s, 4, client_id && *client_id ? client_id : NULL, STORE_MAX_CLIENT_ID);
   store_bind_trunc_text(s, 5, detail && *detail ? detail : NULL, STORE_MAX_DETAIL);
   return store_stmt_run(st, s);
+}
+
+int store_audit_prune(struct store *st, int64_t max_rows, int64_t before, int64_t limit,
+                      int64_t *deleted)
+{
+  /* Oldest first, by id (ids only grow); at most limit rows per call so one
+   * call stays short on the loop. */
+  static const char sql[] =
+      "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE (?1 > 0 AND id <= "
+      "(SELECT max(id) FROM audit) - ?1) OR (?2 > 0 AND at < ?2) ORDER BY id LIMIT ?3)";
+  *deleted = 0;
+  if (limit <= 0)
+    return store_fail(st, STORE_INVAL, "prune limit must be positive");
+  if (max_rows <= 0 && before <= 0)
+    return STORE_OK;
+  return store_delete_rows(st, sql, max_rows, before, limit, deleted);
 }
 
 /* The ClientId filter of an audit page: ?1, NULL for every row. */

@@ -263,6 +263,20 @@ int store_device_counts(struct store *st, int64_t counts[7])
   return err;
 }
 
+int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t limit,
+                       int64_t *deleted)
+{
+  /* Only pending devices: a row in any other state may have certificates,
+   * runs or an operator's decision hanging on it. */
+  static const char sql[] =
+      "DELETE FROM devices WHERE id IN (SELECT id FROM devices WHERE state = ?1 AND "
+      "last_seen < ?2 ORDER BY last_seen LIMIT ?3)";
+  *deleted = 0;
+  if (state != DEV_PENDING || limit <= 0)
+    return store_fail(st, STORE_INVAL, "only pending devices are pruned");
+  return store_delete_rows(st, sql, state, seen_before, limit, deleted);
+}
+
 /* The filter shared by the page query and its count: ?1 state (-1 any), ?2
  * substring (NULL any).  instr() rather than LIKE: no wildcard escaping, and
  * matching is byte-exact like ClientIds themselves. */

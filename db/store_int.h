@@ -69,6 +69,10 @@ int store_stmt_fresh(struct store *st, const char *sql, sqlite3_stmt **out);
 void store_stmt_done(sqlite3_stmt *s);
 /* Steps a statement that returns no row, maps the result, releases it. */
 int store_stmt_run(struct store *st, sqlite3_stmt *s);
+/* A DELETE of at most three int64 parameters (?1..?3), run; *changes says
+ * how many rows it deleted. */
+int store_delete_rows(struct store *st, const char *sql, int64_t p1, int64_t p2, int64_t p3,
+                      int64_t *changes);
 /* Runs SQL text without parameters (pragmas, migrations, transaction control). */
 int store_exec(struct store *st, const char *sql);
 

@@ -30,6 +30,7 @@ const char *store_strerror(int err)
   case STORE_CRYPTO: return "key file unusable or stored key fails to decrypt";
   case STORE_CORRUPT: return "database corrupt or newer than this build";
   case STORE_INVAL: return "invalid argument";
+  case STORE_BUSY: return "registry busy (locked by another connection)";
   default: return "unknown error";
   }
 }
@@ -64,6 +65,9 @@ static int map_rc(int rc)
     return STORE_CONFLICT;
   case SQLITE_NOMEM:
     return STORE_NOMEM;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return STORE_BUSY;
   case SQLITE_CORRUPT:
   case SQLITE_NOTADB:
     return STORE_CORRUPT;
@@ -80,6 +84,8 @@ static int map_rc(int rc)
       return STORE_CORRUPT;
     if ((rc & 0xff) == SQLITE_NOMEM)
       return STORE_NOMEM;
+    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
+      return STORE_BUSY;
     return STORE_IO;
   }
 }
@@ -140,6 +146,22 @@ int store_stmt_run(struct store *st, sqlite3_stmt *s)
   int rc = sqlite3_step(s);
   int err = rc == SQLITE_DONE || rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
   store_stmt_done(s);
+  return err;
+}
+
+int store_delete_rows(struct store *st, const char *sql, int64_t p1, int64_t p2, int64_t p3,
+                      int64_t *changes)
+{
+  sqlite3_stmt *s;
+  int err;
+  *changes = 0;
+  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int64(s, 1, p1);
+  sqlite3_bind_int64(s, 2, p2);
+  sqlite3_bind_int64(s, 3, p3);
+  if ((err = store_stmt_run(st, s)) == STORE_OK)
+    *changes = sqlite3_changes(st->db);
   return err;
 }
 

@@ -101,9 +101,27 @@ static int open_registry(struct gw *gw)
          store_errmsg(gw->store));
     return -1;
   }
+  /* From now on the registry is used on the loop: a lock held by another
+   * process is waited for only briefly, then answered with congestion. */
+  store_set_busy_timeout(gw->store, (int)cfg->registry.busy_timeout_ms);
+  upkeep_init(&gw->upkeep, gw->loop, cfg, gw->store, &gw->m);
   if (admit_seed_allowlist(gw->store, cfg, (int64_t)time(NULL)) != STORE_OK)
     LOGW(MOD, "cannot add admission.allowlist entries: %s", store_errmsg(gw->store));
   return 0;
+}
+
+/* The rate limits of new identities, from admission.*. */
+static struct newid_opts newid_opts(const struct gw_config *cfg)
+{
+  struct newid_opts o = {
+      .per_port = {cfg->admission.new_ids_per_port, cfg->admission.new_ids_per_port_window_s},
+      .per_ip = {cfg->admission.new_ids_per_ip, cfg->admission.new_ids_per_ip_window_s},
+      .per_converter = {cfg->admission.new_ids_per_converter,
+                        cfg->admission.new_ids_per_converter_window_s},
+      .global = {cfg->admission.new_ids, cfg->admission.new_ids_window_s},
+      .slots = cfg->admission.sources_tracked,
+  };
+  return o;
 }
 
 /* The relay and the LAN side, wired to each other. */
@@ -114,7 +132,10 @@ static int make_rooms(struct gw *gw)
                          .pacer = gw->pacer, .prov = gw->prov, .drain = &gw->drain};
   struct leaves_env le = {.loop = gw->loop, .cfg = cfg, .m = &gw->m, .store = gw->store,
                           .drain = &gw->drain, .up = relay_ops(), .event = gw_emit,
-                          .event_ud = gw};
+                          .event_ud = gw, .newid = newid_opts(cfg),
+                          .converters = (const char *const *)cfg->admission.converters,
+                          .n_converters = cfg->admission.n_converters,
+                          .room = &gw->upkeep.room};
 
   if (relay_new(&re, &gw->relay) != 0)
     return -1;
@@ -181,6 +202,9 @@ int gw_start(struct gw *gw)
   rc = relay_start(gw->relay);
   if (rc != 0)
     return rc;
+  rc = upkeep_start(&gw->upkeep);
+  if (rc != 0)
+    return rc;
   LOGI(MOD, "ready: MQTT-SN on udp %s:%d, upstream %s:%u (%s), gateway id %u", cfg->lan.bind,
        leaves_port(gw->lan), cfg->upstream.host, cfg->upstream.port,
        cfg->upstream.tls ? "TLS" : "plain TCP", cfg->gateway_id);
@@ -203,6 +227,8 @@ void gw_stop(struct gw *gw, void (*done)(void *), void *ud)
   drain_hold(&gw->drain); /* held until the end of this function */
   leaves_stop(gw->lan, &live, &queued);
   relay_stop(gw->relay);
+  drain_hold(&gw->drain);
+  upkeep_stop(&gw->upkeep, drained_one, &gw->drain);
   drain_hold(&gw->drain);
   provision_stop(gw->prov, drained_one, &gw->drain);
   if (gw->pacer) {

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "drain.h"
 #include "metrics.h"
+#include "upkeep.h"
 
 struct leaves;
 struct pacer;
@@ -46,6 +47,7 @@ struct gw {
   struct relay *relay;
   struct leaves *lan;
   struct metrics m;
+  struct upkeep upkeep;         /* registry retention and size guard */
   struct drain drain;           /* asynchronous closes in flight */
   bool stopping;
 };

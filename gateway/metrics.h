@@ -22,7 +22,14 @@
   C(connects_refused, "CONNECTs refused (bad id, bound elsewhere, full)")      \
   C(connects_half_open, "CONNECTs whose will prompts were never answered")     \
   C(new_ids_throttled, "CONNECTs of never-seen ClientIds over a rate limit")    \
+  C(new_ids_registry_full, "never-seen ClientIds refused: the registry is full") \
+  C(new_ids_pending_full, "never-seen ClientIds refused: admission.max_pending wait") \
+  C(registry_busy, "CONNECTs answered congestion: the registry was locked")    \
+  C(pending_pruned, "pending identities expired (admission.pending_ttl_s)")    \
+  C(audit_pruned, "audit rows deleted by the retention")                       \
   C(will_topics_refused, "will topics refused: not a valid topic name")        \
+  C(keepalive_capped, "CONNECTs whose Duration (0 or too long) was capped")   \
+  C(subscriptions_refused, "SUBSCRIBEs refused: the leaf holds its maximum")   \
   C(sessions_replaced, "sessions ended by an accepted CONNECT from their address") \
   C(connack_congestion, "CONNACK congestion: upstream not up in time")         \
   C(publish_in_qos_m1, "PUBLISH QoS -1 from leaves")                           \

@@ -30,7 +30,7 @@ int admit_check_live(struct store *st, const char *client_id, const char *bound_
 static int registry_error(struct store *st, int rc, char *reason, size_t cap)
 {
   snprintf(reason, cap, "registry error: %s (%s)", store_strerror(rc), store_errmsg(st));
-  return ADMIT_ERROR;
+  return rc == STORE_BUSY ? ADMIT_BUSY : ADMIT_ERROR;
 }
 
 /* First sight of a ClientId: the policy decides. */
@@ -39,7 +39,7 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
                        size_t cap)
 {
   int state, rc;
-  const char *addr = cfg->admission.bind_address ? ip : NULL;
+  const char *addr = NULL;
 
   switch (cfg->admission.policy) {
   case POLICY_OPEN:
@@ -68,6 +68,10 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
     state = rc ? DEV_APPROVED : DEV_PENDING;
     break;
   }
+  /* Bound now only when admitted now; a pending identity is bound by its
+   * first CONNECT after approval. */
+  if (cfg->admission.bind_address && state != DEV_PENDING)
+    addr = ip;
   rc = store_device_create(st, client_id, state, addr, now, dev);
   if (rc != STORE_OK)
     return registry_error(st, rc, reason, cap);
@@ -105,7 +109,7 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
     return refuse(st, now, client_id, reason, cap, "blocked by an operator");
   if (dev->state == DEV_REVOKED)
     return refuse(st, now, client_id, reason, cap, "decommissioned");
-  if (cfg->admission.bind_address) {
+  if (cfg->admission.bind_address && dev->state != DEV_PENDING) {
     if (dev->bound_addr[0] && strcmp(dev->bound_addr, ip) != 0) {
       char why[128];
       snprintf(why, sizeof why, "ClientId bound to %s, CONNECT came from %s", dev->bound_addr, ip);

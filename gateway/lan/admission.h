@@ -10,11 +10,15 @@
  * admitted from (admission.bind_address).  A CONNECT with a bound ClientId
  * from another address is refused and audited; an operator can release the
  * binding.  The port is not part of the binding: a leaf's UDP source port
- * changes when it reboots.
+ * changes when it reboots.  A pending identity is bound to nothing: the
+ * binding is made by the first CONNECT after an operator approved it, so a
+ * box that claims a ClientId first, from the wrong address, cannot lock the
+ * genuine leaf out (docs/architecture.md §10).
  */
 #ifndef FLEETGW_ADMISSION_H
 #define FLEETGW_ADMISSION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +33,16 @@ enum admit_result {
   ADMIT_ERROR = 3,    /* the registry failed: reason says why */
   ADMIT_THROTTLED = 4, /* a never-seen ClientId over a new-identity rate limit:
                           nothing is recorded, the leaf may try again later */
+  ADMIT_BUSY = 5,     /* the registry is locked by another process past
+                         registry.busy_timeout_ms: try again later */
+};
+
+/* What the registry can still take for never-seen identities, kept up to
+ * date by the gateway's upkeep (gateway/upkeep.c) and read by the LAN side
+ * before it lets a new identity be recorded. */
+struct admit_room {
+  bool registry_full;  /* the size guard: the file or its disk is full */
+  uint64_t pending;    /* pending identities held (recounted by the upkeep) */
 };
 
 /* Asked before anything is recorded for a ClientId the registry has never

@@ -122,7 +122,7 @@ struct session {
   struct sockaddr_storage addr;
   enum sess_state state;
   bool clean;
-  uint16_t keepalive;           /* leaf keep-alive, s */
+  uint16_t keepalive;           /* leaf keep-alive, s: never 0 (lan.max_keepalive_s) */
   uint64_t last_rx;             /* loop ms of the last message from the leaf */
   uint64_t sleep_deadline;
   uint64_t connect_deadline;
@@ -145,6 +145,8 @@ struct session {
   struct topics topics;
   struct sub *subs;
   struct pending_sub *psubs;
+  uint32_t n_subs;              /* subscriptions held (lan.max_subscriptions) */
+  uint32_t sub_bytes;           /* their filters' bytes (lan.max_subscription_bytes) */
 
   /* Downlink: one message in flight to the leaf at a time. */
   struct downmsg *q_head, *q_tail;
@@ -246,6 +248,8 @@ void sess_count(const struct session *s, struct metrics *m);
 void sess_arm(struct session *s);
 /* MQTT-SN §7.2: a timer's tolerance above the indicated seconds. */
 uint64_t sess_tolerance_ms(uint32_t seconds);
+/* The keep-alive kept for a CONNECT's Duration (0 and too long capped). */
+uint16_t sess_keepalive(struct leaves *lv, uint16_t duration);
 void sess_send(struct session *s, const struct mqttsn_msg *m);
 /* To the leaf: a message of only its type, or of a MsgId. */
 void sess_reply(struct session *s, enum mqttsn_type t);

@@ -86,16 +86,46 @@ struct gate_ctx {
   const char *ip;
 };
 
+/* The registry's room (admission.h): the size guard and, under "approve",
+ * admission.max_pending.  Returns NULL when a new identity fits. */
+static const char *no_room(struct leaves *lv)
+{
+  const struct admit_room *room = lv->env.room;
+  if (!room)
+    return NULL;
+  if (room->registry_full) {
+    lv->m->new_ids_registry_full++;
+    return "the registry is full (registry.max_bytes or registry.min_free_bytes)";
+  }
+  if (lv->cfg->admission.policy == POLICY_APPROVE &&
+      room->pending >= lv->cfg->admission.max_pending) {
+    lv->m->new_ids_pending_full++;
+    return "admission.max_pending identities wait for approval already";
+  }
+  return NULL;
+}
+
 static int gate_take(void *ud, char *reason, size_t cap)
 {
   struct gate_ctx *g = ud;
   struct leaves *lv = g->lv;
-  int r = newid_take(&lv->newid, g->from, leaves_is_converter(lv, g->ip), uv_now(lv->loop));
-  if (r == NEWID_OK)
-    return 0;
-  lv->m->new_ids_throttled++;
-  snprintf(reason, cap, "%s", newid_result_str(r));
-  return -1;
+  const char *full = no_room(lv);
+  int r;
+
+  if (full) {
+    snprintf(reason, cap, "%s", full);
+    return -1;
+  }
+  r = newid_take(&lv->newid, g->from, leaves_is_converter(lv, g->ip), uv_now(lv->loop));
+  if (r != NEWID_OK) {
+    lv->m->new_ids_throttled++;
+    snprintf(reason, cap, "%s", newid_result_str(r));
+    return -1;
+  }
+  /* Counted before it is written: the upkeep recounts from the registry. */
+  if (lv->env.room && lv->cfg->admission.policy == POLICY_APPROVE)
+    lv->env.room->pending++;
+  return 0;
 }
 
 /* Admission against the registry: policy, approval, identity binding.
@@ -128,13 +158,15 @@ static bool admit(struct leaves *lv, const struct sockaddr *from, const char *ci
     static struct log_ratelimit rl;
     if (ar == ADMIT_PENDING)
       lv->m->admission_pending++;
+    else if (ar == ADMIT_BUSY)
+      lv->m->registry_busy++;
     else
       lv->m->admission_refused++;
     log_ratelimited(&rl, ar == ADMIT_ERROR ? LOG_ERROR : LOG_WARN, MOD,
                     "CONNECT %s from %s %s: %s", cid, a,
-                    ar == ADMIT_PENDING ? "held" : "refused", reason);
+                    ar == ADMIT_REFUSED ? "refused" : "held", reason);
   }
-  /* Pending (or a registry hiccup): try again later.  Refused: MQTT-SN has
+  /* Pending, or the registry busy or failing: try again later.  Refused: MQTT-SN has
    * no "not authorized"; 0x03 is the nearest. */
   leaves_reply_connack(lv, from,
                        ar == ADMIT_REFUSED ? MQTTSN_RC_NOT_SUPPORTED : MQTTSN_RC_CONGESTION);

@@ -16,6 +16,7 @@
 #include "newid.h"
 #include "session.h"
 
+struct admit_room;
 struct drain;
 struct gw_config;
 struct leaves;
@@ -41,6 +42,8 @@ struct leaves_env {
   struct newid_opts newid;       /* how fast new identities may appear */
   const char *const *converters; /* IPs of protocol converters (newid.h) */
   size_t n_converters;
+  struct admit_room *room;       /* the registry's room for new identities;
+                                    NULL = unlimited (admission.h) */
 };
 
 /* Copies env.  Returns 0 or UV_ENOMEM. */

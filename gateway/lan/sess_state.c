@@ -70,6 +70,18 @@ uint64_t sess_tolerance_ms(uint32_t seconds)
   return seconds < 60 ? ms + ms / 2 : ms + ms / 10;
 }
 
+/* A CONNECT's Duration as the gateway keeps it: 0 ("no keep-alive", which
+ * would let a silent peer hold its record and its upstream for ever) and
+ * anything above lan.max_keepalive_s become lan.max_keepalive_s. */
+uint16_t sess_keepalive(struct leaves *lv, uint16_t duration)
+{
+  uint32_t max = lv->cfg->lan.max_keepalive_s;
+  if (duration != 0 && duration <= max)
+    return duration;
+  lv->m->keepalive_capped++;
+  return (uint16_t)(max > 0xFFFF ? 0xFFFF : max);
+}
+
 static uint64_t next_deadline(const struct session *s)
 {
   const struct gw_config *cfg = s->lv->cfg;

@@ -22,6 +22,8 @@ void sess_free_subs(struct session *s)
     free(s->subs);
     s->subs = n;
   }
+  s->n_subs = 0;
+  s->sub_bytes = 0;
   sess_free_psubs(s);
 }
 
@@ -175,6 +177,8 @@ static void remember_sub(struct session *s, const char *filter, uint16_t len, ui
   b = malloc(sizeof *b + len + 1);
   if (!b)
     return;
+  s->n_subs++;
+  s->sub_bytes += len;
   b->qos = qos;
   b->len = len;
   memcpy(b->filter, filter, len);
@@ -189,6 +193,8 @@ static void forget_sub(struct session *s, const char *filter, uint16_t len)
     if ((*pp)->len == len && memcmp((*pp)->filter, filter, len) == 0) {
       struct sub *b = *pp;
       *pp = b->next;
+      s->n_subs--;
+      s->sub_bytes -= b->len;
       free(b);
       return;
     }
@@ -214,11 +220,15 @@ void sess_up_suback(struct session *s, uint16_t packet_id, const uint8_t *codes,
     } else {
       /* MQTT-SN has no "refused" code; 0x03 "not supported" is the nearest. */
       m.u.suback.rc = MQTTSN_RC_NOT_SUPPORTED;
-      LOGW(MOD, "%s: broker refused subscription to %s", s->client_id, p->filter);
+      static struct log_ratelimit rl;
+      log_ratelimited(&rl, LOG_WARN, MOD, "%s: broker refused subscription to %s", s->client_id,
+                      p->filter);
     }
     sess_send(s, &m);
   } else if (n < 1 || codes[0] == 0x80) {
-    LOGW(MOD, "%s: broker refused re-subscription to %s", s->client_id, p->filter);
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: broker refused re-subscription to %s",
+                    s->client_id, p->filter);
   }
   free(p);
 }
@@ -421,6 +431,25 @@ static unsigned leaf_pending_subs(const struct session *s)
   return n;
 }
 
+/* A new subscription to filter[len] fits the leaf's bounds
+ * (lan.max_subscriptions, lan.max_subscription_bytes), counting those
+ * waiting for the broker.  Subscribing again to a held filter always fits. */
+static bool sub_fits(const struct session *s, const char *filter, size_t len)
+{
+  const struct gw_config *cfg = s->lv->cfg;
+  uint64_t n = s->n_subs + 1, bytes = (uint64_t)s->sub_bytes + len;
+  for (const struct sub *b = s->subs; b; b = b->next)
+    if (b->len == len && memcmp(b->filter, filter, len) == 0)
+      return true;
+  for (const struct pending_sub *p = s->psubs; p; p = p->next) {
+    if (p->internal || p->unsub)
+      continue;
+    n++;
+    bytes += p->len;
+  }
+  return n <= cfg->lan.max_subscriptions && bytes <= cfg->lan.max_subscription_bytes;
+}
+
 /* Answers a SUBSCRIBE (SUBACK with rc) or an UNSUBSCRIBE (UNSUBACK, which
  * has no return code) without asking the broker. */
 static void sub_reply_now(struct session *s, const struct mqttsn_subscribe *sb, bool unsub,
@@ -458,6 +487,13 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
     return;
   }
   rc = sub_filter(s, sb, unsub, shortbuf, &filter, &flen, &topic_id);
+  if (rc == MQTTSN_RC_ACCEPTED && !unsub && !sub_fits(s, filter, flen)) {
+    static struct log_ratelimit rl;
+    s->lv->m->subscriptions_refused++;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: SUBSCRIBE refused: %u subscriptions, %u bytes held",
+                    s->client_id, s->n_subs, s->sub_bytes);
+    rc = MQTTSN_RC_CONGESTION;
+  }
   if (rc != MQTTSN_RC_ACCEPTED) {
     sub_reply_now(s, sb, unsub, rc);
     return;

@@ -188,7 +188,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
   lv->m->connects++;
   leaves_bind_addr(lv, s, from);
   s->last_rx = uv_now(lv->loop);
-  s->keepalive = c->duration;
+  s->keepalive = sess_keepalive(lv, c->duration);
 
   if (clean) {
     /* §6.3: CleanSession deletes subscriptions and will; the upstream

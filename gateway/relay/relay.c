@@ -23,9 +23,6 @@
 #include "upstream.h"
 
 #define MOD "relay"
-/* Times the broker may close the connection right after the same QoS 1
- * message before it counts as refused (upstream.h on_refused). */
-#define RELAY_MAX_REFUSALS 3
 
 struct sess_link {
   struct session *s;             /* NULL once the session let go */
@@ -61,7 +58,7 @@ static void upstream_opts(const struct relay *r, struct upstream_opts *o, const 
   o->backoff_cap_ms = cfg->upstream.backoff_cap_ms;
   o->max_queue = cfg->upstream.max_queue;
   o->max_packet = cfg->upstream.max_packet;
-  o->max_refusals = RELAY_MAX_REFUSALS;
+  o->max_refusals = cfg->upstream.max_refusals;
   o->pacer = r->env.pacer;
 }
 
