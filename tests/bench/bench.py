@@ -7,7 +7,7 @@ broker), and prints figures.  Nothing here passes or fails on timing: the box
 is shared and noisy, so each figure is printed next to the one it should be
 compared with, measured in the same run.
 
-Sections (BENCH_ONLY=qos0,connect,qos1,memory selects some):
+Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood selects some):
   qos0     direct vs relayed QoS 0 rate at a ladder of offered rates, loss,
            gateway CPU per message
   connect  time for BENCH_QOS1_LEAVES leaves to connect (first CONNECT to
@@ -16,6 +16,10 @@ Sections (BENCH_ONLY=qos0,connect,qos1,memory selects some):
            trip, direct vs relayed; added latency at 5,000 msg/s
   memory   fleetgw RSS with 0 leaves vs BENCH_LEAVES leaves, each with its
            own upstream TLS session (client certificate)
+  flood    BENCH_FLOOD_IDS made-up ClientIds from many sources (admission
+           "open", the default new-identity limits, the local CA issuing
+           certificates) while a known leaf reconnects: certificates minted,
+           RSS before/after, the known leaf's CONNACK delay
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -236,7 +241,7 @@ class Broker(Proc):
 
 
 class Gateway(Proc):
-    def __init__(self, binary, workdir, broker, certs=None, name="fleetgw"):
+    def __init__(self, binary, workdir, broker, certs=None, name="fleetgw", extra=None):
         self.udp_port = free_port(socket.SOCK_DGRAM)
         up = {"host": LOOPBACK, "port": broker.port, "tls": broker.tls,
               "keepalive_s": 60, "connect_timeout_ms": 20000, "give_up_after_s": 60,
@@ -256,7 +261,13 @@ class Gateway(Proc):
             "upstream": up,
             "web": {"enabled": False},
             "registry": {"path": str(Path(workdir) / (name + "-registry.db"))},
+            # Thousands of new ClientIds from one IP: admitted without an
+            # operator, the new-identity rate limits off.
+            "admission": {"policy": "open", "new_ids_per_port": 0, "new_ids_per_ip": 0,
+                          "new_ids": 0},
         }
+        cfg.update(extra or {})
+        self.registry = cfg["registry"]["path"]
         self.config = Path(workdir) / (name + ".json")
         self.config.write_text(json.dumps(cfg, indent=2))
         super().__init__([binary, "--config", self.config], Path(workdir) / (name + ".log"))
@@ -579,13 +590,122 @@ def section_memory(b, workdir, certs):
     ]
 
 
+def sn_connect(client_id, duration=60):
+    """An MQTT-SN CONNECT (CleanSession) for client_id."""
+    cid = client_id.encode()
+    return bytes([6 + len(cid), 0x04, 0x04, 0x01, duration >> 8, duration & 0xFF]) + cid
+
+
+def connack_delay_ms(sock, client_id, timeout=2.0):
+    """CONNECT from sock; ms until its CONNACK (None on time-out) and its rc."""
+    sock.settimeout(timeout)
+    t0 = time.monotonic()
+    sock.send(sn_connect(client_id))
+    while True:
+        try:
+            data = sock.recv(64)
+        except socket.timeout:
+            return None, None
+        if len(data) >= 3 and data[1] == 0x05:
+            return (time.monotonic() - t0) * 1000.0, data[2]
+
+
+def section_flood(b, workdir):
+    n = env_int("BENCH_FLOOD_IDS", 10000)
+    ips, ports = 100, 10
+    print("\n== flood: %d made-up ClientIds from %d IPs x %d sockets (admission \"open\", "
+          "default new-identity limits, local CA issuing) while a known leaf reconnects"
+          % (n, ips, ports))
+    broker = Broker(workdir)
+    extra = {"admission": {"policy": "open"},
+             "provisioning": {"backend": "local-ca",
+                              "local_ca": {"cert_file": str(workdir / "flood-ca.crt"),
+                                           "key_file": str(workdir / "flood-ca.key")}}}
+    gw = Gateway(b.fleetgw, workdir, broker, name="fleetgw-flood", extra=extra)
+    socks = []
+    try:
+        host, port = gw.addr.split(":")
+        known = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        known.connect((host, int(port)))
+        # The known leaf gets its identity (and certificate) before the flood.
+        first, rc = connack_delay_ms(known, "genuine-1", timeout=10)
+        while rc != 0:
+            time.sleep(0.3)
+            first, rc = connack_delay_ms(known, "genuine-1", timeout=10)
+        time.sleep(1.0)
+        rss0 = rss_kib(gw.pid)
+        for i in range(ips):
+            for _ in range(ports):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.9.%d.%d" % (i // 250, i % 250 + 1), 0))
+                s.setblocking(False)
+                s.connect((host, int(port)))
+                socks.append(s)
+        stop = [False]
+        delays = []
+
+        def reconnects():
+            while not stop[0]:
+                d, rc = connack_delay_ms(known, "genuine-1")
+                delays.append(d if rc == 0 else None)
+                time.sleep(0.02)
+        t = threading.Thread(target=reconnects)
+        t.start()
+        t0 = time.monotonic()
+        sent = 0
+        for k in range(n):
+            try:
+                socks[k % len(socks)].send(sn_connect("flood-%05d" % k))
+                sent += 1
+            except BlockingIOError:
+                pass
+            if k % 200 == 199:
+                time.sleep(0.005)  # ~40k CONNECT/s: no kernel drops on loopback
+        t_flood = time.monotonic() - t0
+        time.sleep(2.0)
+        stop[0] = True
+        t.join()
+        time.sleep(2.0)  # provisioning of what was admitted
+        m = gw.metrics()
+        rss1 = rss_kib(gw.pid)
+        import sqlite3
+        con = sqlite3.connect("file:%s?mode=ro" % gw.registry, uri=True, timeout=5)
+        devices = con.execute("SELECT count(*) FROM devices").fetchone()[0]
+        certs = con.execute("SELECT count(*) FROM certificates").fetchone()[0]
+        con.close()
+    finally:
+        for s in socks:
+            s.close()
+        gw.stop()
+        broker.stop()
+    ok = sorted(d for d in delays if d is not None)
+    lost = len(delays) - len(ok)
+    p50 = ok[len(ok) // 2] if ok else float("nan")
+    worst = ok[-1] if ok else float("nan")
+    print("   %d CONNECTs sent in %.2f s; throttled %d; devices %d, certificates %d (1 of them the "
+          "known leaf's); RSS %d -> %d KiB; known leaf: %d reconnects, CONNACK p50 %.2f ms, "
+          "max %.2f ms, %d without an accepted CONNACK"
+          % (sent, t_flood, m.get("new_ids_throttled", 0), devices, certs, rss0, rss1,
+             len(delays), p50, worst, lost), flush=True)
+    b.results["flood"] = {"sent": sent, "seconds": t_flood, "metrics": m, "devices": devices,
+                          "certificates": certs, "rss_before_kib": rss0, "rss_after_kib": rss1,
+                          "known_connack_ms": ok, "known_not_accepted": lost}
+    b.rows += [
+        ("flood of %d made-up ClientIds: certificates minted" % n, "%d" % (certs - 1),
+         "<= admission.new_ids (30/min)", "BENCH_ONLY=flood"),
+        ("flood: RSS before -> after", "%d -> %d KiB" % (rss0, rss1), "bounded", ""),
+        ("flood: known leaf's CONNACK delay", "p50 %.2f ms, max %.2f ms, %d refused"
+         % (p50, worst, lost), "< 100 ms", ""),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", required=True, help="the build-bench directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
-    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory").split(",")))
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory,flood").split(",")))
 
     work = Path(tempfile.mkdtemp(prefix="fleetgw-bench-"))
     b = Bench(args.build, work)
@@ -613,6 +733,8 @@ def main():
         if "memory" in only:
             certs = make_certs(work / "pki")
             section_memory(b, work, certs)
+        if "flood" in only:
+            section_flood(b, work)
     except Exception as e:  # print what we have, then the error
         print("\nBENCHMARK ERROR: %s" % e)
         rc = 1
