@@ -40,13 +40,13 @@
 #define KEY_PATH_CAP 256
 
 enum key_kind {
-  K_UINT,       /* integer in [min, max], stored in a 1-, 2- or 4-byte field */
+  K_UINT,       /* integer in [min, max], stored in a 1-, 2-, 4- or 8-byte field */
   K_BOOL,       /* true / false */
   K_STR,        /* string, optionally validated; copied */
   K_OBJECT,     /* nested table */
   K_PREDEFINED, /* lan.predefined_topics: {"<id>": "<topic>", ...} */
   K_ENUM,       /* one of .choices; its index stored in an int (or a bool) */
-  K_STRLIST,    /* admission.allowlist: ["entry", ...] */
+  K_STRLIST,    /* admission.allowlist, admission.converters: ["entry", ...] */
   K_PARAMS,     /* provisioning.aws.parameters: {"name": "value", ...} */
 };
 
@@ -63,12 +63,13 @@ struct key_spec {
   size_t off;                  /* offset of the destination in struct gw_config */
   size_t size;                 /* its size, for K_UINT and K_ENUM */
   size_t count_off;            /* K_PREDEFINED, K_STRLIST, K_PARAMS: offset of the size_t count */
-  uint32_t min, max;           /* K_UINT range */
-  uint32_t def;                /* default: K_UINT value, K_BOOL 0/1, K_ENUM index */
+  uint64_t min, max;           /* K_UINT range */
+  uint64_t def;                /* default: K_UINT value, K_BOOL 0/1, K_ENUM index */
   const char *def_str;         /* K_STR default; NULL = not set */
   const char *doc_default;     /* the README's default where another key decides it */
-  str_check_fn check;          /* K_STR: NULL accepts any non-empty string */
-  const char *expect;          /* K_STR: what a valid value looks like */
+  str_check_fn check;          /* K_STR, K_STRLIST (each entry): NULL accepts any
+                                  non-empty string */
+  const char *expect;          /* K_STR, K_STRLIST: what a valid value looks like */
   bool nullable;               /* K_STR: JSON null means "not set" */
   bool secret;                 /* K_STR: wiped with secret_free() before it is freed */
   const struct key_spec *sub;  /* K_OBJECT */
@@ -357,8 +358,15 @@ static const char *const method_names[] = {"csr", "create-keys", NULL};
 #define ENUM_KEY(n, f, list, d) {.name = n, .kind = K_ENUM, FIELD(f), .choices = list, .def = d}
 #define LIST_KEY(n, k, f, count) \
   {.name = n, .kind = k, FIELD(f), .count_off = offsetof(struct gw_config, count)}
+/* An array of strings; fn checks each entry (NULL: non-empty, at most 255). */
+#define STRLIST_KEY(n, f, count, fn, what)                                                 \
+  {.name = n, .kind = K_STRLIST, FIELD(f), .count_off = offsetof(struct gw_config, count), \
+   .check = fn, .expect = what}
 #define OBJ_KEY(n, table) \
   {.name = n, .kind = K_OBJECT, .sub = table, .n_sub = sizeof table / sizeof table[0]}
+
+/* The largest integer a JSON number (a double) holds exactly: 2^53 - 1. */
+#define JSON_INT_MAX 9007199254740991ull
 
 #define WHAT_IP "an IPv4 or IPv6 address literal"
 #define WHAT_FILE "a readable file"
@@ -463,20 +471,23 @@ static const struct key_spec registry_keys[] = {
     UINT_KEY("busy_timeout_ms", registry.busy_timeout_ms, 0, 10000, 50),
     UINT_KEY("audit_max_rows", registry.audit_max_rows, 0, 100000000, 100000),
     UINT_KEY("audit_max_days", registry.audit_max_days, 0, 36500, 90),
-    UINT_KEY("max_bytes", registry.max_bytes, 0, 4294967295u, 0),
-    UINT_KEY("min_free_bytes", registry.min_free_bytes, 0, 4294967295u, 67108864),
+    UINT_KEY("max_bytes", registry.max_bytes, 0, JSON_INT_MAX, 0),
+    UINT_KEY("min_free_bytes", registry.min_free_bytes, 0, JSON_INT_MAX, 64u << 20),
 };
 
 static const struct key_spec admission_keys[] = {
     ENUM_KEY("policy", admission.policy, policy_names, POLICY_APPROVE),
     STR_KEY("pattern", admission.pattern, check_nonempty, "a glob pattern", false, "*"),
-    LIST_KEY("allowlist", K_STRLIST, admission.allowlist, admission.n_allowlist),
+    STRLIST_KEY("allowlist", admission.allowlist, admission.n_allowlist, NULL,
+                "an array of non-empty strings (ClientIds or patterns)"),
     BOOL_KEY("bind_address", admission.bind_address, true),
     UINT_KEY("new_ids_per_port", admission.new_ids_per_port, 0, 1000000, 1),
     UINT_KEY("new_ids_per_port_window_s", admission.new_ids_per_port_window_s, 1, 86400, 600),
     UINT_KEY("new_ids_per_ip", admission.new_ids_per_ip, 0, 1000000, 5),
     UINT_KEY("new_ids_per_ip_window_s", admission.new_ids_per_ip_window_s, 1, 86400, 60),
-    LIST_KEY("converters", K_STRLIST, admission.converters, admission.n_converters),
+    /* A converter fronts many leaves from one IP (docs/architecture.md §7). */
+    STRLIST_KEY("converters", admission.converters, admission.n_converters, check_ip,
+                "an array of IPv4 or IPv6 address literals"),
     UINT_KEY("new_ids_per_converter", admission.new_ids_per_converter, 0, 1000000, 100),
     UINT_KEY("new_ids_per_converter_window_s", admission.new_ids_per_converter_window_s, 1,
              86400, 60),
@@ -570,8 +581,8 @@ static size_t *count_at(const struct gw_config *cfg, const struct key_spec *ks)
   return field_at(cfg, ks->count_off);
 }
 
-/* Stores u into a K_UINT key's 1-, 2- or 4-byte field. */
-static void store_uint(const struct loader *ld, const struct key_spec *ks, uint32_t u)
+/* Stores u into a K_UINT key's 1-, 2-, 4- or 8-byte field. */
+static void store_uint(const struct loader *ld, const struct key_spec *ks, uint64_t u)
 {
   switch (ks->size) {
   case 1: {
@@ -584,8 +595,13 @@ static void store_uint(const struct loader *ld, const struct key_spec *ks, uint3
     memcpy(slot(ld, ks), &x, 2);
     break;
   }
+  case 4: {
+    uint32_t x = (uint32_t)u;
+    memcpy(slot(ld, ks), &x, 4);
+    break;
+  }
   default:
-    memcpy(slot(ld, ks), &u, 4);
+    memcpy(slot(ld, ks), &u, 8);
     break;
   }
 }
@@ -618,18 +634,17 @@ static int load_uint(const struct loader *ld, const char *path, const struct key
 {
   char what[64];
   double d;
-  uint32_t u;
 
-  snprintf(what, sizeof what, "an integer %lu..%lu", (unsigned long)ks->min,
-           (unsigned long)ks->max);
+  snprintf(what, sizeof what, "an integer %llu..%llu", (unsigned long long)ks->min,
+           (unsigned long long)ks->max);
   if (!cJSON_IsNumber(v))
     return fail_expected(ld, path, what, v, NULL);
   d = v->valuedouble;
-  /* The range test comes first so that the cast below is defined. */
-  if (!(d >= (double)ks->min && d <= (double)ks->max) || d != (double)(uint32_t)d)
+  /* The range test comes first so that the cast below is defined; every
+   * max is at most JSON_INT_MAX, so the double holds the integer exactly. */
+  if (!(d >= (double)ks->min && d <= (double)ks->max) || d != (double)(uint64_t)d)
     return fail_expected(ld, path, what, v, NULL);
-  u = (uint32_t)d;
-  store_uint(ld, ks, u);
+  store_uint(ld, ks, (uint64_t)d);
   return 0;
 }
 
@@ -760,7 +775,7 @@ static int load_strlist(const struct loader *ld, const char *path, const struct 
   int n;
 
   if (!cJSON_IsArray(arr))
-    return fail_expected(ld, path, "an array of strings", arr, NULL);
+    return fail_expected(ld, path, ks->expect, arr, NULL);
   n = cJSON_GetArraySize(arr);
   if (n == 0)
     return 0;
@@ -768,10 +783,11 @@ static int load_strlist(const struct loader *ld, const char *path, const struct 
   if (!*list)
     return fail_oom(ld);
   cJSON_ArrayForEach(it, arr) {
+    const char *why = NULL;
     char *copy;
-    if (!cJSON_IsString(it) || it->valuestring[0] == '\0' || strlen(it->valuestring) > 255)
-      return fail_expected(ld, path, "an array of non-empty strings (ClientIds or patterns)",
-                           it, NULL);
+    if (!cJSON_IsString(it) || it->valuestring[0] == '\0' || strlen(it->valuestring) > 255 ||
+        (ks->check && !ks->check(it->valuestring, &why)))
+      return fail_expected(ld, path, ks->expect, it, why);
     copy = strdup(it->valuestring);
     if (!copy)
       return fail_oom(ld);
@@ -1083,11 +1099,6 @@ static int check_rules(const struct loader *ld)
     return fail(ld, cfg->upstream.cert_file ? "upstream.cert_file" : "upstream.cert_dir",
                 "expected no upstream certificate with a provisioning backend (each leaf gets its own)");
 
-  for (size_t i = 0; i < cfg->admission.n_converters; i++) {
-    if (!check_ip(cfg->admission.converters[i], NULL))
-      return fail(ld, "admission.converters", "expected IPv4 or IPv6 address literals, got \"%s\"",
-                  cfg->admission.converters[i]);
-  }
   if (cfg->upstream.backoff_cap_ms < cfg->upstream.backoff_base_ms)
     return fail(ld, "upstream.backoff_cap_ms",
                 "expected an integer >= upstream.backoff_base_ms (%lu), got %lu",
@@ -1378,7 +1389,7 @@ static void render_default(const struct key_spec *ks, char *out, size_t cap)
   }
   switch (ks->kind) {
   case K_UINT:
-    snprintf(out, cap, "`%lu`", (unsigned long)ks->def);
+    snprintf(out, cap, "`%llu`", (unsigned long long)ks->def);
     return;
   case K_ENUM:
     snprintf(out, cap, "`\"%s\"`", ks->choices[ks->def]);

@@ -114,8 +114,8 @@ struct gw_config {
     uint32_t busy_timeout_ms;  /* "registry.busy_timeout_ms": lock wait on the loop */
     uint32_t audit_max_rows;   /* "registry.audit_max_rows": 0 = unlimited */
     uint32_t audit_max_days;   /* "registry.audit_max_days": 0 = unlimited */
-    uint32_t max_bytes;        /* "registry.max_bytes": size guard, 0 = off */
-    uint32_t min_free_bytes;   /* "registry.min_free_bytes": size guard, 0 = off */
+    uint64_t max_bytes;        /* "registry.max_bytes": size guard, 0 = off */
+    uint64_t min_free_bytes;   /* "registry.min_free_bytes": size guard, 0 = off */
   } registry;
 
   struct {

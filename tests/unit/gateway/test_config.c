@@ -399,9 +399,18 @@ static void test_admission_limits(void)
     ASSERT_EQ(cfg->admission.new_ids, 0);
     cfg_free(cfg);
   }
-  expect_error(true, "admission.converters: expected IPv4 or IPv6 address literals, got "
-                     "\"plc-gw\"",
-               "{\"admission\": {\"converters\": [\"plc-gw\"]}, " UP "}");
+  expect_error(true, "admission.converters: expected an array of IPv4 or IPv6 address literals, "
+                     "got \"plc-gw\"",
+               "{\"admission\": {\"converters\": [\"127.0.0.1\", \"plc-gw\"]}, " UP "}");
+  expect_error(true, "admission.converters: expected an array of IPv4 or IPv6 address literals, "
+                     "got \"10.0.0.0/8\"",
+               "{\"admission\": {\"converters\": [\"10.0.0.0/8\"]}, " UP "}");
+  expect_error(true, "admission.converters: expected an array of IPv4 or IPv6 address literals, "
+                     "got \"127.0.0.1\"",
+               "{\"admission\": {\"converters\": \"127.0.0.1\"}, " UP "}");
+  expect_error(true, "admission.allowlist: expected an array of non-empty strings (ClientIds or "
+                     "patterns), got \"\"",
+               "{\"admission\": {\"allowlist\": [\"\"]}, " UP "}");
   expect_error(false, "admission.sources_tracked: expected an integer 16..1000000",
                "{\"admission\": {\"sources_tracked\": 8}, " UP "}");
   expect_error(false, "admission.max_pending: expected an integer 1..1000000",
@@ -410,6 +419,44 @@ static void test_admission_limits(void)
                "{\"lan\": {\"max_keepalive_s\": 0}, " UP "}");
   expect_error(false, "upstream.max_refusals: expected an integer 1..100",
                "{\"upstream\": {\"max_refusals\": 0, \"host\": \"h\", \"tls\": false}}");
+  expect_error(false, "upstream.max_refusals: expected an integer 1..100",
+               "{\"upstream\": {\"max_refusals\": 101, \"host\": \"h\", \"tls\": false}}");
+  expect_error(false, "lan.max_keepalive_s: expected an integer 1..65535",
+               "{\"lan\": {\"max_keepalive_s\": 65536}, " UP "}");
+  expect_error(false, "lan.max_subscriptions: expected an integer 1..100000",
+               "{\"lan\": {\"max_subscriptions\": 0}, " UP "}");
+  expect_error(false, "lan.max_subscription_bytes: expected an integer 64..16777216",
+               "{\"lan\": {\"max_subscription_bytes\": 16777217}, " UP "}");
+  expect_error(false, "admission.sources_tracked: expected an integer 16..1000000",
+               "{\"admission\": {\"sources_tracked\": 1000001}, " UP "}");
+  expect_error(false, "admission.new_ids_window_s: expected an integer 1..86400",
+               "{\"admission\": {\"new_ids_window_s\": 0}, " UP "}");
+  expect_error(false, "registry.busy_timeout_ms: expected an integer 0..10000",
+               "{\"registry\": {\"busy_timeout_ms\": 10001}, " UP "}");
+  expect_error(false, "registry.min_free_bytes: expected an integer 0..9007199254740991",
+               "{\"registry\": {\"min_free_bytes\": -1}, " UP "}");
+  expect_error(false, "registry.max_bytes: expected an integer 0..9007199254740991",
+               "{\"registry\": {\"max_bytes\": 1.5}, " UP "}");
+}
+
+/* The size guard's byte counts are 64-bit: a limit beyond 4 GiB is kept. */
+static void test_registry_size_guard(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  int rc = load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                    "{\"registry\": {\"max_bytes\": 10737418240, \"min_free_bytes\": 0,"
+                    " \"audit_max_rows\": 0, \"audit_max_days\": 0, \"busy_timeout_ms\": 0}, "
+                    UP "}");
+  ASSERT_EQ(rc, 0);
+  if (!cfg)
+    return;
+  ASSERT_EQ(cfg->registry.max_bytes, 10737418240ull);
+  ASSERT_EQ(cfg->registry.min_free_bytes, 0);
+  ASSERT_EQ(cfg->registry.audit_max_rows, 0);
+  ASSERT_EQ(cfg->registry.audit_max_days, 0);
+  ASSERT_EQ(cfg->registry.busy_timeout_ms, 0);
+  cfg_free(cfg);
 }
 
 static void test_bad_template(void)
@@ -763,6 +810,7 @@ int main(void)
   RUN(test_missing_required);
   RUN(test_bad_addresses);
   RUN(test_admission_limits);
+  RUN(test_registry_size_guard);
   RUN(test_bad_template);
   RUN(test_bad_predefined);
   RUN(test_password_env);
