@@ -1106,6 +1106,36 @@ static int check_rules(const struct loader *ld)
   return 0;
 }
 
+/* A file that holds a secret must be open to its owner only, the rule the
+ * registry's key file follows (docs/architecture.md §3).  A missing file is
+ * left to its reader: the admin token file is then created 0600. */
+static int check_secret_file(const struct loader *ld, const char *key, const char *path)
+{
+  struct stat st;
+
+  if (!path || stat(path, &st) != 0 || (st.st_mode & 077) == 0)
+    return 0;
+  return fail(ld, key,
+              "expected a file only its owner may access, got \"%s\" with mode %04o (group or "
+              "others may read the token: chmod 600 %s)",
+              path, (unsigned)(st.st_mode & 07777), path);
+}
+
+/* The token files the web API will read: those no variable replaces. */
+static int check_token_files(const struct loader *ld)
+{
+  const struct gw_config *cfg = ld->cfg;
+
+  if (!cfg->web.enabled)
+    return 0;
+  if (!cfg->web.admin_token_env &&
+      check_secret_file(ld, "web.admin_token_file", cfg->web.admin_token_file) != 0)
+    return -1;
+  if (!cfg->web.read_token_env)
+    return check_secret_file(ld, "web.read_token_file", cfg->web.read_token_file);
+  return 0;
+}
+
 /* ---- file reading ------------------------------------------------------- */
 
 static int read_whole_file(const struct loader *ld, char **out, size_t *len)
@@ -1248,7 +1278,7 @@ int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
   }
   if (load_object(&ld, "", root, top_keys, sizeof top_keys / sizeof top_keys[0]) != 0)
     goto free_json;
-  if (derive_defaults(&ld) != 0 || check_rules(&ld) != 0)
+  if (derive_defaults(&ld) != 0 || check_rules(&ld) != 0 || check_token_files(&ld) != 0)
     goto free_json;
 
   cJSON_Delete(root);
@@ -1320,6 +1350,58 @@ void cfg_free(struct gw_config *cfg)
   free_keys(cfg, top_keys, sizeof top_keys / sizeof top_keys[0]);
   free_keys(cfg, owned_fields, sizeof owned_fields / sizeof owned_fields[0]);
   free(cfg);
+}
+
+/* ---- warnings ----------------------------------------------------------- */
+
+/* 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and "localhost". */
+static bool is_loopback(const char *addr)
+{
+  static const unsigned char v6_loopback[16] = {[15] = 1};
+  static const unsigned char v4_mapped[12] = {[10] = 0xff, [11] = 0xff};
+  unsigned char a[16];
+
+  if (strcmp(addr, "localhost") == 0)
+    return true;
+  if (inet_pton(AF_INET, addr, a) == 1)
+    return a[0] == 127;
+  if (inet_pton(AF_INET6, addr, a) != 1)
+    return false;
+  return memcmp(a, v6_loopback, 16) == 0 || (memcmp(a, v4_mapped, 12) == 0 && a[12] == 127);
+}
+
+static void add_warning(char lines[][CFG_WARNING_LEN], size_t max, size_t *n, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+static void add_warning(char lines[][CFG_WARNING_LEN], size_t max, size_t *n, const char *fmt,
+                        ...)
+{
+  va_list ap;
+
+  if (*n >= max)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(lines[*n], CFG_WARNING_LEN, fmt, ap);
+  va_end(ap);
+  (*n)++;
+}
+
+size_t cfg_warnings(const struct gw_config *cfg, char lines[][CFG_WARNING_LEN], size_t max)
+{
+  size_t n = 0;
+
+  if (!cfg || !lines)
+    return 0;
+  if (cfg->web.enabled && !cfg->web.tls_cert_file && !is_loopback(cfg->web.bind))
+    add_warning(lines, max, &n, "web.bind %s without TLS: tokens cross the network in clear",
+                cfg->web.bind);
+  /* The gateway-wide limit is the one a flood from spoofed sources meets. */
+  if (cfg->admission.policy == POLICY_OPEN && cfg->provisioning.backend != BACKEND_NONE &&
+      cfg->admission.new_ids == 0)
+    add_warning(lines, max, &n,
+                "admission.policy \"open\" with admission.new_ids 0: boxes on the LAN can have "
+                "certificates issued with no gateway-wide limit");
+  return n;
 }
 
 /* ---- key iteration (documentation and tests) --------------------------- */

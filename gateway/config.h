@@ -174,6 +174,14 @@ struct gw_config {
 int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen);
 void cfg_free(struct gw_config *cfg);
 
+/* A warning is one line of at most CFG_WARNING_LEN - 1 characters. */
+#define CFG_WARNING_LEN 160
+/* Settings that load but are unsafe, e.g. the web API on a non-loopback
+ * address without TLS.  Writes up to max warnings into lines and returns how
+ * many it wrote.  --check-config prints them (and still exits 0); the
+ * gateway logs them at warn level when it starts. */
+size_t cfg_warnings(const struct gw_config *cfg, char lines[][CFG_WARNING_LEN], size_t max);
+
 /* Expand provisioning.thing_name_template for a leaf into out[cap]; returns
  * 0, or -1 when it does not fit. */
 int cfg_thing_name(const struct gw_config *cfg, const char *leaf_client_id, char *out,

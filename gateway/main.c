@@ -277,6 +277,10 @@ int main(int argc, char **argv)
     fprintf(stderr, "fleetgw: invalid configuration: %s\n", err);
     return 1;
   }
+  char warn[8][CFG_WARNING_LEN];
+  size_t n_warn = cfg_warnings(cfg, warn, 8);
+  for (size_t i = 0; check && i < n_warn; i++)
+    fprintf(stderr, "fleetgw: warning: %s: %s\n", path, warn[i]);
   if (check) {
     printf("%s: configuration is valid\n", path);
     cfg_free(cfg);
@@ -284,6 +288,8 @@ int main(int argc, char **argv)
   }
   log_init_from_env();
   log_set_level((enum log_level)cfg->log_level);
+  for (size_t i = 0; i < n_warn; i++)
+    LOGW("config", "%s", warn[i]);
   signal(SIGPIPE, SIG_IGN);
 
   memset(&app, 0, sizeof app);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* An existing, readable file and directory for the *_file / cert_dir keys. */
@@ -459,6 +460,99 @@ static void test_registry_size_guard(void)
   cfg_free(cfg);
 }
 
+/* Loads json (which must be valid) and returns cfg_warnings() into w. */
+static size_t warnings_of(char w[][CFG_WARNING_LEN], size_t max, const char *json)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64];
+  size_t n = 0;
+
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path, "%s", json), 0);
+  if (err[0])
+    fprintf(stderr, "  load failed: %s\n", err);
+  if (cfg) {
+    n = cfg_warnings(cfg, w, max);
+    cfg_free(cfg);
+  }
+  return n;
+}
+
+static void test_warnings(void)
+{
+  char w[4][CFG_WARNING_LEN], json[512];
+  static const char *const loopback[] = {"127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2"};
+
+  ASSERT_EQ(warnings_of(w, 4, "{" UP "}"), 0);
+  ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"0.0.0.0\"}, " UP "}"), 1);
+  ASSERT_STR_EQ(w[0], "web.bind 0.0.0.0 without TLS: tokens cross the network in clear");
+  ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"fd00::7\"}, " UP "}"), 1);
+  ASSERT_STR_EQ(w[0], "web.bind fd00::7 without TLS: tokens cross the network in clear");
+  for (size_t i = 0; i < sizeof loopback / sizeof loopback[0]; i++) {
+    snprintf(json, sizeof json, "{\"web\": {\"bind\": \"%s\"}, " UP "}", loopback[i]);
+    ASSERT_EQ(warnings_of(w, 4, json), 0);
+  }
+  /* With TLS, or with the web server off, there is nothing to warn about. */
+  snprintf(json, sizeof json,
+           "{\"web\": {\"bind\": \"0.0.0.0\", \"tls_cert_file\": \"%s\", \"tls_key_file\": "
+           "\"%s\"}, " UP "}", g_cert, g_key);
+  ASSERT_EQ(warnings_of(w, 4, json), 0);
+  ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"0.0.0.0\", \"enabled\": false}, " UP "}"),
+            0);
+  /* "open" with a backend and no gateway-wide limit mints without bound. */
+  ASSERT_EQ(warnings_of(w, 4, "{\"admission\": {\"policy\": \"open\", \"new_ids\": 0}, "
+                              "\"provisioning\": {\"backend\": \"local-ca\"}, " UP "}"), 1);
+  ASSERT_TRUE(strncmp(w[0], "admission.policy \"open\" with admission.new_ids 0", 48) == 0);
+  ASSERT_EQ(warnings_of(w, 4, "{\"admission\": {\"policy\": \"open\"}, "
+                              "\"provisioning\": {\"backend\": \"local-ca\"}, " UP "}"), 0);
+  /* Never more than max lines. */
+  ASSERT_EQ(warnings_of(w, 1, "{\"web\": {\"bind\": \"::\"}, \"admission\": {\"policy\": "
+                              "\"open\", \"new_ids\": 0}, \"provisioning\": {\"backend\": "
+                              "\"local-ca\"}, " UP "}"), 1);
+  ASSERT_EQ(warnings_of(w, 0, "{\"web\": {\"bind\": \"::\"}, " UP "}"), 0);
+}
+
+/* A token file group or others may read is refused, naming key, path and fix. */
+static void test_token_file_modes(void)
+{
+  char tok[64], want[400], json[512], err[512] = "", path[64];
+  struct gw_config *cfg = NULL;
+
+  make_file(tok, sizeof tok, "0123456789abcdef0123\n");
+  ASSERT_EQ(chmod(tok, 0644), 0);
+  snprintf(want, sizeof want,
+           "web.read_token_file: expected a file only its owner may access, got \"%s\" with "
+           "mode 0644 (group or others may read the token: chmod 600 %s)", tok, tok);
+  expect_error(true, want, "{\"web\": {\"read_token_file\": \"%s\"}, " UP "}", tok);
+  ASSERT_EQ(chmod(tok, 0640), 0);
+  snprintf(want, sizeof want, "web.admin_token_file: expected a file only its owner may "
+                              "access, got \"%s\" with mode 0640", tok);
+  expect_error(false, want, "{\"web\": {\"admin_token_file\": \"%s\"}, " UP "}", tok);
+
+  /* The file the gateway does not read is not checked: a variable replaces
+   * it, or the web server is off. */
+  setenv("FLEETGW_TEST_TOKEN", "0123456789abcdef0123", 1);
+  snprintf(json, sizeof json, "{\"web\": {\"admin_token_file\": \"%s\", \"admin_token_env\": "
+                              "\"FLEETGW_TEST_TOKEN\"}, " UP "}", tok);
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path, "%s", json), 0);
+  cfg_free(cfg);
+  unsetenv("FLEETGW_TEST_TOKEN");
+  cfg = NULL;
+  snprintf(json, sizeof json, "{\"web\": {\"enabled\": false, \"read_token_file\": \"%s\"}, " UP
+                              "}", tok);
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path, "%s", json), 0);
+  cfg_free(cfg);
+
+  /* 0600 is fine, and so is an admin token file that does not exist yet. */
+  ASSERT_EQ(chmod(tok, 0600), 0);
+  cfg = NULL;
+  snprintf(json, sizeof json, "{\"web\": {\"read_token_file\": \"%s\", \"admin_token_file\": "
+                              "\"%s.missing\"}, " UP "}", tok, tok);
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path, "%s", json), 0);
+  ASSERT_STR_EQ(err, "");
+  cfg_free(cfg);
+  unlink(tok);
+}
+
 static void test_bad_template(void)
 {
   expect_error(false, "upstream.client_id_template: expected a template containing {client_id}",
@@ -811,6 +905,8 @@ int main(void)
   RUN(test_bad_addresses);
   RUN(test_admission_limits);
   RUN(test_registry_size_guard);
+  RUN(test_warnings);
+  RUN(test_token_file_modes);
   RUN(test_bad_template);
   RUN(test_bad_predefined);
   RUN(test_password_env);
