@@ -45,6 +45,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "secret.h"
+
 /* The CA certificate is valid for 10 years (local_ca.h). */
 #define CA_DAYS 3650
 /* Leaf certificates start an hour in the past so that a device whose clock
@@ -402,7 +404,7 @@ static int create_ca(struct ca_ctx *ca, const char *cert_file, const char *key_f
    * certificate cannot be written the key is removed again, so the next
    * start does not find half a CA. */
   rc = write_new_file(key_file, key_pem, 0600);
-  ca_secret_free(key_pem);
+  secret_free(key_pem);
   if (rc < 0) {
     snprintf(msg, sizeof(msg), "ca_open: cannot create the CA key file: %s", strerror(-rc));
     return fail(err, errlen, rc, msg);
@@ -713,12 +715,4 @@ out:
    * caller's next OpenSSL call to trip over. */
   ERR_clear_error();
   return match;
-}
-
-void ca_secret_free(char *s)
-{
-  if (!s)
-    return;
-  OPENSSL_cleanse(s, strlen(s));
-  free(s);
 }

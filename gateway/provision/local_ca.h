@@ -20,7 +20,8 @@
 
 struct ca_ctx;
 
-/* New P-256 private key as PKCS#8 PEM (malloc'd; caller wipes and frees). */
+/* New P-256 private key as PKCS#8 PEM (malloc'd; the caller frees it with
+ * secret_free(), common/secret.h). */
 int ca_keygen(char **key_pem, char *err, size_t errlen);
 /* CSR (PEM, malloc'd) for key_pem with subject CN=common_name. */
 int ca_make_csr(const char *key_pem, const char *common_name, char **csr_pem, char *err,
@@ -48,7 +49,5 @@ int ca_cert_info(const char *cert_pem, int64_t *not_after, char fingerprint[65],
 /* Non-zero when cert_pem's public key is the public key of key_pem (or of
  * csr_pem when key_pem is NULL). */
 int ca_cert_matches_key(const char *cert_pem, const char *key_pem, const char *csr_pem);
-/* Wipes and frees a secret string. */
-void ca_secret_free(char *s);
 
 #endif

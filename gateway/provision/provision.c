@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "provisioning.h"
+#include "secret.h"
 #include "store.h"
 #include "tls.h"
 
@@ -57,20 +58,9 @@ void pv_stop_check(struct provisioner *p)
     p->stop_done(p->stop_ud);
 }
 
-static uint32_t retry_delay(const struct provisioner *p, uint32_t attempts)
-{
-  uint64_t d = p->cfg->provisioning.retry_base_ms;
-  for (uint32_t i = 1; i < attempts && d < p->cfg->provisioning.retry_cap_ms; i++)
-    d *= 2;
-  if (d > p->cfg->provisioning.retry_cap_ms)
-    d = p->cfg->provisioning.retry_cap_ms;
-  /* Jitter in [d/2, d]: devices rejected together do not retry together. */
-  return (uint32_t)(d / 2 + (uint64_t)rand() % (d / 2 + 1));
-}
-
 uint32_t pv_job_defer(struct job *j)
 {
-  uint32_t d = retry_delay(j->p, ++j->attempts);
+  uint32_t d = backoff_next(&j->retry);
   j->not_before = uv_now(j->p->loop) + d;
   return d;
 }
@@ -88,10 +78,18 @@ static struct job *job_find(struct provisioner *p, const char *client_id)
 static struct job *job_new(struct provisioner *p, const char *client_id)
 {
   struct job *j = calloc(1, sizeof *j);
+  uint64_t seed;
   if (!j)
     return NULL;
   j->p = p;
   snprintf(j->client_id, sizeof j->client_id, "%s", client_id);
+  /* Different devices, different jitter: devices rejected together do not
+   * retry together.  Mix the clock, the address and the ClientId. */
+  seed = uv_hrtime() ^ ((uint64_t)(uintptr_t)j << 16);
+  for (const char *c = client_id; *c; c++)
+    seed = seed * 131 + (unsigned char)*c;
+  backoff_init(&j->retry, p->cfg->provisioning.retry_base_ms, p->cfg->provisioning.retry_cap_ms,
+               seed);
   j->next = p->jobs;
   p->jobs = j;
   p->njobs++;
@@ -100,7 +98,7 @@ static struct job *job_new(struct provisioner *p, const char *client_id)
 
 static void job_clear_secrets(struct job *j)
 {
-  ca_secret_free(j->key_pem);
+  secret_free(j->key_pem);
   j->key_pem = NULL;
   free(j->csr_pem);
   j->csr_pem = NULL;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "provisioning.h"
+#include "secret.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -56,9 +57,8 @@ static int publish_json(struct claim *c, const char *topic, char *json)
     return -1;
   rc = upstream_publish(c->u, topic, strlen(topic), (const uint8_t *)json, strlen(json), 1, false,
                         NULL);
-  /* The request may hold an ownership token: wipe before freeing. */
-  memset(json, 0, strlen(json));
-  free(json);
+  /* The request may hold an ownership token. */
+  secret_free(json);
   return rc == UPSTREAM_OK ? 0 : -1;
 }
 
@@ -106,7 +106,7 @@ static int publish_register(struct job *j, struct claim *c)
   if (store_run_set_step(p->st, j->run_id, RUN_REGISTER_SENT, pv_now_s()) != STORE_OK)
     return -1;
   rc = publish_json(c, p->t_reg, prov_build_register_request(r.token, params, n));
-  memset(r.token, 0, sizeof r.token);
+  secret_wipe(r.token, sizeof r.token);
   return rc;
 }
 
@@ -183,7 +183,7 @@ static void on_cert_accepted(struct job *j, const char *json, size_t len)
   if (p->crash_at == CRASH_CERT_RECEIVED)
     pv_crash_now("cert_received");
   j->next_step = J_SEND_REGISTER;
-  j->attempts = 0;
+  backoff_reset(&j->retry);
   return;
 
 retry:

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "backoff.h"
 #include "provision.h"
 
 enum job_next {
@@ -42,9 +43,9 @@ struct job {
   bool register_unknown;     /* a RegisterThing went out and its reply was lost */
   bool have_key;             /* key_pem came from the journal */
   uint64_t not_before;       /* loop ms */
-  uint32_t attempts;
+  struct backoff retry;      /* provisioning.retry_base_ms .. retry_cap_ms */
   uint32_t restarts;         /* runs restarted for this device in a row */
-  char *key_pem;             /* secret: wiped with ca_secret_free */
+  char *key_pem;             /* secret: freed with secret_free */
   char *csr_pem;
   char *cert_pem;            /* local-ca: the signed certificate */
   char work_err[256];

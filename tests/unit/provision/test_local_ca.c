@@ -26,6 +26,7 @@
 #include <openssl/x509.h>
 
 #include "local_ca.h"
+#include "secret.h"
 #include "test.h"
 
 static char g_dir[64];
@@ -217,9 +218,9 @@ static void test_keygen_and_csr(void)
                         &csr, g_err, sizeof(g_err)),
             -EINVAL);
   ASSERT_TRUE(csr == NULL);
-  ca_secret_free(k1);
-  ca_secret_free(k2);
-  ca_secret_free(NULL);
+  secret_free(k1);
+  secret_free(k2);
+  secret_free(NULL);
 }
 
 static void test_encrypted_key_refused(void)
@@ -410,7 +411,7 @@ static void test_ca_lifecycle(void)
     ASSERT_EQ(ca_make_csr(kpem, "p384", &csr384, g_err, sizeof(g_err)), 0);
     ASSERT_EQ(ca_sign_csr(ca, csr384, "p384", 10, &leaf384, g_err, sizeof(g_err)), 0);
     ASSERT_TRUE(ca_cert_matches_key(leaf384, kpem, NULL));
-    ca_secret_free(kpem);
+    secret_free(kpem);
     free(csr384);
     free(leaf384);
     BIO_free(b);
@@ -421,7 +422,7 @@ static void test_ca_lifecycle(void)
   free(pem_before);
   free(leaf);
   free(csr);
-  ca_secret_free(key);
+  secret_free(key);
   ca_close(ca);
 }
 
@@ -472,7 +473,7 @@ static void test_cert_info_vs_openssl(void)
 
   free(leaf);
   free(csr);
-  ca_secret_free(key);
+  secret_free(key);
   ca_close(ca);
 }
 
@@ -528,8 +529,8 @@ static void test_matches_key(void)
   free(leaf);
   free(csr1);
   free(csr2);
-  ca_secret_free(k1);
-  ca_secret_free(k2);
+  secret_free(k1);
+  secret_free(k2);
   ca_close(ca);
 }
 
@@ -582,7 +583,7 @@ static void test_parallel_signing(void)
     ASSERT_EQ(jobs[i].ok, 20);
   }
   free(csr);
-  ca_secret_free(key);
+  secret_free(key);
   ca_close(ca);
 }
 
@@ -603,7 +604,7 @@ static void test_timing(void)
     char *k = NULL;
     if (ca_keygen(&k, g_err, sizeof(g_err)) == 0)
       ok++;
-    ca_secret_free(k);
+    secret_free(k);
   }
   t1 = now_ms();
   ASSERT_EQ(ok, 100);
@@ -624,7 +625,7 @@ static void test_timing(void)
   fprintf(stderr, "  100 CSR signings (verify + sign + PEM): %lld ms\n", (long long)(t1 - t0));
 
   free(csr);
-  ca_secret_free(key);
+  secret_free(key);
   ca_close(ca);
 }
 
