@@ -1,0 +1,650 @@
+/*
+ * dtls.c - the DTLS server's sessions (dtls.h): demultiplexing by address,
+ * the stateless cookie gate before any state, handshakes and their
+ * retransmission timers, record packing into datagrams, the reboot rule of
+ * RFC 6347 §4.2.8, idle time-outs.  docs/dtls.md.
+ */
+#include "dtls.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "dtls_int.h"
+#include "dtls_record.h"
+#include "log.h"
+#include "udp.h"
+
+#define MOD "dtls"
+
+/* ---- the table ----------------------------------------------------------- */
+
+static bool addr_eq(const struct sockaddr *a, const struct sockaddr *b)
+{
+  uint8_t x[18], y[18];
+  size_t n = dtls_addr_bytes(a, x, sizeof x);
+  return n && a->sa_family == b->sa_family && n == dtls_addr_bytes(b, y, sizeof y) &&
+         memcmp(x, y, n) == 0;
+}
+
+static size_t bucket_of(const struct dtls *d, const struct sockaddr *a)
+{
+  uint8_t b[18];
+  size_t n = dtls_addr_bytes(a, b, sizeof b);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ull;
+  return (size_t)h & (d->nbuckets - 1);
+}
+
+static struct dtls_conn *lookup(struct dtls *d, const struct sockaddr *a)
+{
+  for (struct dtls_conn *c = d->buckets[bucket_of(d, a)]; c; c = c->next)
+    if (addr_eq((struct sockaddr *)&c->addr, a))
+      return c;
+  return NULL;
+}
+
+static void table_insert(struct dtls *d, struct dtls_conn *c)
+{
+  size_t b = bucket_of(d, (struct sockaddr *)&c->addr);
+  c->next = d->buckets[b];
+  d->buckets[b] = c;
+}
+
+static void table_remove(struct dtls *d, struct dtls_conn *c)
+{
+  for (struct dtls_conn **pp = &d->buckets[bucket_of(d, (struct sockaddr *)&c->addr)]; *pp;
+       pp = &(*pp)->next) {
+    if (*pp == c) {
+      *pp = c->next;
+      return;
+    }
+  }
+}
+
+static void hs_remove(struct dtls *d, struct dtls_conn *c)
+{
+  for (struct dtls_conn **pp = &d->handshakes; *pp; pp = &(*pp)->hs_next) {
+    if (*pp == c) {
+      *pp = c->hs_next;
+      d->st.handshaking--;
+      return;
+    }
+  }
+}
+
+static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)
+{
+  if (a->sa_family != b->sa_family)
+    return false;
+  if (a->sa_family == AF_INET)
+    return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                  &((const struct sockaddr_in *)b)->sin_addr, 4) == 0;
+  return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+static uint32_t handshakes_from_ip(const struct dtls *d, const struct sockaddr *a)
+{
+  uint32_t n = 0;
+  for (const struct dtls_conn *c = d->handshakes; c; c = c->hs_next)
+    if (same_ip((const struct sockaddr *)&c->addr, a))
+      n++;
+  return n;
+}
+
+/* ---- sending ------------------------------------------------------------- */
+
+/* Everything the SSL wrote goes out: its records packed into datagrams of
+ * at most the MTU, never a record split across two (RFC 6347 §4.1.1). */
+static void flush(struct dtls *d, BIO *wbio, const struct sockaddr *to)
+{
+  int n;
+  while ((n = BIO_read(wbio, d->io, (int)sizeof d->io)) > 0) {
+    size_t off = 0, start = 0, len = (size_t)n;
+    struct dtls_record r;
+    while (off < len) {
+      size_t rl = dtls_record_parse(d->io + off, len - off, &r);
+      if (rl == 0)
+        rl = len - off; /* cannot happen with OpenSSL's output; send it whole */
+      if (off > start && off + rl - start > d->o.mtu) {
+        udp_send(d->udp, to, d->io + start, off - start);
+        start = off;
+      }
+      off += rl;
+    }
+    if (off > start)
+      udp_send(d->udp, to, d->io + start, off - start);
+  }
+}
+
+/* ---- closing ------------------------------------------------------------- */
+
+static void conn_closed_cb(uv_handle_t *h)
+{
+  struct dtls_conn *c = h->data;
+  struct dtls *d = c->d;
+  SSL_free(c->ssl);
+  free(c);
+  d->open_handles--;
+  if (d->stopping && d->open_handles == 0 && d->done)
+    d->done(d->done_ud);
+}
+
+/* Forgets c (and its pending successor).  notify: tell the owner, when c
+ * was an established session. */
+static void conn_free(struct dtls_conn *c, bool notify)
+{
+  struct dtls *d = c->d;
+  if (c->busy) {
+    c->dead = true;
+    return;
+  }
+  if (c->pending) {
+    c->pending->owner = NULL;
+    conn_free(c->pending, false);
+    c->pending = NULL;
+  }
+  if (c->owner)
+    c->owner->pending = NULL;
+  else
+    table_remove(d, c);
+  if (c->established) {
+    d->st.sessions--;
+    if (notify && d->env.on_closed)
+      d->env.on_closed(d->env.ud, (struct sockaddr *)&c->addr, &c->peer);
+  } else {
+    hs_remove(d, c);
+  }
+  d->n_conns--;
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->timer, conn_closed_cb);
+}
+
+static void conn_shutdown(struct dtls_conn *c, bool notify)
+{
+  if (c->established && !c->dead) {
+    SSL_shutdown(c->ssl);
+    flush(c->d, c->wbio, (struct sockaddr *)&c->addr);
+  }
+  conn_free(c, notify);
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+static void fail_handshake(struct dtls_conn *c, const char *why)
+{
+  static struct log_ratelimit rl;
+  char a[64] = "";
+  const struct sockaddr *sa = (struct sockaddr *)&c->addr;
+  uv_ip_name(sa, a, sizeof a);
+  c->d->st.handshakes_failed++;
+  log_ratelimited(&rl, LOG_WARN, MOD, "handshake from %s failed: %s", a, why);
+  conn_free(c, false);
+}
+
+static void timer_cb(uv_timer_t *t);
+
+static void arm(struct dtls_conn *c)
+{
+  struct dtls *d = c->d;
+  uint64_t now = uv_now(d->env.loop), due;
+  struct timeval tv;
+  if (c->established) {
+    due = c->last_rx_ms + d->o.idle_timeout_ms;
+  } else {
+    due = c->started_ms + d->o.handshake_timeout_ms;
+    if (DTLSv1_get_timeout(c->ssl, &tv) == 1) {
+      uint64_t t = now + (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+      if (t < due)
+        due = t;
+    }
+  }
+  uv_timer_start(&c->timer, timer_cb, due > now ? due - now : 0, 0);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+  struct dtls_conn *c = t->data;
+  struct dtls *d = c->d;
+  uint64_t now = uv_now(d->env.loop);
+  if (c->established) {
+    if (now >= c->last_rx_ms + d->o.idle_timeout_ms) {
+      d->st.idle_closed++;
+      conn_shutdown(c, true);
+      return;
+    }
+  } else if (now >= c->started_ms + d->o.handshake_timeout_ms) {
+    d->st.handshakes_timed_out++;
+    conn_free(c, false);
+    return;
+  } else if (DTLSv1_handle_timeout(c->ssl) < 0) {
+    fail_handshake(c, "retransmission failed");
+    return;
+  } else {
+    flush(d, c->wbio, (struct sockaddr *)&c->addr);
+  }
+  arm(c);
+}
+
+/* ---- handshakes and records ---------------------------------------------- */
+
+/* The certificate's CN, else its first DNS subjectAltName. */
+static int cert_identity(SSL *ssl, char *out, size_t cap)
+{
+  X509 *x = SSL_get1_peer_certificate(ssl);
+  GENERAL_NAMES *sans;
+  int n = -1;
+  if (!x)
+    return -1;
+  n = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, (int)cap);
+  if (n <= 0 && (sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL))) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans) && n <= 0; i++) {
+      const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+      if (g->type == GEN_DNS && g->d.dNSName->length > 0 &&
+          (size_t)g->d.dNSName->length < cap) {
+        memcpy(out, g->d.dNSName->data, (size_t)g->d.dNSName->length);
+        out[g->d.dNSName->length] = '\0';
+        n = g->d.dNSName->length;
+      }
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  X509_free(x);
+  /* An identity with an embedded NUL would compare differently later. */
+  return n > 0 && strlen(out) == (size_t)n ? 0 : -1;
+}
+
+/* The handshake finished: c is a session; a pending one replaces its owner. */
+static int established(struct dtls_conn *c)
+{
+  struct dtls *d = c->d;
+  if (c->psk_unknown)
+    return -1; /* cannot complete with a random key; belt and braces */
+  if (SSL_get0_peer_certificate(c->ssl) != NULL || c->peer.auth != DTLS_AUTH_PSK) {
+    c->peer.auth = DTLS_AUTH_CERT;
+    if (cert_identity(c->ssl, c->peer.identity, sizeof c->peer.identity) != 0)
+      return -1;
+  }
+  hs_remove(d, c);
+  c->established = true;
+  c->last_rx_ms = uv_now(d->env.loop);
+  d->st.handshakes_done++;
+  d->st.sessions++;
+  if (c->owner) {
+    struct dtls_conn *old = c->owner;
+    old->pending = NULL;
+    c->owner = NULL;
+    d->st.sessions_replaced++;
+    conn_free(old, true); /* RFC 6347 §4.2.8: abandoned after a good Finished */
+    table_insert(d, c);
+  }
+  return 0;
+}
+
+static const char *ssl_why(void)
+{
+  unsigned long e = ERR_get_error();
+  const char *r = e ? ERR_reason_error_string(e) : NULL;
+  ERR_clear_error();
+  return r ? r : "protocol error";
+}
+
+static void handshake_step(struct dtls_conn *c)
+{
+  int rc = SSL_do_handshake(c->ssl);
+  flush(c->d, c->wbio, (struct sockaddr *)&c->addr);
+  if (rc == 1) {
+    if (established(c) != 0) {
+      fail_handshake(c, "no usable identity");
+      return;
+    }
+  } else if (SSL_get_error(c->ssl, rc) != SSL_ERROR_WANT_READ) {
+    fail_handshake(c, c->psk_unknown ? "unknown PSK identity" : ssl_why());
+    return;
+  }
+  arm(c);
+}
+
+/* Every record of the datagram just written: each one an MQTT-SN message. */
+static void read_records(struct dtls_conn *c)
+{
+  struct dtls *d = c->d;
+  int n, err;
+  c->busy = true;
+  while (!c->dead && (n = SSL_read(c->ssl, d->io, (int)sizeof d->io)) > 0) {
+    c->last_rx_ms = uv_now(d->env.loop);
+    if (d->env.on_datagram)
+      d->env.on_datagram(d->env.ud, (struct sockaddr *)&c->addr, &c->peer, d->io, (size_t)n);
+  }
+  c->busy = false;
+  if (c->dead) {
+    c->dead = false;
+    conn_shutdown(c, false);
+    return;
+  }
+  err = SSL_get_error(c->ssl, n);
+  flush(d, c->wbio, (struct sockaddr *)&c->addr);
+  if (err == SSL_ERROR_WANT_READ) {
+    ERR_clear_error(); /* bad records are dropped silently (RFC 6347 §4.1.2.7) */
+    arm(c);
+    return;
+  }
+  conn_shutdown(c, true); /* close_notify or a fatal alert */
+}
+
+static struct dtls_conn *conn_new(struct dtls *d, const struct sockaddr *from)
+{
+  struct dtls_conn *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->d = d;
+  memcpy(&c->addr, from,
+         from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+  uv_timer_init(d->env.loop, &c->timer);
+  c->timer.data = c;
+  c->started_ms = uv_now(d->env.loop);
+  d->open_handles++;
+  d->n_conns++;
+  return c;
+}
+
+/* The listener verified the cookie: it becomes the peer's SSL and a fresh
+ * one listens.  Returns the new conn, or NULL (refused, counted). */
+static struct dtls_conn *admit_handshake(struct dtls *d, const struct sockaddr *from)
+{
+  struct dtls_conn *c;
+  BIO *r, *w;
+  SSL *fresh;
+  if (d->n_conns >= d->o.max_sessions || d->st.handshaking >= d->o.max_handshakes) {
+    d->st.refused_full++;
+    return NULL;
+  }
+  if (handshakes_from_ip(d, from) >= d->o.max_handshakes_per_ip) {
+    d->st.refused_per_ip++;
+    return NULL;
+  }
+  fresh = dtls_ssl_new(d, &r, &w);
+  if (!fresh || !(c = conn_new(d, from))) {
+    SSL_free(fresh);
+    return NULL;
+  }
+  c->ssl = d->listener;
+  c->rbio = SSL_get_rbio(c->ssl);
+  c->wbio = SSL_get_wbio(c->ssl);
+  SSL_set_app_data(c->ssl, c);
+  d->listener = fresh;
+  c->hs_next = d->handshakes;
+  d->handshakes = c;
+  d->st.handshaking++;
+  d->st.handshakes_started++;
+  return c;
+}
+
+/* A ClientHello from an address with no session, or from one whose session
+ * it may replace (owner).  Without a valid cookie it gets a
+ * HelloVerifyRequest and costs nothing; with one, a handshake begins. */
+static void client_hello(struct dtls *d, const struct sockaddr *from, const uint8_t *p,
+                         size_t n, struct dtls_conn *owner)
+{
+  BIO *lr = SSL_get_rbio(d->listener), *lw = SSL_get_wbio(d->listener);
+  BIO_ADDR *peer = BIO_ADDR_new();
+  struct dtls_conn *c;
+  int rc, out;
+
+  if (!peer)
+    return;
+  (void)BIO_reset(lr);
+  (void)BIO_reset(lw);
+  BIO_write(lr, p, (int)n);
+  d->cookie_addr = from;
+  rc = DTLSv1_listen(d->listener, peer);
+  d->cookie_addr = NULL;
+  BIO_ADDR_free(peer);
+  if (rc <= 0) {
+    /* The answer, when any, is a HelloVerifyRequest: sent only if it is no
+     * larger than what asked for it, so it cannot amplify a spoofed one. */
+    out = (int)BIO_ctrl_pending(lw);
+    if (out > 0 && (size_t)out <= n) {
+      d->st.hello_verify_sent++;
+      flush(d, lw, from);
+    } else if (out > 0) {
+      d->st.hello_verify_withheld++;
+    }
+    (void)BIO_reset(lw);
+    ERR_clear_error();
+    if (rc < 0) { /* the listener is unusable after a fatal error */
+      BIO *r, *w;
+      SSL *fresh = dtls_ssl_new(d, &r, &w);
+      if (fresh) {
+        SSL_free(d->listener);
+        d->listener = fresh;
+      }
+    }
+    return;
+  }
+  c = admit_handshake(d, from);
+  if (!c) {
+    BIO *r, *w;
+    SSL *fresh = dtls_ssl_new(d, &r, &w);
+    if (fresh) { /* drop the verified listener's state */
+      SSL_free(d->listener);
+      d->listener = fresh;
+    } else {
+      SSL_clear(d->listener);
+    }
+    return;
+  }
+  if (owner) {
+    c->owner = owner;
+    owner->pending = c;
+  } else {
+    table_insert(d, c);
+  }
+  handshake_step(c);
+}
+
+static void feed(struct dtls_conn *c, const uint8_t *p, size_t n)
+{
+  BIO_write(c->rbio, p, (int)n);
+  if (c->established)
+    read_records(c);
+  else
+    handshake_step(c);
+}
+
+static void on_udp(void *ud, const struct sockaddr *from, const uint8_t *p, size_t n)
+{
+  struct dtls *d = ud;
+  enum dtls_kind kind = dtls_classify(p, n);
+  struct dtls_conn *c;
+  struct dtls_record r;
+
+  if (d->stopping)
+    return;
+  if (kind == DTLS_NOT_DTLS) {
+    d->st.plain_dropped++;
+    return;
+  }
+  c = lookup(d, from);
+  if (!c) {
+    if (kind == DTLS_CLIENT_HELLO)
+      client_hello(d, from, p, n, NULL);
+    else
+      d->st.records_dropped++;
+    return;
+  }
+  if (!c->established) {
+    feed(c, p, n);
+    return;
+  }
+  /* An established peer: a new ClientHello starts a second handshake (a
+   * reboot), which replaces this session only once it has finished. */
+  if (kind == DTLS_CLIENT_HELLO && !c->pending) {
+    client_hello(d, from, p, n, c);
+    return;
+  }
+  dtls_record_parse(p, n, &r);
+  if (c->pending && r.epoch == 0) {
+    feed(c->pending, p, n);
+    return;
+  }
+  /* Records of a later epoch may be the new handshake's Finished: the old
+   * session drops what it cannot decrypt. */
+  if (c->pending)
+    feed(c->pending, p, n);
+  if ((c = lookup(d, from)) != NULL && c->established)
+    feed(c, p, n);
+}
+
+/* ---- the API ------------------------------------------------------------- */
+
+int dtls_new(const struct dtls_env *env, struct dtls **out, char *err, size_t errlen)
+{
+  struct dtls *d;
+  size_t nb = 64;
+  const struct dtls_opts *o = env->o;
+  BIO *r, *w;
+  int rc;
+
+  if (!o->bind || o->mtu < 256 || o->mtu > 16384 || !o->max_sessions || !o->max_handshakes ||
+      !o->max_handshakes_per_ip || !o->handshake_timeout_ms || !o->idle_timeout_ms) {
+    snprintf(err, errlen, "bad DTLS options (bind, mtu 256..16384, non-zero limits and timers)");
+    return UV_EINVAL;
+  }
+  d = calloc(1, sizeof *d);
+  if (!d)
+    return UV_ENOMEM;
+  d->env = *env;
+  d->o = *o;
+  d->env.o = &d->o;
+  while (nb < o->max_sessions && nb < (1u << 20))
+    nb <<= 1;
+  d->nbuckets = nb;
+  d->buckets = calloc(nb, sizeof *d->buckets);
+  if (!d->buckets) {
+    free(d);
+    return UV_ENOMEM;
+  }
+  if ((rc = dtls_ctx_make(d, err, errlen)) != 0 || !(d->listener = dtls_ssl_new(d, &r, &w))) {
+    SSL_CTX_free(d->ctx);
+    free(d->buckets);
+    free(d);
+    return rc ? rc : UV_ENOMEM;
+  }
+  *out = d;
+  return 0;
+}
+
+static void rotate_cb(uv_timer_t *t)
+{
+  dtls_secret_rotate(t->data);
+}
+
+int dtls_start(struct dtls *d)
+{
+  int rc = udp_open(d->env.loop, d->o.bind, d->o.port, 1u << 20, on_udp, d, &d->udp);
+  if (rc != 0)
+    return rc;
+  d->open_handles++; /* the socket */
+  uv_timer_init(d->env.loop, &d->rotate);
+  d->rotate.data = d;
+  d->open_handles++;
+  d->rotate_started = true;
+  uv_timer_start(&d->rotate, rotate_cb, DTLS_ROTATE_MS, DTLS_ROTATE_MS);
+  return 0;
+}
+
+int dtls_port(const struct dtls *d)
+{
+  return d->udp ? udp_port(d->udp) : -1;
+}
+
+int dtls_send(struct dtls *d, const struct sockaddr *to, const uint8_t *data, size_t len)
+{
+  struct dtls_conn *c = lookup(d, to);
+  if (!c || !c->established || c->dead)
+    return UV_ENOTCONN;
+  if (len > (size_t)DTLS_get_data_mtu(c->ssl)) {
+    d->st.oversize_refused++;
+    return UV_EMSGSIZE;
+  }
+  if (SSL_write(c->ssl, data, (int)len) != (int)len) {
+    ERR_clear_error();
+    return UV_EIO;
+  }
+  flush(d, c->wbio, to);
+  return 0;
+}
+
+size_t dtls_max_payload(struct dtls *d, const struct sockaddr *to)
+{
+  struct dtls_conn *c = lookup(d, to);
+  return c && c->established ? (size_t)DTLS_get_data_mtu(c->ssl) : 0;
+}
+
+void dtls_close_peer(struct dtls *d, const struct sockaddr *peer)
+{
+  struct dtls_conn *c = lookup(d, peer);
+  if (c)
+    conn_shutdown(c, false);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+  struct dtls *d = h->data;
+  d->open_handles--;
+  if (d->open_handles == 0 && d->done)
+    d->done(d->done_ud);
+}
+
+static void udp_closed(void *ud)
+{
+  struct dtls *d = ud;
+  d->open_handles--;
+  if (d->open_handles == 0 && d->done)
+    d->done(d->done_ud);
+}
+
+void dtls_stop(struct dtls *d, void (*done)(void *), void *ud)
+{
+  d->done = done;
+  d->done_ud = ud;
+  d->stopping = true;
+  d->open_handles++; /* held during the loop below */
+  for (size_t i = 0; i < d->nbuckets; i++)
+    while (d->buckets[i])
+      conn_shutdown(d->buckets[i], true);
+  if (d->rotate_started) {
+    uv_timer_stop(&d->rotate);
+    uv_close((uv_handle_t *)&d->rotate, handle_closed);
+    d->rotate_started = false;
+  }
+  if (d->udp) {
+    udp_close(d->udp, udp_closed, d);
+    d->udp = NULL;
+  }
+  d->open_handles--;
+  if (d->open_handles == 0 && done)
+    done(ud);
+}
+
+void dtls_free(struct dtls *d)
+{
+  if (!d)
+    return;
+  SSL_free(d->listener);
+  SSL_CTX_free(d->ctx);
+  OPENSSL_cleanse(d->secret, sizeof d->secret);
+  free(d->buckets);
+  free(d);
+}
+
+void dtls_get_stats(const struct dtls *d, struct dtls_stats *out)
+{
+  *out = d->st;
+}
