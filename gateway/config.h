@@ -7,9 +7,9 @@
  * "upstream.port") and what was expected, e.g.
  *   fleetgw.json: upstream.port: expected an integer 1..65535, got "abc"
  * Every key is documented in README.md with its default.  The defaults live
- * in one place, config.c's key tables; the comments below name each field's
- * key but do not repeat its default, and test_config_readme checks README.md
- * against the tables (cfg_key_at()).
+ * in one place, the key tables of config_keys.c; the comments below name
+ * each field's key but do not repeat its default, and test_config_readme
+ * checks README.md against the tables (cfg_key_at()).
  *
  * Strings in struct gw_config are owned by it (freed by cfg_free).  NULL means
  * "not set" for optional strings.

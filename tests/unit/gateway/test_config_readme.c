@@ -2,12 +2,13 @@
  * test_config_readme.c - README.md's configuration key tables against the
  * config's own key tables (cfg_key_count / cfg_key_at).
  *
- * The defaults live once, in config.c; the README is a hand-written copy for
- * people, so this test is what keeps it from drifting.  It reads the
- * "### Keys" section of README.md ($FLEETGW_TEST_DATA/../README.md), takes
- * every table row "| `key.path` | type | default | meaning | constraints |"
- * and checks that the config knows every documented key, that every key is
- * documented, and that type and default agree.  A default cell may add a
+ * The defaults live once, in gateway/config_keys.c; the README is a
+ * hand-written copy for people, so this test is what keeps it from
+ * drifting.  It reads the "### Keys" section of README.md
+ * ($FLEETGW_TEST_DATA/../README.md), takes every table row
+ * "| `key.path` | type | default | meaning | constraints |" and checks that
+ * the config knows every documented key, that every key is documented, and
+ * that type and default agree.  A default cell may add a
  * parenthesised remark after the value, e.g. "`132096` (128 KiB + 1 KiB)".
  */
 #include "config.h"

@@ -1,8 +1,9 @@
 /*
  * test_config_secret.c - cfg_free() wipes every secret with secret_free().
  *
- * config.c is included with its secret_free() calls routed to a recorder,
- * which notes each string before handing it to the real secret_free().  A
+ * config.c (where cfg_free() is) is included with its secret_free() calls
+ * routed to a recorder, which notes each string before handing it to the
+ * real secret_free(); the other parts of the loader come from the library.  A
  * configuration with an upstream password and both web tokens is loaded and
  * freed; the recorder must have seen exactly those three values.  (ASan's
  * leak check covers the rest of what cfg_free() frees.)
