@@ -106,7 +106,7 @@ static const struct key_spec upstream_keys[] = {
      * header and topic. */
     UINT_KEY("max_packet", upstream.max_packet, 1024, 268435460, 131072 + 1024),
     UINT_KEY("max_connecting", upstream.max_connecting, 0, 100000, 64),
-    /* AWS IoT: 500 CONNECTs/s per account (PROTOCOLS.md A.9). */
+    /* AWS IoT: 500 CONNECTs/s per account (docs/protocol-notes.md §4.6). */
     UINT_KEY("connect_rate_per_s", upstream.connect_rate_per_s, 0, 100000, 500),
     UINT_KEY("max_refusals", upstream.max_refusals, 1, 100, 3),
     STR_KEY("qos_minus1_client_id", upstream.qos_m1_client_id, cfgi_check_nonempty,
@@ -196,7 +196,7 @@ static const struct key_spec aws_keys[] = {
     STR_KEY("serial_parameter", provisioning.aws.serial_parameter, cfgi_check_nonempty,
             "a template parameter name", false, "SerialNumber"),
     LIST_KEY("parameters", K_PARAMS, provisioning.aws.params, provisioning.aws.n_params),
-    /* The certificate ownership token's life (PROTOCOLS.md A.4). */
+    /* The certificate ownership token's life (docs/protocol-notes.md §5.5). */
     UINT_KEY("token_ttl_s", provisioning.aws.token_ttl_s, 1, 86400, 3600),
 };
 
@@ -204,7 +204,7 @@ static const struct key_spec provisioning_keys[] = {
     ENUM_KEY("backend", provisioning.backend, backend_names, BACKEND_NONE),
     STR_KEY("thing_name_template", provisioning.thing_name_template, cfgi_check_template,
             WHAT_TEMPLATE, false, PH_CLIENT_ID),
-    /* AWS: RegisterThing 10 TPS (PROTOCOLS.md A.9). */
+    /* AWS: RegisterThing 10 TPS (docs/protocol-notes.md §5.10). */
     UINT_KEY("rate_per_s", provisioning.rate_per_s, 1, 10000, 10),
     UINT_KEY("retry_base_ms", provisioning.retry_base_ms, 10, 3600000, 2000),
     UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000, 300000),

@@ -258,7 +258,7 @@ static int load_params(const struct loader *ld, const char *path, const struct k
     struct cfg_param *p = &(*list)[*count];
     const char *name = it->string ? it->string : "";
     cfgi_join_path(key, sizeof key, path, name);
-    /* RegisterThing parameters are a flat string map (PROTOCOLS.md A.2). */
+    /* RegisterThing parameters are a flat string map (docs/protocol-notes.md §5.2). */
     if (!cJSON_IsString(it) || name[0] == '\0')
       return cfgi_fail_expected(ld, key, "a string value", it, NULL);
     p->key = strdup(name);
