@@ -222,7 +222,9 @@ struct store_run {
   int step;
   bool finished;
   char cert_id[129];      /* once RUN_CERT_RECEIVED */
-  char token[2048];       /* certificateOwnershipToken, once RUN_CERT_RECEIVED */
+  char token[2048];       /* certificateOwnershipToken, once RUN_CERT_RECEIVED: a
+                             secret, sealed at rest and opened here; the caller
+                             wipes it (secret_wipe) after use */
   int64_t token_at;       /* when the token was received */
   char thing_name[129];   /* once RUN_REGISTERED */
   int64_t started_at;
@@ -244,7 +246,7 @@ int store_run_set_key(struct store *st, int64_t run_id, const char *key_pem, int
 int store_run_key(struct store *st, int64_t run_id, char **key_pem);
 /* Atomically: inserts the certificate (CERT_PENDING, with the run's key or
  * key_pem when given, e.g. from CreateKeysAndCertificate), stores cert id and
- * token on the run, RUN_CERT_RECEIVED. */
+ * token (sealed like the keys) on the run, RUN_CERT_RECEIVED. */
 int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_id,
                             const char *pem, const char *key_pem, int64_t not_after,
                             const char *fingerprint, const char *token, int64_t now);

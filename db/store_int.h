@@ -103,6 +103,9 @@ int store_check_str(struct store *st, const char *s, size_t max, bool required, 
 
 /* ---- migrations (store_migrate.c) ---- */
 
+/* Brings the schema up to date.  A step that seals data needs the key, so
+ * store_migrate stops before it while none is loaded: store_open runs it
+ * before loading the key, and store_keys_verify once the key checks out. */
 int store_migrate(struct store *st);
 int store_migrations_latest(void);
 
@@ -125,7 +128,8 @@ int store_cert_check_fields(struct store *st, const char *cert_id, const char *p
 /* Loads the key file; creates it (32 random bytes, 0600) when absent and
  * may_create.  STORE_CRYPTO for any unusable key file. */
 int store_keys_load(struct store *st, const char *path, bool may_create);
-/* Checks the key against the database's key-check value, or stores one. */
+/* Checks the key against the database's key-check value, or stores one;
+ * then applies the migrations that needed the key (store_migrate). */
 int store_keys_verify(struct store *st, const char *path);
 void store_keys_wipe(struct store *st);
 /* Encrypts plain (len bytes) with AAD; *blob = version || nonce || ct || tag,
@@ -136,6 +140,16 @@ int store_key_seal(struct store *st, const char *aad, const void *plain, size_t 
  * secret_free() (common/secret.h). */
 int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t blob_len,
                      char **plain);
+
+/* An ownership token sealed like a key (store_key_seal) for the device
+ * client_id, under associated data of its own; the blob is ciphertext
+ * (free()). */
+int store_token_seal(struct store *st, const char *client_id, const char *token,
+                     unsigned char **blob, size_t *blob_len);
+/* Opens a sealed token into out[cap]; STORE_CRYPTO when it fails to
+ * authenticate or does not fit.  The caller wipes out (secret_wipe). */
+int store_token_unseal(struct store *st, const char *client_id, const void *blob,
+                       size_t blob_len, char *out, size_t cap);
 
 /* Steps a bound "SELECT count(*)" statement into *total and releases it. */
 int store_count_done(struct store *st, sqlite3_stmt *s, int64_t *total);

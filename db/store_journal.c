@@ -5,6 +5,11 @@
  * keeps at most one unfinished run per device (one_open_run) and appends
  * every step to run_steps by trigger.
  *
+ * The ownership token is a bearer secret (protocol-notes §5.5): it is kept
+ * for a resume after a crash (docs/architecture.md §4.2), sealed like the
+ * private keys (store_token_seal, store_keys.c) in runs.token_blob, and the
+ * plaintext never reaches the database; reading a run opens it again.
+ *
  * When a run finishes, its copy of the private key and its ownership token
  * are erased: the key lives on with the certificate (or dies with an orphaned
  * one), and a token is a short-lived secret nobody needs afterwards.
@@ -14,8 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "secret.h"
+
 #define RUN_COLS                                                                          \
-  "r.id, d.client_id, r.backend, r.step, r.finished, r.cert_id, r.token, "                \
+  "r.id, d.client_id, r.backend, r.step, r.finished, r.cert_id, r.token_blob, "           \
   "coalesce(r.token_at, 0), r.thing_name, r.started_at, r.updated_at, r.outcome"
 #define RUN_FROM " FROM runs r JOIN devices d ON d.id = r.device_id"
 
@@ -29,8 +36,10 @@ const char *store_run_step_name(int step)
   return step >= 0 && step < NSTEPS ? step_names[step] : "unknown";
 }
 
-static void read_run(sqlite3_stmt *s, struct store_run *r)
+/* Reads a run row, opening its sealed token; on an error r holds nothing. */
+static int read_run(struct store *st, sqlite3_stmt *s, struct store_run *r)
 {
+  int err = STORE_OK;
   memset(r, 0, sizeof *r);
   r->id = sqlite3_column_int64(s, 0);
   store_col_copy(r->client_id, sizeof r->client_id, s, 1);
@@ -38,12 +47,17 @@ static void read_run(sqlite3_stmt *s, struct store_run *r)
   r->step = sqlite3_column_int(s, 3);
   r->finished = sqlite3_column_int(s, 4) != 0;
   store_col_copy(r->cert_id, sizeof r->cert_id, s, 5);
-  store_col_copy(r->token, sizeof r->token, s, 6);
+  if (sqlite3_column_type(s, 6) != SQLITE_NULL)
+    err = store_token_unseal(st, r->client_id, sqlite3_column_blob(s, 6),
+                             (size_t)sqlite3_column_bytes(s, 6), r->token, sizeof r->token);
   r->token_at = sqlite3_column_int64(s, 7);
   store_col_copy(r->thing_name, sizeof r->thing_name, s, 8);
   r->started_at = sqlite3_column_int64(s, 9);
   r->updated_at = sqlite3_column_int64(s, 10);
   store_col_copy(r->outcome, sizeof r->outcome, s, 11);
+  if (err != STORE_OK)
+    secret_wipe(r, sizeof *r);
+  return err;
 }
 
 /* What the atomic operations need to know about a run before writing. */
@@ -137,7 +151,7 @@ int store_run_get(struct store *st, int64_t run_id, struct store_run *out)
   sqlite3_bind_int64(s, 1, run_id);
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW)
-    read_run(s, out);
+    err = read_run(st, s, out);
   else if (rc == SQLITE_DONE)
     err = store_fail(st, STORE_NOTFOUND, "no run %lld", (long long)run_id);
   else
@@ -159,7 +173,7 @@ int store_run_get_open(struct store *st, const char *client_id, struct store_run
   sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW)
-    read_run(s, out);
+    err = read_run(st, s, out);
   else if (rc == SQLITE_DONE)
     err = store_fail(st, STORE_NOTFOUND, "no unfinished run for '%s'", client_id);
   else
@@ -252,11 +266,11 @@ int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_i
                             const char *fingerprint, const char *token, int64_t now)
 {
   static const char sql[] =
-      "UPDATE runs SET cert_id = ?, token = ?, token_at = ? WHERE id = ?";
+      "UPDATE runs SET cert_id = ?, token_blob = ?, token_at = ? WHERE id = ?";
   struct store_tx tx;
   struct run_state rs;
-  unsigned char *blob = NULL;
-  size_t blob_len = 0;
+  unsigned char *blob = NULL, *token_blob = NULL;
+  size_t blob_len = 0, token_blob_len = 0;
   sqlite3_stmt *s;
   int err;
 
@@ -281,10 +295,15 @@ int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_i
   }
   err = store_cert_insert_row(st, rs.device_id, cert_id, pem, blob, blob_len, not_after,
                               fingerprint, CERT_PENDING, now);
+  if (err == STORE_OK && token && *token)
+    err = store_token_seal(st, rs.client_id, token, &token_blob, &token_blob_len);
   if (err != STORE_OK || (err = store_stmt(st, sql, &s)) != STORE_OK)
     goto out_tx;
   sqlite3_bind_text(s, 1, cert_id, -1, SQLITE_STATIC);
-  store_bind_opt_text(s, 2, token);
+  if (token_blob)
+    sqlite3_bind_blob(s, 2, token_blob, (int)token_blob_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(s, 2);
   sqlite3_bind_int64(s, 3, now);
   sqlite3_bind_int64(s, 4, run_id);
   if ((err = store_stmt_run(st, s)) != STORE_OK)
@@ -292,6 +311,7 @@ int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_i
   err = set_step(st, run_id, RUN_CERT_RECEIVED, now);
 out_tx:
   free(blob);
+  free(token_blob); /* ciphertext */
   run_state_clear(&rs);
   return store_tx_end(st, &tx, err);
 }
@@ -331,7 +351,7 @@ static int finish_run(struct store *st, int64_t run_id, int step, const char *ou
                       int64_t now)
 {
   static const char sql[] =
-      "UPDATE runs SET step = ?, finished = 1, outcome = ?, key_blob = NULL, token = NULL, "
+      "UPDATE runs SET step = ?, finished = 1, outcome = ?, key_blob = NULL, token_blob = NULL, "
       "updated_at = ? WHERE id = ? AND finished = 0";
   sqlite3_stmt *s;
   int err = store_stmt(st, sql, &s);
@@ -438,8 +458,12 @@ static int run_row(struct store *st, sqlite3_stmt *s, void *ctx)
 {
   const struct run_sink *sink = ctx;
   struct store_run r;
-  read_run(s, &r);
-  return sink->cb(sink->ud, &r);
+  int rc = read_run(st, s, &r);
+  if (rc != STORE_OK)
+    return rc;
+  rc = sink->cb(sink->ud, &r);
+  secret_wipe(r.token, sizeof r.token);
+  return rc;
 }
 
 int store_run_list_open(struct store *st, store_run_cb cb, void *ud)

@@ -9,6 +9,10 @@
  * The associated data is the device's ClientId, so a blob copied onto another
  * device's row fails to authenticate instead of handing out the wrong key.
  *
+ * The same seal keeps provisioning ownership tokens (runs.token_blob), under
+ * the associated data "fleetgw:token:" || ClientId: bound to the device like
+ * a key, and never accepted where a key is expected, nor a key as a token.
+ *
  * The key file holds exactly 32 random bytes and must not be accessible by
  * group or others.  The database keeps a "key check" (a sealed constant) in
  * its meta table, so the wrong key file, or a key file recreated after being
@@ -36,6 +40,7 @@
 
 static const char key_check_aad[] = "fleetgw:key-check";
 static const char key_check_plain[] = "fleetgw registry key check v1";
+static const char token_aad_prefix[] = "fleetgw:token:";
 
 /* Kept for the callers outside db/ that store.h tells to use it; the wipe
  * itself is the project's one (common/secret.h), so a key handed out by
@@ -186,7 +191,8 @@ out_close:
   return err;
 }
 
-int store_keys_verify(struct store *st, const char *path)
+/* Checks the key against the database's key-check value, or stores one. */
+static int check_key(struct store *st, const char *path)
 {
   static const char get_sql[] = "SELECT value FROM meta WHERE name = 'key_check'";
   static const char put_sql[] = "INSERT INTO meta(name, value) VALUES ('key_check', ?)";
@@ -225,13 +231,21 @@ int store_keys_verify(struct store *st, const char *path)
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
       sqlite3_finalize(s);
       free(blob);
-      return store_keys_verify(st, path);
+      return check_key(st, path);
     }
     err = rc == SQLITE_DONE ? STORE_OK : store_sqlite_fail(st, rc);
     sqlite3_finalize(s);
   }
   free(blob);
   return err;
+}
+
+int store_keys_verify(struct store *st, const char *path)
+{
+  int err = check_key(st, path);
+  /* The migrations that seal data waited for a key known to be the right
+   * one (store_migrate.c). */
+  return err != STORE_OK ? err : store_migrate(st);
 }
 
 int store_key_seal(struct store *st, const char *aad, const void *plain, size_t len,
@@ -335,5 +349,50 @@ int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t
   EVP_CIPHER_CTX_free(ctx);
   p[len] = '\0';
   *plain = (char *)p;
+  return STORE_OK;
+}
+
+/* The associated data of a device's sealed ownership token. */
+static int token_aad(struct store *st, const char *client_id, char *aad, size_t cap)
+{
+  int n = snprintf(aad, cap, "%s%s", token_aad_prefix, client_id);
+  if (n < 0 || (size_t)n >= cap)
+    return store_fail(st, STORE_INVAL, "client id too long to seal a token for");
+  return STORE_OK;
+}
+
+int store_token_seal(struct store *st, const char *client_id, const char *token,
+                     unsigned char **blob, size_t *blob_len)
+{
+  char aad[sizeof token_aad_prefix + STORE_MAX_CLIENT_ID];
+  int err = token_aad(st, client_id, aad, sizeof aad);
+
+  *blob = NULL;
+  *blob_len = 0;
+  if (err != STORE_OK)
+    return err;
+  return store_key_seal(st, aad, token, strlen(token), blob, blob_len);
+}
+
+int store_token_unseal(struct store *st, const char *client_id, const void *blob,
+                       size_t blob_len, char *out, size_t cap)
+{
+  char aad[sizeof token_aad_prefix + STORE_MAX_CLIENT_ID];
+  char *plain = NULL;
+  size_t len;
+  int err = token_aad(st, client_id, aad, sizeof aad);
+
+  out[0] = '\0';
+  if (err == STORE_OK)
+    err = store_key_unseal(st, aad, blob, blob_len, &plain);
+  if (err != STORE_OK)
+    return err;
+  len = strlen(plain);
+  if (len >= cap) {
+    secret_free(plain);
+    return store_fail(st, STORE_CRYPTO, "stored ownership token is too long (%zu bytes)", len);
+  }
+  memcpy(out, plain, len + 1);
+  secret_free(plain);
   return STORE_OK;
 }

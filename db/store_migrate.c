@@ -9,7 +9,12 @@
  *
  * NEVER edit a step that has shipped: databases in the field have already run
  * it.  Change the schema by appending a step.  (Planned: an `outbox` table for
- * store-and-forward, as migration 2.)
+ * store-and-forward, as a later migration.)
+ *
+ * A step may also seal data with the key file's key (store_keys.c).  Such a
+ * step waits until the key is loaded and verified: store_open runs the
+ * migrations before it loads the key (it must first know whether the
+ * database holds a key check), and store_keys_verify runs the rest.
  *
  * Enum values are stored as integers; the CHECK constraints pin them to the
  * ranges in store.h, and the partial UNIQUE indexes hold the invariants even
@@ -20,9 +25,20 @@
 #include "store_int.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
-static const char *const migrations[] = {
+static int seal_plain_tokens(struct store *st, int64_t *sealed);
+
+struct migration {
+  const char *sql;
+  /* NULL, or run after sql in the same transaction, with the key loaded;
+   * *sealed counts the rows it sealed. */
+  int (*seal)(struct store *st, int64_t *sealed);
+};
+
+static const struct migration migrations[] = {
     /* 1: devices, certificates, the provisioning journal, audit, allowlist. */
+    {
     "CREATE TABLE meta(\n"
     "  name TEXT PRIMARY KEY,\n"
     "  value BLOB\n"
@@ -102,31 +118,126 @@ static const char *const migrations[] = {
     "  entry TEXT PRIMARY KEY CHECK (length(entry) BETWEEN 1 AND 255),\n"
     "  added_at INTEGER NOT NULL\n"
     ");\n",
+    NULL},
+    /* 2: the ownership token sealed at rest.  A run's token is a bearer
+     * secret (protocol-notes §5.5): it moves to runs.token_blob, sealed like
+     * the private keys, and the plaintext column stays NULL, which the
+     * triggers hold against any writer. */
+    {"ALTER TABLE runs ADD COLUMN token_blob BLOB;\n"
+     "CREATE TRIGGER runs_token_sealed_insert BEFORE INSERT ON runs\n"
+     "WHEN NEW.token IS NOT NULL BEGIN\n"
+     "  SELECT RAISE(ABORT, 'runs.token must stay NULL: tokens are sealed in token_blob');\n"
+     "END;\n"
+     "CREATE TRIGGER runs_token_sealed_update BEFORE UPDATE OF token ON runs\n"
+     "WHEN NEW.token IS NOT NULL BEGIN\n"
+     "  SELECT RAISE(ABORT, 'runs.token must stay NULL: tokens are sealed in token_blob');\n"
+     "END;\n",
+     seal_plain_tokens},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
 int store_migrations_latest(void) { return NMIGRATIONS; }
 
-static int read_version(struct store *st, int *version)
+/* The integer a PRAGMA query answers. */
+static int pragma_int(struct store *st, const char *sql, int *value)
 {
   sqlite3_stmt *s;
-  int rc, err = store_stmt_fresh(st, "PRAGMA user_version", &s);
+  int rc, err = store_stmt_fresh(st, sql, &s);
   if (err != STORE_OK)
     return err;
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW)
-    *version = sqlite3_column_int(s, 0);
+    *value = sqlite3_column_int(s, 0);
   else
     err = store_sqlite_fail(st, rc);
   sqlite3_finalize(s);
   return err;
 }
 
+static int read_version(struct store *st, int *version)
+{
+  return pragma_int(st, "PRAGMA user_version", version);
+}
+
+/* Seals the first plaintext token left in runs, if any (*done when none
+ * is left). */
+static int seal_one_token(struct store *st, bool *done)
+{
+  static const char get_sql[] = "SELECT r.id, d.client_id, r.token FROM runs r "
+                                "JOIN devices d ON d.id = r.device_id "
+                                "WHERE r.token IS NOT NULL LIMIT 1";
+  static const char put_sql[] = "UPDATE runs SET token_blob = ?, token = NULL WHERE id = ?";
+  unsigned char *blob = NULL;
+  size_t blob_len = 0;
+  sqlite3_stmt *s;
+  int64_t run_id = 0;
+  int rc, err = store_stmt_fresh(st, get_sql, &s);
+
+  *done = false;
+  if (err != STORE_OK)
+    return err;
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    run_id = sqlite3_column_int64(s, 0);
+    err = store_token_seal(st, (const char *)sqlite3_column_text(s, 1),
+                           (const char *)sqlite3_column_text(s, 2), &blob, &blob_len);
+  } else if (rc == SQLITE_DONE) {
+    *done = true;
+  } else {
+    err = store_sqlite_fail(st, rc);
+  }
+  sqlite3_finalize(s);
+  if (err != STORE_OK || *done)
+    return err;
+  if ((err = store_stmt(st, put_sql, &s)) == STORE_OK) {
+    sqlite3_bind_blob(s, 1, blob, (int)blob_len, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, run_id);
+    err = store_stmt_run(st, s);
+  }
+  free(blob); /* ciphertext */
+  return err;
+}
+
+/* Migration 2: every plaintext runs.token moves, sealed, to token_blob.  The
+ * rows are rewritten with secure_delete on, so the space they leave holds
+ * zeros, not the token. */
+static int seal_plain_tokens(struct store *st, int64_t *sealed)
+{
+  char restore[48];
+  bool done = false;
+  int was = 0, err = pragma_int(st, "PRAGMA secure_delete", &was);
+
+  if (err != STORE_OK || (err = store_exec(st, "PRAGMA secure_delete = ON")) != STORE_OK)
+    return err;
+  while (err == STORE_OK && !done) {
+    err = seal_one_token(st, &done);
+    if (err == STORE_OK && !done)
+      (*sealed)++;
+  }
+  snprintf(restore, sizeof restore, "PRAGMA secure_delete = %d", was);
+  if (store_exec(st, restore) != STORE_OK && err == STORE_OK)
+    err = STORE_IO;
+  return err;
+}
+
+/* After a step sealed plaintext: rebuilds the file (VACUUM), so no free
+ * page or slack space keeps an old copy, and empties the WAL.  Best effort:
+ * the step is committed, and a registry too full to rebuild still opens. */
+static void scrub_file(struct store *st)
+{
+  char keep[sizeof st->errmsg];
+  snprintf(keep, sizeof keep, "%s", st->errmsg);
+  (void)store_exec(st, "VACUUM");
+  (void)store_exec(st, "PRAGMA wal_checkpoint(TRUNCATE)");
+  snprintf(st->errmsg, sizeof st->errmsg, "%s", keep);
+}
+
 /* Applies step v (from version v to v + 1) under the write lock; a no-op if
  * another process got there first. */
-static int apply_step(struct store *st, int v)
+static int apply_step(struct store *st, int v, int64_t *sealed)
 {
+  const struct migration *m = &migrations[v];
   struct store_tx tx;
   char bump[64];
   int cur = 0;
@@ -135,7 +246,9 @@ static int apply_step(struct store *st, int v)
     return err;
   err = read_version(st, &cur);
   if (err == STORE_OK && cur == v) {
-    err = store_exec(st, migrations[v]);
+    err = store_exec(st, m->sql);
+    if (err == STORE_OK && m->seal)
+      err = m->seal(st, sealed);
     if (err == STORE_OK) {
       snprintf(bump, sizeof bump, "PRAGMA user_version = %d", v + 1);
       err = store_exec(st, bump);
@@ -153,6 +266,7 @@ int store_migrate(struct store *st)
 {
   int version = 0, err;
   for (;;) {
+    int64_t sealed = 0;
     if ((err = read_version(st, &version)) != STORE_OK)
       return err;
     if (version > NMIGRATIONS)
@@ -163,7 +277,11 @@ int store_migrate(struct store *st)
       return store_fail(st, STORE_CORRUPT, "database schema version %d is invalid", version);
     if (version == NMIGRATIONS)
       return STORE_OK;
-    if ((err = apply_step(st, version)) != STORE_OK)
+    if (migrations[version].seal && !st->have_key)
+      return STORE_OK; /* store_keys_verify comes back with the key */
+    if ((err = apply_step(st, version, &sealed)) != STORE_OK)
       return err;
+    if (sealed > 0)
+      scrub_file(st);
   }
 }

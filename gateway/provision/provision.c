@@ -175,12 +175,15 @@ void pv_restart_run(struct job *j, const char *reason)
   struct store_run r;
   char detail[512];
 
-  if (store_run_get(p->st, j->run_id, &r) == STORE_OK && r.cert_id[0]) {
-    snprintf(detail, sizeof detail, "certificate %s orphaned: %s", r.cert_id, reason);
-    store_audit(p->st, pv_now_s(), "gateway", "cert.orphaned", j->client_id, detail);
-    p->m->certs_orphaned++;
-    pv_notify(p, j->client_id, "orphaned");
-    LOGW(MOD, "%s: %s", j->client_id, detail);
+  if (store_run_get(p->st, j->run_id, &r) == STORE_OK) {
+    secret_wipe(r.token, sizeof r.token); /* only the certificate id is wanted */
+    if (r.cert_id[0]) {
+      snprintf(detail, sizeof detail, "certificate %s orphaned: %s", r.cert_id, reason);
+      store_audit(p->st, pv_now_s(), "gateway", "cert.orphaned", j->client_id, detail);
+      p->m->certs_orphaned++;
+      pv_notify(p, j->client_id, "orphaned");
+      LOGW(MOD, "%s: %s", j->client_id, detail);
+    }
   }
   store_run_fail(p->st, j->run_id, reason, pv_now_s());
   job_clear_secrets(j);
@@ -336,6 +339,7 @@ static void complete_step(struct provisioner *p, struct job *j)
     pv_job_defer(j);
     return;
   }
+  secret_wipe(r.token, sizeof r.token); /* only the step is wanted */
   if (r.step >= RUN_REGISTERED) {
     pv_finish_ok(j);
     return;
@@ -573,6 +577,7 @@ static int ensure_run(struct provisioner *p, const struct store_device *d, char 
     if (store_run_get_open(p->st, d->client_id, &r) == STORE_OK) {
       job_free(j);
       resume_cb(p, &r);
+      secret_wipe(r.token, sizeof r.token); /* RegisterThing reads it again */
       pv_kick(p);
       snprintf(reason, cap, "provisioning in progress");
       return PROVISION_PENDING;

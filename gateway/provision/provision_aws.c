@@ -93,6 +93,7 @@ static int publish_register(struct job *j, struct claim *c)
     int64_t ttl = (int64_t)cfg->provisioning.aws.token_ttl_s;
     int64_t usable = ttl > 2 * TOKEN_MARGIN_S ? ttl - TOKEN_MARGIN_S : ttl;
     if (pv_now_s() - r.token_at >= usable) {
+      secret_wipe(r.token, sizeof r.token);
       pv_restart_run(j, "certificate ownership token expired before RegisterThing");
       return 1;
     }
@@ -103,9 +104,9 @@ static int publish_register(struct job *j, struct claim *c)
     params[n].key = cfg->provisioning.aws.params[i].key;
     params[n++].value = cfg->provisioning.aws.params[i].value;
   }
-  if (store_run_set_step(p->st, j->run_id, RUN_REGISTER_SENT, pv_now_s()) != STORE_OK)
-    return -1;
-  rc = publish_json(c, p->t_reg, prov_build_register_request(r.token, params, n));
+  rc = store_run_set_step(p->st, j->run_id, RUN_REGISTER_SENT, pv_now_s()) == STORE_OK
+           ? publish_json(c, p->t_reg, prov_build_register_request(r.token, params, n))
+           : -1;
   secret_wipe(r.token, sizeof r.token);
   return rc;
 }

@@ -21,7 +21,7 @@
 
 #include "store.h"
 
-#define LATEST_VERSION 1
+#define LATEST_VERSION 2
 
 static char g_dir[256];
 
@@ -1201,6 +1201,150 @@ static void test_crash_resume(void)
   store_close(st);
 }
 
+/* ---- ownership tokens at rest ---- */
+
+static const char TOKEN[] = "OWNERSHIPTOKENMARKER-eyJhbGciOiJIUzI1NiJ9.c2lnbmF0dXJl";
+
+/* A run of device client_id at RUN_CERT_RECEIVED holding token. */
+static int64_t run_with_token(struct store *st, const char *client_id, const char *cert_id,
+                              const char *token)
+{
+  int64_t run = 0;
+  ASSERT_EQ(store_device_create(st, client_id, DEV_PROVISIONING, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_run_begin(st, client_id, "aws", 300, &run), STORE_OK);
+  ASSERT_EQ(store_run_set_key(st, run, KEY_PEM, 301), STORE_OK);
+  ASSERT_EQ(store_run_set_step(st, run, RUN_CSR_SENT, 302), STORE_OK);
+  ASSERT_EQ(store_run_cert_received(st, run, cert_id, CERT_PEM, NULL, 9000, NULL, token, 303),
+            STORE_OK);
+  return run;
+}
+
+/* The token is stored sealed: neither the runs table nor the files hold its
+ * text, and reading the run opens it. */
+static void test_token_sealed(void)
+{
+  struct paths p;
+  struct store *st;
+  struct store_run r;
+  sqlite3 *db;
+  char walpath[340], *key = NULL;
+  int64_t run, run2 = 0;
+
+  paths_for(&p, "token");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  run = run_with_token(st, "tok-leaf", "tok-cert", TOKEN);
+
+  db = raw_open(&p);
+  ASSERT_TRUE(db != NULL);
+  if (!db)
+    return;
+  ASSERT_EQ(raw_int(db, "SELECT count(*) FROM runs WHERE token IS NOT NULL"), 0);
+  ASSERT_EQ(raw_int(db, "SELECT length(token_blob) FROM runs"), 1 + 12 + strlen(TOKEN) + 16);
+  ASSERT_EQ(raw_int(db, "SELECT instr(token_blob, CAST('OWNERSHIPTOKENMARKER' AS BLOB)) FROM runs"),
+            0);
+  /* The schema keeps the plaintext column empty against any writer. */
+  ASSERT_TRUE(raw_exec(db, "UPDATE runs SET token = 'plain'") != SQLITE_OK);
+  ASSERT_EQ(raw_int(db, "SELECT count(*) FROM runs WHERE token IS NOT NULL"), 0);
+
+  snprintf(walpath, sizeof walpath, "%s-wal", p.db);
+  ASSERT_TRUE(file_contains(p.db, "TESTCERTIFICATEBODY") ||
+              file_contains(walpath, "TESTCERTIFICATEBODY")); /* the search works */
+  ASSERT_TRUE(!file_contains(p.db, "OWNERSHIPTOKENMARKER"));
+  ASSERT_TRUE(!file_contains(walpath, "OWNERSHIPTOKENMARKER"));
+
+  /* Every way of reading the run hands the token back. */
+  ASSERT_EQ(store_run_get(st, run, &r), STORE_OK);
+  ASSERT_STR_EQ(r.token, TOKEN);
+  ASSERT_EQ(r.token_at, 303);
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(store_run_get_open(st, "tok-leaf", &r), STORE_OK);
+  ASSERT_STR_EQ(r.token, TOKEN);
+  memset(&r, 0, sizeof r);
+  ASSERT_EQ(store_run_list_open(st, count_open, &r), STORE_OK);
+  ASSERT_EQ(r.id, run);
+  ASSERT_STR_EQ(r.token, TOKEN);
+
+  /* The blob is bound to its device and to being a token: moved onto
+   * another device's run, or into a key column, it does not open. */
+  ASSERT_EQ(store_device_create(st, "tok-other", DEV_PROVISIONING, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_run_begin(st, "tok-other", "aws", 310, &run2), STORE_OK);
+  ASSERT_EQ(raw_exec(db, "UPDATE runs SET token_blob = (SELECT token_blob FROM runs WHERE "
+                         "token_blob IS NOT NULL) WHERE token_blob IS NULL"),
+            SQLITE_OK);
+  ASSERT_EQ(raw_exec(db, "UPDATE runs SET key_blob = token_blob"), SQLITE_OK);
+  ASSERT_EQ(store_run_get(st, run2, &r), STORE_CRYPTO);
+  ASSERT_TRUE(strstr(store_errmsg(st), "OWNERSHIP") == NULL);
+  ASSERT_EQ(store_run_key(st, run, &key), STORE_CRYPTO);
+  ASSERT_TRUE(key == NULL);
+  ASSERT_EQ(store_run_get(st, run, &r), STORE_OK); /* its own blob still opens */
+  ASSERT_STR_EQ(r.token, TOKEN);
+
+  /* A finished run keeps no token, sealed or not. */
+  ASSERT_EQ(store_run_fail(st, run, "test", 320), STORE_OK);
+  ASSERT_EQ(store_run_fail(st, run2, "test", 320), STORE_OK);
+  ASSERT_EQ(raw_int(db, "SELECT count(*) FROM runs WHERE token_blob IS NOT NULL"), 0);
+  sqlite3_close(db);
+  store_close(st);
+}
+
+/* A registry of schema version 1 kept the token in plain text; migration 2
+ * seals it, and the file keeps no copy. */
+static void test_token_migration(void)
+{
+  static const char legacy[] = "LEGACYTOKENMARKER-0123456789abcdef";
+  struct paths p;
+  struct store *st;
+  struct store_run r;
+  sqlite3 *db;
+  char walpath[340];
+
+  paths_for(&p, "tokmig");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  run_with_token(st, "mig-leaf", "mig-cert", "placeholder");
+  store_close(st);
+
+  /* Back to version 1: no token_blob, no triggers, the token in plain text. */
+  db = raw_open(&p);
+  ASSERT_TRUE(db != NULL);
+  if (!db)
+    return;
+  ASSERT_EQ(raw_exec(db, "DROP TRIGGER runs_token_sealed_insert;"
+                         "DROP TRIGGER runs_token_sealed_update;"
+                         "UPDATE runs SET token = 'LEGACYTOKENMARKER-0123456789abcdef';"
+                         "ALTER TABLE runs DROP COLUMN token_blob;"
+                         "PRAGMA user_version = 1;"),
+            SQLITE_OK);
+  sqlite3_close(db);
+  snprintf(walpath, sizeof walpath, "%s-wal", p.db);
+  ASSERT_TRUE(file_contains(p.db, legacy) || file_contains(walpath, legacy)); /* it is there */
+
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  ASSERT_EQ(store_schema_version(st), 2);
+  ASSERT_EQ(store_run_get_open(st, "mig-leaf", &r), STORE_OK);
+  ASSERT_STR_EQ(r.token, legacy);
+  ASSERT_EQ(r.step, RUN_CERT_RECEIVED);
+  db = raw_open(&p);
+  ASSERT_TRUE(db != NULL);
+  ASSERT_EQ(raw_int(db, "SELECT count(*) FROM runs WHERE token IS NOT NULL"), 0);
+  ASSERT_EQ(raw_int(db, "SELECT count(*) FROM runs WHERE token_blob IS NOT NULL"), 1);
+  ASSERT_EQ(raw_int(db, "SELECT instr(token_blob, CAST('LEGACYTOKENMARKER' AS BLOB)) FROM runs"),
+            0);
+  sqlite3_close(db);
+  ASSERT_TRUE(!file_contains(p.db, legacy));
+  ASSERT_TRUE(!file_contains(walpath, legacy));
+  store_close(st);
+  ASSERT_TRUE(!file_contains(p.db, legacy));
+}
+
 /* ---- timing (printed, never asserted) ---- */
 
 static double now_s(void)
@@ -1288,6 +1432,8 @@ int main(void)
   RUN(test_audit_allowlist);
   RUN(test_paging);
   RUN(test_crash_resume);
+  RUN(test_token_sealed);
+  RUN(test_token_migration);
   RUN(test_timing);
 
   remove_dir(g_dir);
