@@ -605,15 +605,6 @@ static int find_entry_row(void *ud, const char *entry, int64_t added_at)
   return 0;
 }
 
-static bool header_starts_with(struct lws *wsi, enum lws_token_indexes h, const char *prefix)
-{
-  char v[128];
-  int n = lws_hdr_total_length(wsi, h);
-  if (n <= 0 || n >= (int)sizeof v || lws_hdr_copy(wsi, v, (int)sizeof v, h) < 0)
-    return false;
-  return strncasecmp(v, prefix, strlen(prefix)) == 0;
-}
-
 /* A text/csv body: one entry a line, an optional "entry" header line. */
 static int allowlist_import_csv(struct lws *wsi, struct web *w, struct web_http_conn *c,
                                 const char *body, size_t len)
@@ -657,22 +648,16 @@ static int allowlist_import_csv(struct lws *wsi, struct web *w, struct web_http_
   return reply_json(wsi, w, c, 200, o);
 }
 
-/* A JSON body: {"entry": "..."}. */
-static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_conn *c,
-                              const char *body, size_t len)
+/* A JSON body: {"entry": "..."}, parsed by dispatch (web_json_parse_object). */
+static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_conn *c)
 {
-  cJSON *in = cJSON_ParseWithLength(body, len);
-  const cJSON *je = in ? cJSON_GetObjectItemCaseSensitive(in, "entry") : NULL;
-  if (!in || !cJSON_IsObject(in) || !cJSON_IsString(je) || !je->valuestring[0] ||
-      strlen(je->valuestring) >= ENTRY_CAP) {
-    cJSON_Delete(in);
+  const cJSON *je = c->json ? cJSON_GetObjectItemCaseSensitive(c->json, "entry") : NULL;
+  if (!cJSON_IsString(je) || !je->valuestring[0] || strlen(je->valuestring) >= ENTRY_CAP)
     return web_reply_error(wsi, w, c, 400, "bad_request",
                            "expected a JSON object {\"entry\": \"<ClientId or pattern>\"} "
                            "or a text/csv body");
-  }
   char entry[ENTRY_CAP];
   memcpy(entry, je->valuestring, strlen(je->valuestring) + 1);
-  cJSON_Delete(in);
 
   int rc = api_allow_add(w->gw, entry, ACTOR);
   if (rc == API_CONFLICT)
@@ -690,11 +675,9 @@ static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_co
 int web_h_allowlist_post(struct lws *wsi, struct web *w, struct web_http_conn *c,
                          const char *arg)
 {
-  const char *body = c->body ? c->body : "";
-
-  if (header_starts_with(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, "text/csv"))
-    return allowlist_import_csv(wsi, w, c, body, c->body_len);
-  return allowlist_add_json(wsi, w, c, body, c->body_len);
+  if (web_request_is_csv(wsi))
+    return allowlist_import_csv(wsi, w, c, c->body ? c->body : "", c->body_len);
+  return allowlist_add_json(wsi, w, c);
 }
 
 int web_h_allowlist_delete(struct lws *wsi, struct web *w, struct web_http_conn *c,

@@ -14,8 +14,10 @@
 #include "web_int.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 
@@ -33,6 +35,7 @@ static void conn_reset(struct web_http_conn *c)
 {
   free(c->body);
   free(c->out);
+  cJSON_Delete(c->json);
   memset(c, 0, sizeof *c);
 }
 
@@ -170,30 +173,34 @@ static const char NO_DEVICE[] = "no such device";
  * methods it takes; every entry that changes something needs the admin
  * token (tests/unit/web/test_web_routes.c checks both). */
 const struct web_route web_routes[] = {
-  {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL},
-  {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL},
-  {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL},
-  {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL},
-  {GET_HEAD, API "/devices/{clientId}/certificate", WEB_AUTH_READ, web_h_device_cert, NO_DEVICE},
-  {WEB_POST, API "/devices/{clientId}/approve", WEB_AUTH_ADMIN, web_h_approve, NO_DEVICE},
-  {WEB_POST, API "/devices/{clientId}/block", WEB_AUTH_ADMIN, web_h_block, NO_DEVICE},
-  {WEB_POST, API "/devices/{clientId}/unblock", WEB_AUTH_ADMIN, web_h_unblock, NO_DEVICE},
+  {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL, false},
+  {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL, false},
+  {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL, false},
+  {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL, false},
+  {GET_HEAD, API "/devices/{clientId}/certificate", WEB_AUTH_READ, web_h_device_cert, NO_DEVICE,
+   false},
+  {WEB_POST, API "/devices/{clientId}/approve", WEB_AUTH_ADMIN, web_h_approve, NO_DEVICE, false},
+  {WEB_POST, API "/devices/{clientId}/block", WEB_AUTH_ADMIN, web_h_block, NO_DEVICE, false},
+  {WEB_POST, API "/devices/{clientId}/unblock", WEB_AUTH_ADMIN, web_h_unblock, NO_DEVICE,
+   false},
   {WEB_POST, API "/devices/{clientId}/reprovision", WEB_AUTH_ADMIN, web_h_reprovision,
-   NO_DEVICE},
-  {WEB_POST, API "/devices/{clientId}/release", WEB_AUTH_ADMIN, web_h_release, NO_DEVICE},
-  {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE},
-  {WEB_DELETE, API "/devices/{clientId}", WEB_AUTH_ADMIN, web_h_decommission, NO_DEVICE},
-  {GET_HEAD, API "/allowlist", WEB_AUTH_READ, web_h_allowlist_get, NULL},
-  {WEB_POST, API "/allowlist", WEB_AUTH_ADMIN, web_h_allowlist_post, NULL},
+   NO_DEVICE, false},
+  {WEB_POST, API "/devices/{clientId}/release", WEB_AUTH_ADMIN, web_h_release, NO_DEVICE,
+   false},
+  {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE, false},
+  {WEB_DELETE, API "/devices/{clientId}", WEB_AUTH_ADMIN, web_h_decommission, NO_DEVICE,
+   false},
+  {GET_HEAD, API "/allowlist", WEB_AUTH_READ, web_h_allowlist_get, NULL, false},
+  {WEB_POST, API "/allowlist", WEB_AUTH_ADMIN, web_h_allowlist_post, NULL, true},
   {WEB_DELETE, API "/allowlist/{entry}", WEB_AUTH_ADMIN, web_h_allowlist_delete,
-   "no such allowlist entry"},
-  {GET_HEAD, API "/certificates", WEB_AUTH_READ, web_h_certs, NULL},
-  {GET_HEAD, API "/audit", WEB_AUTH_READ, web_h_audit, NULL},
-  {GET_HEAD, API "/openapi.json", WEB_AUTH_NONE, web_h_openapi, NULL},
+   "no such allowlist entry", false},
+  {GET_HEAD, API "/certificates", WEB_AUTH_READ, web_h_certs, NULL, false},
+  {GET_HEAD, API "/audit", WEB_AUTH_READ, web_h_audit, NULL, false},
+  {GET_HEAD, API "/openapi.json", WEB_AUTH_NONE, web_h_openapi, NULL, false},
   /* GET only: the WebSocket handshake is a GET (RFC 6455), and a HEAD has
    * nothing to show. */
-  {WEB_GET, API "/events", WEB_AUTH_READ, web_h_events, NULL},
-  {GET_HEAD, "*", WEB_AUTH_NONE, web_h_static, NULL},
+  {WEB_GET, API "/events", WEB_AUTH_READ, web_h_events, NULL, false},
+  {GET_HEAD, "*", WEB_AUTH_NONE, web_h_static, NULL, false},
 };
 const size_t web_routes_count = sizeof web_routes / sizeof web_routes[0];
 
@@ -298,14 +305,69 @@ static int dispatch(struct lws *wsi, struct web *w, struct web_http_conn *c)
   if (web_route_auth(w, hit.route) == WEB_AUTH_ADMIN && role != WEB_ROLE_ADMIN)
     return web_reply_error(wsi, w, c, 403, "forbidden", "the read-only token cannot run commands");
 
-  if (!hit.arg)
-    return hit.route->handler(wsi, w, c, path);
-  /* The registry holds no ClientId or entry this long. */
-  if (hit.arg_len >= sizeof arg)
-    return web_reply_error(wsi, w, c, 404, "not_found", hit.route->missing);
-  memcpy(arg, hit.arg, hit.arg_len);
-  arg[hit.arg_len] = '\0';
-  return hit.route->handler(wsi, w, c, arg);
+  if (hit.arg) {
+    /* The registry holds no ClientId or entry this long. */
+    if (hit.arg_len >= sizeof arg)
+      return web_reply_error(wsi, w, c, 404, "not_found", hit.route->missing);
+    memcpy(arg, hit.arg, hit.arg_len);
+    arg[hit.arg_len] = '\0';
+  }
+  /* Every body passes the one strict parser, even where the handler ignores
+   * it (the device commands): what the API accepts is exactly what it
+   * reads.  Only a route that takes CSV sees a text/csv body raw. */
+  if (c->body_len > 0 && !(hit.route->csv_ok && web_request_is_csv(wsi))) {
+    enum web_json_err e = WEB_JSON_OK;
+    size_t at = 0;
+
+    c->json = web_json_parse_object(c->body, c->body_len, &e, &at);
+    if (!c->json && e == WEB_JSON_OK)
+      return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
+    if (!c->json) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "invalid JSON body: %s (at byte %zu)", web_json_strerror(e), at);
+      return web_reply_error(wsi, w, c, 400, "bad_request", msg);
+    }
+  }
+  return hit.route->handler(wsi, w, c, hit.arg ? arg : path);
+}
+
+bool web_request_is_csv(struct lws *wsi)
+{
+  static const char csv[] = "text/csv";
+  char v[128];
+  int n = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE);
+
+  if (n <= 0 || n >= (int)sizeof v || lws_hdr_copy(wsi, v, (int)sizeof v,
+                                                   WSI_TOKEN_HTTP_CONTENT_TYPE) < 0)
+    return false;
+  /* "text/csv", optionally with parameters ("; charset=utf-8"). */
+  return strncasecmp(v, csv, sizeof csv - 1) == 0 &&
+         (v[sizeof csv - 1] == '\0' || v[sizeof csv - 1] == ';' || v[sizeof csv - 1] == ' ');
+}
+
+cJSON *web_json_parse_object(const char *buf, size_t len, enum web_json_err *err, size_t *at)
+{
+  size_t where = 0;
+  enum web_json_err e = web_json_check_object(buf, len, &where);
+  cJSON *root = NULL;
+
+  if (e == WEB_JSON_OK) {
+    /* len + 1: cJSON's require_null_terminated looks at the byte after the
+     * value, which must be inside the length it is given. */
+    root = cJSON_ParseWithLengthOpts(buf, len + 1, NULL, 1);
+    /* The check passed, so only memory can make cJSON fail; a document it
+     * read as something other than an object would be a checker bug. */
+    if (root && !cJSON_IsObject(root)) {
+      cJSON_Delete(root);
+      root = NULL;
+      e = WEB_JSON_NOT_OBJECT;
+    }
+  }
+  if (err)
+    *err = e;
+  if (at)
+    *at = e == WEB_JSON_OK ? 0 : where;
+  return root;
 }
 
 /* LWS_CALLBACK_HTTP: decide how the body (if any) is framed. */

@@ -76,6 +76,40 @@ const char *web_content_type(const char *path);
  * returned as "" (so the caller counts them as skipped). */
 const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, size_t cap);
 
+/* Strict JSON for every request body the API reads (web_http.c checks each
+ * body before its handler runs, web_ws.c the event stream's token message;
+ * cJSON, which is lax, then parses only what passed).  Beyond RFC 8259's
+ * grammar (strict numbers, escapes, no raw control characters) it refuses
+ * what cJSON would accept or quietly misread: a NUL byte anywhere or a
+ * "\u0000" escape (C strings would end there), invalid UTF-8 (overlong
+ * forms, surrogates, above U+10FFFF) or an unpaired surrogate escape, a key
+ * repeated in one object (compared after decoding, so "a" and "\u0061"
+ * clash; cJSON would silently take the first), anything but blanks after
+ * the value, nesting deeper than WEB_JSON_MAX_DEPTH, more than
+ * WEB_JSON_MAX_MEMBERS members in an object (which bounds the duplicate
+ * search), and a top level that is not an object.  No allocation; the
+ * recursion is bounded by the depth. */
+#define WEB_JSON_MAX_DEPTH 8       /* the API's bodies are flat objects */
+#define WEB_JSON_MAX_MEMBERS 256
+
+enum web_json_err {
+  WEB_JSON_OK = 0,
+  WEB_JSON_SYNTAX,       /* not JSON (or unterminated) */
+  WEB_JSON_UTF8,         /* invalid UTF-8, or an unpaired surrogate escape */
+  WEB_JSON_NUL,          /* a NUL byte, or \u0000 in a string */
+  WEB_JSON_DUP_KEY,
+  WEB_JSON_DEPTH,
+  WEB_JSON_MEMBERS,
+  WEB_JSON_TRAILING,     /* non-blank bytes after the value */
+  WEB_JSON_NOT_OBJECT,   /* valid JSON, but not an object */
+};
+
+/* Checks buf[0..len) as one JSON object.  On an error *at (if not NULL) is
+ * the byte offset where it was found. */
+enum web_json_err web_json_check_object(const char *buf, size_t len, size_t *at);
+/* A short English phrase for the error (static). */
+const char *web_json_strerror(enum web_json_err e);
+
 /* ---- shared between the web/ files (need libwebsockets) ---------------- */
 
 #ifndef WEB_UTIL_ONLY
@@ -131,6 +165,7 @@ struct web_http_conn {
   char *body;
   size_t body_len;
   size_t body_cap;
+  cJSON *json;                 /* the body, parsed once by dispatch (NULL for none or CSV) */
 
   /* The reply. */
   bool replying;
@@ -185,6 +220,14 @@ int web_reply_raw(struct lws *wsi, struct web *w, struct web_http_conn *c, int s
                   const char *ctype, unsigned char *out, size_t len);
 int web_reply_copy(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
                    const char *ctype, const char *body, size_t len);
+/* true when the request's Content-Type is text/csv. */
+bool web_request_is_csv(struct lws *wsi);
+/* The one way web/ turns a peer's bytes into cJSON: web_json_check_object,
+ * then cJSON_ParseWithLengthOpts with require_null_terminated over
+ * buf[0..len] (buf[len] must be '\0'), so the two agree on where the
+ * document ends.  NULL with *err and *at (either may be NULL) set on a
+ * refusal; NULL with *err WEB_JSON_OK when out of memory. */
+cJSON *web_json_parse_object(const char *buf, size_t len, enum web_json_err *err, size_t *at);
 /* {"error": code, "message": message}; a 401 adds WWW-Authenticate. */
 int web_reply_error(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
                     const char *code, const char *message);
@@ -214,6 +257,8 @@ struct web_route {
   enum web_auth auth;
   web_handler *handler;
   const char *missing;   /* the 404 message when the parameter is too long to name anything */
+  bool csv_ok;           /* also takes a text/csv body; any other body must pass
+                            web_json_check_object, whatever the route does with it */
 };
 
 /* The table, in the order it is searched. */

@@ -252,3 +252,356 @@ const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, s
   }
   return NULL;
 }
+
+/* ---- strict JSON (request bodies) ----------------------------------------- */
+
+#define WEB_STR_(x) #x
+#define WEB_STR(x) WEB_STR_(x)
+
+struct jscan {
+  const unsigned char *p;
+  size_t len;
+  size_t i;
+  enum web_json_err err;
+  size_t err_at;
+};
+
+static bool jfail(struct jscan *s, enum web_json_err e, size_t at)
+{
+  if (s->err == WEB_JSON_OK) {
+    s->err = e;
+    s->err_at = at;
+  }
+  return false;
+}
+
+static void jspace(struct jscan *s)
+{
+  while (s->i < s->len && (s->p[s->i] == ' ' || s->p[s->i] == '\t' || s->p[s->i] == '\n' ||
+                           s->p[s->i] == '\r'))
+    s->i++;
+}
+
+/* One UTF-8 sequence whose first byte is >= 0x80 (RFC 3629 §4): no
+ * overlong forms, no surrogates, nothing above U+10FFFF.  Its length, or 0. */
+static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp)
+{
+  size_t need;
+  uint32_t v, min;
+
+  if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+    need = 2, v = p[0] & 0x1fu, min = 0x80;
+  } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+    need = 3, v = p[0] & 0x0fu, min = 0x800;
+  } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+    need = 4, v = p[0] & 0x07u, min = 0x10000;
+  } else {
+    return 0; /* a continuation byte, 0xc0/0xc1, or 0xf5.. */
+  }
+  if (n < need)
+    return 0;
+  for (size_t k = 1; k < need; k++) {
+    if ((p[k] & 0xc0u) != 0x80u)
+      return 0;
+    v = (v << 6) | (p[k] & 0x3fu);
+  }
+  if (v < min || v > 0x10ffffu || (v >= 0xd800u && v <= 0xdfffu))
+    return 0;
+  *cp = v;
+  return need;
+}
+
+static int hex4(const unsigned char *p, size_t n, uint32_t *out)
+{
+  uint32_t v = 0;
+
+  if (n < 4)
+    return -1;
+  for (int k = 0; k < 4; k++) {
+    unsigned char c = p[k];
+    unsigned d;
+    if (c >= '0' && c <= '9')
+      d = (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f')
+      d = (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F')
+      d = (unsigned)(c - 'A' + 10);
+    else
+      return -1;
+    v = v << 4 | d;
+  }
+  *out = v;
+  return 0;
+}
+
+/* The next code point of the string whose content (after the opening
+ * quote) continues at s->i: 1 with *cp, 0 at the closing quote (consumed),
+ * -1 on an error (s->err set).  Validation and the key comparison both read
+ * strings through it, so "a" and "\u0061" are the same key. */
+static int str_next(struct jscan *s, uint32_t *cp)
+{
+  size_t at = s->i;
+  unsigned char c;
+
+  if (at >= s->len)
+    return jfail(s, WEB_JSON_SYNTAX, at), -1; /* unterminated */
+  c = s->p[at];
+  if (c == '"') {
+    s->i++;
+    return 0;
+  }
+  if (c < 0x20)
+    return jfail(s, WEB_JSON_SYNTAX, at), -1; /* raw control characters must be escaped */
+  if (c >= 0x80) {
+    size_t n = utf8_seq(s->p + at, s->len - at, cp);
+    if (!n)
+      return jfail(s, WEB_JSON_UTF8, at), -1;
+    s->i += n;
+    return 1;
+  }
+  if (c != '\\') {
+    *cp = c;
+    s->i++;
+    return 1;
+  }
+  if (at + 1 >= s->len)
+    return jfail(s, WEB_JSON_SYNTAX, at), -1;
+  switch (s->p[at + 1]) {
+  case '"': *cp = '"'; break;
+  case '\\': *cp = '\\'; break;
+  case '/': *cp = '/'; break;
+  case 'b': *cp = '\b'; break;
+  case 'f': *cp = '\f'; break;
+  case 'n': *cp = '\n'; break;
+  case 'r': *cp = '\r'; break;
+  case 't': *cp = '\t'; break;
+  case 'u': {
+    uint32_t hi, lo;
+    if (hex4(s->p + at + 2, s->len - at - 2, &hi) < 0)
+      return jfail(s, WEB_JSON_SYNTAX, at), -1;
+    if (hi == 0)
+      return jfail(s, WEB_JSON_NUL, at), -1;
+    if (hi >= 0xdc00u && hi <= 0xdfffu)
+      return jfail(s, WEB_JSON_UTF8, at), -1; /* a low surrogate first */
+    if (hi >= 0xd800u && hi <= 0xdbffu) {
+      /* Must be followed by "\uDC00".."\uDFFF": together one code point. */
+      if (at + 12 > s->len || s->p[at + 6] != '\\' || s->p[at + 7] != 'u' ||
+          hex4(s->p + at + 8, s->len - at - 8, &lo) < 0 || lo < 0xdc00u || lo > 0xdfffu)
+        return jfail(s, WEB_JSON_UTF8, at), -1;
+      *cp = 0x10000u + ((hi - 0xd800u) << 10) + (lo - 0xdc00u);
+      s->i += 12;
+      return 1;
+    }
+    *cp = hi;
+    s->i += 6;
+    return 1;
+  }
+  default:
+    return jfail(s, WEB_JSON_SYNTAX, at), -1;
+  }
+  s->i += 2;
+  return 1;
+}
+
+/* A whole string; s->i is at its opening quote. */
+static bool jstring(struct jscan *s)
+{
+  uint32_t cp;
+  int r;
+
+  s->i++;
+  while ((r = str_next(s, &cp)) == 1)
+    ;
+  return r == 0;
+}
+
+/* Two keys already checked (offsets of their opening quotes): equal once
+ * decoded? */
+static bool key_equal(const struct jscan *s, size_t a, size_t b)
+{
+  struct jscan x = {s->p, s->len, a + 1, WEB_JSON_OK, 0};
+  struct jscan y = {s->p, s->len, b + 1, WEB_JSON_OK, 0};
+
+  for (;;) {
+    uint32_t ca = 0, cb = 0;
+    int ra = str_next(&x, &ca), rb = str_next(&y, &cb);
+    if (ra != rb || (ra == 1 && ca != cb))
+      return false;
+    if (ra != 1)
+      return true; /* both ended (an error cannot happen: both were checked) */
+  }
+}
+
+/* RFC 8259 §6: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool jnumber(struct jscan *s)
+{
+  size_t at = s->i;
+  const unsigned char *p = s->p;
+
+#define DIGIT(k) ((k) < s->len && p[k] >= '0' && p[k] <= '9')
+  if (s->i < s->len && p[s->i] == '-')
+    s->i++;
+  if (s->i < s->len && p[s->i] == '0') {
+    s->i++;
+  } else if (DIGIT(s->i)) {
+    while (DIGIT(s->i))
+      s->i++;
+  } else {
+    return jfail(s, WEB_JSON_SYNTAX, at);
+  }
+  if (s->i < s->len && p[s->i] == '.') {
+    s->i++;
+    if (!DIGIT(s->i))
+      return jfail(s, WEB_JSON_SYNTAX, at);
+    while (DIGIT(s->i))
+      s->i++;
+  }
+  if (s->i < s->len && (p[s->i] == 'e' || p[s->i] == 'E')) {
+    s->i++;
+    if (s->i < s->len && (p[s->i] == '+' || p[s->i] == '-'))
+      s->i++;
+    if (!DIGIT(s->i))
+      return jfail(s, WEB_JSON_SYNTAX, at);
+    while (DIGIT(s->i))
+      s->i++;
+  }
+#undef DIGIT
+  return true;
+}
+
+static bool jliteral(struct jscan *s, const char *word)
+{
+  size_t n = strlen(word);
+
+  if (s->len - s->i < n || memcmp(s->p + s->i, word, n) != 0)
+    return jfail(s, WEB_JSON_SYNTAX, s->i);
+  s->i += n;
+  return true;
+}
+
+static bool jvalue(struct jscan *s, unsigned depth);
+
+/* Skips blanks; consumes c and returns true if it comes next. */
+static bool jtake(struct jscan *s, unsigned char c)
+{
+  jspace(s);
+  if (s->i < s->len && s->p[s->i] == c) {
+    s->i++;
+    return true;
+  }
+  return false;
+}
+
+/* An object or an array; s->i is at its '{' or '['; depth counts it.  An
+ * object's member keys' offsets are kept (on the stack: the recursion is
+ * bounded by WEB_JSON_MAX_DEPTH) so that each new key is compared with the
+ * earlier ones. */
+static bool jcontainer(struct jscan *s, unsigned depth)
+{
+  bool object = s->p[s->i] == '{';
+  unsigned char close = object ? '}' : ']';
+  size_t keys[WEB_JSON_MAX_MEMBERS];
+  size_t n = 0;
+
+  s->i++;
+  if (jtake(s, close))
+    return true;
+  do {
+    if (object) {
+      size_t key_at;
+
+      jspace(s);
+      if (s->i >= s->len || s->p[s->i] != '"')
+        return jfail(s, WEB_JSON_SYNTAX, s->i);
+      if (n == WEB_JSON_MAX_MEMBERS)
+        return jfail(s, WEB_JSON_MEMBERS, s->i);
+      key_at = s->i;
+      if (!jstring(s))
+        return false;
+      for (size_t k = 0; k < n; k++)
+        if (key_equal(s, keys[k], key_at))
+          return jfail(s, WEB_JSON_DUP_KEY, key_at);
+      keys[n++] = key_at;
+      if (!jtake(s, ':'))
+        return jfail(s, WEB_JSON_SYNTAX, s->i);
+    }
+    if (!jvalue(s, depth))
+      return false;
+  } while (jtake(s, ','));
+  if (jtake(s, close))
+    return true;
+  return jfail(s, WEB_JSON_SYNTAX, s->i);
+}
+
+/* One value at s->i (after blanks); depth is that of the enclosing
+ * container (0 at the top). */
+static bool jvalue(struct jscan *s, unsigned depth)
+{
+  jspace(s);
+  if (s->i >= s->len)
+    return jfail(s, WEB_JSON_SYNTAX, s->i);
+  switch (s->p[s->i]) {
+  case '{':
+  case '[':
+    if (depth + 1 > WEB_JSON_MAX_DEPTH)
+      return jfail(s, WEB_JSON_DEPTH, s->i);
+    return jcontainer(s, depth + 1);
+  case '"':
+    return jstring(s);
+  case 't':
+    return jliteral(s, "true");
+  case 'f':
+    return jliteral(s, "false");
+  case 'n':
+    return jliteral(s, "null");
+  default:
+    return jnumber(s);
+  }
+}
+
+enum web_json_err web_json_check_object(const char *buf, size_t len, size_t *at)
+{
+  struct jscan s = {(const unsigned char *)buf, len, 0, WEB_JSON_OK, 0};
+  size_t start;
+
+  const char *nul;
+
+  if (!buf)
+    s.len = 0;
+  /* A NUL byte anywhere is refused first: C string handling downstream
+   * would stop at it and see a different document. */
+  nul = s.len ? memchr(buf, '\0', s.len) : NULL;
+  if (nul) {
+    jfail(&s, WEB_JSON_NUL, (size_t)(nul - buf));
+  } else {
+    jspace(&s);
+    start = s.i;
+    if (jvalue(&s, 0)) {
+      jspace(&s);
+      if (s.i < s.len)
+        jfail(&s, WEB_JSON_TRAILING, s.i);
+      else if (s.p[start] != '{')
+        jfail(&s, WEB_JSON_NOT_OBJECT, start);
+    }
+  }
+  if (at)
+    *at = s.err == WEB_JSON_OK ? 0 : s.err_at;
+  return s.err;
+}
+
+const char *web_json_strerror(enum web_json_err e)
+{
+  switch (e) {
+  case WEB_JSON_OK: return "valid";
+  case WEB_JSON_SYNTAX: return "malformed JSON";
+  case WEB_JSON_UTF8: return "invalid UTF-8 or an unpaired surrogate escape";
+  case WEB_JSON_NUL: return "a NUL character (\\u0000)";
+  case WEB_JSON_DUP_KEY: return "a duplicate key in an object";
+  case WEB_JSON_DEPTH: return "nested deeper than " WEB_STR(WEB_JSON_MAX_DEPTH) " levels";
+  case WEB_JSON_MEMBERS:
+    return "more than " WEB_STR(WEB_JSON_MAX_MEMBERS) " members in one object";
+  case WEB_JSON_TRAILING: return "data after the JSON value";
+  case WEB_JSON_NOT_OBJECT: return "the top level is not a JSON object";
+  }
+  return "malformed JSON";
+}

@@ -197,7 +197,8 @@ static enum web_role url_token(struct web *w, struct lws *wsi)
 /* The first message: {"token": "..."}. */
 static int on_auth_message(struct web *w, struct web_ws_client *cl)
 {
-  cJSON *in = cJSON_ParseWithLength(cl->rx, cl->rx_len);
+  /* The same strict parser as every HTTP body. */
+  cJSON *in = web_json_parse_object(cl->rx, cl->rx_len, NULL, NULL);
   const cJSON *tok = in ? cJSON_GetObjectItemCaseSensitive(in, "token") : NULL;
   enum web_role role = WEB_ROLE_NONE;
 
@@ -252,6 +253,7 @@ int web_ws_callback(struct web *w, struct lws *wsi, enum lws_callback_reasons re
       cl->rx = rx;
       memcpy(cl->rx + cl->rx_len, in, len);
       cl->rx_len += len;
+      cl->rx[cl->rx_len] = '\0'; /* web_json_parse_object reads it */
     }
     if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
       return 0;
