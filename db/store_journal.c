@@ -5,10 +5,10 @@
  * keeps at most one unfinished run per device (one_open_run) and appends
  * every step to run_steps by trigger.
  *
- * The ownership token is a bearer secret (protocol-notes §5.5): it is kept
- * for a resume after a crash (docs/architecture.md §4.2), sealed like the
- * private keys (store_token_seal, store_keys.c) in runs.token_blob, and the
- * plaintext never reaches the database; reading a run opens it again.
+ * The ownership token is a bearer secret (docs/protocol-notes.md §5.5): it
+ * is kept for a resume after a crash (docs/architecture.md §4.2), sealed like
+ * the private keys (store_token_seal, store_keys.c) in runs.token_blob, and
+ * the plaintext never reaches the database; reading a run opens it again.
  *
  * When a run finishes, its copy of the private key and its ownership token
  * are erased: the key lives on with the certificate (or dies with an orphaned

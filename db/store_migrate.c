@@ -120,9 +120,9 @@ static const struct migration migrations[] = {
     ");\n",
     NULL},
     /* 2: the ownership token sealed at rest.  A run's token is a bearer
-     * secret (protocol-notes §5.5): it moves to runs.token_blob, sealed like
-     * the private keys, and the plaintext column stays NULL, which the
-     * triggers hold against any writer. */
+     * secret (docs/protocol-notes.md §5.5): it moves to runs.token_blob,
+     * sealed like the private keys, and the plaintext column stays NULL,
+     * which the triggers hold against any writer. */
     {"ALTER TABLE runs ADD COLUMN token_blob BLOB;\n"
      "CREATE TRIGGER runs_token_sealed_insert BEFORE INSERT ON runs\n"
      "WHEN NEW.token IS NOT NULL BEGIN\n"

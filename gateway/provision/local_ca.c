@@ -53,8 +53,8 @@
  * is a little behind the gateway's accepts them (local_ca.h). */
 #define BACKDATE_SECONDS (-3600L)
 /* An upper bound on leaf validity that keeps the notAfter arithmetic far
- * from overflow.  AWS's own certificates run to 2049-12-31 (PROTOCOLS.md
- * A.3), about 25 years, so a century is generous. */
+ * from overflow.  AWS's own certificates run to 2049-12-31
+ * (docs/protocol-notes.md §5.4), about 25 years, so a century is generous. */
 #define MAX_DAYS 36500
 
 struct ca_ctx {
@@ -187,9 +187,9 @@ static int key_to_pem(EVP_PKEY *key, char **out)
 
 static EVP_PKEY *new_p256_key(void)
 {
-  /* PROTOCOLS.md A.3: AWS accepts CSRs for "an ECC key from NIST P-256 or
-   * NIST P-384"; P-256 is the recommendation there for per-device keys,
-   * and the local CA uses the same so both backends look alike. */
+  /* docs/protocol-notes.md §5.4: AWS accepts CSRs for ECC keys on NIST
+   * P-256 or P-384; fleetgw makes a P-256 key per device, and the local CA
+   * uses the same so both backends look alike. */
   return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 }
 
@@ -282,8 +282,8 @@ out:
 /* A positive 128-bit random serial.  RFC 5280 allows up to 20 octets; 16
  * random bytes encode in at most 17 (a leading zero when the top bit is
  * set).  Random serials make two certificates for the same key distinct,
- * as AWS's are (PROTOCOLS.md A.3: "Reusing the same CSR gives a distinct
- * certificate each time"). */
+ * as AWS's are (docs/protocol-notes.md §5.4: reusing a CSR still yields a
+ * distinct certificate). */
 static int set_random_serial(X509 *x)
 {
   unsigned char raw[16];
@@ -509,9 +509,9 @@ const char *ca_cert_pem(const struct ca_ctx *ca)
 }
 
 /* The leaf key types the local CA accepts are the ones AWS accepts for
- * CreateCertificateFromCsr (PROTOCOLS.md A.3: "an RSA key with a length of
- * at least 2048 bits or an ECC key from NIST P-256 or NIST P-384"), so a
- * device that works with one backend works with the other. */
+ * CreateCertificateFromCsr (docs/protocol-notes.md §5.4: RSA of at least
+ * 2048 bits, or ECC on NIST P-256 or P-384), so a device that works with
+ * one backend works with the other. */
 static int csr_key_ok(EVP_PKEY *pub)
 {
   char group[64];
@@ -625,8 +625,8 @@ int ca_cert_info(const char *cert_pem, int64_t *not_after, char fingerprint[65],
     struct tm tm;
     time_t t;
 
-    /* PROTOCOLS.md A.3: the gateway must parse and store notAfter, not
-     * assume 2049-12-31.  ASN1_TIME_to_tm handles both UTCTime (years up
+    /* docs/protocol-notes.md §5.4: the gateway parses and stores notAfter,
+     * never assumes 2049-12-31.  ASN1_TIME_to_tm handles both UTCTime (years up
      * to 2049) and GeneralizedTime (2050 on) and yields UTC fields. */
     memset(&tm, 0, sizeof(tm));
     if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1) {

@@ -24,7 +24,8 @@
  * On start-up every open run resumes from its last step:
  *   KEY_READY / CSR_SENT     send the CSR again (a certificate issued for a
  *                            lost reply is deleted by AWS when its ownership
- *                            token expires, PROTOCOLS.md A.4; audited);
+ *                            token expires, docs/protocol-notes.md
+ *                            §5.5; audited);
  *   CERT_RECEIVED            RegisterThing with the stored token while it is
  *                            valid; past that the certificate is marked
  *                            orphaned and a new run starts;

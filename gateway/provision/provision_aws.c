@@ -2,7 +2,8 @@
  * provision_aws.c - AWS IoT fleet provisioning by claim over a pool of
  * claim connections (docs/architecture.md §5): each connection subscribes to
  * the reply topics first, then carries one request at a time (replies carry
- * no request id, protocol-notes §5.6), all of them under one rate limit.
+ * no request id, docs/protocol-notes.md §5.6), all of them under one rate
+ * limit.
  * Replies move the job on through the driver in provision.c; every step is
  * journalled before the request that it announces (docs/architecture.md §4).
  */
@@ -88,8 +89,8 @@ static int publish_register(struct job *j, struct claim *c)
   if (store_run_get(p->st, j->run_id, &r) != STORE_OK)
     return -1;
   {
-    /* protocol-notes §5.5: the token is good for one hour; keep a margin so
-     * the request does not arrive just after it expired. */
+    /* docs/protocol-notes.md §5.5: the token is good for one hour; keep a
+     * margin so the request does not arrive just after it expired. */
     int64_t ttl = (int64_t)cfg->provisioning.aws.token_ttl_s;
     int64_t usable = ttl > 2 * TOKEN_MARGIN_S ? ttl - TOKEN_MARGIN_S : ttl;
     if (pv_now_s() - r.token_at >= usable) {
@@ -319,8 +320,8 @@ static void claim_on_up(void *ud, bool sp)
   topics[3] = p->t_reg_rej;
   c->ready = false;
   c->subs_pending = 0;
-  /* protocol-notes §5.1: subscribe to the replies before publishing any
-   * request. */
+  /* docs/protocol-notes.md §5.1: subscribe to the replies before
+   * publishing any request. */
   for (int i = 0; i < 4; i++)
     if (upstream_subscribe(c->u, topics[i], strlen(topics[i]), 1, &pid) == UPSTREAM_OK)
       c->subs_pending++;
@@ -465,11 +466,12 @@ static int start_claim(struct provisioner *p, struct claim *c, unsigned i)
   o.keepalive = cfg->upstream.keepalive_s;
   o.clean_session = true;
   o.connect_timeout_ms = cfg->upstream.connect_timeout_ms;
-  /* At least one second between connects of one client id (protocol-notes
-   * §4.6). */
+  /* At least one second between connects of one client id
+   * (docs/protocol-notes.md §4.6). */
   o.backoff_base_ms = cfg->upstream.backoff_base_ms < 1000 ? 1000 : cfg->upstream.backoff_base_ms;
-  o.backoff_cap_ms = cfg->upstream.backoff_cap_ms < o.backoff_base_ms ? o.backoff_base_ms
-                                                                      : cfg->upstream.backoff_cap_ms;
+  o.backoff_cap_ms = cfg->upstream.backoff_cap_ms < o.backoff_base_ms
+                         ? o.backoff_base_ms
+                         : cfg->upstream.backoff_cap_ms;
   o.max_queue = 16;
   o.max_packet = 64 * 1024;
   if (upstream_new(p->loop, &o, &claim_cbs, c, &c->u) != UPSTREAM_OK) {

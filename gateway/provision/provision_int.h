@@ -60,7 +60,8 @@ struct claim {
   struct upstream *u;
   unsigned subs_pending;
   bool ready;                /* up and subscribed to every reply topic */
-  struct job *busy;          /* the one request in flight (protocol-notes §5.6: no request ids) */
+  struct job *busy;          /* the one request in flight (no request ids:
+                                docs/protocol-notes.md §5.6) */
   enum job_next busy_op;
   uint64_t deadline;
 };

@@ -398,7 +398,7 @@ static void test_ca_lifecycle(void)
     free(ed);
   }
 
-  /* A P-384 CSR is fine (PROTOCOLS.md A.3). */
+  /* A P-384 CSR is fine (docs/protocol-notes.md §5.4). */
   {
     EVP_PKEY *k384 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
     BIO *b = BIO_new(BIO_s_mem());
@@ -484,8 +484,8 @@ static void test_not_after_2049(void)
   char fp[65], cn[32];
   int64_t t = 0;
 
-  /* PROTOCOLS.md A.3: AWS certificates expire 2049-12-31T23:59:59Z, the
-   * last instant UTCTime can express. */
+  /* docs/protocol-notes.md §5.4: AWS certificates expire at midnight UTC on
+   * 2049-12-31 (23:59:59Z), the last instant UTCTime can express. */
   ASSERT_TRUE(utc != NULL && gen != NULL);
   ASSERT_EQ(ca_cert_info(utc, &t, fp, cn, sizeof(cn), g_err, sizeof(g_err)), 0);
   ASSERT_EQ(t, 2524607999LL);
