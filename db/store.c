@@ -115,6 +115,10 @@ int store_open(const struct store_opts *opts, struct store **out)
     goto fail_close;
   if ((err = store_keys_verify(st, opts->key_file)) != STORE_OK)
     goto fail_close;
+  /* The migrations that seal data waited for a key known to be the right
+   * one (store_migrate.c). */
+  if ((err = store_migrate(st)) != STORE_OK)
+    goto fail_close;
   *out = st;
   return STORE_OK;
 

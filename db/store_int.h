@@ -105,7 +105,7 @@ int store_check_str(struct store *st, const char *s, size_t max, bool required, 
 
 /* Brings the schema up to date.  A step that seals data needs the key, so
  * store_migrate stops before it while none is loaded: store_open runs it
- * before loading the key, and store_keys_verify once the key checks out. */
+ * before loading the key, and again once the key checks out. */
 int store_migrate(struct store *st);
 int store_migrations_latest(void);
 
@@ -128,8 +128,7 @@ int store_cert_check_fields(struct store *st, const char *cert_id, const char *p
 /* Loads the key file; creates it (32 random bytes, 0600) when absent and
  * may_create.  STORE_CRYPTO for any unusable key file. */
 int store_keys_load(struct store *st, const char *path, bool may_create);
-/* Checks the key against the database's key-check value, or stores one;
- * then applies the migrations that needed the key (store_migrate). */
+/* Checks the key against the database's key-check value, or stores one. */
 int store_keys_verify(struct store *st, const char *path);
 void store_keys_wipe(struct store *st);
 /* Encrypts plain (len bytes) with AAD; *blob = version || nonce || ct || tag,

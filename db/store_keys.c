@@ -242,10 +242,7 @@ static int check_key(struct store *st, const char *path)
 
 int store_keys_verify(struct store *st, const char *path)
 {
-  int err = check_key(st, path);
-  /* The migrations that seal data waited for a key known to be the right
-   * one (store_migrate.c). */
-  return err != STORE_OK ? err : store_migrate(st);
+  return check_key(st, path);
 }
 
 int store_key_seal(struct store *st, const char *aad, const void *plain, size_t len,

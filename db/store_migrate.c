@@ -14,7 +14,7 @@
  * A step may also seal data with the key file's key (store_keys.c).  Such a
  * step waits until the key is loaded and verified: store_open runs the
  * migrations before it loads the key (it must first know whether the
- * database holds a key check), and store_keys_verify runs the rest.
+ * database holds a key check), and runs them again once the key is verified.
  *
  * Enum values are stored as integers; the CHECK constraints pin them to the
  * ranges in store.h, and the partial UNIQUE indexes hold the invariants even
@@ -278,7 +278,7 @@ int store_migrate(struct store *st)
     if (version == NMIGRATIONS)
       return STORE_OK;
     if (migrations[version].seal && !st->have_key)
-      return STORE_OK; /* store_keys_verify comes back with the key */
+      return STORE_OK; /* store_open comes back once the key is verified */
     if ((err = apply_step(st, version, &sealed)) != STORE_OK)
       return err;
     if (sealed > 0)

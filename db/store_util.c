@@ -4,7 +4,7 @@
  * cache, binding and column helpers, transactions, and the paged listing
  * that the device, certificate and audit lists share.  It calls no other
  * file of db/, so the module's files depend on each other one way:
- * store.c -> store_keys.c, store_migrate.c -> store_util.c.
+ * store.c -> store_migrate.c -> store_keys.c -> store_util.c.
  *
  * Every public write is atomic on its own: single-statement writes are atomic
  * by nature, and the multi-step ones run inside store_tx_begin/end, which
