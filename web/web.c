@@ -15,8 +15,12 @@
  */
 #include "web_int.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "secret.h"
@@ -27,7 +31,10 @@ enum {
   STOP_POLL_MS = 10,
   STOP_POLL_MAX = 500,       /* 5 s: then give up waiting and say so */
   HEADER_DATA_MAX = 8192,    /* largest request header block */
-  HEADER_POOL = 64,          /* concurrent header parses */
+  /* Concurrent header parses: one for every connection that may be open,
+   * so that no admitted request waits for a header table (lws would make
+   * it wait behind the half-sent ones). */
+  HEADER_POOL = WEB_CONN_MAX,
 };
 
 /* lws's own errors and warnings, in our format (lines end in '\n').  Most
@@ -47,6 +54,140 @@ static void lws_log_emit(int level, const char *line)
   log_ratelimited(&rl, LOG_WARN, MOD, "lws: %.*s", (int)n, line);
 }
 
+/* ---- connection bounds (web_int.h: WEB_CONN_*, WEB_*_TIMEOUT_S) ---------- */
+
+static void peer_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+  const void *a = NULL;
+
+  if (sa->sa_family == AF_INET)
+    a = &((const struct sockaddr_in *)sa)->sin_addr;
+  else if (sa->sa_family == AF_INET6)
+    a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+  if (!a || !inet_ntop(sa->sa_family, a, out, (socklen_t)cap))
+    snprintf(out, cap, "?");
+}
+
+static void count_refusal(struct web *w, enum web_admit a, const struct sockaddr *sa)
+{
+  /* Anyone who can reach the port can make these at will. */
+  static struct log_ratelimit rl;
+  char peer[48];
+
+  if (a == WEB_ADMIT_PER_IP)
+    w->stats.refused_per_ip++;
+  else
+    w->stats.refused_full++;
+  peer_text(sa, peer, sizeof peer);
+  log_ratelimited(&rl, LOG_WARN, MOD, "refused a connection from %s: %s", peer,
+                  a == WEB_ADMIT_PER_IP ? "too many open from that client"
+                                        : "too many connections open");
+}
+
+/* LWS_CALLBACK_FILTER_NETWORK_CONNECTION: accepted by the kernel, nothing
+ * read yet.  Non-zero makes lws close it at once. */
+static int conn_filter(struct web *w, const struct lws_filter_network_conn_args *f)
+{
+  enum web_admit a = web_conn_check(&w->conn_table, (const struct sockaddr *)&f->cli_addr);
+
+  if (a == WEB_ADMIT_OK)
+    return 0;
+  count_refusal(w, a, (const struct sockaddr *)&f->cli_addr);
+  return 1;
+}
+
+static void deadline_fired(lws_sorted_usec_list_t *sul)
+{
+  static struct log_ratelimit rl;
+  struct web_conn *rec = lws_container_of(sul, struct web_conn, sul);
+  bool headers = rec->deadline == WEB_DEADLINE_HEADERS;
+
+  if (headers)
+    rec->w->stats.timeout_headers++;
+  else
+    rec->w->stats.timeout_body++;
+  rec->deadline = WEB_DEADLINE_NONE;
+  log_ratelimited(&rl, LOG_INFO, MOD, "closed a connection from %s: its request %s took over %d s",
+                  rec->peer, headers ? "headers" : "body",
+                  headers ? WEB_HEADER_TIMEOUT_S : WEB_BODY_TIMEOUT_S);
+  /* Closed on lws's next pass (the record goes at LWS_CALLBACK_WSI_DESTROY). */
+  lws_set_timeout(rec->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+static void conn_arm(struct web_conn *rec, enum web_deadline which)
+{
+  rec->deadline = which;
+  if (which == WEB_DEADLINE_NONE) {
+    lws_sul_cancel(&rec->sul);
+    return;
+  }
+  lws_sul_schedule(lws_get_context(rec->wsi), lws_get_tsi(rec->wsi), &rec->sul, deadline_fired,
+                   (which == WEB_DEADLINE_HEADERS ? WEB_HEADER_TIMEOUT_S : WEB_BODY_TIMEOUT_S) *
+                       LWS_US_PER_SEC);
+}
+
+void web_conn_deadline(struct lws *wsi, enum web_deadline which)
+{
+  struct web_conn *rec = lws_get_opaque_user_data(wsi);
+
+  if (rec)
+    conn_arm(rec, which);
+}
+
+/* LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: the connection counts from
+ * now until LWS_CALLBACK_WSI_DESTROY, and its headers are due.  conn_filter
+ * let it in just before (both run inside one accept), so admitting it here
+ * succeeds; -1 would make lws close it. */
+static int conn_open(struct web *w, struct lws *wsi)
+{
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  int fd = lws_get_socket_fd(wsi);
+  struct web_conn *rec = NULL;
+  enum web_admit a;
+  int slot;
+
+  memset(&ss, 0, sizeof ss);
+  if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) < 0)
+    ss.ss_family = AF_UNSPEC; /* counted in the one slot of non-IP peers */
+  a = web_conn_admit(&w->conn_table, (const struct sockaddr *)&ss, &slot);
+  if (a != WEB_ADMIT_OK) {
+    count_refusal(w, a, (const struct sockaddr *)&ss);
+    return -1;
+  }
+  /* As many records as the table admits, so one is free. */
+  for (size_t i = 0; i < WEB_CONN_MAX && !rec; i++)
+    if (!w->conns[i].wsi)
+      rec = &w->conns[i];
+  if (!rec) {
+    web_conn_release(&w->conn_table, slot);
+    return -1;
+  }
+  memset(rec, 0, sizeof *rec);
+  rec->w = w;
+  rec->wsi = wsi;
+  rec->slot = slot;
+  peer_text((const struct sockaddr *)&ss, rec->peer, sizeof rec->peer);
+  lws_set_opaque_user_data(wsi, rec);
+  conn_arm(rec, WEB_DEADLINE_HEADERS);
+  return 0;
+}
+
+/* LWS_CALLBACK_WSI_DESTROY: the socket is closed. */
+static void conn_close(struct web *w, struct lws *wsi)
+{
+  struct web_conn *rec = lws_get_opaque_user_data(wsi);
+
+  if (!rec || rec < w->conns || rec >= w->conns + WEB_CONN_MAX)
+    return;
+  lws_sul_cancel(&rec->sul);
+  web_conn_release(&w->conn_table, rec->slot);
+  lws_set_opaque_user_data(wsi, NULL);
+  memset(rec, 0, sizeof *rec);
+}
+
+/* ---- the protocol callback ------------------------------------------------ */
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
@@ -58,7 +199,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 
   switch (reason) {
+  case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+    /* user is the peer's address here, wsi the listening socket. */
+    return conn_filter(w, user);
+  case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+    return conn_open(w, wsi);
+  case LWS_CALLBACK_WSI_DESTROY:
+    conn_close(w, wsi);
+    break;
   case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    /* An upgrade's headers are complete; web_ws.c times the token. */
+    web_conn_deadline(wsi, WEB_DEADLINE_NONE);
     return web_ws_filter(w, wsi);
   case LWS_CALLBACK_ESTABLISHED:
   case LWS_CALLBACK_RECEIVE:
@@ -239,6 +390,11 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
   info.max_http_header_data = HEADER_DATA_MAX;
   info.max_http_header_pool = HEADER_POOL;
   info.timeout_secs = 10;
+  /* lws's own header deadline, from the first byte of a request: a
+   * backstop behind ours on a new connection (WEB_HEADER_TIMEOUT_S from
+   * accept, counted), the bound itself for the later requests of a
+   * kept-alive connection. */
+  info.timeout_secs_ah_idle = WEB_HEADER_TIMEOUT_S + 1;
   info.keepalive_timeout = 30;
   info.retry_and_idle_policy = &idle_policy;
   /* HTTP/1.1 only: the handlers read the h1 method tokens. */

@@ -738,19 +738,55 @@ int web_h_audit(struct lws *wsi, struct web *w, struct web_http_conn *c, const c
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 
+/* The web server's own counters (web.c), after the gateway's. */
+static int web_metrics_text(const struct web *w, char *buf, size_t cap)
+{
+  const struct web_stats *st = &w->stats;
+
+  return snprintf(
+      buf, cap,
+      "# HELP fleetgw_web_connections Open HTTP and WebSocket connections.\n"
+      "# TYPE fleetgw_web_connections gauge\n"
+      "fleetgw_web_connections %u\n"
+      "# HELP fleetgw_web_connections_refused_total Connections closed at accept, by the bound "
+      "they met (" WEB_STR(WEB_CONN_MAX) " in all, " WEB_STR(WEB_CONN_PER_IP) " per client).\n"
+      "# TYPE fleetgw_web_connections_refused_total counter\n"
+      "fleetgw_web_connections_refused_total{reason=\"total\"} %llu\n"
+      "fleetgw_web_connections_refused_total{reason=\"per_ip\"} %llu\n"
+      "# HELP fleetgw_web_request_timeouts_total Connections closed because a request's headers "
+      "or body did not arrive in time.\n"
+      "# TYPE fleetgw_web_request_timeouts_total counter\n"
+      "fleetgw_web_request_timeouts_total{phase=\"headers\"} %llu\n"
+      "fleetgw_web_request_timeouts_total{phase=\"body\"} %llu\n",
+      w->conn_table.total, (unsigned long long)st->refused_full,
+      (unsigned long long)st->refused_per_ip, (unsigned long long)st->timeout_headers,
+      (unsigned long long)st->timeout_body);
+}
+
 int web_h_metrics(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
+  char own[1024];
   char *text = NULL;
   int rc = api_metrics_prometheus(w->gw, &text);
+  int n = web_metrics_text(w, own, sizeof own);
+  unsigned char *out;
+  size_t len;
 
-  if (rc != API_OK || !text) {
+  if (rc != API_OK || !text || n < 0 || (size_t)n >= sizeof own) {
     free(text);
     return web_reply_error(wsi, w, c, 500, "internal", "metrics unavailable");
   }
-  rc = web_reply_copy(wsi, w, c, 200, "text/plain; version=0.0.4; charset=utf-8", text,
-                      strlen(text));
+  len = strlen(text);
+  out = web_out_alloc(len + (size_t)n);
+  if (!out) {
+    free(text);
+    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
+  }
+  memcpy(out + LWS_PRE, text, len);
+  memcpy(out + LWS_PRE + len, own, (size_t)n);
   free(text);
-  return rc;
+  return web_reply_raw(wsi, w, c, 200, "text/plain; version=0.0.4; charset=utf-8", out,
+                       len + (size_t)n);
 }
 
 /* The upgrade itself never reaches the HTTP side: web_ws.c takes it. */

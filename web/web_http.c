@@ -52,6 +52,9 @@ int web_reply_raw(struct lws *wsi, struct web *w, struct web_http_conn *c, int s
   c->status = status;
   c->ctype = ctype;
   c->replying = true;
+  /* Answered: the request is no longer waited for (a body still coming is
+   * discarded under lws's own timeout). */
+  web_conn_deadline(wsi, WEB_DEADLINE_NONE);
   api_count_http(w->gw, status);
   lws_callback_on_writable(wsi);
   return 0;
@@ -380,6 +383,7 @@ static int on_request(struct lws *wsi, struct web *w, struct web_http_conn *c)
   conn_reset(c);
   c->active = true;
   c->method = method_bit(m);
+  web_conn_deadline(wsi, WEB_DEADLINE_NONE); /* the headers are in */
 
   if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0) {
     /* lws 4.1 does not de-chunk request bodies; refuse rather than
@@ -416,6 +420,9 @@ static int on_request(struct lws *wsi, struct web *w, struct web_http_conn *c)
       }
       c->body_cap = (size_t)cl;
       c->body_expected = true;
+      /* All of it in time, however slowly it trickles (lws's own timeout
+       * restarts with every piece). */
+      web_conn_deadline(wsi, WEB_DEADLINE_BODY);
       return 0; /* dispatched at LWS_CALLBACK_HTTP_BODY_COMPLETION */
     }
   } else if (c->method & (WEB_POST | WEB_PUT | WEB_PATCH)) {

@@ -14,6 +14,10 @@
 
 /* ---- pure helpers (web_util.c): no libwebsockets, no gateway, no I/O ---- */
 
+/* A numeric macro as a string literal, for messages that name a bound. */
+#define WEB_STR_(x) #x
+#define WEB_STR(x) WEB_STR_(x)
+
 /* Methods as a bit set, so a route can say which it accepts. */
 enum web_method {
   WEB_GET = 1u << 0,
@@ -110,6 +114,41 @@ enum web_json_err web_json_check_object(const char *buf, size_t len, size_t *at)
 /* A short English phrase for the error (static). */
 const char *web_json_strerror(enum web_json_err e);
 
+/* Bounds on the HTTP side (docs/architecture.md §10), fixed: they protect
+ * the one loop every leaf shares, and an operator's dashboard needs a
+ * handful of connections.  A client that opens connections and never
+ * finishes a request holds at most WEB_CONN_PER_IP of them, each for at
+ * most WEB_HEADER_TIMEOUT_S (+ WEB_BODY_TIMEOUT_S if it sent headers
+ * announcing a body); past the bounds a connection is closed at accept,
+ * before any of its bytes are read.  Every admitted connection finds a
+ * header table at once (the pool is WEB_CONN_MAX), so half-sent requests
+ * never queue the others behind them. */
+#define WEB_CONN_MAX 128            /* HTTP and WebSocket connections at once */
+#define WEB_CONN_PER_IP 16          /* of those, from one IPv4 address or IPv6 /64 */
+#define WEB_HEADER_TIMEOUT_S 5      /* accept (TLS handshake included) to complete headers */
+#define WEB_BODY_TIMEOUT_S 5        /* complete headers to the whole body, however it trickles */
+
+/* Who holds the connections: one slot per client address (an IPv6 address
+ * counts by its /64, which one host can fill at will; an IPv4-mapped IPv6
+ * address as the IPv4 address; anything that is not IP shares one slot).
+ * Fixed size, no allocation. */
+struct web_ip_slot {
+  unsigned char key[9];        /* family tag, then 4 (IPv4) or 8 (IPv6 /64) bytes */
+  uint16_t count;              /* 0: the slot is free */
+};
+struct web_conn_table {
+  struct web_ip_slot slots[WEB_CONN_MAX];
+  unsigned total;
+};
+enum web_admit { WEB_ADMIT_OK = 0, WEB_ADMIT_FULL, WEB_ADMIT_PER_IP };
+struct sockaddr;
+/* Would a connection from sa be admitted now?  Changes nothing. */
+enum web_admit web_conn_check(const struct web_conn_table *t, const struct sockaddr *sa);
+/* Admits it: WEB_ADMIT_OK with *slot its slot (for web_conn_release), or
+ * the bound it hits. */
+enum web_admit web_conn_admit(struct web_conn_table *t, const struct sockaddr *sa, int *slot);
+void web_conn_release(struct web_conn_table *t, int slot);
+
 /* ---- shared between the web/ files (need libwebsockets) ---------------- */
 
 #ifndef WEB_UTIL_ONLY
@@ -123,6 +162,32 @@ const char *web_json_strerror(enum web_json_err e);
 enum web_role { WEB_ROLE_NONE = 0, WEB_ROLE_READ = 1, WEB_ROLE_ADMIN = 2 };
 
 struct web_ws_client;
+
+/* What a connection is waiting for, against its deadline (web.c). */
+enum web_deadline {
+  WEB_DEADLINE_NONE,           /* nothing (a request is being answered, or kept-alive idle) */
+  WEB_DEADLINE_HEADERS,        /* its first request's headers: WEB_HEADER_TIMEOUT_S */
+  WEB_DEADLINE_BODY,           /* the body the headers announced: WEB_BODY_TIMEOUT_S */
+};
+
+/* One admitted connection's bookkeeping, found from its wsi through lws's
+ * opaque user data (set only on connections web.c admitted). */
+struct web_conn {
+  struct web *w;
+  struct lws *wsi;             /* NULL: the record is free */
+  int slot;                    /* in w->conn_table */
+  enum web_deadline deadline;
+  lws_sorted_usec_list_t sul;  /* fires at the deadline */
+  char peer[48];               /* the client's address, for the log */
+};
+
+/* Counted since the start, shown on /metrics (web_h_metrics). */
+struct web_stats {
+  uint64_t refused_full;       /* WEB_CONN_MAX connections were open */
+  uint64_t refused_per_ip;     /* WEB_CONN_PER_IP from that client were open */
+  uint64_t timeout_headers;    /* closed: no complete headers in time */
+  uint64_t timeout_body;       /* closed: no complete body in time */
+};
 
 struct web {
   uv_loop_t *loop;
@@ -145,6 +210,11 @@ struct web {
   size_t max_body;
 
   struct web_ws_client *clients;  /* live event-stream sockets */
+
+  /* Every admitted connection, counted per client (web.c). */
+  struct web_conn_table conn_table;
+  struct web_conn conns[WEB_CONN_MAX];
+  struct web_stats stats;
 
   /* Stopping: lws closes its libuv handles asynchronously, so a timer of
    * ours watches for the last of them before done() runs. */
@@ -201,6 +271,11 @@ struct web_pss {
   struct web_http_conn http;
   struct web_ws_client ws;
 };
+
+/* web.c: arms the connection's deadline for what it now waits for, or
+ * clears it (WEB_DEADLINE_NONE).  A connection web.c did not admit has no
+ * deadline of ours. */
+void web_conn_deadline(struct lws *wsi, enum web_deadline which);
 
 /* web_auth.c */
 enum web_role web_auth_token(const struct web *w, const char *token, size_t len);

@@ -12,11 +12,13 @@
 #include "web_int.h"
 
 #include <ctype.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 bool web_path_match(const char *pattern, const char *path, const char **arg, size_t *arg_len)
 {
@@ -254,9 +256,6 @@ const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, s
 }
 
 /* ---- strict JSON (request bodies) ----------------------------------------- */
-
-#define WEB_STR_(x) #x
-#define WEB_STR(x) WEB_STR_(x)
 
 struct jscan {
   const unsigned char *p;
@@ -604,4 +603,97 @@ const char *web_json_strerror(enum web_json_err e)
   case WEB_JSON_NOT_OBJECT: return "the top level is not a JSON object";
   }
   return "malformed JSON";
+}
+
+/* ---- connection bounds ---------------------------------------------------- */
+
+/* The slot key of a peer address. */
+static void conn_key(const struct sockaddr *sa, unsigned char key[9])
+{
+  static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+  memset(key, 0, 9); /* tag 0: not IP */
+  if (!sa)
+    return;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    key[0] = 4;
+    memcpy(key + 1, &in->sin_addr, 4);
+    return;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if (memcmp(a, v4mapped, sizeof v4mapped) == 0) {
+      key[0] = 4;
+      memcpy(key + 1, a + 12, 4);
+    } else {
+      key[0] = 6;
+      memcpy(key + 1, a, 8); /* the /64 */
+    }
+  }
+}
+
+/* The slot holding key, or -1; *free_slot gets a free one (or -1). */
+static int conn_find(const struct web_conn_table *t, const unsigned char key[9], int *free_slot)
+{
+  *free_slot = -1;
+  for (int i = 0; i < WEB_CONN_MAX; i++) {
+    if (t->slots[i].count == 0) {
+      if (*free_slot < 0)
+        *free_slot = i;
+    } else if (memcmp(t->slots[i].key, key, sizeof t->slots[i].key) == 0) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+/* The decision and the slot it would use. */
+static enum web_admit conn_decide(const struct web_conn_table *t, const struct sockaddr *sa,
+                                  unsigned char key[9], int *slot)
+{
+  int free_slot;
+
+  *slot = -1;
+  conn_key(sa, key);
+  if (t->total >= WEB_CONN_MAX)
+    return WEB_ADMIT_FULL;
+  *slot = conn_find(t, key, &free_slot);
+  if (*slot >= 0)
+    return t->slots[*slot].count >= WEB_CONN_PER_IP ? WEB_ADMIT_PER_IP : WEB_ADMIT_OK;
+  /* total < WEB_CONN_MAX, so some slot is free. */
+  *slot = free_slot;
+  return free_slot >= 0 ? WEB_ADMIT_OK : WEB_ADMIT_FULL;
+}
+
+enum web_admit web_conn_check(const struct web_conn_table *t, const struct sockaddr *sa)
+{
+  unsigned char key[9];
+  int slot;
+
+  return conn_decide(t, sa, key, &slot);
+}
+
+enum web_admit web_conn_admit(struct web_conn_table *t, const struct sockaddr *sa, int *slot)
+{
+  unsigned char key[9];
+  enum web_admit a = conn_decide(t, sa, key, slot);
+
+  if (a != WEB_ADMIT_OK) {
+    *slot = -1;
+    return a;
+  }
+  memcpy(t->slots[*slot].key, key, sizeof key);
+  t->slots[*slot].count++;
+  t->total++;
+  return WEB_ADMIT_OK;
+}
+
+void web_conn_release(struct web_conn_table *t, int slot)
+{
+  if (slot < 0 || slot >= WEB_CONN_MAX || t->slots[slot].count == 0)
+    return;
+  t->slots[slot].count--;
+  if (t->total)
+    t->total--;
 }

@@ -2,13 +2,16 @@
 would misread, and clients that open connections and never finish their
 requests.  Against the real gateway with its web server (the web_gateway
 fixture of test_web_api.py), loopback addresses only."""
+import http.client
 import json
+import socket
 import time
 
 import pytest
 
-from test_web_api import ADMIN, web_gateway  # noqa: F401
-from webclient import WebSocket, WsClosed, check_error_body
+from conftest import LOOPBACK, wait_until
+from test_web_api import ADMIN, READ, web_gateway  # noqa: F401
+from webclient import WebSocket, WsClosed, check_error_body, parse_prometheus
 
 
 # ---------------------------------------------------------------------------
@@ -104,3 +107,231 @@ def test_event_stream_token_message_is_strict(web_gateway):
         assert ws.recv_json(timeout=5)["type"] == "hello"
     finally:
         ws.close()
+
+
+# ---------------------------------------------------------------------------
+# slow HTTP: half-sent requests, connection bounds
+# ---------------------------------------------------------------------------
+# web/web_int.h
+CONN_MAX = 128
+CONN_PER_IP = 16
+HEADER_TIMEOUT_S = 5
+BODY_TIMEOUT_S = 5
+HALF_REQUEST = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n"
+
+
+def half_sent(port, source, n, data=HALF_REQUEST):
+    """n connections from `source` that each send `data` and then nothing."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((source, 0))
+        s.settimeout(5)
+        s.connect((LOOPBACK, port))
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # already refused
+        socks.append(s)
+    return socks
+
+
+def is_closed(s):
+    """True once the gateway closed s (EOF or reset); False while it is open."""
+    s.setblocking(False)
+    try:
+        return s.recv(4096) == b""   # an answer would be a bug: the request is incomplete
+    except BlockingIOError:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        s.settimeout(5)
+
+
+def close_all(socks):
+    for s in socks:
+        s.close()
+
+
+def wait_all_closed(socks, timeout):
+    """Seconds until every socket was closed by the gateway; fails after
+    timeout.  Returns the time each one closed."""
+    t0 = time.monotonic()
+    closed_at = [None] * len(socks)
+    while time.monotonic() - t0 < timeout:
+        for i, s in enumerate(socks):
+            if closed_at[i] is None and is_closed(s):
+                closed_at[i] = time.monotonic()
+        if all(c is not None for c in closed_at):
+            return closed_at
+        time.sleep(0.05)
+    still = sum(c is None for c in closed_at)
+    raise AssertionError("%d of %d half-sent connections still open after %.1f s"
+                         % (still, len(socks), timeout))
+
+
+def web_metrics(wg, source="127.0.0.4"):
+    """The web server's counters, fetched from a client address of its own
+    (127.0.0.1 may be at its bound)."""
+    conn = http.client.HTTPConnection(LOOPBACK, wg.port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": "Bearer " + READ})
+        r = conn.getresponse()
+        text = r.read().decode()
+        assert r.status == 200, (r.status, text[:300])
+    finally:
+        conn.close()
+    fams = parse_prometheus(text)
+    return {
+        "open": fams["fleetgw_web_connections"].value(),
+        "refused_total": fams["fleetgw_web_connections_refused_total"].value(reason="total"),
+        "refused_per_ip": fams["fleetgw_web_connections_refused_total"].value(reason="per_ip"),
+        "timeout_headers": fams["fleetgw_web_request_timeouts_total"].value(phase="headers"),
+        "timeout_body": fams["fleetgw_web_request_timeouts_total"].value(phase="body"),
+    }
+
+
+def settled_metrics(wg):
+    """The counters once the gateway has let go of earlier connections (only
+    the /metrics request itself is open)."""
+    assert wait_until(lambda: web_metrics(wg)["open"] == 1, 5), web_metrics(wg)
+    return web_metrics(wg)
+
+
+def timed_health(port, source):
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/api/v1/health")
+        r = conn.getresponse()
+        r.read()
+        return r.status, time.monotonic() - t0
+    finally:
+        conn.close()
+
+
+def test_half_sent_requests_do_not_delay_others_and_are_closed(web_gateway):
+    wg = web_gateway()
+    base = settled_metrics(wg)
+    t_open = time.monotonic()
+    ones = half_sent(wg.port, "127.0.0.1", 80)
+    twos = half_sent(wg.port, "127.0.0.2", 20)
+    try:
+        time.sleep(0.3)  # the gateway has accepted (or refused) them all
+        # A fresh client is answered at once.
+        status, took = timed_health(wg.port, "127.0.0.3")
+        assert status == 200 and took < 1.0, (status, took)
+        # Each client holds at most CONN_PER_IP connections; the rest were
+        # closed at accept.
+        admitted = [s for s in ones + twos if not is_closed(s)]
+        assert sum(s in admitted for s in ones) == CONN_PER_IP
+        assert sum(s in admitted for s in twos) == CONN_PER_IP
+        m = web_metrics(wg)
+        assert m["refused_per_ip"] - base["refused_per_ip"] == (80 - CONN_PER_IP) + (20 - CONN_PER_IP)
+        assert m["refused_total"] == base["refused_total"]
+        assert m["open"] == 2 * CONN_PER_IP + 1  # and the /metrics request
+
+        # The admitted ones are closed by the gateway at their deadline, not
+        # before, and each is counted.
+        closed_at = wait_all_closed(admitted, HEADER_TIMEOUT_S + 3)
+        assert min(closed_at) - t_open >= HEADER_TIMEOUT_S - 0.5, min(closed_at) - t_open
+        assert max(closed_at) - t_open <= HEADER_TIMEOUT_S + 2, max(closed_at) - t_open
+        m = settled_metrics(wg)
+        assert m["timeout_headers"] - base["timeout_headers"] == 2 * CONN_PER_IP
+        assert m["timeout_body"] == base["timeout_body"]
+        # And the server is as good as new.
+        assert timed_health(wg.port, "127.0.0.1")[0] == 200
+    finally:
+        close_all(ones + twos)
+
+
+def test_connections_are_bounded_in_all(web_gateway):
+    wg = web_gateway()
+    base = settled_metrics(wg)
+    socks = []
+    try:
+        # CONN_PER_IP from each of enough clients to pass CONN_MAX.
+        clients = CONN_MAX // CONN_PER_IP + 2
+        for i in range(clients):
+            socks += half_sent(wg.port, "127.0.1.%d" % (i + 1), CONN_PER_IP)
+        time.sleep(0.3)
+        assert sum(not is_closed(s) for s in socks) == CONN_MAX
+        # Full: even a new client is refused now, and it is counted...
+        late = half_sent(wg.port, "127.0.0.9", 1)[0]
+        socks.append(late)
+        assert wait_all_closed([late], 2)
+        # ...until the deadline frees the room.
+        wait_all_closed(socks, HEADER_TIMEOUT_S + 3)
+        m = settled_metrics(wg)
+        assert m["refused_total"] - base["refused_total"] == clients * CONN_PER_IP - CONN_MAX + 1
+        assert m["refused_per_ip"] == base["refused_per_ip"]
+        assert m["timeout_headers"] - base["timeout_headers"] == CONN_MAX
+    finally:
+        close_all(socks)
+
+
+def test_a_trickled_body_has_one_deadline(web_gateway):
+    wg = web_gateway()
+    base = settled_metrics(wg)
+    s = socket.create_connection((LOOPBACK, wg.port), timeout=5)
+    try:
+        s.sendall(b"POST /api/v1/allowlist HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + ADMIN.encode() + b"\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{")
+        t0 = time.monotonic()
+        # One byte a second: each would restart a per-read timeout.
+        closed = False
+        while time.monotonic() - t0 < BODY_TIMEOUT_S + 3:
+            try:
+                s.sendall(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if is_closed(s):
+                closed = True
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        assert closed, "a trickled body kept the connection for %.1f s" % took
+        assert BODY_TIMEOUT_S - 0.5 <= took <= BODY_TIMEOUT_S + 1.5, took
+        m = settled_metrics(wg)
+        assert m["timeout_body"] - base["timeout_body"] == 1
+        assert m["timeout_headers"] == base["timeout_headers"]
+        # Nothing was added.
+        assert wg.api.ok("GET", "/api/v1/allowlist")["total"] == 0
+    finally:
+        s.close()
+
+
+def test_slow_but_complete_clients_are_served(web_gateway):
+    """Headers and body that arrive in pieces, within the deadlines, are
+    fine; and a kept-alive connection is not cut by the first deadline."""
+    wg = web_gateway()
+    s = socket.create_connection((LOOPBACK, wg.port), timeout=10)
+    try:
+        body = json.dumps({"entry": "slow-1"}).encode()
+        req = (b"POST /api/v1/allowlist HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+               + ADMIN.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for i in range(0, len(req), 16):
+            s.sendall(req[i:i + 16])
+            time.sleep(0.05)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 201"), "the slow request was not served"
+        length = 0
+        while True:
+            line = f.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+            if line in (b"\r\n", b""):
+                break
+        f.read(length)
+        # Past the first request's header deadline, the same connection
+        # still takes a request.
+        time.sleep(HEADER_TIMEOUT_S + 0.5)
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
+    assert web_metrics(wg)["timeout_headers"] == 0

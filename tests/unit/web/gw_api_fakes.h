@@ -1,10 +1,12 @@
 /*
  * gw_api_fakes.h - link stubs for every gateway/api/gw_api.h function that
- * web_http.c and web_api.c call.  The web unit tests that reach into them
- * (the route table, the row adapters) pull web_http.o and web_api.o (each
- * needs the other) out of fleetgw_web, and fleetgw_web does not link the
- * gateway; these stand in for it.  The tests never run a handler, so the
- * stubs only fail (or, for the request counter, do nothing).  Include it in exactly one file of a test executable.
+ * web_http.c and web_api.c call, and web.c and web_ws.c with them.  The web
+ * unit tests that reach into them (the route table, the row adapters) pull
+ * web_http.o and web_api.o (each needs the other, and web_http.o needs
+ * web.o for the connection deadlines) out of fleetgw_web, and fleetgw_web
+ * does not link the gateway; these stand in for it.  The tests never run a
+ * handler, so the stubs only fail (or, for the request counter, do
+ * nothing).  Include it in exactly one file of a test executable.
  */
 #ifndef FLEETGW_GW_API_FAKES_H
 #define FLEETGW_GW_API_FAKES_H
@@ -76,5 +78,10 @@ int api_metrics_prometheus(struct gw *gw, char **text)
   *text = NULL;
   return API_ERROR;
 }
+
+/* web_http.c's connection deadlines are in web.c, which pulls web_ws.c. */
+struct api_sub *api_subscribe(struct gw *gw, api_event_cb cb, void *ud) { return NULL; }
+
+void api_unsubscribe(struct gw *gw, struct api_sub *sub) {}
 
 #endif

@@ -6,8 +6,11 @@
 #define WEB_UTIL_ONLY
 #include "web_int.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "test.h"
 
@@ -240,6 +243,118 @@ static void test_csv(void)
   ASSERT_TRUE(web_csv_next("\n\r\n \n", 5, &pos, buf, sizeof buf) == NULL);
 }
 
+static struct sockaddr_storage addr_of(const char *ip)
+{
+  struct sockaddr_storage ss;
+
+  memset(&ss, 0, sizeof ss);
+  if (strchr(ip, ':')) {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    in6->sin6_family = AF_INET6;
+    ASSERT_EQ(inet_pton(AF_INET6, ip, &in6->sin6_addr), 1);
+  } else {
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    in->sin_family = AF_INET;
+    ASSERT_EQ(inet_pton(AF_INET, ip, &in->sin_addr), 1);
+  }
+  return ss;
+}
+
+/* Admits n connections from ip; returns how many were admitted, their
+ * slots in slots[] (if not NULL). */
+static int admit_n(struct web_conn_table *t, const char *ip, int n, int *slots)
+{
+  struct sockaddr_storage ss = addr_of(ip);
+  int ok = 0;
+
+  for (int i = 0; i < n; i++) {
+    int slot = 99;
+    if (web_conn_admit(t, (const struct sockaddr *)&ss, &slot) == WEB_ADMIT_OK) {
+      ASSERT_TRUE(slot >= 0 && slot < WEB_CONN_MAX);
+      if (slots)
+        slots[ok] = slot;
+      ok++;
+    } else {
+      ASSERT_EQ(slot, -1);
+    }
+  }
+  return ok;
+}
+
+static void test_conn_table(void)
+{
+  static struct web_conn_table t;
+  int slots[WEB_CONN_MAX];
+  struct sockaddr_storage a = addr_of("192.0.2.1");
+
+  memset(&t, 0, sizeof t);
+  /* One client: WEB_CONN_PER_IP, then refused; checking changes nothing. */
+  ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&a), WEB_ADMIT_OK);
+  ASSERT_EQ(admit_n(&t, "192.0.2.1", WEB_CONN_PER_IP + 5, slots), WEB_CONN_PER_IP);
+  ASSERT_EQ(t.total, WEB_CONN_PER_IP);
+  ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&a), WEB_ADMIT_PER_IP);
+  ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&a), WEB_ADMIT_PER_IP);
+  ASSERT_EQ(t.total, WEB_CONN_PER_IP);
+  /* All of one client's connections share a slot. */
+  for (int i = 1; i < WEB_CONN_PER_IP; i++)
+    ASSERT_EQ(slots[i], slots[0]);
+  /* Another client is not affected. */
+  ASSERT_EQ(admit_n(&t, "192.0.2.2", 1, NULL), 1);
+  /* The same address as IPv4-mapped IPv6 is the same client. */
+  ASSERT_EQ(admit_n(&t, "::ffff:192.0.2.1", 1, NULL), 0);
+  /* One released: one more admitted, in the same slot. */
+  web_conn_release(&t, slots[0]);
+  ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&a), WEB_ADMIT_OK);
+  ASSERT_EQ(admit_n(&t, "::ffff:192.0.2.1", 1, slots + WEB_CONN_PER_IP), 1);
+  ASSERT_EQ(slots[WEB_CONN_PER_IP], slots[0]);
+  ASSERT_EQ(t.total, WEB_CONN_PER_IP + 1);
+
+  /* IPv6 counts by /64: other hosts of the prefix share the bound. */
+  ASSERT_EQ(admit_n(&t, "2001:db8:1:2::1", WEB_CONN_PER_IP - 1, NULL), WEB_CONN_PER_IP - 1);
+  ASSERT_EQ(admit_n(&t, "2001:db8:1:2:ffff::7", 5, NULL), 1);
+  ASSERT_EQ(admit_n(&t, "2001:db8:1:3::1", 1, NULL), 1);
+  /* Peers that are not IP share one slot (and its bound). */
+  {
+    struct sockaddr_storage u;
+    memset(&u, 0, sizeof u);
+    u.ss_family = AF_UNSPEC;
+    for (int i = 0; i < WEB_CONN_PER_IP; i++) {
+      int slot;
+      ASSERT_EQ(web_conn_admit(&t, (const struct sockaddr *)&u, &slot), WEB_ADMIT_OK);
+    }
+    ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&u), WEB_ADMIT_PER_IP);
+    ASSERT_EQ(web_conn_check(&t, NULL), WEB_ADMIT_PER_IP);
+  }
+
+  /* In all: WEB_CONN_MAX, whoever asks. */
+  memset(&t, 0, sizeof t);
+  int got = 0;
+  for (int c = 0; got < WEB_CONN_MAX + 10 && c < 64; c++) {
+    char ip[32];
+    snprintf(ip, sizeof ip, "10.0.0.%d", c + 1);
+    got += admit_n(&t, ip, WEB_CONN_PER_IP, NULL);
+  }
+  ASSERT_EQ(got, WEB_CONN_MAX);
+  ASSERT_EQ(t.total, WEB_CONN_MAX);
+  {
+    struct sockaddr_storage n = addr_of("10.9.9.9");
+    int slot = 7;
+    ASSERT_EQ(web_conn_check(&t, (const struct sockaddr *)&n), WEB_ADMIT_FULL);
+    ASSERT_EQ(web_conn_admit(&t, (const struct sockaddr *)&n, &slot), WEB_ADMIT_FULL);
+    ASSERT_EQ(slot, -1);
+  }
+  /* Releasing every connection empties the table; a bad slot is ignored. */
+  web_conn_release(&t, -1);
+  web_conn_release(&t, WEB_CONN_MAX);
+  for (int i = 0; i < WEB_CONN_MAX; i++)
+    while (t.slots[i].count)
+      web_conn_release(&t, i);
+  ASSERT_EQ(t.total, 0);
+  web_conn_release(&t, 0); /* already free: nothing happens */
+  ASSERT_EQ(t.total, 0);
+  ASSERT_EQ(admit_n(&t, "10.9.9.9", 1, NULL), 1);
+}
+
 int main(void)
 {
   RUN(test_path_match);
@@ -251,5 +366,6 @@ int main(void)
   RUN(test_static_path);
   RUN(test_content_type);
   RUN(test_csv);
+  RUN(test_conn_table);
   return TEST_END();
 }
