@@ -331,15 +331,14 @@ int cfgi_check_rules(const struct loader *ld)
 
 /* ---- warnings ----------------------------------------------------------- */
 
-/* 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and "localhost". */
+/* 127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z); web.bind is an address
+ * literal (cfgi_check_ip), so no name needs resolving. */
 static bool is_loopback(const char *addr)
 {
   static const unsigned char v6_loopback[16] = {[15] = 1};
   static const unsigned char v4_mapped[12] = {[10] = 0xff, [11] = 0xff};
   unsigned char a[16];
 
-  if (strcmp(addr, "localhost") == 0)
-    return true;
   if (inet_pton(AF_INET, addr, a) == 1)
     return a[0] == 127;
   if (inet_pton(AF_INET6, addr, a) != 1)
@@ -363,18 +362,32 @@ static void add_warning(char lines[][CFG_WARNING_LEN], size_t max, size_t *n, co
   (*n)++;
 }
 
+/* True when every new-identity limit is off (0 = no limit). */
+static bool no_new_id_limit(const struct gw_config *cfg)
+{
+  return cfg->admission.new_ids_per_port == 0 && cfg->admission.new_ids_per_ip == 0 &&
+         cfg->admission.new_ids_per_converter == 0 && cfg->admission.new_ids == 0;
+}
+
 size_t cfg_warnings(const struct gw_config *cfg, char lines[][CFG_WARNING_LEN], size_t max)
 {
   size_t n = 0;
+  bool is_open;
 
   if (!cfg || !lines)
     return 0;
+  is_open = cfg->admission.policy == POLICY_OPEN;
   if (cfg->web.enabled && !cfg->web.tls_cert_file && !is_loopback(cfg->web.bind))
-    add_warning(lines, max, &n, "web.bind %s without TLS: tokens cross the network in clear",
+    add_warning(lines, max, &n,
+                "web.bind %s without web.tls_cert_file: API tokens cross the network in clear",
                 cfg->web.bind);
-  /* The gateway-wide limit is the one a flood from spoofed sources meets. */
-  if (cfg->admission.policy == POLICY_OPEN && cfg->provisioning.backend != BACKEND_NONE &&
-      cfg->admission.new_ids == 0)
+  if (is_open && no_new_id_limit(cfg))
+    add_warning(lines, max, &n,
+                "admission.policy \"open\" with no new-identity limit: any box on the LAN can "
+                "mint identities");
+  /* The gateway-wide limit is the one a flood from spoofed sources meets: the
+   * per-port and per-IP limits do not hold it back. */
+  else if (is_open && cfg->provisioning.backend != BACKEND_NONE && cfg->admission.new_ids == 0)
     add_warning(lines, max, &n,
                 "admission.policy \"open\" with admission.new_ids 0: boxes on the LAN can have "
                 "certificates issued with no gateway-wide limit");

@@ -460,6 +460,11 @@ static void test_registry_size_guard(void)
   cfg_free(cfg);
 }
 
+/* The members of "admission" that turn every new-identity limit off. */
+#define NO_NEW_ID_LIMIT                                                                            \
+  "\"new_ids\": 0, \"new_ids_per_port\": 0, \"new_ids_per_ip\": 0, \"new_ids_per_converter\": "    \
+  "0"
+
 /* Loads json (which must be valid) and returns cfg_warnings() into w. */
 static size_t warnings_of(char w[][CFG_WARNING_LEN], size_t max, const char *json)
 {
@@ -484,9 +489,11 @@ static void test_warnings(void)
 
   ASSERT_EQ(warnings_of(w, 4, "{" UP "}"), 0);
   ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"0.0.0.0\"}, " UP "}"), 1);
-  ASSERT_STR_EQ(w[0], "web.bind 0.0.0.0 without TLS: tokens cross the network in clear");
+  ASSERT_STR_EQ(w[0], "web.bind 0.0.0.0 without web.tls_cert_file: API tokens cross the network in "
+                      "clear");
   ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"fd00::7\"}, " UP "}"), 1);
-  ASSERT_STR_EQ(w[0], "web.bind fd00::7 without TLS: tokens cross the network in clear");
+  ASSERT_STR_EQ(w[0], "web.bind fd00::7 without web.tls_cert_file: API tokens cross the network in "
+                      "clear");
   for (size_t i = 0; i < sizeof loopback / sizeof loopback[0]; i++) {
     snprintf(json, sizeof json, "{\"web\": {\"bind\": \"%s\"}, " UP "}", loopback[i]);
     ASSERT_EQ(warnings_of(w, 4, json), 0);
@@ -498,6 +505,24 @@ static void test_warnings(void)
   ASSERT_EQ(warnings_of(w, 4, json), 0);
   ASSERT_EQ(warnings_of(w, 4, "{\"web\": {\"bind\": \"0.0.0.0\", \"enabled\": false}, " UP "}"),
             0);
+  /* "open" with every new-identity limit off, with or without a backend. */
+  ASSERT_EQ(
+      warnings_of(w, 4, "{\"admission\": {\"policy\": \"open\", " NO_NEW_ID_LIMIT "}, " UP "}"), 1);
+  ASSERT_STR_EQ(w[0], "admission.policy \"open\" with no new-identity limit: any box on the "
+                      "LAN can mint identities");
+  ASSERT_EQ(warnings_of(w, 4,
+                        "{\"admission\": {\"policy\": \"open\", " NO_NEW_ID_LIMIT "}, "
+                        "\"provisioning\": {\"backend\": \"local-ca\"}, " UP "}"),
+            1);
+  ASSERT_TRUE(strstr(w[0], "with no new-identity limit") != NULL);
+  /* One limit left, or another policy: no warning. */
+  ASSERT_EQ(warnings_of(w, 4,
+                        "{\"admission\": {\"policy\": \"open\", \"new_ids\": 0, "
+                        "\"new_ids_per_port\": 0, \"new_ids_per_converter\": 0}, " UP "}"),
+            0);
+  ASSERT_EQ(
+      warnings_of(w, 4, "{\"admission\": {\"policy\": \"approve\", " NO_NEW_ID_LIMIT "}, " UP "}"),
+      0);
   /* "open" with a backend and no gateway-wide limit mints without bound. */
   ASSERT_EQ(warnings_of(w, 4, "{\"admission\": {\"policy\": \"open\", \"new_ids\": 0}, "
                               "\"provisioning\": {\"backend\": \"local-ca\"}, " UP "}"), 1);
