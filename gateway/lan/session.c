@@ -273,9 +273,32 @@ enum verdict {
   V_NOT_CONNECTED,              /* §6.12: tell the leaf to connect again */
 };
 
+/* A CONNECT that will not complete (the leaf left, or its will was
+ * refused): everything it holds is let go, its upstream included. */
+static void connect_abandon(struct session *s)
+{
+  s->wait_provision = false;
+  sess_end_upstream(s, true, false);
+  sess_set_state(s, SESS_DISCONNECTED);
+  sess_arm(s);
+}
+
+/* DISCONNECT before CONNACK: the leaf gave up on its CONNECT (§6.14 allows
+ * DISCONNECT from any state); acknowledged, and nothing is held for it. */
+static enum verdict on_connecting_disconnect(struct session *s)
+{
+  static struct log_ratelimit rl;
+  sess_reply(s, MQTTSN_DISCONNECT);
+  log_ratelimited(&rl, LOG_INFO, MOD, "%s: disconnected before CONNACK", s->client_id);
+  connect_abandon(s);
+  return V_DONE;
+}
+
 /* A message during the will prompts of a CONNECT. */
 static enum verdict on_will_prompt(struct session *s, const struct mqttsn_msg *m)
 {
+  if (m->type == MQTTSN_DISCONNECT)
+    return on_connecting_disconnect(s);
   if (s->state == SESS_WAIT_WILLTOPIC) {
     uint8_t rc;
     if (m->type != MQTTSN_WILLTOPIC)
@@ -283,10 +306,10 @@ static enum verdict on_will_prompt(struct session *s, const struct mqttsn_msg *m
     rc = set_will_topic(s, &m->u.willtopic);
     if (rc != MQTTSN_RC_ACCEPTED) {
       /* WILLTOPIC has no return code: the CONNECT is refused (§5.4.5). */
-      LOGW(MOD, "%s: will topic refused", s->client_id);
+      static struct log_ratelimit rl;
+      log_ratelimited(&rl, LOG_WARN, MOD, "%s: will topic refused", s->client_id);
       sess_reply_connack(s, rc);
-      sess_set_state(s, SESS_DISCONNECTED);
-      sess_arm(s);
+      connect_abandon(s);
       return V_DONE;
     }
     if (m->u.willtopic.empty) {
@@ -407,8 +430,9 @@ void sess_on_message(struct session *s, const struct sockaddr *from, const struc
     v = on_will_prompt(s, m);
     break;
   case SESS_WAIT_UPSTREAM:
-    /* Nothing but CONNECT (handled by leaves.c) makes sense before CONNACK. */
-    v = V_UNEXPECTED;
+    /* Nothing but CONNECT (handled by leaves.c) and DISCONNECT makes sense
+     * before CONNACK. */
+    v = m->type == MQTTSN_DISCONNECT ? on_connecting_disconnect(s) : V_UNEXPECTED;
     break;
   case SESS_ACTIVE:
     v = V_HANDLE;

@@ -90,3 +90,24 @@ def test_will_topic_must_be_a_topic_name(broker, gateway, broker_client):
     assert counter(gw, "will_topics_refused") == 2
     # Nothing was ever published on the truncated topic.
     bc.expect_none(0.5, topic="a")
+
+
+def test_disconnect_before_connack_lets_go_at_once(gateway):
+    from conftest import free_port
+    # No broker at this port: the CONNECT waits for an upstream that does
+    # not come.
+    gw = gateway(None, lan={"connack_timeout_ms": 1500},
+                 upstream={"host": "127.0.0.1", "port": free_port(), "tls": False})
+    lf = gw.leaf("gives-up")
+    lf.send_raw(sn.encode_connect("gives-up", 60))
+    assert wait_until(lambda: counter(gw, "leaves_connecting") == 1, 5)
+    lf.send_raw(sn.encode_disconnect())
+    lf.expect(sn.DISCONNECT)
+    assert counter(gw, "leaves_connecting") == 0
+    # Nothing is answered later: no CONNACK congestion to a leaf that left.
+    try:
+        m = lf.expect(sn.CONNACK, timeout=2.5)
+        raise AssertionError("unexpected CONNACK rc=0x%02X" % m.rc)
+    except sn.Timeout:
+        pass
+    assert counter(gw, "connack_congestion") == 0
