@@ -23,6 +23,7 @@
 #include "provisioning.h"
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,17 +132,62 @@ static char *dup_str(const char *s)
   return dup_mem(s, strlen(s));
 }
 
+/* Frees a string that may hold a secret after overwriting it.  A volatile
+ * pointer keeps the compiler from dropping stores to memory about to be
+ * freed; protocol/ may not use OpenSSL_cleanse. */
+static void wipe_free(char *s)
+{
+  volatile char *p = s;
+
+  if (!s)
+    return;
+  while (*p)
+    *p++ = '\0';
+  free(s);
+}
+
+static void wipe_mem(void *m, size_t n)
+{
+  volatile unsigned char *v = m;
+  while (n--)
+    *v++ = 0;
+}
+
+/* Overwrites every string of the tree at n. */
+static void wipe_tree(cJSON *n)
+{
+  if (n->valuestring)
+    wipe_mem(n->valuestring, strlen(n->valuestring));
+  for (cJSON *c = n->child; c; c = c->next)
+    wipe_tree(c);
+}
+
+/* Deletes a tree whose strings may hold a secret (an ownership token, a
+ * private key) after overwriting them. */
+static void delete_secret(cJSON *root)
+{
+  if (root)
+    wipe_tree(root);
+  cJSON_Delete(root);
+}
+
 /* Prints root compactly into a malloc'd string (see the allocation rule at
- * the top) and deletes root in every case. */
-static char *print_and_delete(cJSON *root)
+ * the top) and deletes root in every case; secret: the tree and the
+ * intermediate copy are wiped first. */
+static char *print_and_delete(cJSON *root, bool secret)
 {
   char *printed, *copy;
 
   printed = cJSON_PrintUnformatted(root);
-  cJSON_Delete(root);
+  if (secret)
+    delete_secret(root);
+  else
+    cJSON_Delete(root);
   if (!printed)
     return NULL;
   copy = dup_str(printed);
+  if (secret)
+    wipe_mem(printed, strlen(printed));
   cJSON_free(printed);
   return copy;
 }
@@ -161,7 +207,7 @@ char *prov_build_csr_request(const char *csr_pem)
     cJSON_Delete(root);
     return NULL;
   }
-  return print_and_delete(root);
+  return print_and_delete(root, false);
 }
 
 char *prov_build_create_keys_request(void)
@@ -207,10 +253,10 @@ char *prov_build_register_request(const char *ownership_token, const struct prov
       if (!cJSON_AddStringToObject(map, params[i].key, params[i].value))
         goto fail_root;
   }
-  return print_and_delete(root);
+  return print_and_delete(root, true);
 
 fail_root:
-  cJSON_Delete(root);
+  delete_secret(root);
   return NULL;
 }
 
@@ -239,10 +285,12 @@ static int parse_object(const char *json, size_t len, cJSON **root)
     while (end && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
       end++;
     if (!end || *end != '\0' || !cJSON_IsObject(r)) {
-      cJSON_Delete(r);
+      delete_secret(r);
       r = NULL;
     }
   }
+  /* The reply may carry a private key or an ownership token. */
+  wipe_mem(copy, len);
   free(copy);
   if (!r)
     return PROTO_MALFORMED;
@@ -287,24 +335,10 @@ int prov_parse_cert_reply(const char *json, size_t len, int expect_private_key,
     rc = take_string(root, "certificateOwnershipToken", &out->ownership_token);
   if (rc == PROTO_OK && expect_private_key)
     rc = take_string(root, "privateKey", &out->private_key);
-  cJSON_Delete(root);
+  delete_secret(root);
   if (rc != PROTO_OK)
     prov_cert_reply_clear(out);
   return rc;
-}
-
-/* Frees a string that may hold a secret after overwriting it.  A volatile
- * pointer keeps the compiler from dropping stores to memory about to be
- * freed; protocol/ may not use OpenSSL_cleanse. */
-static void wipe_free(char *s)
-{
-  volatile char *p = s;
-
-  if (!s)
-    return;
-  while (*p)
-    *p++ = '\0';
-  free(s);
 }
 
 void prov_cert_reply_clear(struct prov_cert_reply *r)
