@@ -284,6 +284,22 @@ int store_audit_list(struct store *st, const char *client_id, int64_t offset, in
 int store_audit_prune(struct store *st, int64_t max_rows, int64_t before, int64_t limit,
                       int64_t *deleted);
 
+/* ---- DTLS pre-shared keys --------------------------------------------- */
+
+#define STORE_PSK_MIN 16
+#define STORE_PSK_MAX 64
+/* Sets (or replaces) the device's PSK, sealed at rest.  NOTFOUND when the
+ * device does not exist. */
+int store_psk_set(struct store *st, const char *client_id, const uint8_t *key, size_t len,
+                  int64_t now);
+/* The device's PSK into key[cap] (wipe it after use); NOTFOUND when none. */
+int store_psk_get(struct store *st, const char *client_id, uint8_t *key, size_t cap,
+                  size_t *len);
+int store_psk_delete(struct store *st, const char *client_id);
+/* How the device last authenticated on the LAN: "plain", "dtls-psk" or
+ * "dtls-cert" (written only when it changes). */
+int store_device_set_lan_security(struct store *st, const char *client_id, const char *security);
+
 /* ---- allowlist ---------------------------------------------------------- */
 
 /* Entries are exact ClientIds or glob patterns (fnmatch: '*', '?', '[...]'). */

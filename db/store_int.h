@@ -140,6 +140,16 @@ int store_key_seal(struct store *st, const char *aad, const void *plain, size_t 
 int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t blob_len,
                      char **plain);
 
+/* A text secret of one kind (prefix, e.g. "fleetgw:psk:") sealed like a key
+ * for the device client_id, the prefix and the ClientId as associated data;
+ * unsealed into out[cap] (STORE_CRYPTO when it fails to authenticate or
+ * does not fit; the caller wipes out). */
+int store_bound_seal(struct store *st, const char *prefix, const char *client_id,
+                     const char *text, unsigned char **blob, size_t *blob_len);
+int store_bound_unseal(struct store *st, const char *prefix, const char *client_id,
+                       const void *blob, size_t blob_len, char *out, size_t cap);
+extern const char store_psk_aad_prefix[];
+
 /* An ownership token sealed like a key (store_key_seal) for the device
  * client_id, under associated data of its own; the blob is ciphertext
  * (free()). */

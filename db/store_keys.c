@@ -41,6 +41,7 @@
 static const char key_check_aad[] = "fleetgw:key-check";
 static const char key_check_plain[] = "fleetgw registry key check v1";
 static const char token_aad_prefix[] = "fleetgw:token:";
+const char store_psk_aad_prefix[] = "fleetgw:psk:";
 
 /* Kept for the callers outside db/ that store.h tells to use it; the wipe
  * itself is the project's one (common/secret.h), so a key handed out by
@@ -349,35 +350,37 @@ int store_key_unseal(struct store *st, const char *aad, const void *blob, size_t
   return STORE_OK;
 }
 
-/* The associated data of a device's sealed ownership token. */
-static int token_aad(struct store *st, const char *client_id, char *aad, size_t cap)
+/* The associated data of a device's sealed secret of one kind (prefix):
+ * a blob moved to another device or another kind fails to open. */
+static int bound_aad(struct store *st, const char *prefix, const char *client_id, char *aad,
+                     size_t cap)
 {
-  int n = snprintf(aad, cap, "%s%s", token_aad_prefix, client_id);
+  int n = snprintf(aad, cap, "%s%s", prefix, client_id);
   if (n < 0 || (size_t)n >= cap)
-    return store_fail(st, STORE_INVAL, "client id too long to seal a token for");
+    return store_fail(st, STORE_INVAL, "client id too long to seal a secret for");
   return STORE_OK;
 }
 
-int store_token_seal(struct store *st, const char *client_id, const char *token,
-                     unsigned char **blob, size_t *blob_len)
+int store_bound_seal(struct store *st, const char *prefix, const char *client_id,
+                     const char *text, unsigned char **blob, size_t *blob_len)
 {
-  char aad[sizeof token_aad_prefix + STORE_MAX_CLIENT_ID];
-  int err = token_aad(st, client_id, aad, sizeof aad);
+  char aad[64 + STORE_MAX_CLIENT_ID];
+  int err = bound_aad(st, prefix, client_id, aad, sizeof aad);
 
   *blob = NULL;
   *blob_len = 0;
   if (err != STORE_OK)
     return err;
-  return store_key_seal(st, aad, token, strlen(token), blob, blob_len);
+  return store_key_seal(st, aad, text, strlen(text), blob, blob_len);
 }
 
-int store_token_unseal(struct store *st, const char *client_id, const void *blob,
-                       size_t blob_len, char *out, size_t cap)
+int store_bound_unseal(struct store *st, const char *prefix, const char *client_id,
+                       const void *blob, size_t blob_len, char *out, size_t cap)
 {
-  char aad[sizeof token_aad_prefix + STORE_MAX_CLIENT_ID];
+  char aad[64 + STORE_MAX_CLIENT_ID];
   char *plain = NULL;
   size_t len;
-  int err = token_aad(st, client_id, aad, sizeof aad);
+  int err = bound_aad(st, prefix, client_id, aad, sizeof aad);
 
   out[0] = '\0';
   if (err == STORE_OK)
@@ -387,9 +390,21 @@ int store_token_unseal(struct store *st, const char *client_id, const void *blob
   len = strlen(plain);
   if (len >= cap) {
     secret_free(plain);
-    return store_fail(st, STORE_CRYPTO, "stored ownership token is too long (%zu bytes)", len);
+    return store_fail(st, STORE_CRYPTO, "stored secret is too long (%zu bytes)", len);
   }
   memcpy(out, plain, len + 1);
   secret_free(plain);
   return STORE_OK;
+}
+
+int store_token_seal(struct store *st, const char *client_id, const char *token,
+                     unsigned char **blob, size_t *blob_len)
+{
+  return store_bound_seal(st, token_aad_prefix, client_id, token, blob, blob_len);
+}
+
+int store_token_unseal(struct store *st, const char *client_id, const void *blob,
+                       size_t blob_len, char *out, size_t cap)
+{
+  return store_bound_unseal(st, token_aad_prefix, client_id, blob, blob_len, out, cap);
 }

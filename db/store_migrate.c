@@ -133,6 +133,17 @@ static const struct migration migrations[] = {
      "  SELECT RAISE(ABORT, 'runs.token must stay NULL: tokens are sealed in token_blob');\n"
      "END;\n",
      seal_plain_tokens},
+    /* 3: DTLS credentials and how each device authenticated on the LAN
+     * (docs/dtls.md §4).  One PSK per device, sealed like a private key
+     * with the ClientId as associated data; it goes with its device. */
+    {"CREATE TABLE psks(\n"
+     "  device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  key_blob BLOB NOT NULL,\n"
+     "  created_at INTEGER NOT NULL\n"
+     ");\n"
+     "ALTER TABLE devices ADD COLUMN lan_security TEXT CHECK (lan_security IS NULL OR "
+     "lan_security IN ('plain', 'dtls-psk', 'dtls-cert'));\n",
+     NULL},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

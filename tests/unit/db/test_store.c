@@ -21,7 +21,7 @@
 
 #include "store.h"
 
-#define LATEST_VERSION 2
+#define LATEST_VERSION 3
 
 static char g_dir[256];
 
@@ -1318,6 +1318,8 @@ static void test_token_migration(void)
                          "DROP TRIGGER runs_token_sealed_update;"
                          "UPDATE runs SET token = 'LEGACYTOKENMARKER-0123456789abcdef';"
                          "ALTER TABLE runs DROP COLUMN token_blob;"
+                         "DROP TABLE psks;"
+                         "ALTER TABLE devices DROP COLUMN lan_security;"
                          "PRAGMA user_version = 1;"),
             SQLITE_OK);
   sqlite3_close(db);
@@ -1328,7 +1330,7 @@ static void test_token_migration(void)
   ASSERT_TRUE(st != NULL);
   if (!st)
     return;
-  ASSERT_EQ(store_schema_version(st), 2);
+  ASSERT_EQ(store_schema_version(st), LATEST_VERSION);
   ASSERT_EQ(store_run_get_open(st, "mig-leaf", &r), STORE_OK);
   ASSERT_STR_EQ(r.token, legacy);
   ASSERT_EQ(r.step, RUN_CERT_RECEIVED);

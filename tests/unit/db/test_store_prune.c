@@ -3,11 +3,12 @@
  * on: pending devices pruned by age and in batches, only pending ones; the
  * audit retention by rows and by age, oldest first; a lock held by another
  * connection answered STORE_BUSY after the (short) busy time-out; the free
- * space of the registry's filesystem.
+ * space of the registry's filesystem; DTLS pre-shared keys sealed at rest.
  */
 #include "test.h"
 
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +150,64 @@ static void test_busy(void)
   store_close(st);
 }
 
+static bool file_has(const char *path, const uint8_t *needle, size_t n)
+{
+  static uint8_t buf[1 << 20];
+  FILE *f = fopen(path, "rb");
+  size_t len;
+  if (!f)
+    return false;
+  len = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  for (size_t i = 0; i + n <= len; i++)
+    if (memcmp(buf + i, needle, n) == 0)
+      return true;
+  return false;
+}
+
+static void test_psk(void)
+{
+  char db[320], wal[340], hexkey[65];
+  struct store *st = open_named("psk", db, sizeof db);
+  uint8_t key[32], got[64];
+  size_t len = 0;
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  for (int i = 0; i < 32; i++)
+    key[i] = (uint8_t)(0xA0 + i);
+  for (int i = 0; i < 32; i++)
+    snprintf(hexkey + 2 * i, 3, "%02x", key[i]);
+  ASSERT_EQ(store_psk_set(st, "nobody", key, 32, 1), STORE_NOTFOUND);
+  add_device(st, "plc-psk", DEV_APPROVED, 5);
+  ASSERT_EQ(store_psk_set(st, "plc-psk", key, 8, 1), STORE_INVAL);
+  ASSERT_EQ(store_psk_set(st, "plc-psk", key, 32, 1), STORE_OK);
+  ASSERT_EQ(store_psk_get(st, "plc-psk", got, sizeof got, &len), STORE_OK);
+  ASSERT_EQ(len, 32);
+  ASSERT_TRUE(memcmp(got, key, 32) == 0);
+  ASSERT_EQ(store_psk_get(st, "other", got, sizeof got, &len), STORE_NOTFOUND);
+  /* Replaced, not added. */
+  key[0] ^= 1;
+  ASSERT_EQ(store_psk_set(st, "plc-psk", key, 32, 2), STORE_OK);
+  ASSERT_EQ(store_psk_get(st, "plc-psk", got, sizeof got, &len), STORE_OK);
+  ASSERT_EQ(got[0], key[0]);
+  ASSERT_EQ(store_device_set_lan_security(st, "plc-psk", "dtls-psk"), STORE_OK);
+  ASSERT_EQ(store_device_set_lan_security(st, "plc-psk", "telnet"), STORE_INVAL);
+  store_close(st);
+  /* Neither the key nor its hex is anywhere in the files. */
+  snprintf(wal, sizeof wal, "%s-wal", db);
+  ASSERT_TRUE(!file_has(db, key, 32) && !file_has(wal, key, 32));
+  ASSERT_TRUE(!file_has(db, (const uint8_t *)hexkey + 2, 62) &&
+              !file_has(wal, (const uint8_t *)hexkey + 2, 62));
+  st = open_named("psk", db, sizeof db);
+  if (!st)
+    return;
+  ASSERT_EQ(store_psk_delete(st, "plc-psk"), STORE_OK);
+  ASSERT_EQ(store_psk_get(st, "plc-psk", got, sizeof got, &len), STORE_NOTFOUND);
+  ASSERT_EQ(store_psk_delete(st, "plc-psk"), STORE_NOTFOUND);
+  store_close(st);
+}
+
 int main(void)
 {
   const char *tmp = getenv("TMPDIR");
@@ -161,6 +220,7 @@ int main(void)
   RUN(test_prune_pending);
   RUN(test_prune_audit);
   RUN(test_busy);
+  RUN(test_psk);
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
   if (system(cmd) != 0)
     fprintf(stderr, "could not remove %s\n", g_dir);
