@@ -43,15 +43,18 @@ enum {
 static void lws_log_emit(int level, const char *line)
 {
   static struct log_ratelimit rl;
+  char safe[1024];
   size_t n = strlen(line);
 
   while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
     n--;
   /* Warnings, even lws's "errors": most are about one bad client (for
    * example "Ran out of header data space"), and our own code logs the
-   * failures that matter (such as not being able to listen) as errors. */
+   * failures that matter (such as not being able to listen) as errors.
+   * A line may quote what the client sent: escaped, and any token in it
+   * redacted. */
   (void)level;
-  log_ratelimited(&rl, LOG_WARN, MOD, "lws: %.*s", (int)n, line);
+  log_ratelimited(&rl, LOG_WARN, MOD, "lws: %s", web_log_text(line, n, safe, sizeof safe));
 }
 
 /* ---- connection bounds (web_int.h: WEB_CONN_*, WEB_*_TIMEOUT_S) ---------- */

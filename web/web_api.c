@@ -39,6 +39,14 @@ enum {
 
 static const char ACTOR[] = "api:admin";
 
+/* A command's log line: an API client sends commands at will, so each call
+ * site is rate-limited (common/log.h). */
+#define LOG_COMMAND(...)                                                                        \
+  do {                                                                                          \
+    static struct log_ratelimit rl_;                                                            \
+    log_ratelimited(&rl_, LOG_INFO, MOD, __VA_ARGS__);                                          \
+  } while (0)
+
 static const char *const device_states[] = {"pending", "approved", "provisioning", "active",
                                             "failed",  "blocked",  "revoked"};
 static const char *const device_sorts[] = {"client_id", "thing_name", "state", "last_seen",
@@ -530,7 +538,11 @@ static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, c
   reason[sizeof reason - 1] = '\0';
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, reason, "device");
-  LOGI(MOD, "%s %s by %s", what, id, ACTOR);
+  {
+    /* The ClientId comes from the request path: any bytes at all. */
+    char safe[4 * CLIENT_ID_CAP];
+    LOG_COMMAND("%s %s by %s", what, web_log_text(id, strlen(id), safe, sizeof safe), ACTOR);
+  }
   d = calloc(1, sizeof *d);
   if (!d)
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
@@ -633,8 +645,8 @@ static int allowlist_import_csv(struct lws *wsi, struct web *w, struct web_http_
     else
       return reply_api_err(wsi, w, c, rc, NULL, "entry");
   }
-  LOGI(MOD, "allowlist import by %s: %" PRId64 " added, %" PRId64 " skipped", ACTOR, added,
-       skipped);
+  LOG_COMMAND("allowlist import by %s: %" PRId64 " added, %" PRId64 " skipped", ACTOR, added,
+              skipped);
   cJSON *o = cJSON_CreateObject();
   bool ok = o != NULL;
   if (o) {
@@ -664,7 +676,7 @@ static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_co
     return web_reply_error(wsi, w, c, 409, "conflict", "the entry is already on the allowlist");
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, NULL, "entry");
-  LOGI(MOD, "allowlist add by %s", ACTOR);
+  LOG_COMMAND("allowlist add by %s", ACTOR);
 
   struct find_entry fe = {entry, (int64_t)time(NULL), false};
   (void)api_allow_list(w->gw, find_entry_row, &fe);
@@ -686,7 +698,7 @@ int web_h_allowlist_delete(struct lws *wsi, struct web *w, struct web_http_conn 
   int rc = api_allow_remove(w->gw, entry, ACTOR);
   if (rc != API_OK)
     return reply_api_err(wsi, w, c, rc, NULL, "allowlist entry");
-  LOGI(MOD, "allowlist remove by %s", ACTOR);
+  LOG_COMMAND("allowlist remove by %s", ACTOR);
   return web_reply_copy(wsi, w, c, 204, web_ct_json, "", 0);
 }
 

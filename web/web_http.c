@@ -70,7 +70,8 @@ int web_reply_copy(struct lws *wsi, struct web *w, struct web_http_conn *c, int 
 {
   unsigned char *out = web_out_alloc(len);
   if (!out) {
-    LOGE(MOD, "out of memory for a %zu-byte reply", len);
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_ERROR, MOD, "out of memory for a %zu-byte reply", len);
     return -1; /* closes the connection: nothing better is possible */
   }
   if (len)
@@ -90,7 +91,8 @@ int web_reply_error(struct lws *wsi, struct web *w, struct web_http_conn *c, int
     text = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   if (!text) {
-    LOGE(MOD, "out of memory for an error reply");
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_ERROR, MOD, "out of memory for an error reply");
     return -1;
   }
   rc = web_reply_copy(wsi, w, c, status, web_ct_json, text, strlen(text));

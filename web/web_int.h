@@ -80,6 +80,15 @@ const char *web_content_type(const char *path);
  * returned as "" (so the caller counts them as skipped). */
 const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, size_t cap);
 
+/* Text a peer chose (a ClientId from the path, a line of lws's), made safe
+ * for one log line: printable ASCII as is, every other byte and '\\' as
+ * "\\xHH", so it can neither forge a line nor send terminal escapes; and
+ * whatever follows "token=", "token\":\"" or "Bearer " (any case) up to a
+ * delimiter replaced by "<redacted>", so a secret that reached the text
+ * never reaches the log.  Truncated with "..." to fit cap (>= 4); always
+ * NUL-terminated.  Returns out. */
+const char *web_log_text(const char *s, size_t len, char *out, size_t cap);
+
 /* Strict JSON for every request body the API reads (web_http.c checks each
  * body before its handler runs, web_ws.c the event stream's token message;
  * cJSON, which is lax, then parses only what passed).  Beyond RFC 8259's

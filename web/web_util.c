@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -253,6 +254,68 @@ const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, s
     return buf;
   }
   return NULL;
+}
+
+/* ---- log text ------------------------------------------------------------- */
+
+/* The length of a secret's lead-in at s ("token=", ...), 0 if none. */
+static size_t secret_lead(const char *s, size_t len)
+{
+  static const char *const leads[] = {"token=", "token\":\"", "token\": \"", "bearer "};
+
+  for (size_t i = 0; i < sizeof leads / sizeof leads[0]; i++) {
+    size_t n = strlen(leads[i]);
+    if (len >= n && strncasecmp(s, leads[i], n) == 0)
+      return n;
+  }
+  return 0;
+}
+
+static bool secret_end(unsigned char c)
+{
+  return c <= 0x20 || c >= 0x7f || c == '&' || c == '"' || c == '\'' || c == ',' || c == ';';
+}
+
+const char *web_log_text(const char *s, size_t len, char *out, size_t cap)
+{
+  static const char redacted[] = "<redacted>";
+  size_t o = 0, i = 0;
+
+  if (cap < 4) {
+    if (cap)
+      out[0] = '\0';
+    return out;
+  }
+  while (i < len) {
+    char tmp[sizeof redacted + 16];
+    size_t k, lead = secret_lead(s + i, len - i);
+
+    if (lead) {
+      memcpy(tmp, s + i, lead);
+      memcpy(tmp + lead, redacted, sizeof redacted - 1);
+      k = lead + sizeof redacted - 1;
+      for (i += lead; i < len && !secret_end((unsigned char)s[i]); i++)
+        ;
+    } else {
+      unsigned char c = (unsigned char)s[i++];
+      if (c >= 0x20 && c < 0x7f && c != '\\') {
+        tmp[0] = (char)c;
+        k = 1;
+      } else {
+        k = (size_t)snprintf(tmp, sizeof tmp, "\\x%02x", c);
+      }
+    }
+    /* Three bytes and the NUL stay free for "...". */
+    if (o + k > cap - 4) {
+      memcpy(out + o, "...", 3);
+      o += 3;
+      break;
+    }
+    memcpy(out + o, tmp, k);
+    o += k;
+  }
+  out[o] = '\0';
+  return out;
 }
 
 /* ---- strict JSON (request bodies) ----------------------------------------- */

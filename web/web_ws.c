@@ -105,8 +105,11 @@ static void enqueue(struct web_ws_client *cl, const char *json, size_t len)
     free(cl->queue[cl->q_head]);
     cl->q_head = (cl->q_head + 1) % WEB_WS_QUEUE;
     cl->q_count--;
+    /* Once per client, and any number of clients can be slow. */
+    static struct log_ratelimit rl;
     if (cl->dropped++ == 0)
-      LOGW(MOD, "event stream client too slow: dropping its oldest events");
+      log_ratelimited(&rl, LOG_WARN, MOD,
+                      "event stream client too slow: dropping its oldest events");
   }
   cl->queue[(cl->q_head + cl->q_count) % WEB_WS_QUEUE] = ev;
   cl->q_count++;

@@ -118,6 +118,7 @@ CONN_PER_IP = 16
 HEADER_TIMEOUT_S = 5
 BODY_TIMEOUT_S = 5
 HALF_REQUEST = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n"
+LOG_BURST = 5  # common/log.c: lines per call site per 10 s
 
 
 def half_sent(port, source, n, data=HALF_REQUEST):
@@ -244,6 +245,10 @@ def test_half_sent_requests_do_not_delay_others_and_are_closed(web_gateway):
         assert timed_health(wg.port, "127.0.0.1")[0] == 200
     finally:
         close_all(ones + twos)
+    # 68 refusals and 32 time-outs, but a peer gets only a few log lines.
+    log = wg.gw.log_text()
+    assert 1 <= log.count("refused a connection from") <= LOG_BURST, log[-3000:]
+    assert 1 <= log.count("closed a connection from") <= LOG_BURST, log[-3000:]
 
 
 def test_connections_are_bounded_in_all(web_gateway):
@@ -335,3 +340,47 @@ def test_slow_but_complete_clients_are_served(web_gateway):
     finally:
         s.close()
     assert web_metrics(wg)["timeout_headers"] == 0
+
+
+# ---------------------------------------------------------------------------
+# logs: rate-limited, never a token
+# ---------------------------------------------------------------------------
+def test_peer_made_log_lines_are_limited_and_carry_no_token(web_gateway):
+    wg = web_gateway()
+    wg.pending_leaf("log-p")
+    # Tokens everywhere a request can carry them, in requests that fail in
+    # every way the web side logs or lws complains about.
+    for _ in range(20):
+        for path in ("/api/v1/events?token=" + ADMIN, "/api/v1/nope?token=" + READ):
+            s = socket.create_connection((LOOPBACK, wg.port), timeout=5)
+            try:
+                s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Authorization: Bearer %s\r\nX-Big: %s\r\n\r\n"
+                           % (path, ADMIN, "y" * 9000)).encode())
+                s.recv(4096)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        ws = WebSocket(wg.port, "/api/v1/events")
+        try:
+            ws.send_text('{"token":"%s","token":"%s"}' % (READ, ADMIN))
+            try:
+                ws.recv(timeout=5)
+            except (WsClosed, OSError):
+                pass
+        finally:
+            ws.close()
+        # Commands succeed and are logged: at a limited rate.
+        wg.api.ok("POST", "/api/v1/devices/log-p/block")
+        wg.api.ok("POST", "/api/v1/devices/log-p/unblock")
+        wg.api.ok("POST", "/api/v1/allowlist", 201, json_body={"entry": "log-%d" % _})
+    assert wg.api.get("/api/v1/health").status == 200
+    log = wg.gw.log_text()
+    assert ADMIN not in log and READ not in log, "a token reached the log"
+    assert log.count("block log-p by") <= LOG_BURST, log[-3000:]
+    assert log.count("allowlist add by") <= LOG_BURST, log[-3000:]
+    assert log.count("refused a client with a bad token") <= LOG_BURST, log[-3000:]
+    assert log.count("web: lws:") <= LOG_BURST + 1, log[-3000:]

@@ -355,6 +355,59 @@ static void test_conn_table(void)
   ASSERT_EQ(admit_n(&t, "10.9.9.9", 1, NULL), 1);
 }
 
+static void test_log_text(void)
+{
+  char out[64];
+
+  /* Printable ASCII passes; everything else, and '\', is escaped. */
+  ASSERT_STR_EQ(web_log_text("leaf-7", 6, out, sizeof out), "leaf-7");
+  ASSERT_STR_EQ(web_log_text("a\nFAKE b", 8, out, sizeof out), "a\\x0aFAKE b");
+  ASSERT_STR_EQ(web_log_text("\x1b[31mred", 8, out, sizeof out), "\\x1b[31mred");
+  ASSERT_STR_EQ(web_log_text("a\\x0a", 5, out, sizeof out), "a\\x5cx0a");
+  ASSERT_STR_EQ(web_log_text("\xc3\xa9", 2, out, sizeof out), "\\xc3\\xa9");
+  ASSERT_STR_EQ(web_log_text("a\0b", 3, out, sizeof out), "a\\x00b");
+  ASSERT_STR_EQ(web_log_text("", 0, out, sizeof out), "");
+  /* The length counts, not a NUL. */
+  ASSERT_STR_EQ(web_log_text("abcdef", 3, out, sizeof out), "abc");
+
+  /* Secrets are redacted, whatever the case, up to a delimiter; a secret
+   * with a control character in it ends there and the rest is escaped. */
+  static const struct {
+    const char *in, *want;
+  } secrets[] = {
+    {"GET /api/v1/events?token=s3cr3t&x=1", "GET /api/v1/events?token=<redacted>&x=1"},
+    {"?access_token=abc", "?access_token=<redacted>"},
+    {"Authorization: Bearer a/b+c== rest", "Authorization: Bearer <redacted> rest"},
+    {"authorization: BEARER xyz", "authorization: BEARER <redacted>"},
+    {"{\"token\":\"abc\"}", "{\"token\":\"<redacted>\"}"},
+    {"{\"TOKEN\": \"abc\"}", "{\"TOKEN\": \"<redacted>\"}"},
+    {"token=ab\ncd", "token=<redacted>\\x0acd"},
+  };
+  for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
+    ASSERT_STR_EQ(web_log_text(secrets[i].in, strlen(secrets[i].in), out, sizeof out),
+                  secrets[i].want);
+
+  /* Too long: cut with "..." within cap, never in the middle of an escape. */
+  char small[8];
+  ASSERT_STR_EQ(web_log_text("abcdefghij", 10, small, sizeof small), "abcd...");
+  ASSERT_STR_EQ(web_log_text("ab\n\n", 4, small, sizeof small), "ab...");
+  ASSERT_STR_EQ(web_log_text("abc", 3, small, sizeof small), "abc");
+  ASSERT_STR_EQ(web_log_text("abcdefghij", 10, small, 4), "...");
+  small[0] = 'x';
+  web_log_text("abc", 3, small, 3);
+  ASSERT_EQ(small[0], '\0');
+  {
+    /* Every byte value, into an exact-size buffer: no overrun (ASan). */
+    char all[256], big[256 * 4 + 4];
+    for (int i = 0; i < 256; i++)
+      all[i] = (char)i;
+    web_log_text(all, sizeof all, big, sizeof big);
+    ASSERT_TRUE(strlen(big) < sizeof big);
+    for (const char *p = big; *p; p++)
+      ASSERT_TRUE(*p >= 0x20 && *p < 0x7f);
+  }
+}
+
 int main(void)
 {
   RUN(test_path_match);
@@ -367,5 +420,6 @@ int main(void)
   RUN(test_content_type);
   RUN(test_csv);
   RUN(test_conn_table);
+  RUN(test_log_text);
   return TEST_END();
 }
