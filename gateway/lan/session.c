@@ -228,15 +228,22 @@ static uint8_t set_will_topic(struct session *s, const struct mqttsn_willtopic *
     s->lv->m->will_topics_refused++;
     return MQTTSN_RC_NOT_SUPPORTED;
   }
-  free_will(s);
-  s->will_dirty = true;
-  if (w->empty)
+  char *topic;
+  if (w->empty) {
+    free_will(s);
+    s->will_dirty = true;
     return MQTTSN_RC_ACCEPTED;
-  s->will_topic = malloc(w->topic.len + 1);
-  if (!s->will_topic)
+  }
+  /* §6.4: WILLTOPICUPD changes the topic (and its flags) only; the will
+   * message stays (during CONNECT, WILLMSG follows and replaces it). */
+  topic = malloc(w->topic.len + 1);
+  if (!topic)
     return MQTTSN_RC_CONGESTION;
-  memcpy(s->will_topic, w->topic.p, w->topic.len);
-  s->will_topic[w->topic.len] = '\0';
+  memcpy(topic, w->topic.p, w->topic.len);
+  topic[w->topic.len] = '\0';
+  free(s->will_topic);
+  s->will_topic = topic;
+  s->will_dirty = true;
   s->will_qos = (uint8_t)(w->flags.qos < 0 ? 0 : w->flags.qos);
   s->will_retain = w->flags.retain;
   s->will_set = true;

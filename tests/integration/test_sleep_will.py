@@ -131,3 +131,17 @@ def test_will_update(broker, gateway, broker_client):
     lf.close()
     got = bc.wait_messages(1, timeout=10)
     assert [(m.topic, m.payload) for m in got] == [("fleet/will/new", b"new")]
+
+
+def test_will_topic_update_keeps_the_will_message(broker, gateway, broker_client):
+    # §6.4: WILLTOPICUPD changes the topic only; an empty message published
+    # retained would delete the retained message on that topic.
+    bc = broker_client(broker)
+    bc.subscribe("fleet/will/#", qos=1)
+    gw = gateway(broker)
+    lf = gw.leaf("leaf-wtopic")
+    assert lf.connect(keepalive=2, will=("fleet/will/a", b"gone", 1, False)) == 0
+    assert lf.willtopicupd("fleet/will/b", qos=1) == sn.RC_ACCEPTED
+    lf.close()
+    got = bc.wait_messages(1, timeout=10)
+    assert [(m.topic, m.payload) for m in got] == [("fleet/will/b", b"gone")]
