@@ -385,6 +385,21 @@ static struct dtls_conn *admit_handshake(struct dtls *d, const struct sockaddr *
   return c;
 }
 
+/* A fresh listener SSL in place of one whose state must go (after a fatal
+ * error, or a verified ClientHello that was refused); when none can be
+ * made, the old one is cleared for reuse. */
+static void renew_listener(struct dtls *d)
+{
+  BIO *r, *w;
+  SSL *fresh = dtls_ssl_new(d, &r, &w);
+  if (!fresh) {
+    SSL_clear(d->listener);
+    return;
+  }
+  SSL_free(d->listener);
+  d->listener = fresh;
+}
+
 /* A ClientHello from an address with no session, or from one whose session
  * it may replace (owner).  Without a valid cookie it gets a
  * HelloVerifyRequest and costs nothing; with one, a handshake begins. */
@@ -417,26 +432,13 @@ static void client_hello(struct dtls *d, const struct sockaddr *from, const uint
     }
     (void)BIO_reset(lw);
     ERR_clear_error();
-    if (rc < 0) { /* the listener is unusable after a fatal error */
-      BIO *r, *w;
-      SSL *fresh = dtls_ssl_new(d, &r, &w);
-      if (fresh) {
-        SSL_free(d->listener);
-        d->listener = fresh;
-      }
-    }
+    if (rc < 0) /* the listener is unusable after a fatal error */
+      renew_listener(d);
     return;
   }
   c = admit_handshake(d, from);
   if (!c) {
-    BIO *r, *w;
-    SSL *fresh = dtls_ssl_new(d, &r, &w);
-    if (fresh) { /* drop the verified listener's state */
-      SSL_free(d->listener);
-      d->listener = fresh;
-    } else {
-      SSL_clear(d->listener);
-    }
+    renew_listener(d); /* drop the verified listener's state */
     return;
   }
   if (owner) {
