@@ -33,6 +33,8 @@ struct cfg_param {
 };
 
 enum cfg_policy { POLICY_OPEN = 0, POLICY_ALLOWLIST = 1, POLICY_APPROVE = 2 };
+/* Who may use plain (unauthenticated) UDP: everyone, the listed ClientIds, nobody. */
+enum cfg_plain_udp { PLAIN_UDP_ALLOW = 0, PLAIN_UDP_LISTED = 1, PLAIN_UDP_OFF = 2 };
 enum cfg_backend { BACKEND_NONE = 0, BACKEND_LOCAL_CA = 1, BACKEND_AWS = 2 };
 
 struct gw_config {
@@ -58,6 +60,20 @@ struct gw_config {
     uint32_t advertise_interval_s; /* "lan.advertise.interval_s": spec T_ADV > 15 min */
     struct cfg_predefined *predefined; /* "lan.predefined_topics": {"1": "a/b", ...} */
     size_t n_predefined;
+    struct {                   /* "lan.dtls": MQTT-SN over DTLS 1.2 (docs/dtls.md) */
+      bool enabled;
+      char *bind;
+      uint16_t port;
+      uint32_t mtu;            /* record MTU, IP and UDP headers excluded */
+      uint32_t max_handshakes; /* in progress at once */
+      uint32_t max_handshakes_per_ip;
+      uint32_t handshake_timeout_ms;
+      uint32_t idle_timeout_s; /* an association silent this long is closed */
+      char *ciphers;           /* NULL: the built-in list */
+      char *cert_file;         /* certificate mode: the gateway's certificate, */
+      char *key_file;          /* its key */
+      char *ca_file;           /* and the factory CA of the leaves' certificates */
+    } dtls;
   } lan;
 
   struct {
@@ -138,6 +154,9 @@ struct gw_config {
     uint32_t sources_tracked;  /* "admission.sources_tracked": rate-limit table size */
     uint32_t pending_ttl_s;    /* "admission.pending_ttl_s": 0 = pending kept for ever */
     uint32_t max_pending;      /* "admission.max_pending": identities waiting for approval */
+    int plain_udp;             /* "admission.plain_udp": enum cfg_plain_udp */
+    char **plain_udp_clients;  /* "admission.plain_udp_clients": ClientIds or globs */
+    size_t n_plain_udp_clients;
   } admission;
 
   struct {

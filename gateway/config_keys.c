@@ -18,6 +18,7 @@ static const char *const policy_names[] = {"open", "allowlist", "approve", NULL}
 static const char *const backend_names[] = {"none", "local-ca", "aws", NULL};
 static const char *const sync_names[] = {"off", "normal", "full", NULL};
 static const char *const method_names[] = {"csr", "create-keys", NULL};
+static const char *const plain_udp_names[] = {"allow", "listed", "off", NULL};
 
 /* ---- key tables --------------------------------------------------------- */
 
@@ -55,6 +56,27 @@ static const struct key_spec advertise_keys[] = {
     UINT_KEY("interval_s", lan.advertise_interval_s, 1, 65535, 900),
 };
 
+static const struct key_spec dtls_keys[] = {
+    BOOL_KEY("enabled", lan.dtls.enabled, false),
+    STR_KEY("bind", lan.dtls.bind, cfgi_check_ip, WHAT_IP, false, "0.0.0.0"),
+    UINT_KEY("port", lan.dtls.port, 1, 65535, 8884),
+    /* 1200 fits any LAN path (IPv6's minimum link MTU is 1280) with room for
+     * the IP and UDP headers; 256 is OpenSSL's smallest (docs/dtls.md §5). */
+    UINT_KEY("mtu", lan.dtls.mtu, 256, 65507, 1200),
+    UINT_KEY("max_handshakes", lan.dtls.max_handshakes, 1, 100000, 64),
+    UINT_KEY("max_handshakes_per_ip", lan.dtls.max_handshakes_per_ip, 1, 100000, 8),
+    /* RFC 7925 §11 suggests a 9 s first retransmission: one lost flight must
+     * not end the handshake. */
+    UINT_KEY("handshake_timeout_ms", lan.dtls.handshake_timeout_ms, 1000, 600000, 30000),
+    /* Longer than the longest sleep (Duration is 16 bits of seconds). */
+    UINT_KEY("idle_timeout_s", lan.dtls.idle_timeout_s, 10, 31536000, 86400),
+    STR_KEY("ciphers", lan.dtls.ciphers, cfgi_check_nonempty, "an OpenSSL cipher list", true,
+            NULL),
+    STR_KEY("cert_file", lan.dtls.cert_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("key_file", lan.dtls.key_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
+    STR_KEY("ca_file", lan.dtls.ca_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
+};
+
 static const struct key_spec lan_keys[] = {
     STR_KEY("bind", lan.bind, cfgi_check_ip, WHAT_IP, false, "0.0.0.0"),
     UINT_KEY("port", lan.port, 1, 65535, 1884),
@@ -74,6 +96,7 @@ static const struct key_spec lan_keys[] = {
     UINT_KEY("max_subscription_bytes", lan.max_subscription_bytes, 64, 16777216, 16384),
     OBJ_KEY("advertise", advertise_keys),
     LIST_KEY("predefined_topics", K_PREDEFINED, lan.predefined, lan.n_predefined),
+    OBJ_KEY("dtls", dtls_keys),
 };
 
 static const struct key_spec upstream_keys[] = {
@@ -170,6 +193,9 @@ static const struct key_spec admission_keys[] = {
     UINT_KEY("sources_tracked", admission.sources_tracked, 16, 1000000, 4096),
     UINT_KEY("pending_ttl_s", admission.pending_ttl_s, 0, 31536000, 86400),
     UINT_KEY("max_pending", admission.max_pending, 1, 1000000, 1000),
+    ENUM_KEY("plain_udp", admission.plain_udp, plain_udp_names, PLAIN_UDP_ALLOW),
+    STRLIST_KEY("plain_udp_clients", admission.plain_udp_clients, admission.n_plain_udp_clients,
+                NULL, "an array of non-empty strings (ClientIds or patterns)"),
 };
 
 static const struct key_spec local_ca_keys[] = {

@@ -315,11 +315,39 @@ static int check_token_files(const struct loader *ld)
   return 0;
 }
 
+/* The DTLS listener's certificate trio, its port against the plain one's,
+ * and a way in for leaves. */
+static int lan_rules(const struct loader *ld)
+{
+  const struct gw_config *cfg = ld->cfg;
+  const char *f[3] = {cfg->lan.dtls.cert_file, cfg->lan.dtls.key_file, cfg->lan.dtls.ca_file};
+  static const char *const names[3] = {"lan.dtls.cert_file", "lan.dtls.key_file",
+                                       "lan.dtls.ca_file"};
+  int set = (f[0] != NULL) + (f[1] != NULL) + (f[2] != NULL);
+
+  if (set != 0 && set != 3)
+    for (int i = 0; i < 3; i++)
+      if (!f[i])
+        return fail_missing(ld, names[i],
+                            " when another of lan.dtls.cert_file/key_file/ca_file is set "
+                            "(certificate mode needs all three)",
+                            WHAT_FILE);
+  if (cfg->lan.dtls.enabled && cfg->lan.dtls.port == cfg->lan.port)
+    return cfgi_fail(ld, "lan.dtls.port", "expected a port other than lan.port (%u)",
+                     (unsigned)cfg->lan.port);
+  if (cfg->admission.plain_udp == PLAIN_UDP_OFF && !cfg->lan.dtls.enabled)
+    return cfgi_fail(ld, "admission.plain_udp",
+                     "expected \"allow\" or \"listed\" when lan.dtls.enabled is false (no leaf "
+                     "could connect)");
+  return 0;
+}
+
 int cfgi_check_rules(const struct loader *ld)
 {
   const struct gw_config *cfg = ld->cfg;
 
-  if (upstream_rules(ld) != 0 || web_rules(ld) != 0 || provisioning_rules(ld) != 0)
+  if (upstream_rules(ld) != 0 || web_rules(ld) != 0 || provisioning_rules(ld) != 0 ||
+      lan_rules(ld) != 0)
     return -1;
   if (cfg->upstream.backoff_cap_ms < cfg->upstream.backoff_base_ms)
     return cfgi_fail(ld, "upstream.backoff_cap_ms",
@@ -391,5 +419,13 @@ size_t cfg_warnings(const struct gw_config *cfg, char lines[][CFG_WARNING_LEN], 
     add_warning(lines, max, &n,
                 "admission.policy \"open\" with admission.new_ids 0: boxes on the LAN can have "
                 "certificates issued with no gateway-wide limit");
+  if (cfg->admission.plain_udp == PLAIN_UDP_LISTED && cfg->admission.n_plain_udp_clients == 0)
+    add_warning(lines, max, &n,
+                "admission.plain_udp \"listed\" with no admission.plain_udp_clients: plain UDP "
+                "is refused to every leaf");
+  if (cfg->lan.dtls.enabled && cfg->admission.plain_udp == PLAIN_UDP_ALLOW)
+    add_warning(lines, max, &n,
+                "lan.dtls.enabled with admission.plain_udp \"allow\": any box can still claim a "
+                "ClientId over plain UDP (set \"listed\" or \"off\" once leaves use DTLS)");
   return n;
 }

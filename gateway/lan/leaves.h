@@ -71,5 +71,10 @@ void leaves_count(const struct leaves *lv, struct metrics *m, uint64_t *links, u
 /* The device's provisioning run ended (ok: it has its certificate now): its
  * waiting session, if any, goes on. */
 void leaves_on_provisioned(struct leaves *lv, const char *client_id, bool ok);
+/* The device's DTLS key changed or was revoked: every DTLS association
+ * that authenticated as client_id is closed (its session ends as lost), so
+ * the leaf must handshake again with the key it holds now.  Returns how many
+ * were closed. */
+size_t leaves_dtls_revoked(struct leaves *lv, const char *client_id);
 
 #endif

@@ -911,6 +911,80 @@ static void test_example_file(void)
   cfg_free(cfg);
 }
 
+/* lan.dtls and admission.plain_udp: defaults, values, and the rules that
+ * tie them together. */
+static void test_dtls_keys(void)
+{
+  struct gw_config *cfg = NULL;
+  char err[512] = "", path[64], w[4][CFG_WARNING_LEN], json[1024];
+
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path, "{" UP "}"), 0);
+  if (cfg) {
+    ASSERT_TRUE(!cfg->lan.dtls.enabled);
+    ASSERT_STR_EQ(cfg->lan.dtls.bind, "0.0.0.0");
+    ASSERT_EQ(cfg->lan.dtls.port, 8884);
+    ASSERT_EQ(cfg->lan.dtls.mtu, 1200);
+    ASSERT_EQ(cfg->lan.dtls.max_handshakes, 64);
+    ASSERT_EQ(cfg->lan.dtls.max_handshakes_per_ip, 8);
+    ASSERT_EQ(cfg->lan.dtls.handshake_timeout_ms, 30000);
+    ASSERT_EQ(cfg->lan.dtls.idle_timeout_s, 86400);
+    ASSERT_TRUE(cfg->lan.dtls.ciphers == NULL && cfg->lan.dtls.cert_file == NULL &&
+                cfg->lan.dtls.key_file == NULL && cfg->lan.dtls.ca_file == NULL);
+    ASSERT_EQ(cfg->admission.plain_udp, PLAIN_UDP_ALLOW);
+    ASSERT_EQ(cfg->admission.n_plain_udp_clients, 0);
+    cfg_free(cfg);
+  }
+  cfg = NULL;
+  ASSERT_EQ(load_fmt(&cfg, err, sizeof err, path, sizeof path,
+                     "{\"lan\": {\"dtls\": {\"enabled\": true, \"bind\": \"::1\", \"port\": 5684, "
+                     "\"mtu\": 500, \"ciphers\": \"PSK-AES128-CCM8\", \"cert_file\": \"%s\", "
+                     "\"key_file\": \"%s\", \"ca_file\": \"%s\"}}, \"admission\": {\"plain_udp\": "
+                     "\"listed\", \"plain_udp_clients\": [\"old-*\", \"legacy-1\"]}, " UP "}",
+                     g_cert, g_key, g_ca),
+            0);
+  if (cfg) {
+    ASSERT_TRUE(cfg->lan.dtls.enabled);
+    ASSERT_STR_EQ(cfg->lan.dtls.bind, "::1");
+    ASSERT_EQ(cfg->lan.dtls.port, 5684);
+    ASSERT_EQ(cfg->lan.dtls.mtu, 500);
+    ASSERT_STR_EQ(cfg->lan.dtls.ciphers, "PSK-AES128-CCM8");
+    ASSERT_STR_EQ(cfg->lan.dtls.ca_file, g_ca);
+    ASSERT_EQ(cfg->admission.plain_udp, PLAIN_UDP_LISTED);
+    ASSERT_EQ(cfg->admission.n_plain_udp_clients, 2);
+    if (cfg->admission.n_plain_udp_clients == 2)
+      ASSERT_STR_EQ(cfg->admission.plain_udp_clients[1], "legacy-1");
+    cfg_free(cfg);
+  }
+
+  expect_error(true, "lan.dtls.mtu: expected an integer 256..65507, got 100",
+               "{\"lan\": {\"dtls\": {\"mtu\": 100}}, " UP "}");
+  expect_error(false, "admission.plain_udp: expected one of \"allow\"",
+               "{\"admission\": {\"plain_udp\": \"never\"}, " UP "}");
+  expect_error(true,
+               "admission.plain_udp: expected \"allow\" or \"listed\" when lan.dtls.enabled is "
+               "false (no leaf could connect)",
+               "{\"admission\": {\"plain_udp\": \"off\"}, " UP "}");
+  expect_error(true, "lan.dtls.port: expected a port other than lan.port (1884)",
+               "{\"lan\": {\"dtls\": {\"enabled\": true, \"port\": 1884}}, " UP "}");
+  snprintf(json, sizeof json, "{\"lan\": {\"dtls\": {\"cert_file\": \"%s\"}}, " UP "}", g_cert);
+  expect_error(false, "lan.dtls.key_file: required key missing when another of", "%s", json);
+  snprintf(json, sizeof json,
+           "{\"lan\": {\"dtls\": {\"cert_file\": \"%s\", \"key_file\": \"%s\"}}, " UP "}", g_cert,
+           g_key);
+  expect_error(false, "lan.dtls.ca_file: required key missing", "%s", json);
+
+  /* DTLS only is valid; DTLS beside open plain UDP, or "listed" with an
+   * empty list, is warned about. */
+  ASSERT_EQ(warnings_of(w, 4,
+                        "{\"lan\": {\"dtls\": {\"enabled\": true}}, \"admission\": "
+                        "{\"plain_udp\": \"off\"}, " UP "}"),
+            0);
+  ASSERT_EQ(warnings_of(w, 4, "{\"lan\": {\"dtls\": {\"enabled\": true}}, " UP "}"), 1);
+  ASSERT_TRUE(strstr(w[0], "plain_udp \"allow\"") != NULL);
+  ASSERT_EQ(warnings_of(w, 4, "{\"admission\": {\"plain_udp\": \"listed\"}, " UP "}"), 1);
+  ASSERT_TRUE(strstr(w[0], "refused to every leaf") != NULL);
+}
+
 int main(void)
 {
   make_file(g_ca, sizeof g_ca, "-----BEGIN CERTIFICATE-----\n");
@@ -939,6 +1013,7 @@ int main(void)
   RUN(test_client_id_expansion);
   RUN(test_example_file);
   RUN(test_provisioning_sections);
+  RUN(test_dtls_keys);
 
   unlink(g_ca);
   unlink(g_cert);
