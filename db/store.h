@@ -101,6 +101,8 @@ struct store_device {
   char last_error[512];   /* last rejection: "statusCode errorCode: errorMessage" */
   int64_t retry_at;       /* earliest next provisioning attempt (back-off), 0 = now */
   uint32_t attempts;      /* provisioning attempts since the last success */
+  char lan_security[16];  /* "plain", "dtls-psk", "dtls-cert", "" never connected */
+  bool has_psk;           /* a DTLS pre-shared key is held for it */
 };
 
 int store_device_get(struct store *st, const char *client_id, struct store_device *out);

@@ -12,7 +12,8 @@
 
 #define DEV_COLS                                                                     \
   "id, client_id, thing_name, state, bound_addr, first_seen, last_seen, last_error, " \
-  "retry_at, attempts"
+  "retry_at, attempts, lan_security, "                                               \
+  "EXISTS (SELECT 1 FROM psks WHERE psks.device_id = devices.id)"
 
 static const char *const dev_state_names[] = {"pending", "approved", "provisioning", "active",
                                               "failed",  "blocked",  "revoked"};
@@ -48,6 +49,8 @@ static void read_device(sqlite3_stmt *s, struct store_device *d)
   d->retry_at = sqlite3_column_int64(s, 8);
   attempts = sqlite3_column_int64(s, 9);
   d->attempts = attempts < 0 ? 0 : attempts > UINT32_MAX ? UINT32_MAX : (uint32_t)attempts;
+  store_col_copy(d->lan_security, sizeof d->lan_security, s, 10);
+  d->has_psk = sqlite3_column_int(s, 11) != 0;
 }
 
 static int check_client_id(struct store *st, const char *client_id)

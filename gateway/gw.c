@@ -205,9 +205,14 @@ int gw_start(struct gw *gw)
   rc = upkeep_start(&gw->upkeep);
   if (rc != 0)
     return rc;
-  LOGI(MOD, "ready: MQTT-SN on udp %s:%d, upstream %s:%u (%s), gateway id %u", cfg->lan.bind,
-       leaves_port(gw->lan), cfg->upstream.host, cfg->upstream.port,
-       cfg->upstream.tls ? "TLS" : "plain TCP", cfg->gateway_id);
+  {
+    char dtls[96] = "";
+    if (leaves_dtls_port(gw->lan) > 0)
+      snprintf(dtls, sizeof dtls, ", dtls %s:%d", cfg->lan.dtls.bind, leaves_dtls_port(gw->lan));
+    LOGI(MOD, "ready: MQTT-SN on udp %s:%d%s, upstream %s:%u (%s), gateway id %u", cfg->lan.bind,
+         leaves_port(gw->lan), dtls, cfg->upstream.host, cfg->upstream.port,
+         cfg->upstream.tls ? "TLS" : "plain TCP", cfg->gateway_id);
+  }
   return 0;
 }
 

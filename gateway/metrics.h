@@ -60,11 +60,29 @@
   C(provision_requests, "provisioning requests sent to the cloud")             \
   C(certs_issued, "certificates issued to the gateway by the cloud")           \
   C(certs_orphaned, "certificates orphaned (listed for cleanup)")              \
+  C(plain_udp_refused, "plain UDP CONNECTs refused: admission.plain_udp, or the ClientId uses DTLS") \
+  C(dtls_identity_mismatch, "DTLS CONNECTs refused: ClientId other than the DTLS identity") \
+  C(dtls_hello_verify_sent, "DTLS cookies handed out (HelloVerifyRequest)")   \
+  C(dtls_hello_verify_withheld, "DTLS HelloVerifyRequests not sent: larger than the ClientHello") \
+  C(dtls_cookies_bad, "DTLS ClientHellos with a wrong or stale cookie")       \
+  C(dtls_handshakes_started, "DTLS handshakes started (cookie verified)")     \
+  C(dtls_handshakes_done, "DTLS handshakes completed")                        \
+  C(dtls_handshakes_failed, "DTLS handshakes failed (wrong key, unknown identity, bad certificate)") \
+  C(dtls_handshakes_timed_out, "DTLS handshakes dropped: lan.dtls.handshake_timeout_ms") \
+  C(dtls_refused_full, "DTLS ClientHellos dropped: lan.max_leaves or lan.dtls.max_handshakes held") \
+  C(dtls_refused_per_ip, "DTLS ClientHellos dropped: lan.dtls.max_handshakes_per_ip") \
+  C(dtls_records_dropped, "DTLS records with no association to go to")        \
+  C(dtls_plain_dropped, "datagrams on the DTLS port that are not DTLS")       \
+  C(dtls_sessions_replaced, "DTLS associations replaced by a new handshake from their address") \
+  C(dtls_idle_closed, "DTLS associations closed: lan.dtls.idle_timeout_s")    \
+  C(dtls_oversize_refused, "messages to leaves dropped: larger than the DTLS record MTU") \
   G(leaves_active, "leaves connected and active")                              \
   G(leaves_asleep, "leaves asleep or awake")                                   \
   G(leaves_connecting, "leaves waiting for their upstream session")            \
   G(sessions, "session records held")                                          \
-  G(upstreams_up, "upstream sessions up")
+  G(upstreams_up, "upstream sessions up")                                      \
+  G(dtls_sessions, "DTLS associations established")                            \
+  G(dtls_handshaking, "DTLS handshakes in progress")
 
 struct metrics {
 #define METRICS_FIELD(name, help) uint64_t name;

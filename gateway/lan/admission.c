@@ -16,6 +16,38 @@ static int refuse(struct store *st, int64_t now, const char *client_id, char *re
   return ADMIT_REFUSED;
 }
 
+const char *admit_sec_name(int sec)
+{
+  return sec == ADMIT_SEC_PSK ? "dtls-psk" : sec == ADMIT_SEC_CERT ? "dtls-cert" : "plain";
+}
+
+int admit_refuse_identity(struct store *st, const char *client_id, const char *identity,
+                          int64_t now, char *reason, size_t cap)
+{
+  char why[400];
+  snprintf(why, sizeof why, "DTLS identity \"%s\" may CONNECT only as itself", identity);
+  return refuse(st, now, client_id, reason, cap, why);
+}
+
+bool admit_plain_allowed(const struct gw_config *cfg, const char *client_id)
+{
+  if (cfg->admission.plain_udp == PLAIN_UDP_ALLOW)
+    return true;
+  if (cfg->admission.plain_udp == PLAIN_UDP_OFF)
+    return false;
+  for (size_t i = 0; i < cfg->admission.n_plain_udp_clients; i++)
+    if (fnmatch(cfg->admission.plain_udp_clients[i], client_id, 0) == 0)
+      return true;
+  return false;
+}
+
+/* A device that has a PSK, or has authenticated over DTLS, must not be
+ * claimable over plain UDP (docs/dtls.md §9). */
+static bool dtls_only(const struct store_device *dev)
+{
+  return dev->has_psk || strncmp(dev->lan_security, "dtls-", 5) == 0;
+}
+
 int admit_check_live(struct store *st, const char *client_id, const char *bound_addr,
                      const char *from_addr, int64_t now, char *reason, size_t cap)
 {
@@ -35,8 +67,8 @@ static int registry_error(struct store *st, int rc, char *reason, size_t cap)
 
 /* First sight of a ClientId: the policy decides. */
 static int first_sight(struct store *st, const struct gw_config *cfg, const char *client_id,
-                       const char *ip, int64_t now, struct store_device *dev, char *reason,
-                       size_t cap)
+                       const char *ip, int sec, int64_t now, struct store_device *dev,
+                       char *reason, size_t cap)
 {
   int state, rc;
   const char *addr = NULL;
@@ -70,9 +102,11 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
   }
   /* Bound now only when admitted now; a pending identity is bound by its
    * first CONNECT after approval. */
-  if (cfg->admission.bind_address && state != DEV_PENDING)
+  if (cfg->admission.bind_address && state != DEV_PENDING && sec == ADMIT_SEC_PLAIN)
     addr = ip;
   rc = store_device_create(st, client_id, state, addr, now, dev);
+  if (rc == STORE_OK)
+    rc = store_device_set_lan_security(st, client_id, admit_sec_name(sec));
   if (rc != STORE_OK)
     return registry_error(st, rc, reason, cap);
   if (state == DEV_PENDING) {
@@ -85,7 +119,7 @@ static int first_sight(struct store *st, const struct gw_config *cfg, const char
 }
 
 int admit_check(struct store *st, const struct gw_config *cfg, const char *client_id,
-                const char *ip, int64_t now, const struct admit_gate *gate,
+                const char *ip, int sec, int64_t now, const struct admit_gate *gate,
                 struct store_device *dev, char *reason, size_t cap)
 {
   struct store_device d;
@@ -100,7 +134,7 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
      * refused before anything, even an audit row, is written. */
     if (gate && gate->take(gate->ud, reason, cap) != 0)
       return ADMIT_THROTTLED;
-    return first_sight(st, cfg, client_id, ip, now, dev, reason, cap);
+    return first_sight(st, cfg, client_id, ip, sec, now, dev, reason, cap);
   }
   if (rc != STORE_OK)
     return registry_error(st, rc, reason, cap);
@@ -109,7 +143,15 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
     return refuse(st, now, client_id, reason, cap, "blocked by an operator");
   if (dev->state == DEV_REVOKED)
     return refuse(st, now, client_id, reason, cap, "decommissioned");
-  if (cfg->admission.bind_address && dev->state != DEV_PENDING) {
+  if (sec == ADMIT_SEC_PLAIN && dtls_only(dev)) {
+    /* Not audited: anyone can send this datagram, as often as they like. */
+    snprintf(reason, cap, "%s",
+             dev->has_psk ? "ClientId has a DTLS key: plain UDP refused"
+                          : "ClientId authenticates over DTLS: plain UDP refused");
+    return ADMIT_NEEDS_DTLS;
+  }
+  /* Over DTLS the key or certificate is the binding, not the address. */
+  if (cfg->admission.bind_address && dev->state != DEV_PENDING && sec == ADMIT_SEC_PLAIN) {
     if (dev->bound_addr[0] && strcmp(dev->bound_addr, ip) != 0) {
       char why[128];
       snprintf(why, sizeof why, "ClientId bound to %s, CONNECT came from %s", dev->bound_addr, ip);
@@ -124,6 +166,12 @@ int admit_check(struct store *st, const struct gw_config *cfg, const char *clien
     }
   }
   store_device_touch(st, client_id, now);
+  if (strcmp(dev->lan_security, admit_sec_name(sec)) != 0) {
+    rc = store_device_set_lan_security(st, client_id, admit_sec_name(sec));
+    if (rc != STORE_OK)
+      return registry_error(st, rc, reason, cap);
+    snprintf(dev->lan_security, sizeof dev->lan_security, "%s", admit_sec_name(sec));
+  }
   if (dev->state == DEV_PENDING) {
     snprintf(reason, cap, "waiting for an operator's approval");
     return ADMIT_PENDING;

@@ -596,6 +596,34 @@ void dtls_close_peer(struct dtls *d, const struct sockaddr *peer)
     conn_shutdown(c, false);
 }
 
+static bool is_identity(const struct dtls_conn *c, const char *identity, enum dtls_auth auth)
+{
+  return !c->dead && c->peer.auth == auth && strcmp(c->peer.identity, identity) == 0;
+}
+
+size_t dtls_close_identity(struct dtls *d, const char *identity, enum dtls_auth auth)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < d->nbuckets; i++) {
+  again:
+    for (struct dtls_conn *c = d->buckets[i]; c; c = c->next) {
+      /* A handshake in progress has its identity from the PSK callback: it
+       * may have been given the key now revoked. */
+      if (c->pending && is_identity(c->pending, identity, auth)) {
+        conn_free(c->pending, false);
+        n++;
+        goto again;
+      }
+      if (is_identity(c, identity, auth)) {
+        conn_shutdown(c, true);
+        n++;
+        goto again;
+      }
+    }
+  }
+  return n;
+}
+
 static void handle_closed(uv_handle_t *h)
 {
   struct dtls *d = h->data;

@@ -72,23 +72,31 @@ struct dtls_env {
   void *ud;
 };
 
+/* The server's counters (C) and gauges (G), one table: it makes struct
+ * dtls_stats, and the LAN side copies each into the gateway's metrics as
+ * dtls_<name> (metrics.h says what each counts). */
+#define DTLS_STATS_MAP(C, G) \
+  C(hello_verify_sent) \
+  C(hello_verify_withheld) \
+  C(cookies_bad) \
+  C(handshakes_started) \
+  C(handshakes_done) \
+  C(handshakes_failed) \
+  C(handshakes_timed_out) \
+  C(refused_full) \
+  C(refused_per_ip) \
+  C(records_dropped) \
+  C(plain_dropped) \
+  C(sessions_replaced) \
+  C(idle_closed) \
+  C(oversize_refused) \
+  G(sessions) \
+  G(handshaking)
+
 struct dtls_stats {
-  uint64_t hello_verify_sent;    /* cookies handed out */
-  uint64_t hello_verify_withheld;/* not sent: it would have been larger than the ClientHello */
-  uint64_t cookies_bad;          /* ClientHellos with a wrong or stale cookie */
-  uint64_t handshakes_started;
-  uint64_t handshakes_done;
-  uint64_t handshakes_failed;    /* wrong key, unknown identity, bad certificate, alerts */
-  uint64_t handshakes_timed_out;
-  uint64_t refused_full;         /* cookie valid, but max_sessions or max_handshakes held */
-  uint64_t refused_per_ip;       /* ... or max_handshakes_per_ip from that IP */
-  uint64_t records_dropped;      /* DTLS records with no session to go to */
-  uint64_t plain_dropped;        /* datagrams that are not DTLS at all */
-  uint64_t sessions_replaced;    /* a peer's new handshake replaced its old session */
-  uint64_t idle_closed;
-  uint64_t oversize_refused;     /* dtls_send payloads beyond the record MTU */
-  uint64_t sessions;             /* gauge: established */
-  uint64_t handshaking;          /* gauge */
+#define DTLS_STATS_FIELD(name) uint64_t name;
+  DTLS_STATS_MAP(DTLS_STATS_FIELD, DTLS_STATS_FIELD)
+#undef DTLS_STATS_FIELD
 };
 
 /* Checks the options, sets up OpenSSL (certificates are read here).  Returns
@@ -104,6 +112,11 @@ int dtls_send(struct dtls *d, const struct sockaddr *to, const uint8_t *data, si
 size_t dtls_max_payload(struct dtls *d, const struct sockaddr *to);
 /* Sends close_notify and forgets the session (on_closed is not called). */
 void dtls_close_peer(struct dtls *d, const struct sockaddr *peer);
+/* Ends every association (and handshake) that authenticated as identity
+ * with auth: close_notify, and on_closed for the established ones.
+ * Returns how many.  A walk of every association: for rare events (a key
+ * revoked), not for the datagram path. */
+size_t dtls_close_identity(struct dtls *d, const char *identity, enum dtls_auth auth);
 /* Closes every session and the socket; done(ud) once every handle is closed. */
 void dtls_stop(struct dtls *d, void (*done)(void *), void *ud);
 /* After dtls_stop's done (or instead of dtls_start). */

@@ -20,6 +20,8 @@
  *   admission.c  who may connect (registry policy, identity binding)
  *   topics.c     per-leaf topic ids; the configured predefined topics
  *   udp.c        the UDP socket
+ *   dtls.c       the DTLS server (dtls.h): its datagrams reach the same
+ *                dispatch, marked with the identity they authenticated
  */
 #ifndef FLEETGW_LAN_INT_H
 #define FLEETGW_LAN_INT_H
@@ -29,8 +31,10 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "admission.h"
 #include "config.h"
 #include "drain.h"
+#include "dtls.h"
 #include "leaves.h"
 #include "metrics.h"
 #include "mqttsn.h"
@@ -38,6 +42,11 @@
 #include "topics.h"
 
 struct udp;
+
+/* The two ways a leaf reaches the gateway.  A session's address is an
+ * address on one of them: the same ip:port over plain UDP and over DTLS
+ * are two different peers (two sockets of the gateway). */
+enum lan_via { LAN_PLAIN = 0, LAN_DTLS = 1 };
 
 /*
  * A leaf session's states (MQTT-SN v1.2 §6.14 plus the gateway's own waits;
@@ -120,6 +129,8 @@ struct session {
   char client_id[256];
   uint8_t id_len;
   struct sockaddr_storage addr;
+  uint8_t via;                  /* enum lan_via of addr */
+  uint8_t sec;                  /* enum admit_sec: how the leaf that CONNECTed proved it */
   enum sess_state state;
   bool clean;
   uint16_t keepalive;           /* leaf keep-alive, s: never 0 (lan.max_keepalive_s) */
@@ -177,6 +188,8 @@ struct leaves {
   const struct gw_config *cfg;
   struct metrics *m;
   struct udp *udp;
+  struct dtls *dtls;            /* NULL unless lan.dtls.enabled */
+  struct dtls_opts dtls_opts;   /* what it was made with */
 
   struct session **by_id;
   struct session **by_addr;
@@ -207,12 +220,15 @@ bool leaves_is_converter(const struct leaves *lv, const char *ip);
 
 /* table.c */
 bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b);
+/* s talks from addr over via. */
+bool sess_at(const struct session *s, const struct sockaddr *addr, uint8_t via);
 void leaves_addr_str(const struct sockaddr *a, char *out, size_t cap);
 int leaves_table_init(struct leaves *lv);
 void leaves_table_free(struct leaves *lv);
 struct session *leaves_by_id(struct leaves *lv, const char *id, size_t len);
-struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr);
-void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr);
+struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr, uint8_t via);
+void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr,
+                      uint8_t via);
 void leaves_unbind_addr(struct leaves *lv, struct session *s);
 /* Room for one more session (the tables grow); -1 when out of memory. */
 int leaves_table_reserve(struct leaves *lv);
@@ -221,14 +237,15 @@ void leaves_table_insert(struct leaves *lv, struct session *s);
 /* Takes s out of both tables; the caller frees it. */
 void leaves_table_unlink(struct leaves *lv, struct session *s);
 
-/* reply.c */
-int leaves_send(struct leaves *lv, const struct sockaddr *to, const struct mqttsn_msg *msg);
+/* reply.c: to an address over via (enum lan_via). */
+int leaves_send(struct leaves *lv, const struct sockaddr *to, uint8_t via,
+                const struct mqttsn_msg *msg);
 /* A message with no fields but its type (PINGRESP, DISCONNECT, WILLTOPICREQ...). */
-int leaves_reply(struct leaves *lv, const struct sockaddr *to, enum mqttsn_type t);
-int leaves_reply_connack(struct leaves *lv, const struct sockaddr *to, uint8_t rc);
+int leaves_reply(struct leaves *lv, const struct sockaddr *to, uint8_t via, enum mqttsn_type t);
+int leaves_reply_connack(struct leaves *lv, const struct sockaddr *to, uint8_t via, uint8_t rc);
 /* A message whose only field is a MsgId (PUBREC, PUBREL, PUBCOMP, UNSUBACK). */
-int leaves_reply_msgid(struct leaves *lv, const struct sockaddr *to, enum mqttsn_type t,
-                       uint16_t msg_id);
+int leaves_reply_msgid(struct leaves *lv, const struct sockaddr *to, uint8_t via,
+                       enum mqttsn_type t, uint16_t msg_id);
 void leaves_event(struct leaves *lv, const char *type, const char *client_id, const char *key,
                   const char *value);
 void leaves_event2(struct leaves *lv, const char *type, const char *client_id, const char *key,
@@ -257,7 +274,10 @@ void sess_reply_msgid(struct session *s, enum mqttsn_type t, uint16_t msg_id);
 void sess_reply_connack(struct session *s, uint8_t rc);
 void sess_send_puback(struct session *s, uint16_t topic_id, uint16_t msg_id, uint8_t rc);
 void sess_on_message(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
-void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m);
+/* A CONNECT admitted from from over via (s->sec already says how it
+ * authenticated). */
+void sess_on_connect(struct session *s, const struct sockaddr *from, uint8_t via,
+                     const struct mqttsn_msg *m);
 void sess_on_wake(struct session *s, const struct sockaddr *from);
 void sess_on_provisioned(struct session *s, bool ok);
 /* Ends the session: DISCONNECT to the leaf when notify, graceful upstream
@@ -268,6 +288,10 @@ void sess_end_upstream(struct session *s, bool graceful, bool publish_will);
 /* The upstream is gone for good: the leaf is told. */
 void sess_give_up(struct session *s, const char *why, uint8_t connack_rc);
 void sess_connect_done(struct session *s);
+/* The leaf's transport went away under it (its DTLS association closed):
+ * a connected leaf is lost (its will published), a sleeping one keeps its
+ * session and may wake through a new association. */
+void sess_on_transport_closed(struct session *s, const char *why);
 
 /* sess_up.c */
 void sess_on_publish(struct session *s, const struct mqttsn_publish *p);

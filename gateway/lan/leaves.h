@@ -60,6 +60,8 @@ void leaves_stop(struct leaves *lv, size_t *live, uint64_t *queued);
 void leaves_free(struct leaves *lv);
 /* The bound UDP port (useful with port 0). */
 int leaves_port(const struct leaves *lv);
+/* The DTLS port, -1 when lan.dtls is off. */
+int leaves_dtls_port(const struct leaves *lv);
 
 /* The session of client_id, or NULL. */
 struct session *leaves_find(struct leaves *lv, const char *client_id);

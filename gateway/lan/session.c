@@ -172,7 +172,8 @@ void sess_on_provisioned(struct session *s, bool ok)
   connect_proceed(s);
 }
 
-void sess_on_connect(struct session *s, const struct sockaddr *from, const struct mqttsn_msg *m)
+void sess_on_connect(struct session *s, const struct sockaddr *from, uint8_t via,
+                     const struct mqttsn_msg *m)
 {
   struct leaves *lv = s->lv;
   const struct mqttsn_connect *c = &m->u.connect;
@@ -186,7 +187,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, const struc
   bool clean = c->flags.clean_session && s->state != SESS_ASLEEP && s->state != SESS_AWAKE;
 
   lv->m->connects++;
-  leaves_bind_addr(lv, s, from);
+  leaves_bind_addr(lv, s, from, via);
   s->last_rx = uv_now(lv->loop);
   s->keepalive = sess_keepalive(lv, c->duration);
 
@@ -479,6 +480,32 @@ static void go_lost(struct session *s, const char *why)
   sess_set_state(s, SESS_LOST);
   leaves_unbind_addr(s->lv, s);
   sess_arm(s);
+}
+
+void sess_on_transport_closed(struct session *s, const char *why)
+{
+  switch (s->state) {
+  case SESS_ACTIVE:
+    go_lost(s, why);
+    return;
+  case SESS_WAIT_WILLTOPIC:
+  case SESS_WAIT_WILLMSG:
+  case SESS_WAIT_UPSTREAM:
+    /* No CONNACK can reach the leaf any more. */
+    connect_abandon(s);
+    break;
+  case SESS_AWAKE:
+    /* It went back to sleep without saying so: what is left waits. */
+    s->inflight = INF_NONE;
+    sess_set_state(s, SESS_ASLEEP);
+    sess_arm(s);
+    break;
+  default:
+    /* Asleep: the session stays, its sleep timer runs, and the leaf wakes
+     * through a new association (docs/dtls.md §9). */
+    break;
+  }
+  leaves_unbind_addr(s->lv, s);
 }
 
 static void timer_cb(uv_timer_t *t)

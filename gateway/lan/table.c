@@ -30,10 +30,11 @@ static uint64_t hash_id(const char *id, size_t len)
   return fnv1a(id, len, 14695981039346656037ull);
 }
 
-/* Hashes what identifies a UDP peer: family, port and address bytes. */
-static uint64_t hash_addr(const struct sockaddr *a)
+/* Hashes what identifies a peer: the transport, family, port and address
+ * bytes. */
+static uint64_t hash_addr(const struct sockaddr *a, uint8_t via)
 {
-  uint64_t h = 14695981039346656037ull;
+  uint64_t h = fnv1a(&via, 1, 14695981039346656037ull);
   if (a->sa_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)a;
     h = fnv1a(&in->sin_port, sizeof in->sin_port, h);
@@ -56,6 +57,12 @@ bool leaves_addr_eq(const struct sockaddr *a, const struct sockaddr *b)
   }
   const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
   return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+bool sess_at(const struct session *s, const struct sockaddr *addr, uint8_t via)
+{
+  return s->in_addr_table && s->via == via &&
+         leaves_addr_eq((const struct sockaddr *)&s->addr, addr);
 }
 
 void leaves_addr_str(const struct sockaddr *a, char *out, size_t cap)
@@ -100,11 +107,11 @@ struct session *leaves_by_id(struct leaves *lv, const char *id, size_t len)
   return NULL;
 }
 
-struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr)
+struct session *leaves_by_addr(struct leaves *lv, const struct sockaddr *addr, uint8_t via)
 {
-  struct session *s = lv->by_addr[hash_addr(addr) & (lv->nbuckets - 1)];
+  struct session *s = lv->by_addr[hash_addr(addr, via) & (lv->nbuckets - 1)];
   for (; s; s = s->next_by_addr)
-    if (leaves_addr_eq((const struct sockaddr *)&s->addr, addr))
+    if (sess_at(s, addr, via))
       return s;
   return NULL;
 }
@@ -114,7 +121,7 @@ void leaves_unbind_addr(struct leaves *lv, struct session *s)
   struct session **pp;
   if (!s->in_addr_table)
     return;
-  pp = &lv->by_addr[hash_addr((struct sockaddr *)&s->addr) & (lv->nbuckets - 1)];
+  pp = &lv->by_addr[hash_addr((struct sockaddr *)&s->addr, s->via) & (lv->nbuckets - 1)];
   for (; *pp; pp = &(*pp)->next_by_addr) {
     if (*pp == s) {
       *pp = s->next_by_addr;
@@ -125,16 +132,18 @@ void leaves_unbind_addr(struct leaves *lv, struct session *s)
   s->next_by_addr = NULL;
 }
 
-void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr)
+void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockaddr *addr,
+                      uint8_t via)
 {
   size_t b;
-  if (s->in_addr_table && leaves_addr_eq((struct sockaddr *)&s->addr, addr))
+  if (sess_at(s, addr, via))
     return;
   leaves_unbind_addr(lv, s);
   memset(&s->addr, 0, sizeof s->addr);
   memcpy(&s->addr, addr,
          addr->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
-  b = hash_addr(addr) & (lv->nbuckets - 1);
+  s->via = via;
+  b = hash_addr(addr, via) & (lv->nbuckets - 1);
   s->next_by_addr = lv->by_addr[b];
   lv->by_addr[b] = s;
   s->in_addr_table = true;
@@ -162,7 +171,7 @@ static int grow(struct leaves *lv)
     s = lv->by_addr[i];
     while (s) {
       struct session *next = s->next_by_addr;
-      size_t b = hash_addr((struct sockaddr *)&s->addr) & (n - 1);
+      size_t b = hash_addr((struct sockaddr *)&s->addr, s->via) & (n - 1);
       s->next_by_addr = addrs[b];
       addrs[b] = s;
       s = next;
