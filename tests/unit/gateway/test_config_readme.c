@@ -137,7 +137,7 @@ static void parse_key_tables(char *text)
     if (next)
       *next++ = '\0';
     lineno++;
-    if (strncmp(line, "### Keys", 8) == 0) {
+    if (strcmp(line, "### Keys") == 0) {
       in_keys = true;
       continue;
     }
