@@ -124,8 +124,8 @@ int store_device_touch(struct store *st, const char *client_id, int64_t now);
 /* Counts devices by state: counts[DEV_PENDING..DEV_REVOKED]. */
 int store_device_counts(struct store *st, int64_t counts[7]);
 /* Deletes the devices in state (DEV_PENDING only: they hold nothing else)
- * last seen before seen_before, at most limit of them; *deleted says how
- * many. */
+ * last seen before seen_before, at most limit of them, never one that holds
+ * a DTLS pre-shared key; *deleted says how many. */
 int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t limit,
                        int64_t *deleted);
 

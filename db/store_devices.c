@@ -270,10 +270,14 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
                        int64_t *deleted)
 {
   /* Only pending devices: a row in any other state may have certificates,
-   * runs or an operator's decision hanging on it. */
+   * runs or an operator's decision hanging on it.  Nor one holding a DTLS
+   * key: an operator made it for a leaf that may not have connected yet,
+   * and deleting the device would delete the key with it
+   * (docs/architecture.md §3). */
   static const char sql[] =
       "DELETE FROM devices WHERE id IN (SELECT id FROM devices WHERE state = ?1 AND "
-      "last_seen < ?2 ORDER BY last_seen LIMIT ?3)";
+      "last_seen < ?2 AND NOT EXISTS (SELECT 1 FROM psks WHERE psks.device_id = devices.id) "
+      "ORDER BY last_seen LIMIT ?3)";
   *deleted = 0;
   if (state != DEV_PENDING || limit <= 0)
     return store_fail(st, STORE_INVAL, "only pending devices are pruned");

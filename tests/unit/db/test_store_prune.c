@@ -1,9 +1,10 @@
 /*
  * test_store_prune.c - what the registry's upkeep (gateway/upkeep.c) relies
- * on: pending devices pruned by age and in batches, only pending ones; the
- * audit retention by rows and by age, oldest first; a lock held by another
- * connection answered STORE_BUSY after the (short) busy time-out; the free
- * space of the registry's filesystem; DTLS pre-shared keys sealed at rest.
+ * on: pending devices pruned by age and in batches, only pending ones and
+ * never one holding a DTLS key; the audit retention by rows and by age,
+ * oldest first; a lock held by another connection answered STORE_BUSY after
+ * the (short) busy time-out; the free space of the registry's filesystem;
+ * DTLS pre-shared keys sealed at rest.
  */
 #include "test.h"
 
@@ -72,6 +73,40 @@ static void test_prune_pending(void)
   /* Only pending devices may be pruned. */
   ASSERT_EQ(store_device_prune(st, DEV_BLOCKED, 4000, 100, &n), STORE_INVAL);
   ASSERT_EQ(n, 0);
+  store_close(st);
+}
+
+/* A device given a DTLS key before its first CONNECT is never pruned: the
+ * cascade would take the key with it. */
+static void test_prune_keeps_psk_holders(void)
+{
+  char db[320];
+  struct store *st = open_named("prune-psk", db, sizeof db);
+  struct store_device d;
+  uint8_t key[32], got[64];
+  size_t len = 0;
+  int64_t n = -1;
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  memset(key, 0x5A, sizeof key);
+  add_device(st, "keyed-old", DEV_PENDING, 100);
+  add_device(st, "bare-old", DEV_PENDING, 100);
+  ASSERT_EQ(store_psk_set(st, "keyed-old", key, sizeof key, 100), STORE_OK);
+  ASSERT_EQ(store_device_get(st, "keyed-old", &d), STORE_OK);
+  ASSERT_TRUE(d.has_psk);
+
+  ASSERT_EQ(store_device_prune(st, DEV_PENDING, 4000, 100, &n), STORE_OK);
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(store_device_get(st, "bare-old", &d), STORE_NOTFOUND);
+  ASSERT_EQ(store_device_get(st, "keyed-old", &d), STORE_OK);
+  ASSERT_EQ(store_psk_get(st, "keyed-old", got, sizeof got, &len), STORE_OK);
+  ASSERT_EQ(len, sizeof key);
+  /* Without its key it is an ordinary stale pending identity again. */
+  ASSERT_EQ(store_psk_delete(st, "keyed-old"), STORE_OK);
+  ASSERT_EQ(store_device_prune(st, DEV_PENDING, 4000, 100, &n), STORE_OK);
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(store_device_get(st, "keyed-old", &d), STORE_NOTFOUND);
   store_close(st);
 }
 
@@ -218,6 +253,7 @@ int main(void)
     return 1;
   }
   RUN(test_prune_pending);
+  RUN(test_prune_keeps_psk_holders);
   RUN(test_prune_audit);
   RUN(test_busy);
   RUN(test_psk);
