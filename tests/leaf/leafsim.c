@@ -21,12 +21,18 @@
  * Like a constrained device, a leaf has at most one request outstanding
  * (CONNECT, REGISTER, SUBSCRIBE, QoS 1/2 PUBLISH, sleep or wake-up), which it
  * retransmits every --retry-ms up to --retries times.
+ *
+ * With --dtls each leaf first runs a DTLS 1.2 handshake (leaf_dtls.c) and
+ * then lives the same life inside the association, one MQTT-SN datagram per
+ * record:  IDLE -> HANDSHAKE -> CONNECT ...  A failed handshake or a fatal
+ * alert sends the leaf back to IDLE and a new handshake follows --retry-ms
+ * later; a request that gets no answer after its retries also ends the
+ * association (close_notify), as nothing else tells a leaf that the gateway
+ * has forgotten it.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
-#include <netdb.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -36,6 +42,9 @@
 #include <sys/resource.h>
 
 #include <uv.h>
+
+#include "leaf_dtls.h"
+#include "leafsim_opts.h"
 
 /* ------------------------------------------------------------------------ */
 /* MQTT-SN v1.2 codec (spec section 5; docs/protocol-notes.md §2.1-§2.4)                 */
@@ -278,6 +287,7 @@ static uint64_t hist_pct(const struct hist *h, double pct)
 
 enum lstate {
   ST_IDLE,        /* not connected; (re)connects at `due` */
+  ST_HANDSHAKE,   /* --dtls: DTLS handshake under way */
   ST_CONNECTING,  /* CONNECT outstanding */
   ST_REGISTERING, /* REGISTER of the publish topic outstanding */
   ST_SUBSCRIBING, /* SUBSCRIBE outstanding */
@@ -289,9 +299,9 @@ enum lstate {
   ST_DONE,        /* finished (or never started) */
 };
 
-static const char *const state_names[] = {"idle",   "connecting", "registering", "subscribing",
-                                          "active", "sleeping",   "asleep",      "waking",
-                                          "bye",    "done"};
+static const char *const state_names[] = {"idle",        "handshake", "connecting", "registering",
+                                          "subscribing", "active",    "sleeping",   "asleep",
+                                          "waking",      "bye",       "done"};
 
 struct topic_map {
   uint16_t id;
@@ -332,28 +342,9 @@ struct leaf {
 
   struct topic_map *topics; /* ids the gateway told us (REGISTER, SUBACK) */
   size_t ntopics, captopics;
-};
 
-struct opts {
-  const char *gw;
-  unsigned leaves;
-  const char *prefix;
-  unsigned keepalive;
-  double connect_rate;
-  double rate;
-  int qos;
-  const char *topic_fmt;
-  size_t payload_size;
-  const char *sub_fmt;
-  double duration;
-  double sleep_s;
-  bool stats;
-  unsigned retry_ms;
-  unsigned retries;
-  unsigned congestion_ms;
-  unsigned predefined;
-  unsigned first_index;
-  bool verbose;
+  struct leaf_dtls *dtls; /* --dtls: the association, or NULL */
+  uint64_t hs_start;      /* ns: the handshake began */
 };
 
 struct counters {
@@ -363,6 +354,7 @@ struct counters {
   uint64_t received, malformed, unexpected, gw_disconnects, recv_errors;
   uint64_t register_refused, subscribe_refused;
   uint64_t sleeps, wakes;
+  uint64_t hs_ok, hs_failed, dtls_lost; /* --dtls */
 };
 
 struct sim {
@@ -384,6 +376,14 @@ struct sim {
   uint8_t *pl_buf;  /* one payload being built */
   struct counters c;
   struct hist lat;
+
+  /* --dtls */
+  struct leaf_dtls_ctx *dtls;
+  struct leaf_dtls_keys keys; /* --psk-hex, --psk-file */
+  struct hist hs_lat;     /* handshake times, us */
+  unsigned dtls_reported; /* failures printed so far */
+  bool warned_too_big;
+
   uint8_t rbuf[SN_MAX_MSG + 1];
   int exit_code;
 };
@@ -442,7 +442,7 @@ static void set_state(struct leaf *l, enum lstate st)
   l->st = st;
 }
 
-static int send_raw(struct leaf *l, const uint8_t *data, size_t len)
+static int udp_send(struct leaf *l, const uint8_t *data, size_t len)
 {
   uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   int rc = uv_udp_try_send(&l->udp, &b, 1, (const struct sockaddr *)&l->sim->gw_addr);
@@ -453,6 +453,23 @@ static int send_raw(struct leaf *l, const uint8_t *data, size_t len)
       l->sim->c.send_errors++;
     return rc;
   }
+  return 0;
+}
+
+static int dtls_send(struct leaf *l, const uint8_t *data, size_t len);
+static void dtls_begin(struct leaf *l);
+static void dtls_drop(struct leaf *l);
+
+static bool needs_handshake(const struct leaf *l)
+{
+  return l->sim->dtls && !(l->dtls && leaf_dtls_established(l->dtls));
+}
+
+static int send_raw(struct leaf *l, const uint8_t *data, size_t len)
+{
+  int rc = l->sim->dtls ? dtls_send(l, data, len) : udp_send(l, data, len);
+  if (rc < 0)
+    return rc;
   l->last_tx = now_ns();
   return 0;
 }
@@ -1031,6 +1048,7 @@ static void retry_request(struct leaf *l, uint64_t t)
       set_state(l, ST_DONE);
     else
       go_idle(l, s->o.congestion_ms); /* the spec: the connection is lost */
+    dtls_drop(l);
     return;
   }
   l->req_tries++;
@@ -1064,8 +1082,16 @@ static void service(struct leaf *l)
   case ST_IDLE:
     if (s->stop_phase > 0)
       set_state(l, ST_DONE);
+    else if (t >= l->due && needs_handshake(l))
+      dtls_begin(l);
     else if (t >= l->due)
       send_connect(l);
+    break;
+  case ST_HANDSHAKE:
+    if (s->stop_phase > 0) {
+      dtls_drop(l);
+      set_state(l, ST_DONE);
+    }
     break;
   case ST_ACTIVE:
     if (s->stop_phase > 0) {
@@ -1198,8 +1224,157 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struc
     l->sim->c.malformed++;
     return;
   }
-  on_datagram(l, (const uint8_t *)buf->base, (size_t)nread);
+  if (l->sim->dtls) {
+    if (l->dtls)
+      (void)leaf_dtls_input(l->dtls, (const uint8_t *)buf->base, (size_t)nread);
+  } else {
+    on_datagram(l, (const uint8_t *)buf->base, (size_t)nread);
+  }
   service(l);
+}
+
+/* ------------------------------------------------------------------------ */
+/* --dtls: one DTLS 1.2 association per leaf (leaf_dtls.c)                   */
+/* ------------------------------------------------------------------------ */
+
+#define DTLS_REPORT_MAX 10 /* failures printed on stderr without -v */
+
+static int dtls_send(struct leaf *l, const uint8_t *data, size_t len)
+{
+  struct sim *s = l->sim;
+  int rc = l->dtls ? leaf_dtls_send(l->dtls, data, len) : LEAF_DTLS_ESTATE;
+  if (rc == LEAF_DTLS_ETOOBIG && !s->warned_too_big) {
+    s->warned_too_big = true;
+    fprintf(stderr, "leafsim: a %zu-byte datagram does not fit a DTLS record (%zu): raise --mtu\n",
+            len, leaf_dtls_max_data(l->dtls));
+  }
+  if (rc < 0)
+    s->c.send_errors++;
+  return rc;
+}
+
+static int dtls_io(void *ud, const uint8_t *data, size_t len)
+{
+  return udp_send(ud, data, len);
+}
+
+/* Lets the association go (with close_notify if it was up). */
+static void dtls_drop(struct leaf *l)
+{
+  if (!l->dtls)
+    return;
+  (void)leaf_dtls_shutdown(l->dtls);
+  leaf_dtls_free(l->dtls);
+  l->dtls = NULL;
+}
+
+/* The handshake failed or the association died: report it, and like a
+ * device start again after T_retry. */
+static void dtls_end(struct leaf *l, const char *what, const char *reason)
+{
+  struct sim *s = l->sim;
+  if (s->o.verbose || s->dtls_reported < DTLS_REPORT_MAX) {
+    s->dtls_reported++;
+    bool last = !s->o.verbose && s->dtls_reported == DTLS_REPORT_MAX;
+    fprintf(stderr, "leafsim: %s: DTLS %s: %s%s\n", l->id, what, reason,
+            last ? " (further failures only counted)" : "");
+  }
+  leaf_dtls_free(l->dtls);
+  l->dtls = NULL;
+  if (s->stop_phase > 0)
+    set_state(l, ST_DONE);
+  else
+    go_idle(l, s->o.retry_ms);
+  arm(l, now_ns());
+}
+
+static void dtls_on_error(void *ud, const char *reason)
+{
+  struct leaf *l = ud;
+  if (l->st == ST_HANDSHAKE) {
+    l->sim->c.hs_failed++;
+    dtls_end(l, "handshake failed", reason);
+  } else {
+    l->sim->c.dtls_lost++;
+    dtls_end(l, "association lost", reason);
+  }
+}
+
+static void dtls_on_closed(void *ud)
+{
+  struct leaf *l = ud;
+  l->sim->c.dtls_lost++;
+  dtls_end(l, "association closed", "close_notify from the gateway");
+}
+
+static void dtls_on_done(void *ud)
+{
+  struct leaf *l = ud;
+  struct sim *s = l->sim;
+  s->c.hs_ok++;
+  hist_add(&s->hs_lat, (now_ns() - l->hs_start) / 1000u);
+  VLOG(l, "DTLS handshake done, %s", leaf_dtls_cipher(l->dtls));
+  if (s->stop_phase > 0)
+    set_state(l, ST_DONE);
+  else if (s->o.qos == -1)
+    enter_active(l);
+  else
+    send_connect(l);
+  arm(l, now_ns());
+}
+
+static void dtls_on_plaintext(void *ud, const uint8_t *data, size_t len)
+{
+  on_datagram(ud, data, len);
+}
+
+static void dtls_begin(struct leaf *l)
+{
+  struct sim *s = l->sim;
+  struct leaf_dtls_cred cr = {.psk_identity = l->id};
+  char crt[4096], key[4096], err[256];
+  dtls_drop(l);
+  cr.psk = leaf_dtls_key_for(&s->keys, l->id, &cr.psk_len); /* checked at start */
+  if (s->o.cert_dir) {
+    snprintf(crt, sizeof crt, "%s/%s.crt", s->o.cert_dir, l->id);
+    snprintf(key, sizeof key, "%s/%s.key", s->o.cert_dir, l->id);
+    cr.cert_file = crt;
+    cr.key_file = key;
+  }
+  set_state(l, ST_HANDSHAKE);
+  l->hs_start = now_ns();
+  if (leaf_dtls_new(s->dtls, l, &cr, &l->dtls, err, sizeof err) != LEAF_DTLS_OK) {
+    s->c.hs_failed++;
+    dtls_end(l, "handshake not started", err);
+    return;
+  }
+  (void)leaf_dtls_start(l->dtls); /* a failure comes through dtls_on_error */
+}
+
+/* The shared context and the keys, from the options. */
+static int dtls_setup(struct sim *s)
+{
+  static const struct leaf_dtls_cbs cbs = {
+      .send = dtls_io,
+      .on_handshake_done = dtls_on_done,
+      .on_plaintext = dtls_on_plaintext,
+      .on_error = dtls_on_error,
+      .on_closed = dtls_on_closed,
+  };
+  struct leaf_dtls_opts o = {.use_certs = s->o.cert_dir || s->o.cert_file,
+                             .ciphers = s->o.ciphers,
+                             .cert_file = s->o.cert_file,
+                             .key_file = s->o.key_file,
+                             .ca_file = s->o.ca_file,
+                             .mtu = s->o.mtu,
+                             .handshake_ms = s->o.handshake_ms};
+  char err[256];
+  if (leaf_dtls_keys_load(&s->keys, s->o.psk_hex, s->o.psk_file, err, sizeof err) != 0 ||
+      leaf_dtls_ctx_new(s->loop, &o, &cbs, &s->dtls, err, sizeof err) != LEAF_DTLS_OK) {
+    fprintf(stderr, "fleetgw-leafsim: %s\n", err);
+    return -1;
+  }
+  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1223,6 +1398,7 @@ static void close_all(struct sim *s)
 {
   s->stop_phase = 3;
   for (unsigned i = 0; i < s->o.leaves; i++) {
+    dtls_drop(&s->leaves[i]);
     if (s->leaves[i].udp.data) {
       close_handle(s, (uv_handle_t *)&s->leaves[i].udp);
       close_handle(s, (uv_handle_t *)&s->leaves[i].timer);
@@ -1259,7 +1435,7 @@ static void stop_step(struct sim *s)
       struct leaf *l = &s->leaves[i];
       if (!l->udp.data || l->st == ST_DONE)
         continue;
-      if (l->st == ST_IDLE || s->o.qos == -1) {
+      if (l->st == ST_IDLE || l->st == ST_HANDSHAKE || s->o.qos == -1) {
         set_state(l, ST_DONE);
         continue;
       }
@@ -1331,6 +1507,11 @@ static int open_leaf(struct sim *s, struct leaf *l, unsigned i)
     fprintf(stderr, "leafsim: topic too long for %s\n", l->id);
     return -1;
   }
+  size_t klen;
+  if (s->keys.table && !leaf_dtls_key_for(&s->keys, l->id, &klen)) {
+    fprintf(stderr, "leafsim: no PSK for %s in %s\n", l->id, s->o.psk_file);
+    return -1;
+  }
   l->req = malloc(req_cap(s));
   if (!l->req) {
     fprintf(stderr, "leafsim: out of memory\n");
@@ -1364,7 +1545,9 @@ static void start_leaf(struct leaf *l)
   s->done--;
   l->st = ST_IDLE;
   s->started++;
-  if (s->o.qos == -1) {
+  if (needs_handshake(l)) {
+    dtls_begin(l);
+  } else if (s->o.qos == -1) {
     /* QoS -1 needs no connection: publish straight away. */
     l->pace_base = now_ns();
     enter_active(l);
@@ -1430,271 +1613,18 @@ static void print_stats(struct sim *s)
   printf("\"errors\":{\"malformed\":%" PRIu64 ",\"unexpected\":%" PRIu64 ",\"send\":%" PRIu64
          ",\"send_eagain\":%" PRIu64 ",\"recv\":%" PRIu64 ",\"congestion\":%" PRIu64
          ",\"invalid_topic\":%" PRIu64 ",\"register_refused\":%" PRIu64
-         ",\"subscribe_refused\":%" PRIu64 "}}\n",
+         ",\"subscribe_refused\":%" PRIu64 "}",
          s->c.malformed, s->c.unexpected, s->c.send_errors, s->c.send_eagain, s->c.recv_errors,
          s->c.pub_congestion, s->c.pub_invalid_topic, s->c.register_refused,
          s->c.subscribe_refused);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Command line                                                              */
-/* ------------------------------------------------------------------------ */
-
-static const char usage[] =
-    "usage: fleetgw-leafsim [options]\n"
-    "Simulates many MQTT-SN v1.2 leaves, each with its own UDP socket on 127.0.0.1.\n"
-    "\n"
-    "  --gw HOST:PORT        gateway address (default 127.0.0.1:1884)\n"
-    "  -n, --leaves N        number of leaves (default 20)\n"
-    "  --prefix STR          client ids are <prefix><i> (default \"leaf-\")\n"
-    "  --first-index I       number of the first leaf (default 0)\n"
-    "  --keepalive S         MQTT-SN keep-alive Duration in seconds (default 60, 0 = none)\n"
-    "  --connect-rate R      CONNECTs per second (default 0 = all at once)\n"
-    "  --rate R              publishes per second per leaf (default 0 = none; may be < 1)\n"
-    "  --qos Q               publish QoS: -1, 0, 1 or 2 (default 0); QoS 1/2 keep one\n"
-    "                        publish in flight per leaf, as constrained devices do\n"
-    "  --topic FMT           publish topic, registered with REGISTER; %s = client id\n"
-    "                        (default \"fleet/%s/telemetry\")\n"
-    "  --predefined ID       publish on pre-defined topic id ID instead (no REGISTER;\n"
-    "                        required for --qos -1)\n"
-    "  --payload-size B      payload bytes (default 32); \"<client id> <seq> \" then padding\n"
-    "  --subscribe FMT       subscribe to FMT (%s = client id) and print each received\n"
-    "                        publish as \"<client id> <topic> <payload>\" on stdout\n"
-    "                        (bytes outside printable ASCII as \\xHH)\n"
-    "  --duration S          run S seconds (default 0 = until SIGINT/SIGTERM); then drain\n"
-    "                        in-flight publishes, DISCONNECT every leaf and exit 0\n"
-    "  --sleep S             leaves alternate: S s active, then sleep S s with\n"
-    "                        DISCONNECT(Duration=S), wake with PINGREQ(ClientId), drain\n"
-    "                        the buffered messages, CONNECT again\n"
-    "  --retry-ms MS         T_retry for the leaf's own requests (default 2000)\n"
-    "  --retries N           N_retry: retransmissions before giving up (default 3)\n"
-    "  --congestion-ms MS    wait after CONNACK/PUBACK \"congestion\" (default 1000)\n"
-    "  --stats               print a JSON summary on stdout at exit\n"
-    "  -v, --verbose         log state changes on stderr\n"
-    "  -h, --help            this text\n";
-
-static int parse_uint(const char *s, unsigned long max, unsigned long *out)
-{
-  char *end;
-  errno = 0;
-  if (*s == '-' || *s == '\0')
-    return -1;
-  unsigned long v = strtoul(s, &end, 10);
-  if (errno || *end != '\0' || v > max)
-    return -1;
-  *out = v;
-  return 0;
-}
-
-static int parse_double(const char *s, double *out)
-{
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || *end != '\0' || end == s || !(v >= 0) || isinf(v))
-    return -1;
-  *out = v;
-  return 0;
-}
-
-static int resolve_gw(const char *spec, struct sockaddr_storage *out)
-{
-  char host[256];
-  const char *colon = strrchr(spec, ':');
-  struct addrinfo hints, *res = NULL;
-  size_t hl;
-  if (!colon || colon == spec)
-    return -1;
-  hl = (size_t)(colon - spec);
-  if (spec[0] == '[' && hl >= 2 && spec[hl - 1] == ']') { /* [v6]:port */
-    spec++;
-    hl -= 2;
-  }
-  if (hl >= sizeof host)
-    return -1;
-  memcpy(host, spec, hl);
-  host[hl] = '\0';
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_INET; /* the leaves' sockets are bound to 127.0.0.1 */
-  hints.ai_socktype = SOCK_DGRAM;
-  if (getaddrinfo(host, colon + 1, &hints, &res) != 0 || !res)
-    return -1;
-  memcpy(out, res->ai_addr, res->ai_addrlen);
-  freeaddrinfo(res);
-  return 0;
-}
-
-enum {
-  OPT_GW = 256,
-  OPT_PREFIX,
-  OPT_FIRST,
-  OPT_KEEPALIVE,
-  OPT_CRATE,
-  OPT_RATE,
-  OPT_QOS,
-  OPT_TOPIC,
-  OPT_PREDEF,
-  OPT_PAYLOAD,
-  OPT_SUB,
-  OPT_DURATION,
-  OPT_SLEEP,
-  OPT_RETRY_MS,
-  OPT_RETRIES,
-  OPT_CONG_MS,
-  OPT_STATS,
-};
-
-static int parse_args(int argc, char **argv, struct opts *o)
-{
-  static const struct option lopts[] = {
-      {"gw", required_argument, NULL, OPT_GW},
-      {"leaves", required_argument, NULL, 'n'},
-      {"prefix", required_argument, NULL, OPT_PREFIX},
-      {"first-index", required_argument, NULL, OPT_FIRST},
-      {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
-      {"connect-rate", required_argument, NULL, OPT_CRATE},
-      {"rate", required_argument, NULL, OPT_RATE},
-      {"qos", required_argument, NULL, OPT_QOS},
-      {"topic", required_argument, NULL, OPT_TOPIC},
-      {"predefined", required_argument, NULL, OPT_PREDEF},
-      {"payload-size", required_argument, NULL, OPT_PAYLOAD},
-      {"subscribe", required_argument, NULL, OPT_SUB},
-      {"duration", required_argument, NULL, OPT_DURATION},
-      {"sleep", required_argument, NULL, OPT_SLEEP},
-      {"retry-ms", required_argument, NULL, OPT_RETRY_MS},
-      {"retries", required_argument, NULL, OPT_RETRIES},
-      {"congestion-ms", required_argument, NULL, OPT_CONG_MS},
-      {"stats", no_argument, NULL, OPT_STATS},
-      {"verbose", no_argument, NULL, 'v'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
-  };
-  unsigned long u;
-  int c;
-
-  *o = (struct opts){.gw = "127.0.0.1:1884",
-                     .leaves = 20,
-                     .prefix = "leaf-",
-                     .keepalive = 60,
-                     .topic_fmt = "fleet/%s/telemetry",
-                     .payload_size = 32,
-                     .retry_ms = 2000,
-                     .retries = 3,
-                     .congestion_ms = 1000};
-  while ((c = getopt_long(argc, argv, "n:vh", lopts, NULL)) != -1) {
-    const char *bad = NULL;
-    switch (c) {
-    case OPT_GW:
-      o->gw = optarg;
-      break;
-    case 'n':
-      if (parse_uint(optarg, 1000000, &u) != 0 || u == 0)
-        bad = "--leaves: expected 1..1000000";
-      o->leaves = (unsigned)u;
-      break;
-    case OPT_PREFIX:
-      o->prefix = optarg;
-      break;
-    case OPT_FIRST:
-      if (parse_uint(optarg, 100000000, &u) != 0)
-        bad = "--first-index: expected 0..100000000";
-      o->first_index = (unsigned)u;
-      break;
-    case OPT_KEEPALIVE:
-      if (parse_uint(optarg, 65535, &u) != 0)
-        bad = "--keepalive: expected 0..65535 seconds";
-      o->keepalive = (unsigned)u;
-      break;
-    case OPT_CRATE:
-      if (parse_double(optarg, &o->connect_rate) != 0)
-        bad = "--connect-rate: expected a number >= 0";
-      break;
-    case OPT_RATE:
-      if (parse_double(optarg, &o->rate) != 0)
-        bad = "--rate: expected a number >= 0";
-      break;
-    case OPT_QOS:
-      if (strcmp(optarg, "-1") == 0)
-        o->qos = -1;
-      else if (parse_uint(optarg, 2, &u) == 0)
-        o->qos = (int)u;
-      else
-        bad = "--qos: expected -1, 0, 1 or 2";
-      break;
-    case OPT_TOPIC:
-      o->topic_fmt = optarg;
-      break;
-    case OPT_PREDEF:
-      if (parse_uint(optarg, 65534, &u) != 0 || u == 0)
-        bad = "--predefined: expected a topic id 1..65534";
-      o->predefined = (unsigned)u;
-      break;
-    case OPT_PAYLOAD:
-      if (parse_uint(optarg, 60000, &u) != 0)
-        bad = "--payload-size: expected 0..60000 bytes";
-      o->payload_size = u;
-      break;
-    case OPT_SUB:
-      o->sub_fmt = optarg;
-      break;
-    case OPT_DURATION:
-      if (parse_double(optarg, &o->duration) != 0)
-        bad = "--duration: expected seconds >= 0";
-      break;
-    case OPT_SLEEP:
-      if (parse_double(optarg, &o->sleep_s) != 0 || o->sleep_s > 65535)
-        bad = "--sleep: expected 0..65535 seconds";
-      break;
-    case OPT_RETRY_MS:
-      if (parse_uint(optarg, 3600000, &u) != 0 || u == 0)
-        bad = "--retry-ms: expected 1..3600000";
-      o->retry_ms = (unsigned)u;
-      break;
-    case OPT_RETRIES:
-      if (parse_uint(optarg, 100, &u) != 0)
-        bad = "--retries: expected 0..100";
-      o->retries = (unsigned)u;
-      break;
-    case OPT_CONG_MS:
-      if (parse_uint(optarg, 3600000, &u) != 0)
-        bad = "--congestion-ms: expected 0..3600000";
-      o->congestion_ms = (unsigned)u;
-      break;
-    case OPT_STATS:
-      o->stats = true;
-      break;
-    case 'v':
-      o->verbose = true;
-      break;
-    case 'h':
-      fputs(usage, stdout);
-      exit(0);
-    default:
-      fputs(usage, stderr);
-      return -1;
-    }
-    if (bad) {
-      fprintf(stderr, "fleetgw-leafsim: %s, got \"%s\"\n", bad, optarg);
-      return -1;
-    }
-  }
-  if (optind < argc) {
-    fprintf(stderr, "fleetgw-leafsim: unexpected argument \"%s\"\n", argv[optind]);
-    return -1;
-  }
-  if (o->qos == -1 && !o->predefined) {
-    fprintf(stderr, "fleetgw-leafsim: --qos -1 needs --predefined ID (QoS -1 cannot REGISTER)\n");
-    return -1;
-  }
-  if (o->sleep_s > 0 && o->sleep_s < 1) {
-    fprintf(stderr, "fleetgw-leafsim: --sleep: at least 1 second (Duration is whole seconds)\n");
-    return -1;
-  }
-  if (o->qos == -1 && (o->sub_fmt || o->sleep_s > 0)) {
-    fprintf(stderr, "fleetgw-leafsim: --qos -1 leaves never connect: no --subscribe or --sleep\n");
-    return -1;
-  }
-  return 0;
+  if (s->dtls)
+    printf(",\"dtls\":{\"handshakes_ok\":%" PRIu64 ",\"handshakes_failed\":%" PRIu64
+           ",\"associations_lost\":%" PRIu64 ",\"handshake_ms\":{\"count\":%" PRIu64
+           ",\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f}}",
+           s->c.hs_ok, s->c.hs_failed, s->c.dtls_lost, s->hs_lat.n,
+           (double)hist_pct(&s->hs_lat, 50) / 1e3, (double)hist_pct(&s->hs_lat, 99) / 1e3,
+           (double)s->hs_lat.max / 1e3);
+  printf("}\n");
 }
 
 /* Each leaf needs a descriptor: raise the soft limit to the hard one. */
@@ -1722,9 +1652,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "leafsim: out of memory\n");
     return 1;
   }
-  if (parse_args(argc, argv, &s->o) != 0)
+  if (leafsim_parse_args(argc, argv, &s->o) != 0)
     goto out_sim;
-  if (resolve_gw(s->o.gw, &s->gw_addr) != 0) {
+  if (leafsim_resolve_gw(s->o.gw, &s->gw_addr) != 0) {
     fprintf(stderr, "fleetgw-leafsim: --gw: expected HOST:PORT (IPv4), got \"%s\"\n", s->o.gw);
     goto out_sim;
   }
@@ -1745,7 +1675,9 @@ int main(int argc, char **argv)
   s->loop = uv_default_loop();
   s->loop->data = s;
   s->exit_code = 0;
-  for (unsigned i = 0; i < s->o.leaves; i++) {
+  if (s->o.dtls && dtls_setup(s) != 0)
+    s->exit_code = 1;
+  for (unsigned i = 0; i < s->o.leaves && s->exit_code == 0; i++) {
     if (open_leaf(s, &s->leaves[i], i) != 0) {
       s->exit_code = 1;
       break;
@@ -1770,6 +1702,10 @@ int main(int argc, char **argv)
   if (s->o.stats && s->exit_code == 0)
     print_stats(s);
   rc = s->exit_code;
+  if (rc == 0 && s->dtls && s->c.hs_ok == 0) {
+    fprintf(stderr, "leafsim: no DTLS handshake completed (%" PRIu64 " failed)\n", s->c.hs_failed);
+    rc = 1;
+  }
   if (uv_loop_close(s->loop) != 0)
     fprintf(stderr, "leafsim: loop not closed cleanly\n");
 
@@ -1785,6 +1721,8 @@ out_mem:
   free(s->leaves);
   free(s->payload);
   free(s->pl_buf);
+  leaf_dtls_ctx_free(s->dtls);
+  leaf_dtls_keys_free(&s->keys);
 out_sim:
   free(s);
   return rc;
