@@ -61,8 +61,9 @@ static const struct key_spec dtls_keys[] = {
     STR_KEY("bind", lan.dtls.bind, cfgi_check_ip, WHAT_IP, false, "0.0.0.0"),
     UINT_KEY("port", lan.dtls.port, 1, 65535, 8884),
     /* 1200 fits any LAN path (IPv6's minimum link MTU is 1280) with room for
-     * the IP and UDP headers; 256 is OpenSSL's smallest (docs/dtls.md §5). */
-    UINT_KEY("mtu", lan.dtls.mtu, 256, 65507, 1200),
+     * the IP and UDP headers; 256 is OpenSSL's smallest, and a record holds
+     * at most 2^14 bytes of data (RFC 6347 §4.1; docs/dtls.md §6). */
+    UINT_KEY("mtu", lan.dtls.mtu, 256, 16384, 1200),
     UINT_KEY("max_handshakes", lan.dtls.max_handshakes, 1, 100000, 64),
     UINT_KEY("max_handshakes_per_ip", lan.dtls.max_handshakes_per_ip, 1, 100000, 8),
     /* RFC 7925 §11 suggests a 9 s first retransmission: one lost flight must

@@ -74,6 +74,7 @@
   C(dtls_records_dropped, "DTLS records with no association to go to")        \
   C(dtls_plain_dropped, "datagrams on the DTLS port that are not DTLS")       \
   C(dtls_sessions_replaced, "DTLS associations replaced by a new handshake from their address") \
+  C(dtls_identity_replaced, "DTLS associations closed: a new one authenticated as the same identity") \
   C(dtls_idle_closed, "DTLS associations closed: lan.dtls.idle_timeout_s")    \
   C(dtls_oversize_refused, "messages to leaves dropped: larger than the DTLS record MTU") \
   G(leaves_active, "leaves connected and active")                              \

@@ -66,6 +66,46 @@ static void table_remove(struct dtls *d, struct dtls_conn *c)
   }
 }
 
+/* ---- sessions by identity: at most one each ------------------------------ */
+
+static size_t id_bucket(const struct dtls *d, const struct dtls_peer *p)
+{
+  uint64_t h = 1469598103934665603ull ^ (uint64_t)p->auth;
+  for (const char *s = p->identity; *s; s++)
+    h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return (size_t)h & (d->nbuckets - 1);
+}
+
+static struct dtls_conn *id_lookup(struct dtls *d, const struct dtls_peer *p)
+{
+  for (struct dtls_conn *c = d->id_buckets[id_bucket(d, p)]; c; c = c->id_next)
+    if (!c->dead && c->peer.auth == p->auth && strcmp(c->peer.identity, p->identity) == 0)
+      return c;
+  return NULL;
+}
+
+static void id_insert(struct dtls *d, struct dtls_conn *c)
+{
+  size_t b = id_bucket(d, &c->peer);
+  c->id_next = d->id_buckets[b];
+  d->id_buckets[b] = c;
+  c->in_id_table = true;
+}
+
+static void id_remove(struct dtls *d, struct dtls_conn *c)
+{
+  if (!c->in_id_table)
+    return;
+  for (struct dtls_conn **pp = &d->id_buckets[id_bucket(d, &c->peer)]; *pp;
+       pp = &(*pp)->id_next) {
+    if (*pp == c) {
+      *pp = c->id_next;
+      break;
+    }
+  }
+  c->in_id_table = false;
+}
+
 static void hs_remove(struct dtls *d, struct dtls_conn *c)
 {
   for (struct dtls_conn **pp = &d->handshakes; *pp; pp = &(*pp)->hs_next) {
@@ -153,6 +193,7 @@ static void conn_free(struct dtls_conn *c, bool notify)
     c->owner->pending = NULL;
   else
     table_remove(d, c);
+  id_remove(d, c);
   if (c->established) {
     d->st.sessions--;
     if (notify && d->env.on_closed)
@@ -283,6 +324,18 @@ static int established(struct dtls_conn *c)
     conn_free(old, true); /* RFC 6347 §4.2.8: abandoned after a good Finished */
     table_insert(d, c);
   }
+  /* One session per identity: a leaf that comes back from another address
+   * has left its old one behind, and one key cannot hold many.  The owner
+   * is not told: the leaf's next CONNECT or wake-up moves its session
+   * (docs/dtls.md §9). */
+  {
+    struct dtls_conn *old = id_lookup(d, &c->peer);
+    if (old && old != c) {
+      d->st.identity_replaced++;
+      conn_shutdown(old, false);
+    }
+  }
+  id_insert(d, c);
   return 0;
 }
 
@@ -528,13 +581,17 @@ int dtls_new(const struct dtls_env *env, struct dtls **out, char *err, size_t er
     nb <<= 1;
   d->nbuckets = nb;
   d->buckets = calloc(nb, sizeof *d->buckets);
-  if (!d->buckets) {
+  d->id_buckets = calloc(nb, sizeof *d->id_buckets);
+  if (!d->buckets || !d->id_buckets) {
+    free(d->buckets);
+    free(d->id_buckets);
     free(d);
     return UV_ENOMEM;
   }
   if ((rc = dtls_ctx_make(d, err, errlen)) != 0 || !(d->listener = dtls_ssl_new(d, &r, &w))) {
     SSL_CTX_free(d->ctx);
     free(d->buckets);
+    free(d->id_buckets);
     free(d);
     return rc ? rc : UV_ENOMEM;
   }
@@ -671,6 +728,7 @@ void dtls_free(struct dtls *d)
   SSL_CTX_free(d->ctx);
   OPENSSL_cleanse(d->secret, sizeof d->secret);
   free(d->buckets);
+  free(d->id_buckets);
   free(d);
 }
 

@@ -88,6 +88,7 @@ struct dtls_env {
   C(records_dropped) \
   C(plain_dropped) \
   C(sessions_replaced) \
+  C(identity_replaced) \
   C(idle_closed) \
   C(oversize_refused) \
   G(sessions) \

@@ -23,6 +23,8 @@ struct udp;
 struct dtls_conn {
   struct dtls *d;
   struct dtls_conn *next;        /* hash chain (not for a pending conn) */
+  struct dtls_conn *id_next;     /* identity chain (established only) */
+  bool in_id_table;
   struct dtls_conn *hs_next;     /* the list of handshakes in progress */
   struct sockaddr_storage addr;
   SSL *ssl;                      /* owns rbio and wbio */
@@ -50,7 +52,8 @@ struct dtls {
   uv_timer_t rotate;
   bool rotate_started;
   struct dtls_conn **buckets;
-  size_t nbuckets;
+  struct dtls_conn **id_buckets; /* established sessions by identity */
+  size_t nbuckets;              /* of both tables */
   struct dtls_conn *handshakes;
   uint32_t n_conns;              /* every conn, pending ones included */
   unsigned open_handles;         /* closes still to come */

@@ -956,7 +956,7 @@ static void test_dtls_keys(void)
     cfg_free(cfg);
   }
 
-  expect_error(true, "lan.dtls.mtu: expected an integer 256..65507, got 100",
+  expect_error(true, "lan.dtls.mtu: expected an integer 256..16384, got 100",
                "{\"lan\": {\"dtls\": {\"mtu\": 100}}, " UP "}");
   expect_error(false, "admission.plain_udp: expected one of \"allow\"",
                "{\"admission\": {\"plain_udp\": \"never\"}, " UP "}");

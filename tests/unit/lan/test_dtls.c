@@ -563,6 +563,51 @@ static void test_reboot_same_address(void)
   server_stop(d);
 }
 
+/* One session per identity: the same key from another port replaces the
+ * first session (the owner is not told), and revoking the key ends the
+ * second one (the owner is told). */
+static void test_one_session_per_identity(void)
+{
+  struct owner ow = {0};
+  struct dtls_opts o = default_opts();
+  struct dtls *d = server(&ow, &o);
+  struct client first, second, other;
+  uint8_t key[16];
+  if (!d)
+    return;
+  key_for("leaf-9", key);
+  client_init(&first, "127.0.0.1", 0, dtls_port(d), "leaf-9", key, NULL, NULL, NULL);
+  ASSERT_EQ(handshake(&first, 3000), 1);
+  key_for("leaf-10", key);
+  client_init(&other, "127.0.0.1", 0, dtls_port(d), "leaf-10", key, NULL, NULL, NULL);
+  ASSERT_EQ(handshake(&other, 3000), 1);
+  key_for("leaf-9", key);
+  client_init(&second, "127.0.0.1", 0, dtls_port(d), "leaf-9", key, NULL, NULL, NULL);
+  ASSERT_EQ(handshake(&second, 3000), 1);
+  spin(10);
+  ASSERT_EQ(stats(d).identity_replaced, 1);
+  ASSERT_EQ(stats(d).sessions, 2);
+  ASSERT_EQ(ow.closed, 0);
+  /* The first one's records go nowhere now; the second one's arrive. */
+  client_write(&first, "old port");
+  client_write(&second, "new port");
+  spin(20);
+  ASSERT_EQ(ow.datagrams, 1);
+  ASSERT_STR_EQ(ow.last, "new port");
+  /* Its key revoked: the owner hears of it; the other identity stays. */
+  ASSERT_EQ(dtls_close_identity(d, "leaf-9", DTLS_AUTH_PSK), 1);
+  ASSERT_EQ(dtls_close_identity(d, "leaf-9", DTLS_AUTH_CERT), 0);
+  ASSERT_EQ(ow.closed, 1);
+  ASSERT_EQ(stats(d).sessions, 1);
+  client_write(&other, "unaffected");
+  spin(20);
+  ASSERT_STR_EQ(ow.last, "unaffected");
+  client_free(&first);
+  client_free(&second);
+  client_free(&other);
+  server_stop(d);
+}
+
 static void test_idle_timeout(void)
 {
   struct owner ow = {0};
@@ -751,6 +796,7 @@ int main(void)
   RUN(test_handshakes_per_ip);
   RUN(test_plain_and_replayed);
   RUN(test_reboot_same_address);
+  RUN(test_one_session_per_identity);
   RUN(test_idle_timeout);
   RUN(test_client_certificates);
   RUN(test_openssl_s_client);
