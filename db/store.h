@@ -146,6 +146,16 @@ enum store_device_sort {
 int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
                              int64_t offset, int64_t limit, store_device_cb cb, void *ud,
                              int64_t *total);
+/* The same with every filter at once. */
+struct store_device_filter {
+  int state;                /* -1 any */
+  const char *text;         /* substring of ClientId or thing name; NULL any */
+  const char *lan_security; /* "plain", "dtls-psk", "dtls-cert", "none" (never connected),
+                               NULL any; anything else is STORE_INVAL */
+};
+int store_device_list_where(struct store *st, const struct store_device_filter *where, int sort,
+                            bool desc, int64_t offset, int64_t limit, store_device_cb cb,
+                            void *ud, int64_t *total);
 
 /* ---- certificates ------------------------------------------------------- */
 

@@ -285,23 +285,29 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
 }
 
 /* The filter shared by the page query and its count: ?1 state (-1 any), ?2
- * substring (NULL any).  instr() rather than LIKE: no wildcard escaping, and
- * matching is byte-exact like ClientIds themselves. */
+ * substring (NULL any), ?3 how the device last authenticated on the LAN
+ * (NULL any, 'none' never connected).  instr() rather than LIKE: no wildcard
+ * escaping, and matching is byte-exact like ClientIds themselves. */
 #define DEV_FILTER                                                                    \
   " WHERE (?1 < 0 OR state = ?1) AND (?2 IS NULL OR instr(client_id, ?2) > 0 OR "      \
-  "instr(coalesce(thing_name, ''), ?2) > 0)"
-
-/* What a device page is filtered by: ?1 and ?2 of DEV_FILTER. */
-struct dev_filter {
-  int state;        /* -1 any */
-  const char *text; /* NULL any */
-};
+  "instr(coalesce(thing_name, ''), ?2) > 0) AND "                                     \
+  "(?3 IS NULL OR coalesce(lan_security, 'none') = ?3)"
 
 static void bind_dev_filter(sqlite3_stmt *s, const void *filter)
 {
-  const struct dev_filter *f = filter;
+  const struct store_device_filter *f = filter;
   sqlite3_bind_int(s, 1, f->state);
   store_bind_opt_text(s, 2, f->text);
+  store_bind_opt_text(s, 3, f->lan_security);
+}
+
+static bool lan_security_ok(const char *v)
+{
+  static const char *const known[] = {"none", "plain", "dtls-psk", "dtls-cert"};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (strcmp(v, known[i]) == 0)
+      return true;
+  return false;
 }
 
 /* The caller's callback, for store_page_list's row adapter. */
@@ -318,9 +324,9 @@ static int dev_page_row(struct store *st, sqlite3_stmt *s, void *ctx)
   return sink->cb(sink->ud, &d);
 }
 
-int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
-                             int64_t offset, int64_t limit, store_device_cb cb, void *ud,
-                             int64_t *total)
+int store_device_list_where(struct store *st, const struct store_device_filter *where, int sort,
+                            bool desc, int64_t offset, int64_t limit, store_device_cb cb,
+                            void *ud, int64_t *total)
 {
   static const char count_sql[] = "SELECT count(*) FROM devices" DEV_FILTER;
 #define PAGE_SQL(order)                                                                            \
@@ -334,7 +340,10 @@ int store_device_list_sorted(struct store *st, int state, const char *text, int 
       {PAGE_SQL("first_seen, client_id"), PAGE_SQL("first_seen DESC, client_id DESC")},
   };
 #undef PAGE_SQL
-  struct dev_filter filter = {.state = state, .text = text && *text ? text : NULL};
+  struct store_device_filter filter = {
+      .state = where->state,
+      .text = where->text && *where->text ? where->text : NULL,
+      .lan_security = where->lan_security && *where->lan_security ? where->lan_security : NULL};
   struct dev_sink sink = {.cb = cb, .ud = ud};
   struct store_page page = {.count_sql = count_sql,
                             .bind = bind_dev_filter,
@@ -345,9 +354,19 @@ int store_device_list_sorted(struct store *st, int state, const char *text, int 
   if (sort < 0 || sort >= (int)(sizeof page_sqls / sizeof page_sqls[0]))
     return store_fail(st, STORE_INVAL, "sort order %d out of range", sort);
   page.page_sql = page_sqls[sort][desc ? 1 : 0];
-  if (state >= NSTATES || state < -1)
-    return store_fail(st, STORE_INVAL, "device state %d out of range", state);
+  if (filter.state >= NSTATES || filter.state < -1)
+    return store_fail(st, STORE_INVAL, "device state %d out of range", filter.state);
+  if (filter.lan_security && !lan_security_ok(filter.lan_security))
+    return store_fail(st, STORE_INVAL, "unknown LAN security filter");
   return store_page_list(st, &page, offset, limit, total);
+}
+
+int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
+                             int64_t offset, int64_t limit, store_device_cb cb, void *ud,
+                             int64_t *total)
+{
+  struct store_device_filter where = {.state = state, .text = text, .lan_security = NULL};
+  return store_device_list_where(st, &where, sort, desc, offset, limit, cb, ud, total);
 }
 
 int store_device_list(struct store *st, int state, const char *text, int64_t offset,

@@ -92,6 +92,8 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
   out->last_seen = d->last_seen;
   copy(out->last_error, sizeof out->last_error, d->last_error);
   out->attempts = d->attempts;
+  copy(out->lan_security, sizeof out->lan_security, d->lan_security);
+  out->psk = d->has_psk;
   copy(out->session, sizeof out->session, "none");
   if (s) {
     struct sess_info si;
@@ -131,16 +133,18 @@ static int list_row(void *ud, const struct store_device *d)
   return l->cb(l->ud, &a) != 0 ? 1 : 0;
 }
 
-int api_devices_list(struct gw *gw, const char *state, const char *q, const char *sort,
-                     int64_t offset, int64_t limit, api_device_cb cb, void *ud, int64_t *total)
+int api_devices_list(struct gw *gw, const char *state, const char *q, const char *lan_security,
+                     const char *sort, int64_t offset, int64_t limit, api_device_cb cb, void *ud,
+                     int64_t *total)
 {
   static const char *const keys[] = {"client_id", "thing_name", "state", "last_seen",
                                      "first_seen"};
   struct list_ctx l = {gw, cb, ud};
-  int st = -1, by = STORE_SORT_CLIENT_ID;
+  struct store_device_filter where = {-1, q && *q ? q : NULL, lan_security};
+  int by = STORE_SORT_CLIENT_ID, rc;
   bool desc = false;
 
-  if (state && *state && (st = store_dev_state_parse(state)) < 0)
+  if (state && *state && (where.state = store_dev_state_parse(state)) < 0)
     return API_INVAL;
   if (offset < 0 || limit < 1)
     return API_INVAL;
@@ -156,10 +160,8 @@ int api_devices_list(struct gw *gw, const char *state, const char *q, const char
     if (by < 0)
       return API_INVAL;
   }
-  return store_device_list_sorted(gw->store, st, q && *q ? q : NULL, by, desc, offset, limit,
-                                  list_row, &l, total) == STORE_OK
-             ? API_OK
-             : API_ERROR;
+  rc = store_device_list_where(gw->store, &where, by, desc, offset, limit, list_row, &l, total);
+  return rc == STORE_OK ? API_OK : rc == STORE_INVAL ? API_INVAL : API_ERROR;
 }
 
 static int get_device(struct gw *gw, const char *client_id, struct store_device *d)

@@ -53,6 +53,7 @@ static const char *const device_sorts[] = {"client_id", "thing_name", "state", "
                                            "first_seen"};
 static const char *const cert_states[] = {"pending", "active", "orphaned", "superseded",
                                           "inactive"};
+static const char *const lan_securities[] = {"plain", "dtls-psk", "dtls-cert", "none"};
 /* ---- replies ------------------------------------------------------------- */
 
 /* Takes ownership of o. */
@@ -243,6 +244,12 @@ cJSON *web_device_json(const struct api_device *d)
   } else if (!cJSON_AddNullToObject(o, "certificate")) {
     ok = false;
   }
+  /* null until the device has connected at all; "psk" says whether a key
+   * exists, never what it is. */
+  if (!(d->lan_security[0] ? cJSON_AddStringToObject(o, "lan_security", d->lan_security)
+                           : cJSON_AddNullToObject(o, "lan_security")) ||
+      !cJSON_AddBoolToObject(o, "psk", d->psk))
+    ok = false;
   add_num(o, "msgs_in", (double)d->msgs_in, &ok);
   add_num(o, "msgs_out", (double)d->msgs_out, &ok);
   add_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
@@ -460,13 +467,20 @@ int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const
                            "sort must be one of client_id, thing_name, state, last_seen, "
                            "first_seen, optionally prefixed with '-'");
   bool has_sort = r > 0 && *sort;
+  char lan[16];
+  r = get_arg(wsi, "lan_security", lan, sizeof lan);
+  if (r < 0 || (r > 0 && *lan &&
+                !in_list(lan, lan_securities, sizeof lan_securities / sizeof lan_securities[0])))
+    return web_reply_error(wsi, w, c, 400, "bad_request",
+                           "lan_security must be one of plain, dtls-psk, dtls-cert, none");
+  bool has_lan = r > 0 && *lan;
 
   lc.items = cJSON_CreateArray();
   if (!lc.items)
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   rc = api_devices_list(w->gw, has_state ? state : NULL, has_q ? q : NULL,
-                        has_sort ? sort : NULL, pg.offset, pg.limit, web_device_row, &lc,
-                        &total);
+                        has_lan ? lan : NULL, has_sort ? sort : NULL, pg.offset, pg.limit,
+                        web_device_row, &lc, &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }
 

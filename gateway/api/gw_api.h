@@ -67,6 +67,9 @@ struct api_device {
   char cert_fingerprint[65];
   int64_t cert_not_after;
   char cert_status[16];       /* "active", or "" */
+  char lan_security[16];      /* how it last authenticated on the LAN: "plain", "dtls-psk",
+                                 "dtls-cert", or "" (never connected) */
+  bool psk;                   /* a DTLS pre-shared key is held for it (never the key) */
   uint64_t msgs_in;           /* publishes from this leaf since the gateway started */
   uint64_t msgs_out;          /* publishes to it */
   uint64_t msgs_refused;      /* its publishes the broker refused (dropped) */
@@ -76,12 +79,15 @@ struct api_device {
 typedef int (*api_device_cb)(void *ud, const struct api_device *d);
 
 /* state: NULL for any, else a registry state name.  q: substring of ClientId
- * or thing name, NULL for any.  sort: NULL or "client_id" (the default),
- * "thing_name", "state", "last_seen", "first_seen", each optionally prefixed
- * with '-' for descending (API_INVAL otherwise).  *total gets the number of
- * matching devices.  cb returns 0 to go on. */
-int api_devices_list(struct gw *gw, const char *state, const char *q, const char *sort,
-                     int64_t offset, int64_t limit, api_device_cb cb, void *ud, int64_t *total);
+ * or thing name, NULL for any.  lan_security: NULL for any, else "plain",
+ * "dtls-psk", "dtls-cert" or "none" (never connected).  sort: NULL or
+ * "client_id" (the default), "thing_name", "state", "last_seen",
+ * "first_seen", each optionally prefixed with '-' for descending (API_INVAL
+ * otherwise).  *total gets the number of matching devices.  cb returns 0 to
+ * go on. */
+int api_devices_list(struct gw *gw, const char *state, const char *q, const char *lan_security,
+                     const char *sort, int64_t offset, int64_t limit, api_device_cb cb, void *ud,
+                     int64_t *total);
 int api_device_get(struct gw *gw, const char *client_id, struct api_device *out);
 /* The device's subscriptions (topic filters with QoS). */
 typedef int (*api_sub_cb)(void *ud, const char *filter, int qos);

@@ -32,8 +32,8 @@ READ = "read-" + uuid.uuid4().hex
 STATES = ("pending", "approved", "provisioning", "active", "failed", "blocked", "revoked")
 CERT_ACTIVE, CERT_ORPHANED, CERT_SUPERSEDED, CERT_INACTIVE = 1, 2, 3, 4
 DEVICE_KEYS = {"client_id", "thing_name", "state", "session", "bound_addr", "address",
-               "first_seen", "last_seen", "last_error", "attempts", "certificate", "msgs_in",
-               "msgs_out", "msgs_refused", "queued", "subscriptions"}
+               "first_seen", "last_seen", "last_error", "attempts", "certificate", "lan_security",
+               "psk", "msgs_in", "msgs_out", "msgs_refused", "queued", "subscriptions"}
 CERT_KEYS = {"cert_id", "client_id", "status", "not_after", "fingerprint", "reason", "created_at"}
 AUDIT_KEYS = {"id", "at", "actor", "action", "client_id", "detail"}
 

@@ -1146,6 +1146,81 @@ static void test_paging(void)
   store_close(st);
 }
 
+/* How each device last authenticated on the LAN, and whether it holds a DTLS
+ * key, are read with the device and filter the listing. */
+static int probe_psk(void *ud, const struct store_device *d)
+{
+  return probe_row(ud, d->has_psk ? "psk" : "none");
+}
+
+static void test_lan_security_view(void)
+{
+  static const struct {
+    const char *id, *security; /* NULL: never connected */
+  } devs[] = {{"lan-a", "plain"}, {"lan-b", "dtls-psk"}, {"lan-c", "dtls-cert"},
+              {"lan-d", NULL}, {"lan-e", "dtls-psk"}};
+  struct store_device_filter where = {.state = -1};
+  struct store_device d;
+  struct paths p;
+  struct store *st;
+  struct probe pr;
+  uint8_t key[STORE_PSK_MIN] = {1};
+  int64_t total;
+
+  paths_for(&p, "lansec");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
+    ASSERT_EQ(store_device_create(st, devs[i].id, DEV_APPROVED, NULL, 1, NULL), STORE_OK);
+    if (devs[i].security)
+      ASSERT_EQ(store_device_set_lan_security(st, devs[i].id, devs[i].security), STORE_OK);
+  }
+  ASSERT_EQ(store_psk_set(st, "lan-d", key, sizeof key, 1), STORE_OK);
+  ASSERT_EQ(store_device_get(st, "lan-b", &d), STORE_OK);
+  ASSERT_STR_EQ(d.lan_security, "dtls-psk");
+  ASSERT_TRUE(!d.has_psk);
+  ASSERT_EQ(store_device_get(st, "lan-d", &d), STORE_OK);
+  ASSERT_STR_EQ(d.lan_security, "");
+  ASSERT_TRUE(d.has_psk);
+
+  where.lan_security = "dtls-psk";
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_device_list_where(st, &where, STORE_SORT_CLIENT_ID, false, 0, 10, probe_dev,
+                                    &pr, &total),
+            STORE_OK);
+  ASSERT_EQ(total, 2);
+  ASSERT_EQ(pr.n, 2);
+  ASSERT_STR_EQ(pr.keys[0], "lan-b");
+  ASSERT_STR_EQ(pr.keys[1], "lan-e");
+  /* "none": never connected; the key is read in the listing too. */
+  where.lan_security = "none";
+  memset(&pr, 0, sizeof pr);
+  ASSERT_EQ(store_device_list_where(st, &where, STORE_SORT_CLIENT_ID, false, 0, 10, probe_psk,
+                                    &pr, &total),
+            STORE_OK);
+  ASSERT_EQ(total, 1);
+  ASSERT_STR_EQ(pr.keys[0], "psk");
+  /* With the other filters; "" is no filter. */
+  where.lan_security = "plain";
+  where.text = "lan-a";
+  ASSERT_EQ(store_device_list_where(st, &where, 0, false, 0, 10, NULL, NULL, &total), STORE_OK);
+  ASSERT_EQ(total, 1);
+  where.state = DEV_ACTIVE;
+  ASSERT_EQ(store_device_list_where(st, &where, 0, false, 0, 10, NULL, NULL, &total), STORE_OK);
+  ASSERT_EQ(total, 0);
+  where.state = -1;
+  where.text = NULL;
+  where.lan_security = "";
+  ASSERT_EQ(store_device_list_where(st, &where, 0, false, 0, 10, NULL, NULL, &total), STORE_OK);
+  ASSERT_EQ(total, 5);
+  where.lan_security = "telnet";
+  ASSERT_EQ(store_device_list_where(st, &where, 0, false, 0, 10, NULL, NULL, &total),
+            STORE_INVAL);
+  store_close(st);
+}
+
 /* ---- crash safety ---- */
 
 static int count_open(void *ud, const struct store_run *r)
@@ -1433,6 +1508,7 @@ int main(void)
   RUN(test_keys_tamper);
   RUN(test_audit_allowlist);
   RUN(test_paging);
+  RUN(test_lan_security_view);
   RUN(test_crash_resume);
   RUN(test_token_sealed);
   RUN(test_token_migration);

@@ -58,14 +58,17 @@ static void test_device_without_certificate(void)
   struct api_device d;
 
   device_fill(&d);
-  /* No active certificate: "certificate" is there, and null. */
+  strcpy(d.lan_security, "dtls-psk");
+  d.psk = true;
+  /* No active certificate: "certificate" is there, and null.  "psk" says
+   * that a key exists, nothing more. */
   expect_json(web_device_json(&d),
               "{\"client_id\":\"leaf-1\",\"thing_name\":\"fleet-leaf-1\",\"state\":\"active\","
               "\"session\":\"asleep\",\"bound_addr\":\"10.0.0.7\","
               "\"address\":\"10.0.0.7:50000\",\"first_seen\":1764451200,"
               "\"last_seen\":1764454800,\"last_error\":\"\",\"attempts\":2,"
-              "\"certificate\":null,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,"
-              "\"subscriptions\":4}");
+              "\"certificate\":null,\"lan_security\":\"dtls-psk\",\"psk\":true,\"msgs_in\":12,"
+              "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
 }
 
 static void test_device_with_certificate(void)
@@ -78,6 +81,7 @@ static void test_device_with_certificate(void)
   d.cert_not_after = 4102444800; /* 2100-01-01: past 2^31, still an integer */
   strcpy(d.cert_status, "active");
   strcpy(d.last_error, "claim rejected");
+  strcpy(d.lan_security, "plain");
   expect_json(web_device_json(&d),
               "{\"client_id\":\"leaf-1\",\"thing_name\":\"fleet-leaf-1\",\"state\":\"active\","
               "\"session\":\"asleep\",\"bound_addr\":\"10.0.0.7\","
@@ -86,7 +90,7 @@ static void test_device_with_certificate(void)
               "\"certificate\":{\"cert_id\":\"3f2a9c\",\"fingerprint\":"
               "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
               "\"not_after\":4102444800,\"status\":\"active\"},"
-              "\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
+              "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
 }
 
 static void test_device_empty(void)
@@ -94,7 +98,8 @@ static void test_device_empty(void)
   struct api_device d;
 
   /* A registry row with nothing known yet: every string is "" (never
-   * absent, never null), every number 0, and the certificate null. */
+   * absent, never null), every number 0, and the certificate and the LAN
+   * security (never connected) null. */
   memset(&d, 0, sizeof d);
   strcpy(d.client_id, "new");
   strcpy(d.state, "pending");
@@ -103,7 +108,7 @@ static void test_device_empty(void)
               "{\"client_id\":\"new\",\"thing_name\":\"\",\"state\":\"pending\","
               "\"session\":\"none\",\"bound_addr\":\"\",\"address\":\"\",\"first_seen\":0,"
               "\"last_seen\":0,\"last_error\":\"\",\"attempts\":0,\"certificate\":null,"
-              "\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
+              "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
 }
 
 static void test_device_odd_client_id(void)
@@ -126,7 +131,7 @@ static void test_device_odd_client_id(void)
                  "\"thing_name\":\"\",\"state\":\"\",\"session\":\"\",\"bound_addr\":\"\","
                  "\"address\":\"\",\"first_seen\":0,\"last_seen\":0,"
                  "\"last_error\":\"bad \\\"claim\\\"\\n\",\"attempts\":0,\"certificate\":null,"
-                 "\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
+                 "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
 }
 
 static void test_device_numbers(void)
