@@ -7,7 +7,7 @@ broker), and prints figures.  Nothing here passes or fails on timing: the box
 is shared and noisy, so each figure is printed next to the one it should be
 compared with, measured in the same run.
 
-Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood selects some):
+Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls selects some):
   qos0     direct vs relayed QoS 0 rate at a ladder of offered rates, loss,
            gateway CPU per message
   connect  time for BENCH_QOS1_LEAVES leaves to connect (first CONNECT to
@@ -20,6 +20,8 @@ Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood selects some):
            "open", the default new-identity limits, the local CA issuing
            certificates) while a known leaf reconnects: certificates minted,
            RSS before/after, the known leaf's CONNACK delay
+  dtls     PSK handshakes per gateway CPU-second, the memory of an idle DTLS
+           association, QoS 0 over DTLS against plain UDP (bench_dtls.py)
 """
 import argparse
 import json
@@ -241,7 +243,8 @@ class Broker(Proc):
 
 
 class Gateway(Proc):
-    def __init__(self, binary, workdir, broker, certs=None, name="fleetgw", extra=None):
+    def __init__(self, binary, workdir, broker, certs=None, name="fleetgw", extra=None,
+                 lan_extra=None):
         self.udp_port = free_port(socket.SOCK_DGRAM)
         up = {"host": LOOPBACK, "port": broker.port, "tls": broker.tls,
               "keepalive_s": 60, "connect_timeout_ms": 20000, "give_up_after_s": 60,
@@ -267,6 +270,7 @@ class Gateway(Proc):
                           "new_ids": 0},
         }
         cfg.update(extra or {})
+        cfg["lan"].update(lan_extra or {})
         self.registry = cfg["registry"]["path"]
         self.config = Path(workdir) / (name + ".json")
         self.config.write_text(json.dumps(cfg, indent=2))
@@ -705,7 +709,7 @@ def main():
     ap.add_argument("--build", required=True, help="the build-bench directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
-    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory,flood").split(",")))
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory,flood,dtls").split(",")))
 
     work = Path(tempfile.mkdtemp(prefix="fleetgw-bench-"))
     b = Bench(args.build, work)
@@ -735,6 +739,9 @@ def main():
             section_memory(b, work, certs)
         if "flood" in only:
             section_flood(b, work)
+        if "dtls" in only:
+            import bench_dtls
+            bench_dtls.section_dtls(b, work)
     except Exception as e:  # print what we have, then the error
         print("\nBENCHMARK ERROR: %s" % e)
         rc = 1
