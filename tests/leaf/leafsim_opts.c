@@ -202,7 +202,7 @@ int leafsim_parse_args(int argc, char **argv, struct opts *o)
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  unsigned long u;
+  unsigned long u = 0;
   int c;
 
   *o = (struct opts){.gw = "127.0.0.1:1884",
