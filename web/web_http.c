@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "secret.h"
 
 #define MOD "web"
 
@@ -31,9 +32,25 @@ enum {
 
 const char web_ct_json[] = "application/json";
 
+void web_json_wipe(cJSON *o)
+{
+  for (; o; o = o->next) {
+    if (cJSON_IsString(o) && o->valuestring)
+      secret_wipe(o->valuestring, strlen(o->valuestring));
+    web_json_wipe(o->child);
+  }
+}
+
 static void conn_reset(struct web_http_conn *c)
 {
-  free(c->body);
+  /* A request body may carry a key or a token: always wiped (it is at most
+   * max_body bytes); a reply only when the route is secret. */
+  secret_free_n(c->body, c->body_cap);
+  if (c->secret) {
+    if (c->out)
+      secret_wipe(c->out + LWS_PRE, c->out_len);
+    web_json_wipe(c->json);
+  }
   free(c->out);
   cJSON_Delete(c->json);
   memset(c, 0, sizeof *c);
@@ -112,9 +129,13 @@ static int write_reply(struct lws *wsi, struct web_http_conn *c)
     unsigned char buf[LWS_PRE + 1024];
     unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
 
+    /* A key is shown once: nothing on the way may keep a copy (RFC 9111
+     * §5.2.2.5). */
+    const char *cache = c->secret ? "no-store" : "no-cache";
+
     if (lws_add_http_common_headers(wsi, (unsigned)c->status, c->ctype, c->out_len, &p, end) ||
         lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)"no-cache", 8, &p, end) ||
+                                    (const unsigned char *)cache, (int)strlen(cache), &p, end) ||
         lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
                                     (const unsigned char *)"nosniff", 7, &p, end))
       return -1;
@@ -178,34 +199,44 @@ static const char NO_DEVICE[] = "no such device";
  * methods it takes; every entry that changes something needs the admin
  * token (tests/unit/web/test_web_routes.c checks both). */
 const struct web_route web_routes[] = {
-  {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL, false},
-  {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL, false},
-  {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL, false},
-  {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL, false},
+  {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL, false, false},
+  {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL, false, false},
+  {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL, false, false},
+  {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL, false, false},
   {GET_HEAD, API "/devices/{clientId}/certificate", WEB_AUTH_READ, web_h_device_cert, NO_DEVICE,
+   false, false},
+  {WEB_POST, API "/devices/{clientId}/approve", WEB_AUTH_ADMIN, web_h_approve, NO_DEVICE, false,
    false},
-  {WEB_POST, API "/devices/{clientId}/approve", WEB_AUTH_ADMIN, web_h_approve, NO_DEVICE, false},
-  {WEB_POST, API "/devices/{clientId}/block", WEB_AUTH_ADMIN, web_h_block, NO_DEVICE, false},
+  {WEB_POST, API "/devices/{clientId}/block", WEB_AUTH_ADMIN, web_h_block, NO_DEVICE, false,
+   false},
   {WEB_POST, API "/devices/{clientId}/unblock", WEB_AUTH_ADMIN, web_h_unblock, NO_DEVICE,
-   false},
+   false, false},
   {WEB_POST, API "/devices/{clientId}/reprovision", WEB_AUTH_ADMIN, web_h_reprovision,
-   NO_DEVICE, false},
+   NO_DEVICE, false, false},
   {WEB_POST, API "/devices/{clientId}/release", WEB_AUTH_ADMIN, web_h_release, NO_DEVICE,
-   false},
-  {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE, false},
+   false, false},
+  /* A device's DTLS key: shown once, in the answer to its making. */
+  {WEB_POST, API "/devices/{clientId}/psk/rotate", WEB_AUTH_ADMIN, web_h_psk_rotate, NO_DEVICE,
+   false, true},
+  {WEB_POST, API "/devices/{clientId}/psk", WEB_AUTH_ADMIN, web_h_psk_create, NO_DEVICE, false,
+   true},
+  {WEB_DELETE, API "/devices/{clientId}/psk", WEB_AUTH_ADMIN, web_h_psk_revoke, NO_DEVICE,
+   false, false},
+  {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE, false, false},
   {WEB_DELETE, API "/devices/{clientId}", WEB_AUTH_ADMIN, web_h_decommission, NO_DEVICE,
-   false},
-  {GET_HEAD, API "/allowlist", WEB_AUTH_READ, web_h_allowlist_get, NULL, false},
-  {WEB_POST, API "/allowlist", WEB_AUTH_ADMIN, web_h_allowlist_post, NULL, true},
+   false, false},
+  {GET_HEAD, API "/allowlist", WEB_AUTH_READ, web_h_allowlist_get, NULL, false, false},
+  {WEB_POST, API "/allowlist", WEB_AUTH_ADMIN, web_h_allowlist_post, NULL, true, false},
   {WEB_DELETE, API "/allowlist/{entry}", WEB_AUTH_ADMIN, web_h_allowlist_delete,
-   "no such allowlist entry", false},
-  {GET_HEAD, API "/certificates", WEB_AUTH_READ, web_h_certs, NULL, false},
-  {GET_HEAD, API "/audit", WEB_AUTH_READ, web_h_audit, NULL, false},
-  {GET_HEAD, API "/openapi.json", WEB_AUTH_NONE, web_h_openapi, NULL, false},
+   "no such allowlist entry", false, false},
+  {WEB_POST, API "/psks", WEB_AUTH_ADMIN, web_h_psks_bulk, NULL, true, true},
+  {GET_HEAD, API "/certificates", WEB_AUTH_READ, web_h_certs, NULL, false, false},
+  {GET_HEAD, API "/audit", WEB_AUTH_READ, web_h_audit, NULL, false, false},
+  {GET_HEAD, API "/openapi.json", WEB_AUTH_NONE, web_h_openapi, NULL, false, false},
   /* GET only: the WebSocket handshake is a GET (RFC 6455), and a HEAD has
    * nothing to show. */
-  {WEB_GET, API "/events", WEB_AUTH_READ, web_h_events, NULL, false},
-  {GET_HEAD, "*", WEB_AUTH_NONE, web_h_static, NULL, false},
+  {WEB_GET, API "/events", WEB_AUTH_READ, web_h_events, NULL, false, false},
+  {GET_HEAD, "*", WEB_AUTH_NONE, web_h_static, NULL, false, false},
 };
 const size_t web_routes_count = sizeof web_routes / sizeof web_routes[0];
 
@@ -309,6 +340,7 @@ static int dispatch(struct lws *wsi, struct web *w, struct web_http_conn *c)
   }
   if (web_route_auth(w, hit.route) == WEB_AUTH_ADMIN && role != WEB_ROLE_ADMIN)
     return web_reply_error(wsi, w, c, 403, "forbidden", "the read-only token cannot run commands");
+  c->secret = hit.route->secret;
 
   if (hit.arg) {
     /* The registry holds no ClientId or entry this long. */

@@ -80,6 +80,32 @@ const char *web_content_type(const char *path);
  * returned as "" (so the caller counts them as skipped). */
 const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, size_t cap);
 
+/* The ClientIds of a text/csv body of POST /api/v1/psks, split in place:
+ * one a line, LF or CRLF, blanks around an id and blank lines ignored, a
+ * UTF-8 byte order mark skipped, and a first line "client_id" taken as the
+ * header.  Each id is 1..255 octets of printable ASCII without spaces and
+ * '/', like a ClientId a leaf may CONNECT with (docs/architecture.md §7; the
+ * gateway also checks lan.max_client_id_len), and without ',' and '"',
+ * which the answer's CSV could not carry.  body[0..len) is overwritten (NULs
+ * end the ids); ids[0..*n) then point into it, in the order of the body, at
+ * most max of them.  Otherwise *line (1-based) and *why (static text) say
+ * where and what. */
+enum web_ids_err {
+  WEB_IDS_OK = 0,
+  WEB_IDS_EMPTY,     /* no id at all */
+  WEB_IDS_TOO_MANY,  /* more than max; *line is the first one over */
+  WEB_IDS_BAD,       /* a line that is no ClientId */
+};
+enum web_ids_err web_csv_ids(char *body, size_t len, const char **ids, size_t max, size_t *n,
+                             size_t *line, const char **why);
+
+/* Lower-case hex of key[0..len) into out[cap] (2 * len + 1 needed).  0, or
+ * -1 when it does not fit. */
+int web_hex_encode(const uint8_t *key, size_t len, char *out, size_t cap);
+/* The bytes of a hex string (either case, even length, nothing else) into
+ * out[cap]: how many, or -1. */
+int web_hex_decode(const char *hex, uint8_t *out, size_t cap);
+
 /* Text a peer chose (a ClientId from the path, a line of lws's), made safe
  * for one log line: printable ASCII as is, every other byte and '\\' as
  * "\\xHH", so it can neither forge a line nor send terminal escapes; and
@@ -245,6 +271,8 @@ struct web_http_conn {
   size_t body_len;
   size_t body_cap;
   cJSON *json;                 /* the body, parsed once by dispatch (NULL for none or CSV) */
+  bool secret;                 /* the route is secret (struct web_route): the reply is sent
+                                  with Cache-Control: no-store and wiped with the request */
 
   /* The reply. */
   bool replying;
@@ -312,6 +340,9 @@ bool web_request_is_csv(struct lws *wsi);
  * document ends.  NULL with *err and *at (either may be NULL) set on a
  * refusal; NULL with *err WEB_JSON_OK when out of memory. */
 cJSON *web_json_parse_object(const char *buf, size_t len, enum web_json_err *err, size_t *at);
+/* Overwrites every string value in the tree (key material a secret route
+ * read or wrote), before it is deleted. */
+void web_json_wipe(cJSON *o);
 /* {"error": code, "message": message}; a 401 adds WWW-Authenticate. */
 int web_reply_error(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
                     const char *code, const char *message);
@@ -343,7 +374,12 @@ struct web_route {
   const char *missing;   /* the 404 message when the parameter is too long to name anything */
   bool csv_ok;           /* also takes a text/csv body; any other body must pass
                             web_json_check_object, whatever the route does with it */
+  bool secret;           /* its body or its answer may hold key material: both are
+                            wiped, not just freed, and the answer is not cached */
 };
+
+/* ClientIds in one POST /api/v1/psks (= API_PSK_BULK_MAX of gw_api.h). */
+#define WEB_PSK_BULK_MAX 1000
 
 /* The table, in the order it is searched. */
 extern const struct web_route web_routes[];
@@ -369,8 +405,9 @@ enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
 /* web_api.c: the handlers the table names. */
 web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
     web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_release,
-    web_h_decommission, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete,
-    web_h_certs, web_h_audit, web_h_openapi, web_h_metrics, web_h_events, web_h_static;
+    web_h_decommission, web_h_psk_create, web_h_psk_rotate, web_h_psk_revoke, web_h_psks_bulk,
+    web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete, web_h_certs, web_h_audit,
+    web_h_openapi, web_h_metrics, web_h_events, web_h_static;
 
 /* web_api.c: the JSON of the gateway's rows.  The row callbacks append one object to
  * a struct web_rows (their ud); when one cannot be built, ok goes false and

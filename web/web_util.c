@@ -1,7 +1,8 @@
 /*
  * web_util.c - the pure helpers of web/: path patterns, parameter parsing, the
- * bearer-token comparison, static-path checks.  No libwebsockets, no
- * gateway, no I/O, no allocation, so tests/unit/web can check them alone.
+ * bearer-token comparison, static-path checks, ClientId lists and hex keys.
+ * No libwebsockets, no gateway, no I/O, no allocation, so tests/unit/web can
+ * check them alone.
  *
  * Note on URL decoding: libwebsockets already percent-decodes the request
  * path and every query fragment (and turns '+' into a space in the query)
@@ -20,6 +21,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+
+#include <openssl/crypto.h>
 
 bool web_path_match(const char *pattern, const char *path, const char **arg, size_t *arg_len)
 {
@@ -254,6 +257,114 @@ const char *web_csv_next(const char *body, size_t len, size_t *pos, char *buf, s
     return buf;
   }
   return NULL;
+}
+
+/* ---- ClientId lists and keys (POST /api/v1/psks) -------------------------- */
+
+/* Why one trimmed line is no ClientId, NULL when it is one. */
+static const char *csv_id_problem(const char *id, size_t len)
+{
+  if (len > 255)
+    return "longer than 255 octets";
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)id[i];
+    if (ch <= 0x20 || ch >= 0x7F)
+      return "a space, a control character or a byte that is not ASCII";
+    if (ch == '/')
+      return "a '/', which no ClientId has";
+    if (ch == ',' || ch == '"')
+      return "a ',' or a '\"', which the CSV of the answer cannot carry";
+  }
+  return NULL;
+}
+
+enum web_ids_err web_csv_ids(char *body, size_t len, const char **ids, size_t max, size_t *n,
+                             size_t *line, const char **why)
+{
+  static const char bom[] = "\xEF\xBB\xBF";
+  size_t pos = 0, lineno = 0;
+  bool first = true;
+
+  *n = 0;
+  *line = 0;
+  *why = NULL;
+  if (len >= 3 && memcmp(body, bom, 3) == 0)
+    pos = 3;
+  while (pos < len) {
+    size_t start = pos, end;
+    const char *bad;
+    while (pos < len && body[pos] != '\n')
+      pos++;
+    end = pos;
+    if (pos < len)
+      body[pos++] = '\0'; /* the '\n' */
+    lineno++;
+    if (end > start && body[end - 1] == '\r')
+      end--;
+    while (start < end && (body[start] == ' ' || body[start] == '\t'))
+      start++;
+    while (end > start && (body[end - 1] == ' ' || body[end - 1] == '\t'))
+      end--;
+    if (end == start)
+      continue;
+    if (first) {
+      first = false;
+      if (end - start == 9 && memcmp(body + start, "client_id", 9) == 0)
+        continue; /* the header */
+    }
+    if ((bad = csv_id_problem(body + start, end - start)) != NULL) {
+      *line = lineno;
+      *why = bad;
+      return WEB_IDS_BAD;
+    }
+    if (*n == max) {
+      *line = lineno;
+      *why = "too many ClientIds";
+      return WEB_IDS_TOO_MANY;
+    }
+    body[end] = '\0';
+    ids[(*n)++] = body + start;
+  }
+  if (*n == 0) {
+    *why = "no ClientId";
+    return WEB_IDS_EMPTY;
+  }
+  return WEB_IDS_OK;
+}
+
+int web_hex_encode(const uint8_t *key, size_t len, char *out, size_t cap)
+{
+  size_t n = 0;
+  if (cap < 2 * len + 1 || len > LONG_MAX ||
+      OPENSSL_buf2hexstr_ex(out, cap, &n, key, (long)len, '\0') != 1)
+    return -1;
+  /* OpenSSL writes upper case. */
+  for (size_t i = 0; i < 2 * len; i++)
+    out[i] = (char)tolower((unsigned char)out[i]);
+  out[2 * len] = '\0';
+  return 0;
+}
+
+static int hex_digit(char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  c = (char)(c | 0x20);
+  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int web_hex_decode(const char *hex, uint8_t *out, size_t cap)
+{
+  size_t len = strlen(hex);
+  if (len % 2 || len / 2 > cap || len / 2 > INT_MAX)
+    return -1;
+  for (size_t i = 0; i < len / 2; i++) {
+    int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0)
+      return -1;
+    out[i] = (uint8_t)(hi << 4 | lo);
+  }
+  return (int)(len / 2);
 }
 
 /* ---- log text ------------------------------------------------------------- */

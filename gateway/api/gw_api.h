@@ -114,6 +114,58 @@ int api_device_release(struct gw *gw, const char *client_id, const char *actor, 
 int api_device_decommission(struct gw *gw, const char *client_id, const char *actor,
                             char *reason, size_t cap);
 
+/* ---- DTLS pre-shared keys ------------------------------------------------ */
+
+/* A leaf's DTLS PSK identity is its ClientId (docs/dtls.md §4, §9).  A key is
+ * shown once, when it is made: the caller hands it out and wipes it
+ * (OPENSSL_cleanse or common/secret.h); afterwards only its existence is
+ * visible (struct api_device's psk).  Each command is audited without the
+ * key, and a key that changes or goes closes at once every DTLS association
+ * that authenticated with the old one. */
+#define API_PSK_MIN 16        /* bytes of an imported key (the registry's bounds) */
+#define API_PSK_MAX 64
+#define API_PSK_LEN 32        /* bytes of a generated key */
+#define API_PSK_BULK_MAX 1000 /* ClientIds in one api_psk_bulk */
+
+struct api_psk {
+  char client_id[256];        /* = the PSK identity */
+  uint8_t key[API_PSK_MAX];   /* key_len bytes: a secret */
+  size_t key_len;
+  int64_t created_at;
+};
+
+/* Whether client_id is one a leaf may CONNECT with (docs/architecture.md
+ * §7): 1..lan.max_client_id_len octets of printable ASCII without spaces or
+ * '/'.  API_OK, or API_INVAL and why. */
+int api_psk_client_id_check(struct gw *gw, const char *client_id, char *reason, size_t cap);
+/* Gives the device a key: key NULL generates API_PSK_LEN random bytes
+ * (RAND_priv_bytes), else key_len (API_PSK_MIN..MAX) bytes are imported.  A
+ * ClientId the registry does not know yet is created "approved" (keys are
+ * made before the leaf's first CONNECT); a known device keeps its state.
+ * API_CONFLICT when it already has a key (rotate or revoke it), or is
+ * blocked or decommissioned; API_INVAL for a ClientId no leaf could use or a
+ * key of the wrong length.  *out is the key on API_OK, wiped otherwise. */
+int api_psk_create(struct gw *gw, const char *client_id, const uint8_t *key, size_t key_len,
+                   const char *actor, struct api_psk *out, char *reason, size_t cap);
+/* Replaces the device's key the same way; the old one stops working at
+ * once.  API_NOTFOUND when there is no such device or it has no key,
+ * API_CONFLICT when it is decommissioned (a blocked one may be re-keyed
+ * before it is unblocked). */
+int api_psk_rotate(struct gw *gw, const char *client_id, const uint8_t *key, size_t key_len,
+                   const char *actor, struct api_psk *out, char *reason, size_t cap);
+/* Deletes the device's key.  API_NOTFOUND when there is none. */
+int api_psk_revoke(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                   size_t cap);
+/* A production batch: ids[0..n) (1..API_PSK_BULK_MAX, each as in
+ * api_psk_client_id_check, none twice) each get a generated key, in one
+ * registry transaction, all or nothing; unknown ClientIds are created
+ * "approved".  keys[n * API_PSK_LEN] gets the keys in the order of ids,
+ * *created_at their time.  API_CONFLICT (nothing written) when any of them
+ * has a key already or is blocked or decommissioned, the reason naming the
+ * first few.  One audit row for the batch (the count, never the keys). */
+int api_psk_bulk(struct gw *gw, const char *const *ids, size_t n, const char *actor,
+                 uint8_t *keys, int64_t *created_at, char *reason, size_t cap);
+
 /* ---- allowlist, certificates, audit ------------------------------------- */
 
 typedef int (*api_allow_cb)(void *ud, const char *entry, int64_t added_at);

@@ -56,6 +56,30 @@ FAKE_DEVICE_CMD(api_device_release)
 FAKE_DEVICE_CMD(api_device_decommission)
 #undef FAKE_DEVICE_CMD
 
+int api_psk_create(struct gw *gw, const char *client_id, const uint8_t *key, size_t key_len,
+                   const char *actor, struct api_psk *out, char *reason, size_t cap)
+{
+  return API_ERROR;
+}
+
+int api_psk_rotate(struct gw *gw, const char *client_id, const uint8_t *key, size_t key_len,
+                   const char *actor, struct api_psk *out, char *reason, size_t cap)
+{
+  return API_NOTFOUND;
+}
+
+int api_psk_revoke(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                   size_t cap)
+{
+  return API_NOTFOUND;
+}
+
+int api_psk_bulk(struct gw *gw, const char *const *ids, size_t n, const char *actor,
+                 uint8_t *keys, int64_t *created_at, char *reason, size_t cap)
+{
+  return API_ERROR;
+}
+
 int api_allow_list(struct gw *gw, api_allow_cb cb, void *ud) { return API_ERROR; }
 
 int api_allow_add(struct gw *gw, const char *entry, const char *actor) { return API_ERROR; }

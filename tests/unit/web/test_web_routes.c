@@ -55,6 +55,19 @@ static void test_table_rules(void)
                 web_route_auth(&closed, other) == WEB_AUTH_NONE);
     }
   }
+  /* Key material passes only through the admin commands that make keys
+   * (revoking one shows none). */
+  {
+    char secret[256] = "";
+    for (size_t i = 0; i < web_routes_count; i++)
+      if (web_routes[i].secret && web_routes[i].auth == WEB_AUTH_ADMIN &&
+          web_routes[i].methods == WEB_POST && strlen(secret) < 128)
+        strcat(strcat(secret, web_routes[i].pattern), " ");
+      else
+        ASSERT_TRUE(!web_routes[i].secret);
+    ASSERT_STR_EQ(secret, "/api/v1/devices/{clientId}/psk/rotate /api/v1/devices/{clientId}/psk "
+                          "/api/v1/psks ");
+  }
   /* The dashboard's catch-all comes last, or it would hide what follows. */
   ASSERT_STR_EQ(web_routes[web_routes_count - 1].pattern, "*");
 }
@@ -84,6 +97,14 @@ static const struct {
   {WEB_POST, "/api/v1/devices/dev-1/unblock", web_h_unblock, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/reprovision", web_h_reprovision, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/release", web_h_release, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_POST, "/api/v1/devices/dev-1/psk", web_h_psk_create, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_DELETE, "/api/v1/devices/dev-1/psk", web_h_psk_revoke, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_POST, "/api/v1/devices/dev-1/psk/rotate", web_h_psk_rotate, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_POST, "/api/v1/psks", web_h_psks_bulk, WEB_AUTH_ADMIN, NULL},
+  /* The key of a device is no device of its own, nor is its rotation. */
+  {WEB_GET, "/api/v1/devices/psk", web_h_device, WEB_AUTH_READ, "psk"},
+  {WEB_GET, "/api/v1/devices/x/psk/rotate/more", web_h_device, WEB_AUTH_READ,
+   "x/psk/rotate/more"},
   /* A ClientId with a '/' (sent as %2F, decoded by lws). */
   {WEB_POST, "/api/v1/devices/line/7/approve", web_h_approve, WEB_AUTH_ADMIN, "line/7"},
   {WEB_GET, "/api/v1/devices/line/7", web_h_device, WEB_AUTH_READ, "line/7"},
@@ -204,6 +225,10 @@ static void test_wrong_method(void)
     {WEB_PATCH, "/api/v1/devices/x", GET_HEAD | WEB_DELETE, "GET, HEAD, DELETE"},
     {WEB_POST, "/api/v1/devices/x", GET_HEAD | WEB_DELETE, "GET, HEAD, DELETE"},
     {WEB_GET, "/api/v1/allowlist/x", WEB_DELETE, "DELETE"},
+    {WEB_GET, "/api/v1/devices/x/psk", WEB_POST | WEB_DELETE, "POST, DELETE"},
+    {WEB_PUT, "/api/v1/devices/x/psk", WEB_POST | WEB_DELETE, "POST, DELETE"},
+    {WEB_DELETE, "/api/v1/devices/x/psk/rotate", WEB_POST, "POST"},
+    {WEB_GET, "/api/v1/psks", WEB_POST, "POST"},
     {WEB_PUT, "/api/v1/allowlist", GET_HEAD | WEB_POST, "GET, HEAD, POST"},
     {WEB_DELETE, "/api/v1/allowlist", GET_HEAD | WEB_POST, "GET, HEAD, POST"},
     {WEB_HEAD, "/api/v1/events", WEB_GET, "GET"},

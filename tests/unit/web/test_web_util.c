@@ -1,7 +1,8 @@
 /*
  * test_web_util.c - the pure helpers of web/ (web_util.c): path patterns,
  * the Allow header, integer and query parsing, bearer tokens, the
- * constant-time comparison, static-path safety, content types and CSV lines.
+ * constant-time comparison, static-path safety, content types, CSV lines,
+ * the ClientId lists of POST /api/v1/psks and hex keys.
  */
 #define WEB_UTIL_ONLY
 #include "web_int.h"
@@ -243,6 +244,107 @@ static void test_csv(void)
   ASSERT_TRUE(web_csv_next("\n\r\n \n", 5, &pos, buf, sizeof buf) == NULL);
 }
 
+/* Parses text (copied: the parser writes into its body) with room for max
+ * ids; returns the result, the ids in out[]. */
+static enum web_ids_err ids_of(const char *text, size_t len, size_t max, char *copy,
+                               const char **out, size_t *n, size_t *line, const char **why)
+{
+  memcpy(copy, text, len);
+  return web_csv_ids(copy, len, out, max, n, line, why);
+}
+
+static void test_csv_ids(void)
+{
+  char buf[4096];
+  const char *ids[8], *why = "x";
+  size_t n = 99, line = 99;
+
+  /* The header, CRLF, blanks around ids, blank lines, no final newline. */
+  const char ok[] = "client_id\r\n  line1-press-01\t\r\n\r\n\nline1-press-02\nrobot:7\r\nlast";
+  ASSERT_EQ(ids_of(ok, sizeof ok - 1, 8, buf, ids, &n, &line, &why), WEB_IDS_OK);
+  ASSERT_EQ(n, 4);
+  ASSERT_STR_EQ(ids[0], "line1-press-01");
+  ASSERT_STR_EQ(ids[1], "line1-press-02");
+  ASSERT_STR_EQ(ids[2], "robot:7");
+  ASSERT_STR_EQ(ids[3], "last");
+  /* Without a header, with a UTF-8 byte order mark (a spreadsheet's). */
+  const char bom[] = "\xEF\xBB\xBF" "a\nb\n";
+  ASSERT_EQ(ids_of(bom, sizeof bom - 1, 8, buf, ids, &n, &line, &why), WEB_IDS_OK);
+  ASSERT_EQ(n, 2);
+  ASSERT_STR_EQ(ids[0], "a");
+  /* "client_id" is the header only on the first line that has anything. */
+  const char late[] = "\n\nclient_id\nx\nclient_id\n";
+  ASSERT_EQ(ids_of(late, sizeof late - 1, 8, buf, ids, &n, &line, &why), WEB_IDS_OK);
+  ASSERT_EQ(n, 2);
+  ASSERT_STR_EQ(ids[0], "x");
+  ASSERT_STR_EQ(ids[1], "client_id");
+  /* Nothing, or only the header and blanks. */
+  ASSERT_EQ(ids_of("", 0, 8, buf, ids, &n, &line, &why), WEB_IDS_EMPTY);
+  ASSERT_EQ(n, 0);
+  const char blank[] = "client_id\r\n \r\n\t\n";
+  ASSERT_EQ(ids_of(blank, sizeof blank - 1, 8, buf, ids, &n, &line, &why), WEB_IDS_EMPTY);
+
+  /* The limit: max ids pass, one more names its line. */
+  const char three[] = "a\n\nb\nc\n";
+  ASSERT_EQ(ids_of(three, sizeof three - 1, 3, buf, ids, &n, &line, &why), WEB_IDS_OK);
+  ASSERT_EQ(n, 3);
+  ASSERT_EQ(ids_of(three, sizeof three - 1, 2, buf, ids, &n, &line, &why), WEB_IDS_TOO_MANY);
+  ASSERT_EQ(line, 4);
+  ASSERT_TRUE(why != NULL);
+
+  /* Lines that are no ClientId, each with its line number. */
+  static const struct {
+    const char *text;
+    size_t line;
+  } bad[] = {
+    {"a\nline/7\n", 2},        /* '/' */
+    {"a b\n", 1},               /* a space inside */
+    {"ok\nx,y\n", 2},          /* a second column */
+    {"\"quoted\"\n", 1},        /* quotes */
+    {"a\n\n\x01\n", 3},        /* a control character */
+    {"caf\xc3\xa9\n", 1},       /* not ASCII */
+    {"a\x7f\n", 1},             /* DEL */
+    {"id,key\n", 1},            /* another header */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    why = NULL;
+    ASSERT_EQ(ids_of(bad[i].text, strlen(bad[i].text), 8, buf, ids, &n, &line, &why),
+              WEB_IDS_BAD);
+    ASSERT_EQ(line, bad[i].line);
+    ASSERT_TRUE(why != NULL && *why);
+  }
+  /* An embedded NUL is refused, never a shortened id. */
+  const char nul[] = {'a', '\0', 'b', '\n'};
+  ASSERT_EQ(ids_of(nul, sizeof nul, 8, buf, ids, &n, &line, &why), WEB_IDS_BAD);
+  /* 255 octets pass, 256 do not. */
+  char lng[300];
+  memset(lng, 'k', 256);
+  lng[256] = '\n';
+  ASSERT_EQ(ids_of(lng, 257, 8, buf, ids, &n, &line, &why), WEB_IDS_BAD);
+  ASSERT_EQ(ids_of(lng + 1, 256, 8, buf, ids, &n, &line, &why), WEB_IDS_OK);
+  ASSERT_EQ(strlen(ids[0]), 255);
+}
+
+static void test_hex(void)
+{
+  static const uint8_t key[4] = {0x00, 0x9f, 0xa0, 0xff};
+  uint8_t out[8];
+  char hex[16];
+
+  ASSERT_EQ(web_hex_encode(key, 4, hex, sizeof hex), 0);
+  ASSERT_STR_EQ(hex, "009fa0ff");
+  ASSERT_EQ(web_hex_encode(key, 4, hex, 8), -1); /* no room for the NUL */
+  ASSERT_EQ(web_hex_decode("009FA0ff", out, sizeof out), 4);
+  ASSERT_MEM_EQ(out, key, 4);
+  ASSERT_EQ(web_hex_decode("", out, sizeof out), 0);
+  ASSERT_EQ(web_hex_decode("abc", out, sizeof out), -1);      /* odd */
+  ASSERT_EQ(web_hex_decode("0g", out, sizeof out), -1);       /* not hex */
+  ASSERT_EQ(web_hex_decode("0x12", out, sizeof out), -1);
+  ASSERT_EQ(web_hex_decode(" 12", out, sizeof out), -1);
+  ASSERT_EQ(web_hex_decode("000102030405060708", out, sizeof out), -1); /* 9 > 8 */
+  ASSERT_EQ(web_hex_decode("0001020304050607", out, sizeof out), 8);
+}
+
 static struct sockaddr_storage addr_of(const char *ip)
 {
   struct sockaddr_storage ss;
@@ -419,6 +521,8 @@ int main(void)
   RUN(test_static_path);
   RUN(test_content_type);
   RUN(test_csv);
+  RUN(test_csv_ids);
+  RUN(test_hex);
   RUN(test_conn_table);
   RUN(test_log_text);
   return TEST_END();
