@@ -6,7 +6,8 @@
 #     demo again: nobody is provisioned twice), and its own upstream TLS
 #     session with it,
 #   - a fleet of simulated MQTT-SN leaves that publish telemetry and receive
-#     commands,
+#     commands, over DTLS 1.2 with a pre-shared key each, made through the
+#     REST API on the first run (DEMO_PLAIN=1: plain UDP instead),
 #   - a watcher at the broker printing what arrives, and a command sent to a
 #     leaf every 10 s,
 #   - the dashboard and REST API on http://127.0.0.1:8080/ (the token is
@@ -21,13 +22,15 @@ ROOT=$(pwd)
 LEAVES=${LEAVES:-20}
 BROKER_PORT=${BROKER_PORT:-18883}
 GW_PORT=${GW_PORT:-1884}
+DTLS_PORT=${DTLS_PORT:-8884}
+DEMO_PLAIN=${DEMO_PLAIN:-0}
 WEB_PORT=${WEB_PORT:-8080}
 STATE="$ROOT/demo-state"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 PACKAGES="build-essential cmake pkg-config libuv1-dev libwebsockets-dev libssl-dev \
-  libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl sqlite3"
+  libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl sqlite3 curl"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -97,11 +100,18 @@ EOF
 # "open" admits them without an operator; a real box keeps the default
 # "approve" (README: "Choosing an admission policy").
 NEW_IDS=$(( LEAVES > 100 ? LEAVES : 100 ))
+# DTLS by default: the leaves prove who they are with a key each, and plain
+# UDP is off (README: "Leaves over DTLS").
+if [ "$DEMO_PLAIN" = 1 ]; then PLAIN_UDP=allow; DTLS_ON=false; else PLAIN_UDP=off; DTLS_ON=true; fi
 cat > fleetgw.json <<EOF
 {
   "log_level": "info",
   "gateway_id": 1,
-  "lan": { "bind": "127.0.0.1", "port": $GW_PORT },
+  "lan": {
+    "bind": "127.0.0.1", "port": $GW_PORT,
+    "dtls": { "enabled": $DTLS_ON, "bind": "127.0.0.1", "port": $DTLS_PORT,
+              "max_handshakes_per_ip": 64 }
+  },
   "upstream": {
     "host": "localhost",
     "port": $BROKER_PORT,
@@ -118,7 +128,8 @@ cat > fleetgw.json <<EOF
   "registry": { "path": "$STATE/registry.db" },
   "admission": {
     "policy": "open", "pattern": "leaf-*",
-    "converters": ["127.0.0.1"], "new_ids_per_converter": $NEW_IDS, "new_ids": $NEW_IDS
+    "converters": ["127.0.0.1"], "new_ids_per_converter": $NEW_IDS, "new_ids": $NEW_IDS,
+    "plain_udp": "$PLAIN_UDP"
   },
   "provisioning": {
     "backend": "local-ca",
@@ -147,9 +158,29 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
+log_from=$(( $(wc -l < fleetgw.log 2>/dev/null || echo 0) + 1 ))
 "$FLEETGW" --config fleetgw.json 2> >(tee -a fleetgw.log >&2) &
 pids+=($!)
-for _ in $(seq 50); do grep -q "ready:" fleetgw.log 2>/dev/null && break; sleep 0.1; done
+# This run's "ready:" line, not an earlier run's (the log is appended to).
+for _ in $(seq 100); do tail -n +"$log_from" fleetgw.log 2>/dev/null | grep -q "ready:" && break; sleep 0.1; done
+
+# A key for each leaf that has none yet, made through the API (shown once,
+# kept in leaf-psks.csv for the simulated leaves: a real leaf keeps it in its
+# firmware or secure element).
+LEAF_ARGS=(--gw "127.0.0.1:$GW_PORT")
+if [ "$DEMO_PLAIN" != 1 ]; then
+  touch leaf-psks.csv && chmod 600 leaf-psks.csv
+  want=$(for i in $(seq 0 $((LEAVES - 1))); do echo "leaf-$i"; done)
+  have=$(cut -d, -f1 leaf-psks.csv)
+  new=$(comm -23 <(echo "$want" | sort) <(echo "$have" | sort) || true)
+  if [ -n "$new" ]; then
+    echo "== making DTLS keys for $(echo "$new" | wc -l) leaves (POST /api/v1/psks)"
+    echo "$new" | curl -sS --fail-with-body -X POST -H "Authorization: Bearer $(cat admin.token)" \
+      -H "Content-Type: text/csv" --data-binary @- "http://127.0.0.1:$WEB_PORT/api/v1/psks" \
+      | tail -n +2 >> leaf-psks.csv
+  fi
+  LEAF_ARGS=(--gw "127.0.0.1:$DTLS_PORT" --dtls --psk-file "$STATE/leaf-psks.csv")
+fi
 
 TLS=(--cafile "$STATE/ca.crt" --cert "$STATE/gateway.crt" --key "$STATE/gateway.key")
 echo "== the broker sees (mosquitto_sub on fleet/+/telemetry):"
@@ -157,7 +188,7 @@ mosquitto_sub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-watcher -t 'fle
   | sed -u 's/^/[broker] /' &
 pids+=($!)
 
-"$LEAFSIM" --gw "127.0.0.1:$GW_PORT" -n "$LEAVES" --prefix leaf- --rate 0.2 --qos 1 \
+"$LEAFSIM" "${LEAF_ARGS[@]}" -n "$LEAVES" --prefix leaf- --rate 0.2 --qos 1 \
   --topic 'fleet/%s/telemetry' --subscribe 'fleet/%s/cmd' | sed -u 's/^/[leaf]   /' &
 pids+=($!)
 
