@@ -613,7 +613,7 @@ int web_h_decommission(struct lws *wsi, struct web *w, struct web_http_conn *c, 
 _Static_assert(WEB_PSK_BULK_MAX == API_PSK_BULK_MAX, "the documented batch size is the API's");
 
 /* The optional body of a create or rotate, {"key": "<hex>"}: into key[cap],
- * *len 0 when there is no body (the gateway generates one).  -1 with a 400
+ * *len 0 when there is no body or it is {} (the gateway generates one).  -1 with a 400
  * queued (*replied), else 0.  The body is wiped with the request (the
  * route is secret). */
 static int psk_body_key(struct lws *wsi, struct web *w, struct web_http_conn *c, uint8_t *key,
@@ -627,8 +627,8 @@ static int psk_body_key(struct lws *wsi, struct web *w, struct web_http_conn *c,
 
   *len = 0;
   *replied = false;
-  if (!c->json)
-    return 0;
+  if (!c->json || !c->json->child)
+    return 0; /* no body, or {}: the gateway generates the key */
   /* Only "key": a misspelt member must not quietly mean "generate one". */
   if (!cJSON_IsString(k) || cJSON_GetArraySize(c->json) != 1 ||
       (n = web_hex_decode(k->valuestring, key, cap)) < API_PSK_MIN || n > API_PSK_MAX) {

@@ -172,7 +172,7 @@ def test_import_a_key_and_refuse_bad_bodies(wg):
     assert k["key"] == "ab" * 64
     assert "imported" in wg.api.ok("GET", "/api/v1/audit?client_id=imp-1")["items"][0]["detail"]
     bad = [{"key": "00" * 15}, {"key": "00" * 65}, {"key": "abc"}, {"key": "zz" * 16},
-           {"key": 5}, {"key": ""}, {"kye": key}, {"key": key, "extra": 1}, {}]
+           {"key": 5}, {"key": ""}, {"kye": key}, {"key": key, "extra": 1}, {"key": None}]
     for i, b in enumerate(bad):
         cid = "imp-bad-%d" % i
         r, body = create(wg, cid, status=400, json_body=b)
@@ -183,6 +183,9 @@ def test_import_a_key_and_refuse_bad_bodies(wg):
                   content_type="application/json")
     check_error_body(r, 400, "bad_request")
     assert set(psk_rows(wg)) == {"imp-1", "imp-64"}
+    # {} is no body: a generated key.
+    _, k = create(wg, "imp-empty", json_body={})
+    assert HEX64.fullmatch(k["key"])
 
 
 def test_client_ids_no_leaf_could_use_are_refused(wg):
