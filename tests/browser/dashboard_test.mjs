@@ -2,7 +2,7 @@
 // (Debian's /usr/bin/chromium through playwright-core; no browser download).
 //
 //   node dashboard_test.mjs --url http://127.0.0.1:PORT/ --token TOKEN \
-//        --active leaf-a,leaf-b --pending leaf-new [--screenshot out.png]
+//        --active leaf-a,leaf-b --pending leaf-new [--psk-device leaf-a] [--screenshot out.png]
 //
 // Every option may also come from the environment: DASH_URL, DASH_TOKEN,
 // DASH_ACTIVE, DASH_PENDING, DASH_SCREENSHOT (default $BUILD_DIR/dashboard.png,
@@ -10,7 +10,11 @@
 //
 // It signs in with the token form, waits for the rows of the connected
 // leaves, clicks Approve on the pending leaf in the Pending section and waits
-// - without reloading - until that leaf's row shows state "active".  It
+// - without reloading - until that leaf's row shows state "active".  The
+// devices table shows how each leaf authenticated on the LAN (plain UDP here,
+// in the warning style).  With --psk-device it then creates that device's
+// DTLS key from its panel (with the confirmation) and checks that the key is
+// shown once: in a copyable box, gone for good once the panel is closed.  It
 // exits 0 on success and 1 with a one-line reason on any failure (and then
 // leaves a screenshot next to the requested one, named *-failure.png).
 
@@ -37,6 +41,7 @@ const opt = {
   token: args.token || process.env.DASH_TOKEN,
   active: (args.active || process.env.DASH_ACTIVE || '').split(',').filter(Boolean),
   pending: args.pending || process.env.DASH_PENDING,
+  pskDevice: args['psk-device'] || process.env.DASH_PSK_DEVICE,
   screenshot: args.screenshot || process.env.DASH_SCREENSHOT ||
     path.join(process.env.BUILD_DIR || 'build-test', 'dashboard.png'),
   chromium: args.chromium || process.env.CHROMIUM || '/usr/bin/chromium',
@@ -69,6 +74,54 @@ async function waitRowState(page, id, state, timeoutMs, why) {
     }, rowSel(id)).catch(() => 'page gone');
     fail(why + ': row ' + id + ' did not show state "' + state + '" within ' + timeoutMs + ' ms (' + seen + ')');
   }
+}
+
+// Creates the device's DTLS key from its panel and checks it is shown once.
+async function createKeyOnce(page, id) {
+  log('create the DTLS key of ' + id + ' from its panel');
+  const open = async () => {
+    await page.click(rowSel(id) + ' button');
+    await page.locator('#device-dialog[open] #psk-section').waitFor({ state: 'visible', timeout: 10000 })
+      .catch(() => fail('the panel of ' + id + ' has no DTLS key section'));
+  };
+  await open();
+  const create = page.locator('#psk-section [data-psk-action="create"]');
+  if ((await create.count()) !== 1) fail('no Create key button for ' + id + ' (admin token)');
+  await create.click();
+  await page.locator('#confirm-dialog[open]').waitFor({ state: 'visible', timeout: 5000 })
+    .catch(() => fail('Create key asked for no confirmation'));
+  await page.click('#confirm-ok');
+  await page.locator('#psk-key').waitFor({ state: 'visible', timeout: 10000 })
+    .catch(() => fail('no key shown after Create key'));
+  const key = await page.inputValue('#psk-key');
+  if (!/^[0-9a-f]{64}$/.test(key)) fail('the shown key is not 32 bytes of hex: ' + key.length + ' characters');
+  if (!(await page.getAttribute('#psk-key', 'readonly') !== null)) fail('the key box is not read-only');
+  const box = await page.textContent('[data-psk-once]');
+  if (!box.includes('will not be shown again')) fail('the key box does not warn that it is shown once');
+  await page.locator('#psk-section [data-field="psk"]').filter({ hasText: 'held' }).waitFor({ timeout: 10000 })
+    .catch(() => fail('the panel does not say the key is held'));
+  // The panel refreshes on events; the key stays until the panel closes.
+  await page.waitForTimeout(600);
+  if ((await page.inputValue('#psk-key').catch(() => '')) !== key) fail('the key box went away by itself');
+  await page.keyboard.press('Escape');
+  await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 })
+    .catch(() => fail('Escape did not close the device panel'));
+  await open();
+  if ((await page.locator('#psk-key').count()) !== 0) fail('the key was shown a second time');
+  const html = await page.evaluate(() => document.documentElement.outerHTML +
+    Array.from(document.querySelectorAll('input')).map((i) => i.value).join(' '));
+  if (html.includes(key)) fail('the key is still somewhere in the page');
+  if ((await page.locator('#psk-section [data-psk-action="create"]').count()) !== 0 ||
+      (await page.locator('#psk-section [data-psk-action="rotate"]').count()) !== 1) {
+    fail('after Create key the panel should offer Rotate and Revoke, not Create');
+  }
+  await page.keyboard.press('Escape');
+  await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 }).catch(() => {});
+  await page.waitForFunction((sel) => {
+    const c = document.querySelector(sel + ' [data-field="lan"]');
+    return c && c.textContent.includes('key');
+  }, rowSel(id), { timeout: 10000 }).catch(() => fail('the row of ' + id + ' does not show that it holds a key'));
+  log('the key of ' + id + ' was shown once');
 }
 
 async function main() {
@@ -177,6 +230,19 @@ async function main() {
     await page.keyboard.press('Escape');
     await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 })
       .catch(() => fail('Escape did not close the device panel'));
+
+    // The LAN column: every connected leaf came over plain UDP.
+    const lanHead = await page.textContent('#device-table th[data-sort="lan_security"]').catch(() => null);
+    if (!lanHead || lanHead.trim() !== 'LAN') fail('the devices table has no LAN column');
+    for (const id of opt.active) {
+      const lan = await page.$eval(rowSel(id) + ' [data-field="lan"] .badge',
+        (b) => ({ text: b.textContent.trim(), cls: b.className })).catch(() => null);
+      if (!lan || lan.text !== 'plain' || !lan.cls.includes('lan-plain')) {
+        fail('the LAN cell of ' + id + ' is not the "plain" warning badge: ' + JSON.stringify(lan));
+      }
+    }
+
+    if (opt.pskDevice) await createKeyOnce(page, opt.pskDevice);
 
     // Let the rate chart collect a few samples (one per 2 s poll) for the
     // screenshot; not a failure if it has fewer.

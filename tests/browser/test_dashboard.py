@@ -9,7 +9,10 @@ an operator approves connects, is provisioned and becomes active at once.
 Two leaves are connected (and active) before the browser opens; a third keeps
 sending CONNECT every 0.5 s and stays pending until the browser clicks its
 Approve button; the script then waits, without reloading, for its row to
-read "active".
+read "active".  It also checks the LAN column (every leaf here came over
+plain UDP) and creates a DTLS key for one active leaf from its panel: the key
+is shown once, then never again (the registry holds it, the API only says it
+exists).
 
 Needs: node (>= 18), /usr/bin/chromium, and tests/browser/node_modules
 (`npm ci` here; this test runs it when the folder is missing).
@@ -56,10 +59,18 @@ def test_dashboard_approve_makes_the_row_active_live(gateway, mosquitto, broker_
     with dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path) as fleet:
         env = dict(os.environ, BUILD_DIR=str(out), DASH_SCREENSHOT=str(shot), CHROMIUM=CHROMIUM)
         r = subprocess.run([node, str(SCRIPT), "--url", fleet.url, "--token", TOKEN,
-                            "--active", ",".join(ALLOWED), "--pending", PENDING],
+                            "--active", ",".join(ALLOWED), "--pending", PENDING,
+                            "--psk-device", ALLOWED[1]],
                            cwd=HERE, env=env, capture_output=True, text=True, timeout=180)
         print(r.stdout)
         print(r.stderr)
         assert r.returncode == 0, "dashboard_test.mjs failed (exit %d):\n%s%s" % (
             r.returncode, r.stdout, r.stderr)
     check_outcome(fleet, shot)
+    # The key made in the browser is in the registry; the API says only that.
+    d = fleet.rest.device(ALLOWED[1])
+    assert d["psk"] is True and d["lan_security"] == "plain", d
+    assert "key" not in {k for k in d if k != "psk"}
+    st, audit = fleet.rest.call("GET", "audit?client_id=" + ALLOWED[1])
+    assert st == 200 and [a for a in audit["items"] if a["action"] == "operator.psk_create"], audit
+    assert fleet.rest.device(ALLOWED[0])["psk"] is False

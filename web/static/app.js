@@ -2,12 +2,12 @@
 // nothing loaded from outside the gateway.  Data comes from the REST API
 // (/api/v1, bearer token) and live updates from the WebSocket event stream.
 
-import { api, ApiError, getToken, setToken, onUnauthorized, enc } from './api.js';
+import { api, apiUrl, ApiError, getToken, setToken, onUnauthorized, enc } from './api.js';
 import { RateChart, fmtRate } from './chart.js';
 import { EventStream } from './events.js';
 import {
   h, clear, $, $$, fmtTime, fmtDate, fmtAgo, daysLeft, fmtUptime, fmtBytes, fmtInt, debounce,
-  badge,
+  badge, lanBadge,
 } from './util.js';
 
 const PAGE = 50;
@@ -39,6 +39,8 @@ const st = {
   orphans: { offset: 0, total: 0 },
   audit: { offset: 0, total: 0, size: AUDIT_PAGE },
   openDevice: null,     // client id shown in the device dialog
+  admin: null,          // the token may run commands: true, false, or null (not known yet)
+  shownKey: null,       // { clientId, key, identity }: a DTLS key just made, shown once
   dirty: new Set(),     // client ids touched by events since the last refresh
   feedPaused: false,
   lastUplink: null,
@@ -125,6 +127,7 @@ function start() {
   ui.main.hidden = false;
   ui.topStatus.hidden = false;
   st.running = true;
+  probeRole();
   pollStatus();
   loadDevices();
   loadPending();
@@ -132,6 +135,23 @@ function start() {
   loadAudit();
   loadAllowlist();
   events.start();
+}
+
+// Whether the token may run commands, asked once without doing anything: an
+// empty batch of DTLS keys is refused before it reaches the gateway - with
+// 403 for the read-only token, 400 ("no ClientId") for the admin token.
+async function probeRole() {
+  st.admin = null;
+  try {
+    const res = await fetch(apiUrl('psks'), {
+      method: 'POST', cache: 'no-store', body: '',
+      headers: { Authorization: 'Bearer ' + getToken(), 'Content-Type': 'text/csv' },
+    });
+    st.admin = res.status !== 403 && res.status !== 401;
+  } catch (e) {
+    st.admin = null; // unknown: the buttons show, and a refusal says why
+  }
+  if (st.openDevice) renderDevicePanel(st.openDevice);
 }
 
 function stop() {
@@ -196,6 +216,7 @@ const SORT_KEYS = {
   thing_name: (d) => d.thing_name || '',
   state: (d) => d.state || '',
   session: (d) => d.session || '',
+  lan_security: (d) => d.lan_security || '',
   address: (d) => d.address || d.bound_addr || '',
   last_seen: (d) => d.last_seen || 0,
   cert_expiry: (d) => (d.certificate && d.certificate.not_after) || Number.MAX_SAFE_INTEGER,
@@ -236,6 +257,8 @@ function deviceRow(d) {
     h('td', { class: 'mono thing', title: d.thing_name || '' }, d.thing_name || '–'),
     h('td', { 'data-field': 'state' }, badge('state', d.state)),
     h('td', { 'data-field': 'session' }, badge('session', d.session)),
+    h('td', { 'data-field': 'lan' }, lanBadge(d.lan_security),
+      d.psk ? h('span', { class: 'sub', title: 'a DTLS key is held for it' }, ' · key') : null),
     d.address ? h('td', { class: 'mono' }, d.address)
       : h('td', { class: 'mono muted', title: d.bound_addr ? 'not connected; bound to ' + d.bound_addr : 'not connected' },
         d.bound_addr || '–'),
@@ -403,6 +426,94 @@ async function runCommand(action, clientId, button) {
   }
   markDirty(clientId);
   refreshSoon();
+}
+
+/* DTLS keys: made, rotated and revoked from the device panel.  A new key is
+   shown once, in the panel, until the operator closes it; the gateway never
+   shows it again. */
+const PSK_COMMANDS = {
+  create: {
+    label: 'Create key', method: 'post', path: '/psk', done: 'DTLS key created',
+    confirm: (id) => 'Create a DTLS pre-shared key for ' + id + '? It is shown once, right ' +
+      'after; copy it into the leaf.',
+  },
+  rotate: {
+    label: 'Rotate key', method: 'post', path: '/psk/rotate', done: 'DTLS key rotated',
+    confirm: (id) => 'Rotate the DTLS key of ' + id + '? The current key stops working at once ' +
+      'and the leaf\'s DTLS sessions are closed: it needs the new key.',
+  },
+  revoke: {
+    label: 'Revoke key', method: 'del', path: '/psk', done: 'DTLS key revoked',
+    confirm: (id) => 'Revoke the DTLS key of ' + id + '? Its DTLS sessions are closed and it ' +
+      'cannot connect over DTLS until it is given a new key.',
+  },
+};
+
+async function runPskCommand(action, clientId, button) {
+  const c = PSK_COMMANDS[action];
+  if (!(await confirmDialog(c.confirm(clientId), c.label))) return;
+  if (button) button.disabled = true;
+  st.shownKey = null;
+  try {
+    const path = 'devices/' + enc(clientId) + c.path;
+    const r = c.method === 'del' ? await api.del(path) : await api.post(path, {});
+    if (r && r.key) st.shownKey = { clientId, key: r.key, identity: r.psk_identity };
+    toast(clientId + ': ' + c.done, 'ok');
+  } catch (e) {
+    if (e.status !== 401) toast(clientId + ': ' + c.label.toLowerCase() + ' failed — ' + explain(e), 'error');
+  } finally {
+    if (button) button.disabled = false;
+  }
+  if (st.openDevice === clientId) await renderDevicePanel(clientId);
+  markDirty(clientId);
+  refreshSoon();
+}
+
+function keyBox(k) {
+  const input = h('input', { type: 'text', readonly: true, value: k.key, id: 'psk-key',
+    'aria-label': 'The new DTLS key of ' + k.clientId, spellcheck: 'false' });
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(k.key);
+    } catch (e) {
+      // No clipboard API (a page over plain HTTP): the old way.
+      input.select();
+      document.execCommand('copy');
+    }
+    toast('Key copied', 'ok');
+  };
+  return h('div', { class: 'key-once', role: 'alert', 'data-psk-once': '' },
+    h('strong', {}, 'Copy this key now: it will not be shown again.'),
+    h('div', { class: 'sub' }, 'PSK identity: ', h('span', { class: 'mono' }, k.identity)),
+    h('div', { class: 'key-row' }, input,
+      h('button', { type: 'button', class: 'btn small', onclick: copy }, 'Copy'),
+      h('button', { type: 'button', class: 'btn small', onclick: () => {
+        st.shownKey = null;
+        if (st.openDevice) renderDevicePanel(st.openDevice);
+      } }, 'Done')));
+}
+
+function pskSection(d) {
+  const can = {
+    create: !d.psk && d.state !== 'blocked' && d.state !== 'revoked',
+    rotate: d.psk && d.state !== 'revoked',
+    revoke: d.psk,
+  };
+  const shown = st.shownKey && st.shownKey.clientId === d.client_id ? st.shownKey : null;
+  return h('section', { id: 'psk-section' }, h('h3', {}, 'DTLS key'),
+    dl([
+      ['LAN security', lanBadge(d.lan_security)],
+      ['Key', h('span', { 'data-field': 'psk' }, d.psk ? 'held (shown only when it was made)' : 'none')],
+      ['PSK identity', h('span', { class: 'mono' }, d.client_id)],
+    ]),
+    shown ? keyBox(shown) : null,
+    st.admin === false ? null : h('div', { class: 'actions wrap' },
+      Object.entries(PSK_COMMANDS).filter(([k]) => can[k]).map(([k, cmd]) =>
+        h('button', {
+          type: 'button', 'data-psk-action': k,
+          class: 'btn small ' + (k === 'revoke' ? 'danger-outline' : k === 'create' ? 'primary' : ''),
+          onclick: (e) => runPskCommand(k, d.client_id, e.currentTarget),
+        }, cmd.label))));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -573,6 +684,7 @@ async function openDevice(clientId) {
 
 ui.deviceDialog.addEventListener('close', () => {
   st.openDevice = null;
+  st.shownKey = null; // shown once: closing the panel forgets it
   if (dialogOpener && document.contains(dialogOpener)) dialogOpener.focus();
 });
 $('#dev-close').addEventListener('click', () => ui.deviceDialog.close());
@@ -673,6 +785,7 @@ async function renderDevicePanel(clientId) {
       ['PEM', h('button', { type: 'button', class: 'btn small', onclick: (e) => downloadPem(d.client_id, e.currentTarget) },
         'Download certificate')],
     ]) : h('p', { class: 'muted' }, 'No active certificate.')),
+    pskSection(d),
     h('section', {}, h('h3', {}, 'Counters'), dl([
       ['Messages in', fmtInt(d.msgs_in)],
       ['Messages out', fmtInt(d.msgs_out)],

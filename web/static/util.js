@@ -99,3 +99,18 @@ export function badge(kind, value) {
   const v = value || 'none';
   return h('span', { class: 'badge ' + kind + '-' + v.replace(/[^a-z0-9-]/gi, '') }, v);
 }
+
+// How a device last authenticated on the LAN (null: never connected), as a
+// badge; plain UDP, which proves nothing, in the warning style.
+const LAN_LABELS = { plain: 'plain', 'dtls-psk': 'DTLS PSK', 'dtls-cert': 'DTLS cert' };
+const LAN_TITLES = {
+  plain: 'plain MQTT-SN over UDP: anyone on the LAN can claim this ClientId',
+  'dtls-psk': 'DTLS with its pre-shared key',
+  'dtls-cert': 'DTLS with a client certificate',
+};
+
+export function lanBadge(security) {
+  if (!security) return h('span', { class: 'badge lan-none', title: 'never connected' }, '–');
+  return h('span', { class: 'badge lan-' + security.replace(/[^a-z0-9-]/gi, ''), title: LAN_TITLES[security] || '' },
+    LAN_LABELS[security] || security);
+}
