@@ -6,17 +6,26 @@ device, the audit log, the event stream, /metrics or the gateway's log -
 while the registry holds it sealed (its bytes are not in the database
 files).
 
-The answers are checked against web/openapi.json as in test_web_api.py."""
+The answers are checked against web/openapi.json as in test_web_api.py.  The
+last test runs a leaf over DTLS (tests/leaf's fleetgw-dtls-bridge, with the
+batch answer as its key file) and shows that rotating and revoking close its
+association and that the old key opens no new one."""
 import csv
 import io
+import os
 import re
+import signal
+import socket
 import sqlite3
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
 import mqttsn_leaf as sn
-from conftest import connect_until_accepted, registry_audit, registry_db, wait_until
+from conftest import (LOOPBACK, REPO, connect_until_accepted, free_port, registry_audit,
+                      registry_db, wait_until)
 from test_web_api import (ADMIN, READ, check_device, conforms, web_gateway, wg,  # noqa: F401
                           WebGw)
 from webclient import WebSocket, check_error_body, quote
@@ -393,3 +402,100 @@ def test_keys_appear_nowhere_but_in_their_answer(wg):
     # The commands were logged, by ClientId.
     assert "leak-1" in log and "psk" in log
 
+
+
+# ---------------------------------------------------------------------------
+# a key that changes or goes stops working at once
+# ---------------------------------------------------------------------------
+BRIDGE = Path(os.environ.get("BUILD_DIR", str(REPO / "build"))) / "tests" / "leaf" / \
+    "fleetgw-dtls-bridge"
+
+
+class Bridge:
+    """fleetgw-dtls-bridge (tests/leaf): plain MQTT-SN on a local port, one
+    DTLS 1.2 association per source towards the gateway, the PSK by the
+    CONNECT's ClientId from a file; one stdout line per event."""
+
+    def __init__(self, target_port, psk_file):
+        if not BRIDGE.exists():
+            pytest.fail("%s not built (build it, or set BUILD_DIR)" % BRIDGE)
+        self.p = subprocess.Popen(
+            [str(BRIDGE), "--listen", "0", "--connect", "%s:%d" % (LOOPBACK, target_port),
+             "--identity-from-clientid", "--psk-file", str(psk_file),
+             "--handshake-timeout-ms", "2000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.wait(lambda ln: ln.startswith("listening "))
+        self.port = int(first.split()[1])
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait(self, pred, timeout=10):
+        found = []
+        assert wait_until(lambda: found.extend(x for x in list(self.lines) if pred(x)) or found,
+                          timeout), "no such bridge line in %r" % self.lines
+        return found[0]
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            self.p.wait(10)
+
+
+def test_rotate_and_revoke_close_the_dtls_association_of_the_old_key(web_gateway, tmp_path):
+    dtls_port = free_port(socket.SOCK_DGRAM)
+    wg = web_gateway(policy="open", lan={"dtls": {"enabled": True, "bind": LOOPBACK,
+                                                  "port": dtls_port}})
+    # The batch answer is the bridge's key file as it is.
+    keys = tmp_path / "keys.csv"
+    r = bulk(wg, "client_id\ndtls-leaf-1\n")
+    keys.write_bytes(r.body)
+    old = parse_answer(r)[0][1]
+    bridges, leaves = [], []
+
+    def leaf_through(key_file):
+        b = Bridge(dtls_port, key_file)
+        bridges.append(b)
+        lf = sn.Leaf((LOOPBACK, b.port), "dtls-leaf-1")
+        leaves.append(lf)
+        return b, lf
+    try:
+        b, lf = leaf_through(keys)
+        assert connect_until_accepted(lf, timeout=20) == sn.RC_ACCEPTED
+        b.wait(lambda ln: ln.startswith("handshake ok "))
+        d = wg.device("dtls-leaf-1")
+        assert d["lan_security"] == "dtls-psk" and d["psk"] is True, d
+        assert wg.api.ok("GET", "/api/v1/devices?lan_security=dtls-psk")["total"] == 1
+
+        # Rotate: the gateway closes the association at once...
+        new = wg.api.ok("POST", psk_url("dtls-leaf-1", rotate=True))["key"]
+        assert new != old
+        b.wait(lambda ln: ln.startswith(("closed ", "alert ")))
+        # ...and the old key opens none: the bridge's new handshake fails.
+        n_failed = len([x for x in b.lines if x.startswith("handshake failed")])
+        try:
+            lf.connect(timeout=3)
+        except sn.Timeout:
+            pass
+        b.wait(lambda ln: ln.startswith("handshake failed"), timeout=15)
+        assert len([x for x in b.lines if x.startswith("handshake failed")]) > n_failed
+
+        # The new key works.
+        keys2 = tmp_path / "keys-new.csv"
+        keys2.write_text("client_id,key\ndtls-leaf-1,%s\n" % new)
+        b2, lf2 = leaf_through(keys2)
+        assert connect_until_accepted(lf2, timeout=20) == sn.RC_ACCEPTED
+        # Revoke: closed again, and the key opens nothing any more.
+        assert wg.api.delete(psk_url("dtls-leaf-1")).status == 204
+        b2.wait(lambda ln: ln.startswith(("closed ", "alert ")))
+        assert wg.device("dtls-leaf-1")["psk"] is False
+    finally:
+        for lf in leaves:
+            lf.close()
+        for b in bridges:
+            b.stop()
+    for k in (old, new):
+        assert k not in wg.gw.log_text()
