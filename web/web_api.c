@@ -32,21 +32,14 @@
 enum {
   ARG_MAX_LEN = 512,             /* longest query parameter value */
   FILE_MAX = 16 * 1024 * 1024,   /* largest static file or OpenAPI document */
-  CLIENT_ID_CAP = 256,           /* struct api_device's client_id */
+  CLIENT_ID_CAP = WEB_CLIENT_ID_CAP,
   ENTRY_CAP = 256,
   PAGE_LIMIT_DEFAULT = 50,
   PAGE_LIMIT_MAX = 1000,
 };
 
-static const char ACTOR[] = "api:admin";
-
-/* A command's log line: an API client sends commands at will, so each call
- * site is rate-limited (common/log.h). */
-#define LOG_COMMAND(...)                                                                        \
-  do {                                                                                          \
-    static struct log_ratelimit rl_;                                                            \
-    log_ratelimited(&rl_, LOG_INFO, MOD, __VA_ARGS__);                                          \
-  } while (0)
+static const char *const ACTOR = WEB_ACTOR;
+#define LOG_COMMAND WEB_LOG_COMMAND
 
 static const char *const device_states[] = {"pending", "approved", "provisioning", "active",
                                             "failed",  "blocked",  "revoked"};
@@ -57,8 +50,7 @@ static const char *const cert_states[] = {"pending", "active", "orphaned", "supe
 static const char *const lan_securities[] = {"plain", "dtls-psk", "dtls-cert", "none"};
 /* ---- replies ------------------------------------------------------------- */
 
-/* Takes ownership of o. */
-static int reply_json(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
+int web_reply_json(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
                       cJSON *o)
 {
   char *text = o ? cJSON_PrintUnformatted(o) : NULL;
@@ -72,9 +64,7 @@ static int reply_json(struct lws *wsi, struct web *w, struct web_http_conn *c, i
   return rc;
 }
 
-/* what: the thing a 404 did not find ("device"); NULL when the reason
- * says it. */
-static int reply_api_err(struct lws *wsi, struct web *w, struct web_http_conn *c, int err,
+int web_reply_api_err(struct lws *wsi, struct web *w, struct web_http_conn *c, int err,
                          const char *reason, const char *what)
 {
   char msg[384];
@@ -207,13 +197,13 @@ static int read_file(const char *path, unsigned char **out, size_t *len)
 
 /* cJSON_Add* return NULL on allocation failure; these fold that into *ok so
  * a builder can check once at the end. */
-static void add_str(cJSON *o, const char *k, const char *v, bool *ok)
+void web_json_str(cJSON *o, const char *k, const char *v, bool *ok)
 {
   if (!cJSON_AddStringToObject(o, k, v ? v : ""))
     *ok = false;
 }
 
-static void add_num(cJSON *o, const char *k, double v, bool *ok)
+void web_json_num(cJSON *o, const char *k, double v, bool *ok)
 {
   if (!cJSON_AddNumberToObject(o, k, v))
     *ok = false;
@@ -226,25 +216,25 @@ cJSON *web_device_json(const struct api_device *d)
 
   if (!o)
     return NULL;
-  add_str(o, "client_id", d->client_id, &ok);
-  add_str(o, "thing_name", d->thing_name, &ok);
-  add_str(o, "state", d->state, &ok);
-  add_str(o, "session", d->session, &ok);
-  add_str(o, "bound_addr", d->bound_addr, &ok);
-  add_str(o, "address", d->address, &ok);
-  add_num(o, "first_seen", (double)d->first_seen, &ok);
-  add_num(o, "last_seen", (double)d->last_seen, &ok);
-  add_str(o, "last_error", d->last_error, &ok);
-  add_num(o, "attempts", d->attempts, &ok);
+  web_json_str(o, "client_id", d->client_id, &ok);
+  web_json_str(o, "thing_name", d->thing_name, &ok);
+  web_json_str(o, "state", d->state, &ok);
+  web_json_str(o, "session", d->session, &ok);
+  web_json_str(o, "bound_addr", d->bound_addr, &ok);
+  web_json_str(o, "address", d->address, &ok);
+  web_json_num(o, "first_seen", (double)d->first_seen, &ok);
+  web_json_num(o, "last_seen", (double)d->last_seen, &ok);
+  web_json_str(o, "last_error", d->last_error, &ok);
+  web_json_num(o, "attempts", d->attempts, &ok);
   if (d->cert_id[0]) {
     cJSON *cert = cJSON_AddObjectToObject(o, "certificate");
     if (!cert) {
       ok = false;
     } else {
-      add_str(cert, "cert_id", d->cert_id, &ok);
-      add_str(cert, "fingerprint", d->cert_fingerprint, &ok);
-      add_num(cert, "not_after", (double)d->cert_not_after, &ok);
-      add_str(cert, "status", d->cert_status, &ok);
+      web_json_str(cert, "cert_id", d->cert_id, &ok);
+      web_json_str(cert, "fingerprint", d->cert_fingerprint, &ok);
+      web_json_num(cert, "not_after", (double)d->cert_not_after, &ok);
+      web_json_str(cert, "status", d->cert_status, &ok);
     }
   } else if (!cJSON_AddNullToObject(o, "certificate")) {
     ok = false;
@@ -255,11 +245,11 @@ cJSON *web_device_json(const struct api_device *d)
                            : cJSON_AddNullToObject(o, "lan_security")) ||
       !cJSON_AddBoolToObject(o, "psk", d->psk))
     ok = false;
-  add_num(o, "msgs_in", (double)d->msgs_in, &ok);
-  add_num(o, "msgs_out", (double)d->msgs_out, &ok);
-  add_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
-  add_num(o, "queued", d->queued, &ok);
-  add_num(o, "subscriptions", d->subscriptions, &ok);
+  web_json_num(o, "msgs_in", (double)d->msgs_in, &ok);
+  web_json_num(o, "msgs_out", (double)d->msgs_out, &ok);
+  web_json_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
+  web_json_num(o, "queued", d->queued, &ok);
+  web_json_num(o, "subscriptions", d->subscriptions, &ok);
   if (!ok) {
     cJSON_Delete(o);
     return NULL;
@@ -298,13 +288,13 @@ int web_cert_row(void *ud, const struct api_cert *cr)
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
   if (o) {
-    add_str(o, "cert_id", cr->cert_id, &ok);
-    add_str(o, "client_id", cr->client_id, &ok);
-    add_str(o, "status", cr->status, &ok);
-    add_num(o, "not_after", (double)cr->not_after, &ok);
-    add_str(o, "fingerprint", cr->fingerprint, &ok);
-    add_str(o, "reason", cr->reason, &ok);
-    add_num(o, "created_at", (double)cr->created_at, &ok);
+    web_json_str(o, "cert_id", cr->cert_id, &ok);
+    web_json_str(o, "client_id", cr->client_id, &ok);
+    web_json_str(o, "status", cr->status, &ok);
+    web_json_num(o, "not_after", (double)cr->not_after, &ok);
+    web_json_str(o, "fingerprint", cr->fingerprint, &ok);
+    web_json_str(o, "reason", cr->reason, &ok);
+    web_json_num(o, "created_at", (double)cr->created_at, &ok);
   }
   return add_row(ud, o, ok);
 }
@@ -314,12 +304,12 @@ int web_audit_row(void *ud, const struct api_audit *a)
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
   if (o) {
-    add_num(o, "id", (double)a->id, &ok);
-    add_num(o, "at", (double)a->at, &ok);
-    add_str(o, "actor", a->actor, &ok);
-    add_str(o, "action", a->action, &ok);
-    add_str(o, "client_id", a->client_id, &ok);
-    add_str(o, "detail", a->detail, &ok);
+    web_json_num(o, "id", (double)a->id, &ok);
+    web_json_num(o, "at", (double)a->at, &ok);
+    web_json_str(o, "actor", a->actor, &ok);
+    web_json_str(o, "action", a->action, &ok);
+    web_json_str(o, "client_id", a->client_id, &ok);
+    web_json_str(o, "detail", a->detail, &ok);
   }
   return add_row(ud, o, ok);
 }
@@ -332,8 +322,8 @@ static cJSON *allow_json(const char *entry, int64_t added_at)
 
   if (!o)
     return NULL;
-  add_str(o, "entry", entry, &ok);
-  add_num(o, "added_at", (double)added_at, &ok);
+  web_json_str(o, "entry", entry, &ok);
+  web_json_num(o, "added_at", (double)added_at, &ok);
   if (!ok) {
     cJSON_Delete(o);
     return NULL;
@@ -351,8 +341,8 @@ int web_sub_row(void *ud, const char *filter, int qos)
   bool ok = true;
   cJSON *o = cJSON_CreateObject();
   if (o) {
-    add_str(o, "filter", filter, &ok);
-    add_num(o, "qos", qos, &ok);
+    web_json_str(o, "filter", filter, &ok);
+    web_json_num(o, "qos", qos, &ok);
   }
   return add_row(ud, o, ok);
 }
@@ -366,7 +356,7 @@ static int reply_list(struct lws *wsi, struct web *w, struct web_http_conn *c, i
 
   if (rc != API_OK && lc->ok) {
     cJSON_Delete(lc->items);
-    return reply_api_err(wsi, w, c, rc, NULL, "resource");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "resource");
   }
   o = cJSON_CreateObject();
   if (!o || !cJSON_AddItemToObject(o, "items", lc->items)) {
@@ -374,16 +364,16 @@ static int reply_list(struct lws *wsi, struct web *w, struct web_http_conn *c, i
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  add_num(o, "total", (double)total, &ok);
+  web_json_num(o, "total", (double)total, &ok);
   if (pg) {
-    add_num(o, "offset", (double)pg->offset, &ok);
-    add_num(o, "limit", (double)pg->limit, &ok);
+    web_json_num(o, "offset", (double)pg->offset, &ok);
+    web_json_num(o, "limit", (double)pg->limit, &ok);
   }
   if (!ok) {
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  return reply_json(wsi, w, c, 200, o);
+  return web_reply_json(wsi, w, c, 200, o);
 }
 
 /* ---- handlers ------------------------------------------------------------- */
@@ -404,40 +394,40 @@ int web_h_status(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
   memset(&st, 0, sizeof st);
   rc = api_status(w->gw, &st);
   if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, NULL, "status");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "status");
   o = cJSON_CreateObject();
   if (!o)
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  add_str(o, "version", st.version, &ok);
-  add_num(o, "uptime_s", (double)st.uptime_s, &ok);
-  add_num(o, "gateway_id", st.gateway_id, &ok);
-  add_str(o, "uplink", st.uplink, &ok);
-  add_str(o, "backend", st.backend, &ok);
+  web_json_str(o, "version", st.version, &ok);
+  web_json_num(o, "uptime_s", (double)st.uptime_s, &ok);
+  web_json_num(o, "gateway_id", st.gateway_id, &ok);
+  web_json_str(o, "uplink", st.uplink, &ok);
+  web_json_str(o, "backend", st.backend, &ok);
   dev = cJSON_AddObjectToObject(o, "devices");
   if (dev) {
     for (size_t i = 0; i < sizeof device_states / sizeof device_states[0]; i++)
-      add_num(dev, device_states[i], (double)st.devices_by_state[i], &ok);
+      web_json_num(dev, device_states[i], (double)st.devices_by_state[i], &ok);
   } else {
     ok = false;
   }
   leaves = cJSON_AddObjectToObject(o, "leaves");
   if (leaves) {
-    add_num(leaves, "active", (double)st.leaves_active, &ok);
-    add_num(leaves, "asleep", (double)st.leaves_asleep, &ok);
-    add_num(leaves, "connecting", (double)st.leaves_connecting, &ok);
+    web_json_num(leaves, "active", (double)st.leaves_active, &ok);
+    web_json_num(leaves, "asleep", (double)st.leaves_asleep, &ok);
+    web_json_num(leaves, "connecting", (double)st.leaves_connecting, &ok);
   } else {
     ok = false;
   }
-  add_num(o, "upstreams_up", (double)st.upstreams_up, &ok);
-  add_num(o, "provisioning_in_flight", (double)st.provisioning_in_flight, &ok);
-  add_num(o, "db_bytes", (double)st.db_bytes, &ok);
-  add_num(o, "msgs_in", (double)st.msgs_in, &ok);
-  add_num(o, "msgs_out", (double)st.msgs_out, &ok);
+  web_json_num(o, "upstreams_up", (double)st.upstreams_up, &ok);
+  web_json_num(o, "provisioning_in_flight", (double)st.provisioning_in_flight, &ok);
+  web_json_num(o, "db_bytes", (double)st.db_bytes, &ok);
+  web_json_num(o, "msgs_in", (double)st.msgs_in, &ok);
+  web_json_num(o, "msgs_out", (double)st.msgs_out, &ok);
   if (!ok) {
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  return reply_json(wsi, w, c, 200, o);
+  return web_reply_json(wsi, w, c, 200, o);
 }
 
 int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
@@ -501,7 +491,7 @@ int web_h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
   rc = api_device_get(w->gw, id, d);
   if (rc != API_OK) {
     free(d);
-    return reply_api_err(wsi, w, c, rc, NULL, "device");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
   }
   o = web_device_json(d);
   free(d);
@@ -517,7 +507,7 @@ int web_h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
     cJSON_Delete(lc.items);
     if (!lc.ok)
       return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-    return reply_api_err(wsi, w, c, rc, NULL, "device");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
   }
   /* In the single-device answer "subscriptions" is the list, not a count. */
   if (!cJSON_ReplaceItemInObject(o, "subscriptions", lc.items)) {
@@ -525,7 +515,7 @@ int web_h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
     cJSON_Delete(lc.items);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  return reply_json(wsi, w, c, 200, o);
+  return web_reply_json(wsi, w, c, 200, o);
 }
 
 int web_h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
@@ -538,7 +528,7 @@ int web_h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c, c
     if (rc == API_OK || rc == API_NOTFOUND)
       return web_reply_error(wsi, w, c, 404, "not_found",
                              "no such device or no active certificate");
-    return reply_api_err(wsi, w, c, rc, NULL, "device");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
   }
   rc = web_reply_copy(wsi, w, c, 200, "application/x-pem-file", pem, strlen(pem));
   free(pem);
@@ -556,7 +546,7 @@ static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, c
 
   reason[sizeof reason - 1] = '\0';
   if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, reason, "device");
+    return web_reply_api_err(wsi, w, c, rc, reason, "device");
   {
     /* The ClientId comes from the request path: any bytes at all. */
     char safe[4 * CLIENT_ID_CAP];
@@ -568,13 +558,13 @@ static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, c
   rc = api_device_get(w->gw, id, d);
   if (rc != API_OK) {
     free(d);
-    return reply_api_err(wsi, w, c, rc, NULL, "device");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
   }
   cJSON *o = web_device_json(d);
   free(d);
   if (!o)
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  return reply_json(wsi, w, c, 200, o);
+  return web_reply_json(wsi, w, c, 200, o);
 }
 
 /* The device commands, one handler per route (the table names them). */
@@ -608,209 +598,6 @@ int web_h_decommission(struct lws *wsi, struct web *w, struct web_http_conn *c, 
   return device_cmd(wsi, w, c, id, api_device_decommission, "decommission");
 }
 
-/* ---- DTLS pre-shared keys ------------------------------------------------ */
-
-_Static_assert(WEB_PSK_BULK_MAX == API_PSK_BULK_MAX, "the documented batch size is the API's");
-
-/* The optional body of a create or rotate, {"key": "<hex>"}: into key[cap],
- * *len 0 when there is no body or it is {} (the gateway generates one).  -1 with a 400
- * queued (*replied), else 0.  The body is wiped with the request (the
- * route is secret). */
-static int psk_body_key(struct lws *wsi, struct web *w, struct web_http_conn *c, uint8_t *key,
-                        size_t cap, size_t *len, bool *replied)
-{
-  static const char want[] = "expected no body, or {\"key\": \"<hex>\"} with "
-                             WEB_STR(API_PSK_MIN) ".." WEB_STR(API_PSK_MAX) " bytes (" WEB_STR(
-                                 API_PSK_MIN) "*2.." WEB_STR(API_PSK_MAX) "*2 hex digits)";
-  const cJSON *k = c->json ? cJSON_GetObjectItemCaseSensitive(c->json, "key") : NULL;
-  int n;
-
-  *len = 0;
-  *replied = false;
-  if (!c->json || !c->json->child)
-    return 0; /* no body, or {}: the gateway generates the key */
-  /* Only "key": a misspelt member must not quietly mean "generate one". */
-  if (!cJSON_IsString(k) || cJSON_GetArraySize(c->json) != 1 ||
-      (n = web_hex_decode(k->valuestring, key, cap)) < API_PSK_MIN || n > API_PSK_MAX) {
-    secret_wipe(key, cap);
-    *replied = true;
-    return web_reply_error(wsi, w, c, 400, "bad_request", want);
-  }
-  *len = (size_t)n;
-  return 0;
-}
-
-/* {"client_id", "psk_identity", "key", "created_at"}: the one time the key
- * is shown.  Every copy of the text is wiped. */
-static int reply_psk(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
-                     const struct api_psk *k)
-{
-  char hex[2 * API_PSK_MAX + 1];
-  bool ok = true;
-  cJSON *o = cJSON_CreateObject();
-  char *text = NULL;
-  int rc;
-
-  if (web_hex_encode(k->key, k->key_len, hex, sizeof hex) < 0)
-    ok = false;
-  if (o && ok) {
-    add_str(o, "client_id", k->client_id, &ok);
-    add_str(o, "psk_identity", k->client_id, &ok);
-    add_str(o, "key", hex, &ok);
-    add_num(o, "created_at", (double)k->created_at, &ok);
-  }
-  secret_wipe(hex, sizeof hex);
-  if (o && ok)
-    text = cJSON_PrintUnformatted(o);
-  web_json_wipe(o);
-  cJSON_Delete(o);
-  if (!text)
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = web_reply_copy(wsi, w, c, status, web_ct_json, text, strlen(text));
-  secret_wipe(text, strlen(text));
-  cJSON_free(text);
-  return rc;
-}
-
-typedef int (*psk_put_fn)(struct gw *, const char *, const uint8_t *, size_t, const char *,
-                          struct api_psk *, char *, size_t);
-
-static int psk_put(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id,
-                   psk_put_fn fn, int status, const char *what)
-{
-  uint8_t key[API_PSK_MAX];
-  char reason[512] = "";
-  struct api_psk *k;
-  size_t len;
-  bool replied;
-  int rc = psk_body_key(wsi, w, c, key, sizeof key, &len, &replied);
-
-  if (replied)
-    return rc;
-  k = calloc(1, sizeof *k);
-  if (!k) {
-    secret_wipe(key, sizeof key);
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  }
-  rc = fn(w->gw, id, len ? key : NULL, len, ACTOR, k, reason, sizeof reason);
-  secret_wipe(key, sizeof key);
-  reason[sizeof reason - 1] = '\0';
-  if (rc == API_OK) {
-    char safe[4 * CLIENT_ID_CAP];
-    LOG_COMMAND("%s %s by %s", what, web_log_text(id, strlen(id), safe, sizeof safe), ACTOR);
-    rc = reply_psk(wsi, w, c, status, k);
-  } else {
-    rc = reply_api_err(wsi, w, c, rc, reason, NULL);
-  }
-  secret_free_n(k, sizeof *k);
-  return rc;
-}
-
-int web_h_psk_create(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
-{
-  return psk_put(wsi, w, c, id, api_psk_create, 201, "psk create");
-}
-
-int web_h_psk_rotate(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
-{
-  return psk_put(wsi, w, c, id, api_psk_rotate, 200, "psk rotate");
-}
-
-int web_h_psk_revoke(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
-{
-  char reason[256] = "";
-  int rc = api_psk_revoke(w->gw, id, ACTOR, reason, sizeof reason);
-
-  reason[sizeof reason - 1] = '\0';
-  if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, reason, NULL);
-  {
-    char safe[4 * CLIENT_ID_CAP];
-    LOG_COMMAND("psk revoke %s by %s", web_log_text(id, strlen(id), safe, sizeof safe), ACTOR);
-  }
-  return web_reply_copy(wsi, w, c, 204, web_ct_json, "", 0);
-}
-
-/* "client_id,key" and one "<ClientId>,<hex key>" line per id, in the order
- * of ids; NULL when out of memory.  *len is the body's length. */
-static unsigned char *psk_csv(const char *const *ids, size_t n, const uint8_t *keys,
-                              size_t *len)
-{
-  static const char head[] = "client_id,key\n";
-  size_t cap = sizeof head - 1, at = LWS_PRE;
-  unsigned char *out;
-
-  for (size_t i = 0; i < n; i++)
-    cap += strlen(ids[i]) + 2 * API_PSK_LEN + 2;
-  out = web_out_alloc(cap);
-  if (!out)
-    return NULL;
-  memcpy(out + at, head, sizeof head - 1);
-  at += sizeof head - 1;
-  for (size_t i = 0; i < n; i++) {
-    size_t idlen = strlen(ids[i]);
-    memcpy(out + at, ids[i], idlen);
-    at += idlen;
-    out[at++] = ',';
-    /* Room for the NUL: web_out_alloc leaves one spare byte. */
-    web_hex_encode(keys + i * API_PSK_LEN, API_PSK_LEN, (char *)out + at, 2 * API_PSK_LEN + 1);
-    at += 2 * API_PSK_LEN;
-    out[at++] = '\n';
-  }
-  *len = cap;
-  return out;
-}
-
-int web_h_psks_bulk(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
-{
-  char reason[512] = "", msg[160];
-  const char **ids = NULL;
-  uint8_t *keys = NULL;
-  unsigned char *out = NULL;
-  size_t n = 0, line = 0, len = 0;
-  const char *why = NULL;
-  int64_t at = 0;
-  enum web_ids_err e;
-  int rc;
-
-  if (!web_request_is_csv(wsi) || !c->body)
-    return web_reply_error(wsi, w, c, 400, "bad_request",
-                           "expected a text/csv body: one ClientId a line, at most "
-                           WEB_STR(WEB_PSK_BULK_MAX));
-  ids = calloc(WEB_PSK_BULK_MAX, sizeof *ids);
-  if (!ids)
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  e = web_csv_ids(c->body, c->body_len, ids, WEB_PSK_BULK_MAX, &n, &line, &why);
-  if (e != WEB_IDS_OK) {
-    free(ids);
-    if (e == WEB_IDS_TOO_MANY)
-      return web_reply_error(wsi, w, c, 413, "payload_too_large",
-                             "at most " WEB_STR(WEB_PSK_BULK_MAX) " ClientIds a request");
-    if (e == WEB_IDS_EMPTY)
-      return web_reply_error(wsi, w, c, 400, "bad_request", "no ClientId in the body");
-    snprintf(msg, sizeof msg, "line %zu is no ClientId: %s", line, why);
-    return web_reply_error(wsi, w, c, 400, "bad_request", msg);
-  }
-  keys = malloc(n * API_PSK_LEN);
-  if (!keys) {
-    free(ids);
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  }
-  rc = api_psk_bulk(w->gw, ids, n, ACTOR, keys, &at, reason, sizeof reason);
-  reason[sizeof reason - 1] = '\0';
-  if (rc == API_OK) {
-    LOG_COMMAND("psk bulk of %zu by %s", n, ACTOR);
-    out = psk_csv(ids, n, keys, &len);
-  }
-  secret_free_n(keys, n * API_PSK_LEN);
-  free(ids);
-  if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, reason, "device");
-  if (!out)
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  /* The connection wipes out with the request (a secret route). */
-  return web_reply_raw(wsi, w, c, 201, "text/csv; charset=utf-8", out, len);
-}
 
 int web_h_allowlist_get(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *arg)
 {
@@ -866,21 +653,21 @@ static int allowlist_import_csv(struct lws *wsi, struct web *w, struct web_http_
     else if (rc == API_CONFLICT || rc == API_INVAL)
       skipped++;
     else
-      return reply_api_err(wsi, w, c, rc, NULL, "entry");
+      return web_reply_api_err(wsi, w, c, rc, NULL, "entry");
   }
   LOG_COMMAND("allowlist import by %s: %" PRId64 " added, %" PRId64 " skipped", ACTOR, added,
               skipped);
   cJSON *o = cJSON_CreateObject();
   bool ok = o != NULL;
   if (o) {
-    add_num(o, "added", (double)added, &ok);
-    add_num(o, "skipped", (double)skipped, &ok);
+    web_json_num(o, "added", (double)added, &ok);
+    web_json_num(o, "skipped", (double)skipped, &ok);
   }
   if (!ok) {
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   }
-  return reply_json(wsi, w, c, 200, o);
+  return web_reply_json(wsi, w, c, 200, o);
 }
 
 /* A JSON body: {"entry": "..."}, parsed by dispatch (web_json_parse_object). */
@@ -898,13 +685,13 @@ static int allowlist_add_json(struct lws *wsi, struct web *w, struct web_http_co
   if (rc == API_CONFLICT)
     return web_reply_error(wsi, w, c, 409, "conflict", "the entry is already on the allowlist");
   if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, NULL, "entry");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "entry");
   LOG_COMMAND("allowlist add by %s", ACTOR);
 
   struct find_entry fe = {entry, (int64_t)time(NULL), false};
   (void)api_allow_list(w->gw, find_entry_row, &fe);
   /* The new entry as GET lists it (NULL: reply_json answers 500). */
-  return reply_json(wsi, w, c, 201, allow_json(entry, fe.added_at));
+  return web_reply_json(wsi, w, c, 201, allow_json(entry, fe.added_at));
 }
 
 int web_h_allowlist_post(struct lws *wsi, struct web *w, struct web_http_conn *c,
@@ -920,7 +707,7 @@ int web_h_allowlist_delete(struct lws *wsi, struct web *w, struct web_http_conn 
 {
   int rc = api_allow_remove(w->gw, entry, ACTOR);
   if (rc != API_OK)
-    return reply_api_err(wsi, w, c, rc, NULL, "allowlist entry");
+    return web_reply_api_err(wsi, w, c, rc, NULL, "allowlist entry");
   LOG_COMMAND("allowlist remove by %s", ACTOR);
   return web_reply_copy(wsi, w, c, 204, web_ct_json, "", 0);
 }

@@ -192,6 +192,30 @@ void web_conn_release(struct web_conn_table *t, int slot);
 #include <libwebsockets.h>
 #include <uv.h>
 
+/* ---- what the API's handler files share (web_api.c) ----------------------- */
+
+struct web_http_conn;
+
+#define WEB_ACTOR "api:admin"     /* who acts, in the audit */
+#define WEB_CLIENT_ID_CAP 256     /* struct api_device's client_id */
+/* A command's log line: an API client sends commands at will, so each call
+ * site is rate-limited (common/log.h). */
+#define WEB_LOG_COMMAND(...)                                                                    \
+  do {                                                                                          \
+    static struct log_ratelimit rl_;                                                            \
+    log_ratelimited(&rl_, LOG_INFO, "web", __VA_ARGS__);                                        \
+  } while (0)
+/* Replies with o (taken over) as JSON. */
+int web_reply_json(struct lws *wsi, struct web *w, struct web_http_conn *c, int status,
+                   cJSON *o);
+/* An api_err as HTTP; what: the thing a 404 did not find ("device"), NULL
+ * when the reason says it. */
+int web_reply_api_err(struct lws *wsi, struct web *w, struct web_http_conn *c, int err,
+                      const char *reason, const char *what);
+/* Adds a member to o; *ok becomes false when memory runs out. */
+void web_json_str(cJSON *o, const char *k, const char *v, bool *ok);
+void web_json_num(cJSON *o, const char *k, double v, bool *ok);
+
 #include "gw_api.h"
 
 enum web_role { WEB_ROLE_NONE = 0, WEB_ROLE_READ = 1, WEB_ROLE_ADMIN = 2 };
