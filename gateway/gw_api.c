@@ -338,8 +338,18 @@ int api_device_release(struct gw *gw, const char *client_id, const char *actor, 
   int rc = get_device(gw, client_id, &d);
   if (rc != API_OK)
     return refuse(rc, reason, cap, "no such device");
-  if (store_device_bind(gw->store, client_id, NULL) != STORE_OK)
+  /* Release forgets what ties a ClientId to its old box: the address it
+   * was bound to and the "has authenticated over DTLS" mark, so a leaf that
+   * was replaced by a plain-UDP one can come back (within admission.plain_udp).
+   * A PSK it holds still requires DTLS: revoking the key is the other half. */
+  if (store_begin(gw->store) != STORE_OK)
     return refuse(API_ERROR, reason, cap, "registry error");
+  if (store_device_bind(gw->store, client_id, NULL) != STORE_OK ||
+      store_device_set_lan_security(gw->store, client_id, NULL) != STORE_OK ||
+      store_commit(gw->store) != STORE_OK) {
+    store_rollback(gw->store);
+    return refuse(API_ERROR, reason, cap, "registry error");
+  }
   acted(gw, client_id, actor, "operator.release", d.bound_addr[0] ? d.bound_addr : NULL, NULL);
   return API_OK;
 }

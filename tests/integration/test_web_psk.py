@@ -492,6 +492,15 @@ def test_rotate_and_revoke_close_the_dtls_association_of_the_old_key(web_gateway
         assert wg.api.delete(psk_url("dtls-leaf-1")).status == 204
         b2.wait(lambda ln: ln.startswith(("closed ", "alert ")))
         assert wg.device("dtls-leaf-1")["psk"] is False
+        # Without a key it is still DTLS-only (it has authenticated over
+        # DTLS), until an operator releases it: then a plain leaf may have it.
+        plain = wg.leaf("dtls-leaf-1")
+        leaves.append(plain)
+        assert plain.connect() == sn.RC_NOT_SUPPORTED
+        assert wg.api.post("/api/v1/devices/dtls-leaf-1/release").status == 200
+        assert wg.device("dtls-leaf-1")["lan_security"] is None
+        assert connect_until_accepted(plain) == sn.RC_ACCEPTED
+        assert wg.device("dtls-leaf-1")["lan_security"] == "plain"
     finally:
         for lf in leaves:
             lf.close()
