@@ -322,4 +322,55 @@ int store_allow_match(struct store *st, const char *client_id);
 typedef int (*store_allow_cb)(void *ud, const char *entry, int64_t added_at);
 int store_allow_list(struct store *st, store_allow_cb cb, void *ud);
 
+/* ---- the outbox: store and forward (docs/architecture.md) ------------- */
+
+/* A leaf's QoS 1 and 2 messages, held from before the leaf is acknowledged
+ * until the broker acknowledges them.  Times here are Unix milliseconds. */
+struct store_outbox_msg {
+  int64_t seq;            /* increasing across the whole outbox, never reused */
+  const char *topic;      /* not NUL-terminated necessarily: topic_len bytes */
+  size_t topic_len;       /* 1..65535 */
+  const uint8_t *payload; /* may be NULL when len is 0 */
+  size_t len;
+  uint8_t qos;            /* as the leaf sent it: 1 or 2 */
+  bool retain;
+  int64_t created_ms;     /* Unix ms when the gateway took the message */
+};
+struct store_outbox_stats {
+  int64_t count;
+  int64_t bytes;          /* topic + payload bytes */
+  int64_t oldest_ms;      /* created_ms of the oldest message; 0 when empty */
+  int64_t first_seq;      /* lowest seq; 0 when empty */
+  int64_t last_seq;       /* highest seq; 0 when empty */
+};
+/* Appends m to client_id's outbox and sets m->seq.  Call it inside the
+ * caller's transaction (store_begin/commit) to batch many.  STORE_NOTFOUND:
+ * no such device; STORE_INVAL: qos not 1 or 2, topic empty or too long. */
+int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m);
+/* Deletes message seq; STORE_OK when it was already gone. */
+int store_outbox_delete(struct store *st, int64_t seq);
+typedef int (*store_outbox_cb)(void *ud, const struct store_outbox_msg *m);
+/* client_id's messages with seq > after, oldest first, at most limit
+ * (negative: no limit); the views are valid during the call; a non-zero cb
+ * return stops (and is returned).  An unknown device has no messages.  cb
+ * may call back into the store. */
+int store_outbox_load(struct store *st, const char *client_id, int64_t after, int64_t limit,
+                      store_outbox_cb cb, void *ud);
+/* Stats of client_id's outbox, or of the whole outbox when client_id is NULL.
+ * STORE_NOTFOUND when client_id names no device. */
+int store_outbox_stats(struct store *st, const char *client_id, struct store_outbox_stats *out);
+typedef int (*store_outbox_client_cb)(void *ud, const char *client_id,
+                                      const struct store_outbox_stats *s);
+/* Every device that has messages, with its stats (one grouped query), in
+ * ClientId order; a non-zero cb return stops (and is returned). */
+int store_outbox_each_client(struct store *st, store_outbox_client_cb cb, void *ud);
+/* Deletes client_id's messages with seq > after and created_ms < before_ms
+ * (INT64_MAX: all of them), adding to *n and *bytes what it deleted. */
+int store_outbox_discard(struct store *st, const char *client_id, int64_t after,
+                         int64_t before_ms, int64_t *n, int64_t *bytes);
+/* Deletes client_id's first message with seq > after (the drop-oldest
+ * policy); *seq and *bytes say which and how big; STORE_NOTFOUND when none. */
+int store_outbox_drop_first(struct store *st, const char *client_id, int64_t after,
+                            int64_t *seq, int64_t *bytes);
+
 #endif

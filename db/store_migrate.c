@@ -8,8 +8,8 @@
  * cannot both apply a step (the second re-reads the version under the lock).
  *
  * NEVER edit a step that has shipped: databases in the field have already run
- * it.  Change the schema by appending a step.  (Planned: an `outbox` table for
- * store-and-forward, as a later migration.)
+ * it.  Change the schema by appending a step.  (Step 4 added the `outbox`
+ * of store and forward, db/store_outbox.c.)
  *
  * A step may also seal data with the key file's key (store_keys.c).  Such a
  * step waits until the key is loaded and verified: store_open runs the
@@ -143,6 +143,24 @@ static const struct migration migrations[] = {
      ");\n"
      "ALTER TABLE devices ADD COLUMN lan_security TEXT CHECK (lan_security IS NULL OR "
      "lan_security IN ('plain', 'dtls-psk', 'dtls-cert'));\n",
+     NULL},
+    /* 4: the outbox of store and forward (issue 11, db/store_outbox.c): a
+     * leaf's QoS 1 and 2 messages from before the leaf is acknowledged until
+     * the broker is.  seq is AUTOINCREMENT, never reused, so the drain's
+     * in-memory cursors stay valid after the table empties.  The topic is
+     * TEXT bound with its length, so its size is counted as
+     * length(CAST(topic AS BLOB)); an empty payload is a zero-length blob,
+     * never NULL.  A message goes with its device (ON DELETE CASCADE). */
+    {"CREATE TABLE outbox(\n"
+     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+     "  device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  topic TEXT NOT NULL CHECK (length(CAST(topic AS BLOB)) BETWEEN 1 AND 65535),\n"
+     "  payload BLOB NOT NULL,\n"
+     "  qos INTEGER NOT NULL CHECK (qos IN (1, 2)),\n"
+     "  retain INTEGER NOT NULL CHECK (retain IN (0, 1)),\n"
+     "  created_ms INTEGER NOT NULL\n"
+     ");\n"
+     "CREATE INDEX outbox_device ON outbox(device_id, seq);\n",
      NULL},
 };
 
