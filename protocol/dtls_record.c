@@ -1,5 +1,6 @@
 /*
- * dtls_record.c - record headers and the ClientHello sniff (dtls_record.h).
+ * dtls_record.c - record headers, the ClientHello sniff, the AEAD
+ * additional data and the anti-replay window (dtls_record.h).
  */
 #include "dtls_record.h"
 
@@ -62,4 +63,58 @@ enum dtls_kind dtls_classify(const uint8_t *p, size_t n)
       is_whole_client_hello(p + DTLS_RECORD_HEADER, first.length))
     return DTLS_CLIENT_HELLO;
   return DTLS_RECORDS;
+}
+
+static void put48(uint8_t *p, uint64_t v)
+{
+  for (int i = 5; i >= 0; i--, v >>= 8)
+    p[i] = (uint8_t)v;
+}
+
+void dtls_record_header(uint8_t out[DTLS_RECORD_HEADER], uint8_t type, uint16_t version,
+                        uint16_t epoch, uint64_t seq, uint16_t length)
+{
+  out[0] = type;
+  out[1] = (uint8_t)(version >> 8);
+  out[2] = (uint8_t)version;
+  out[3] = (uint8_t)(epoch >> 8);
+  out[4] = (uint8_t)epoch;
+  put48(out + 5, seq);
+  out[11] = (uint8_t)(length >> 8);
+  out[12] = (uint8_t)length;
+}
+
+/* The header's fields in another order: epoch and sequence number first. */
+void dtls_aead_aad(uint8_t out[DTLS_AEAD_AAD_LEN], const struct dtls_record *r)
+{
+  out[0] = (uint8_t)(r->epoch >> 8);
+  out[1] = (uint8_t)r->epoch;
+  put48(out + 2, r->seq);
+  out[8] = r->type;
+  out[9] = (uint8_t)(r->version >> 8);
+  out[10] = (uint8_t)r->version;
+  out[11] = (uint8_t)(r->length >> 8);
+  out[12] = (uint8_t)r->length;
+}
+
+/* Empty, top = 0 and seen = 0: record 0 is fresh, as it must be. */
+bool dtls_replay_fresh(const struct dtls_replay *w, uint64_t seq)
+{
+  uint64_t back;
+  if (seq > w->top)
+    return true;
+  back = w->top - seq;
+  return back < 64 && !(w->seen >> back & 1);
+}
+
+void dtls_replay_mark(struct dtls_replay *w, uint64_t seq)
+{
+  if (seq > w->top) {
+    uint64_t ahead = seq - w->top;
+    w->seen = ahead < 64 ? w->seen << ahead : 0;
+    w->top = seq;
+    w->seen |= 1;
+  } else if (w->top - seq < 64) {
+    w->seen |= 1ull << (w->top - seq);
+  }
 }

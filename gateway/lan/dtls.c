@@ -1,13 +1,17 @@
 /*
  * dtls.c - the DTLS server's sessions (dtls.h): demultiplexing by address,
  * the stateless cookie gate before any state, handshakes and their
- * retransmission timers, record packing into datagrams, the reboot rule of
+ * retransmission timers, record packing into datagrams, the record layer of
+ * an established association once its SSL is freed, the reboot rule of
  * RFC 6347 §4.2.8, idle time-outs.  docs/dtls.md.
  */
 #include "dtls.h"
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,12 +110,29 @@ static void id_remove(struct dtls *d, struct dtls_conn *c)
   c->in_id_table = false;
 }
 
+/* A burst of handshakes has settled: the 50-odd KiB each one's SSL held
+ * (docs/dtls.md §10) are free, but glibc keeps freed heap resident, so it
+ * is given back; a burst still going on gives it back when it ends. */
+static void settle_cb(uv_timer_t *t)
+{
+  struct dtls *d = t->data;
+  if (d->st.handshaking != 0)
+    return;
+  d->hs_peak = 0;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
 static void hs_remove(struct dtls *d, struct dtls_conn *c)
 {
   for (struct dtls_conn **pp = &d->handshakes; *pp; pp = &(*pp)->hs_next) {
     if (*pp == c) {
       *pp = c->hs_next;
       d->st.handshaking--;
+      if (d->st.handshaking == 0 && d->hs_peak >= DTLS_TRIM_PEAK && d->rotate_started &&
+          !d->stopping && !uv_is_active((uv_handle_t *)&d->settle))
+        uv_timer_start(&d->settle, settle_cb, DTLS_SETTLE_MS, 0);
       return;
     }
   }
@@ -139,27 +160,53 @@ static uint32_t handshakes_from_ip(const struct dtls *d, const struct sockaddr *
 
 /* ---- sending ------------------------------------------------------------- */
 
-/* Everything the SSL wrote goes out: its records packed into datagrams of
- * at most the MTU, never a record split across two (RFC 6347 §4.1.1). */
-static void flush(struct dtls *d, BIO *wbio, const struct sockaddr *to)
+/* Records buf[len] go out packed into datagrams of at most the MTU, never
+ * a record split across two (RFC 6347 §4.1.1).  With c, the sequence
+ * number after the last one sent in epoch 1 is kept in c->k.tx_seq: it is
+ * where the association's own record layer starts (docs/dtls.md §6). */
+static void send_records(struct dtls *d, const uint8_t *buf, size_t len,
+                         const struct sockaddr *to, struct dtls_conn *c)
+{
+  size_t off = 0, start = 0;
+  struct dtls_record r;
+  while (off < len) {
+    size_t rl = dtls_record_parse(buf + off, len - off, &r);
+    if (rl == 0)
+      rl = len - off; /* cannot happen with OpenSSL's output; send it whole */
+    else if (c && r.epoch == 1 && r.seq >= c->k.tx_seq)
+      c->k.tx_seq = r.seq + 1;
+    if (off > start && off + rl - start > d->o.mtu) {
+      udp_send(d->udp, to, buf + start, off - start);
+      start = off;
+    }
+    off += rl;
+  }
+  if (off > start)
+    udp_send(d->udp, to, buf + start, off - start);
+}
+
+/* Everything the SSL wrote goes out.  Returns the length of the last part
+ * read, which stays in d->io until it is next used. */
+static size_t flush(struct dtls *d, BIO *wbio, const struct sockaddr *to, struct dtls_conn *c)
 {
   int n;
+  size_t last = 0;
   while ((n = BIO_read(wbio, d->io, (int)sizeof d->io)) > 0) {
-    size_t off = 0, start = 0, len = (size_t)n;
-    struct dtls_record r;
-    while (off < len) {
-      size_t rl = dtls_record_parse(d->io + off, len - off, &r);
-      if (rl == 0)
-        rl = len - off; /* cannot happen with OpenSSL's output; send it whole */
-      if (off > start && off + rl - start > d->o.mtu) {
-        udp_send(d->udp, to, d->io + start, off - start);
-        start = off;
-      }
-      off += rl;
-    }
-    if (off > start)
-      udp_send(d->udp, to, d->io + start, off - start);
+    last = (size_t)n;
+    send_records(d, d->io, last, to, c);
   }
+  return last;
+}
+
+/* One record sealed by an association's own record layer, sent. */
+static int own_send(struct dtls_conn *c, uint8_t type, const uint8_t *data, size_t len)
+{
+  struct dtls *d = c->d;
+  size_t n = dtls_aead_seal(&c->k, type, data, len, d->tx, sizeof d->tx);
+  if (n == 0)
+    return UV_EIO;
+  udp_send(d->udp, (struct sockaddr *)&c->addr, d->tx, n);
+  return 0;
 }
 
 /* ---- closing ------------------------------------------------------------- */
@@ -169,6 +216,8 @@ static void conn_closed_cb(uv_handle_t *h)
   struct dtls_conn *c = h->data;
   struct dtls *d = c->d;
   SSL_free(c->ssl);
+  dtls_aead_free(&c->k);
+  free(c->flight);
   free(c);
   d->open_handles--;
   if (d->stopping && d->open_handles == 0 && d->done)
@@ -208,9 +257,14 @@ static void conn_free(struct dtls_conn *c, bool notify)
 
 static void conn_shutdown(struct dtls_conn *c, bool notify)
 {
+  static const uint8_t close_notify[2] = {1, 0}; /* warning, close_notify */
   if (c->established && !c->dead) {
-    SSL_shutdown(c->ssl);
-    flush(c->d, c->wbio, (struct sockaddr *)&c->addr);
+    if (c->own) {
+      own_send(c, DTLS_CT_ALERT, close_notify, sizeof close_notify);
+    } else {
+      SSL_shutdown(c->ssl);
+      flush(c->d, c->wbio, (struct sockaddr *)&c->addr, c);
+    }
   }
   conn_free(c, notify);
 }
@@ -267,7 +321,7 @@ static void timer_cb(uv_timer_t *t)
     fail_handshake(c, "retransmission failed");
     return;
   } else {
-    flush(d, c->wbio, (struct sockaddr *)&c->addr);
+    flush(d, c->wbio, (struct sockaddr *)&c->addr, c);
   }
   arm(c);
 }
@@ -347,15 +401,42 @@ static const char *ssl_why(void)
   return r ? r : "protocol error";
 }
 
+/* The handshake is done: unless its suite is not one the module seals
+ * itself, the SSL goes, and with it everything OpenSSL keeps for an
+ * association (docs/dtls.md §6); flight[len] (owned) is what the server
+ * sent last, kept to be sent again while the client may not have it. */
+static void take_over(struct dtls_conn *c, uint8_t *flight, size_t len)
+{
+  static struct log_ratelimit rl;
+  if (!flight || len > UINT16_MAX || dtls_aead_take(c->ssl, &c->k, flight, len) != 0) {
+    free(flight);
+    log_ratelimited(&rl, LOG_INFO, MOD, "%s: OpenSSL's record layer kept for this association",
+                    SSL_get_cipher_name(c->ssl));
+    return;
+  }
+  c->own = true;
+  c->flight = flight;
+  c->flight_len = (uint16_t)len;
+  SSL_free(c->ssl);
+  c->ssl = NULL;
+  c->rbio = c->wbio = NULL;
+}
+
 static void handshake_step(struct dtls_conn *c)
 {
   int rc = SSL_do_handshake(c->ssl);
-  flush(c->d, c->wbio, (struct sockaddr *)&c->addr);
+  size_t out = flush(c->d, c->wbio, (struct sockaddr *)&c->addr, c);
   if (rc == 1) {
+    /* Copied first: established() may send for another association. */
+    uint8_t *flight = out ? malloc(out) : NULL;
+    if (flight)
+      memcpy(flight, c->d->io, out);
     if (established(c) != 0) {
+      free(flight);
       fail_handshake(c, "no usable identity");
       return;
     }
+    take_over(c, flight, out);
   } else if (SSL_get_error(c->ssl, rc) != SSL_ERROR_WANT_READ) {
     fail_handshake(c, c->psk_unknown ? "unknown PSK identity" : ssl_why());
     return;
@@ -381,7 +462,7 @@ static void read_records(struct dtls_conn *c)
     return;
   }
   err = SSL_get_error(c->ssl, n);
-  flush(d, c->wbio, (struct sockaddr *)&c->addr);
+  flush(d, c->wbio, (struct sockaddr *)&c->addr, c);
   if (err == SSL_ERROR_WANT_READ) {
     ERR_clear_error(); /* bad records are dropped silently (RFC 6347 §4.1.2.7) */
     arm(c);
@@ -435,6 +516,8 @@ static struct dtls_conn *admit_handshake(struct dtls *d, const struct sockaddr *
   d->handshakes = c;
   d->st.handshaking++;
   d->st.handshakes_started++;
+  if (d->st.handshaking > d->hs_peak)
+    d->hs_peak = (uint32_t)d->st.handshaking;
   return c;
 }
 
@@ -479,7 +562,7 @@ static void client_hello(struct dtls *d, const struct sockaddr *from, const uint
     out = (int)BIO_ctrl_pending(lw);
     if (out > 0 && (size_t)out <= n) {
       d->st.hello_verify_sent++;
-      flush(d, lw, from);
+      flush(d, lw, from, NULL);
     } else if (out > 0) {
       d->st.hello_verify_withheld++;
     }
@@ -503,8 +586,68 @@ static void client_hello(struct dtls *d, const struct sockaddr *from, const uint
   handshake_step(c);
 }
 
+/* One datagram to an association whose record layer is its own: each
+ * record is opened (those that are not authentic, not of epoch 1 or seen
+ * before are dropped, RFC 6347 §4.1.2.6-7) and each MQTT-SN message handed
+ * on.  The idle timer is not moved: it looks at last_rx_ms when it fires. */
+static void own_input(struct dtls_conn *c, const uint8_t *p, size_t n)
+{
+  struct dtls *d = c->d;
+  struct dtls_record r;
+  bool resend = false;
+  int end = 0; /* 1: close_notify received, 2: a fatal alert */
+  c->busy = true;
+  for (size_t off = 0, used; !c->dead && !end && off < n; off += used) {
+    const uint8_t *plain;
+    int len;
+    if ((used = dtls_record_parse(p + off, n - off, &r)) == 0)
+      break;
+    if (r.epoch == 0) {
+      /* The client's last flight again (RFC 6347 §4.2.4): it has not had
+       * the server's. */
+      resend |= r.type == DTLS_CT_HANDSHAKE || r.type == DTLS_CT_CHANGE_CIPHER_SPEC;
+      continue;
+    }
+    if (r.epoch != 1 || r.version != DTLS_VERSION_1_2 || !dtls_replay_fresh(&c->k.replay, r.seq))
+      continue;
+    len = dtls_aead_open(&c->k, &r, p + off + DTLS_RECORD_HEADER, d->io, sizeof d->io, &plain);
+    if (len < 0)
+      continue;
+    dtls_replay_mark(&c->k.replay, r.seq);
+    if (r.type == DTLS_CT_HANDSHAKE) { /* its Finished again; nothing else is taken */
+      resend = true;
+      continue;
+    }
+    free(c->flight); /* the client has the server's Finished */
+    c->flight = NULL;
+    if (r.type == DTLS_CT_APPLICATION_DATA) {
+      c->last_rx_ms = uv_now(d->env.loop);
+      if (d->env.on_datagram)
+        d->env.on_datagram(d->env.ud, (struct sockaddr *)&c->addr, &c->peer, plain, (size_t)len);
+    } else if (r.type == DTLS_CT_ALERT && len >= 2) {
+      end = plain[0] == 2 ? 2 : plain[1] == 0 ? 1 : 0; /* other warnings are ignored */
+    }
+  }
+  c->busy = false;
+  if (c->dead) {
+    c->dead = false;
+    conn_shutdown(c, false);
+  } else if (end == 1) {
+    conn_shutdown(c, true); /* answered with close_notify */
+  } else if (end == 2) {
+    conn_free(c, true);
+  } else if (resend && c->flight && n >= c->flight_len) {
+    /* never more than what asked for it */
+    send_records(d, c->flight, c->flight_len, (struct sockaddr *)&c->addr, NULL);
+  }
+}
+
 static void feed(struct dtls_conn *c, const uint8_t *p, size_t n)
 {
+  if (c->own) {
+    own_input(c, p, n);
+    return;
+  }
   BIO_write(c->rbio, p, (int)n);
   if (c->established)
     read_records(c);
@@ -612,7 +755,9 @@ int dtls_start(struct dtls *d)
   d->open_handles++; /* the socket */
   uv_timer_init(d->env.loop, &d->rotate);
   d->rotate.data = d;
-  d->open_handles++;
+  uv_timer_init(d->env.loop, &d->settle);
+  d->settle.data = d;
+  d->open_handles += 2;
   d->rotate_started = true;
   uv_timer_start(&d->rotate, rotate_cb, DTLS_ROTATE_MS, DTLS_ROTATE_MS);
   return 0;
@@ -628,22 +773,26 @@ int dtls_send(struct dtls *d, const struct sockaddr *to, const uint8_t *data, si
   struct dtls_conn *c = lookup(d, to);
   if (!c || !c->established || c->dead)
     return UV_ENOTCONN;
-  if (len > (size_t)DTLS_get_data_mtu(c->ssl)) {
+  if (len > (c->own ? c->k.data_mtu : (size_t)DTLS_get_data_mtu(c->ssl))) {
     d->st.oversize_refused++;
     return UV_EMSGSIZE;
   }
+  if (c->own)
+    return own_send(c, DTLS_CT_APPLICATION_DATA, data, len);
   if (SSL_write(c->ssl, data, (int)len) != (int)len) {
     ERR_clear_error();
     return UV_EIO;
   }
-  flush(d, c->wbio, to);
+  flush(d, c->wbio, to, c);
   return 0;
 }
 
 size_t dtls_max_payload(struct dtls *d, const struct sockaddr *to)
 {
   struct dtls_conn *c = lookup(d, to);
-  return c && c->established ? (size_t)DTLS_get_data_mtu(c->ssl) : 0;
+  if (!c || !c->established)
+    return 0;
+  return c->own ? c->k.data_mtu : (size_t)DTLS_get_data_mtu(c->ssl);
 }
 
 void dtls_close_peer(struct dtls *d, const struct sockaddr *peer)
@@ -709,6 +858,7 @@ void dtls_stop(struct dtls *d, void (*done)(void *), void *ud)
   if (d->rotate_started) {
     uv_timer_stop(&d->rotate);
     uv_close((uv_handle_t *)&d->rotate, handle_closed);
+    uv_close((uv_handle_t *)&d->settle, handle_closed);
     d->rotate_started = false;
   }
   if (d->udp) {
