@@ -12,6 +12,7 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,21 +27,42 @@
 
 /* ---- the table ----------------------------------------------------------- */
 
+/* Address and port, compared and hashed in place: this runs for every
+ * datagram. */
 static bool addr_eq(const struct sockaddr *a, const struct sockaddr *b)
 {
-  uint8_t x[18], y[18];
-  size_t n = dtls_addr_bytes(a, x, sizeof x);
-  return n && a->sa_family == b->sa_family && n == dtls_addr_bytes(b, y, sizeof y) &&
-         memcmp(x, y, n) == 0;
+  if (a->sa_family != b->sa_family)
+    return false;
+  if (a->sa_family == AF_INET) {
+    const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  if (a->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
+                              *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+  }
+  return false;
 }
 
 static size_t bucket_of(const struct dtls *d, const struct sockaddr *a)
 {
-  uint8_t b[18];
-  size_t n = dtls_addr_bytes(a, b, sizeof b);
   uint64_t h = 1469598103934665603ull;
+  const uint8_t *b = NULL, *port = NULL;
+  size_t n = 0;
+  if (a->sa_family == AF_INET) {
+    b = (const uint8_t *)&((const struct sockaddr_in *)a)->sin_addr;
+    port = (const uint8_t *)&((const struct sockaddr_in *)a)->sin_port;
+    n = 4;
+  } else if (a->sa_family == AF_INET6) {
+    b = (const uint8_t *)&((const struct sockaddr_in6 *)a)->sin6_addr;
+    port = (const uint8_t *)&((const struct sockaddr_in6 *)a)->sin6_port;
+    n = 16;
+  }
   for (size_t i = 0; i < n; i++)
     h = (h ^ b[i]) * 1099511628211ull;
+  if (port)
+    h = ((h ^ port[0]) * 1099511628211ull ^ port[1]) * 1099511628211ull;
   return (size_t)h & (d->nbuckets - 1);
 }
 

@@ -246,7 +246,7 @@ static int key_block(SSL *ssl, const EVP_MD *md, uint8_t *out, size_t len)
   return ok ? 0 : -1;
 }
 
-/* A context in OpenSSL's TLS AEAD mode (EVP_CTRL_AEAD_TLS1_AAD, then one
+/* A context in OpenSSL's TLS AEAD mode (the tlsaad parameter, then one
  * EVP_Cipher in place over explicit nonce, text and tag): the salt fixed,
  * the explicit nonce taken from each record when opening, and when sealing
  * the sequence number (CCM) or a counter the cipher keeps (GCM). */
@@ -274,12 +274,16 @@ static EVP_CIPHER_CTX *aead_ctx(const EVP_CIPHER *c, int enc, const uint8_t *key
   return x;
 }
 
+/* The tlsaad parameter set directly: EVP_CTRL_AEAD_TLS1_AAD would also read
+ * the tag length back, a second parameter call per record. */
 static int aead_run(EVP_CIPHER_CTX *x, const struct dtls_record *r, uint8_t *buf, size_t n)
 {
   uint8_t aad[DTLS_AEAD_AAD_LEN];
+  OSSL_PARAM p[2];
   dtls_aead_aad(aad, r);
-  if (EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_TLS1_AAD, DTLS_AEAD_AAD_LEN, aad) <= 0 ||
-      EVP_Cipher(x, buf, buf, (unsigned)n) < 0) {
+  p[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TLS1_AAD, aad, sizeof aad);
+  p[1] = OSSL_PARAM_construct_end();
+  if (EVP_CIPHER_CTX_set_params(x, p) != 1 || EVP_Cipher(x, buf, buf, (unsigned)n) < 0) {
     ERR_clear_error();
     return -1;
   }
