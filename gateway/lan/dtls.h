@@ -2,17 +2,20 @@
  * dtls.h - MQTT-SN over DTLS 1.2: the gateway's DTLS server on a UDP port
  * of its own (docs/dtls.md).
  *
- * One UDP socket, one OpenSSL SSL per peer address over memory BIOs, all on
- * the gateway's loop.  A peer costs nothing until it has shown that it
- * receives at its address: a ClientHello without a valid cookie is answered
- * statelessly with a HelloVerifyRequest no larger than itself (RFC 6347
- * §4.2.1), and only a ClientHello with a valid cookie allocates a session,
- * within max_handshakes overall and max_handshakes_per_ip.  Credentials: a
- * PSK per identity (RFC 4279; the identity is compared byte by byte, an
- * unknown one fails as a wrong key would, RFC 7925 §6) or, when a factory CA
- * is configured, a client certificate whose CN (or first DNS SAN) is the
- * identity.  The owner decides what the identity may do (the binding to
- * the MQTT-SN ClientId is the LAN side's).
+ * One UDP socket, one OpenSSL SSL per handshake over memory BIOs, all on the
+ * gateway's loop; once a handshake is done its SSL is freed and the module
+ * runs the association's AES-GCM / AES-CCM record layer itself, with some
+ * 2 KiB of state (docs/dtls.md §6, §10).  A peer costs nothing until it has
+ * shown that it receives at its address: a ClientHello without a valid
+ * cookie is answered statelessly with a HelloVerifyRequest no larger than
+ * itself (RFC 6347 §4.2.1), and only a ClientHello with a valid cookie
+ * allocates a session, within max_handshakes overall and
+ * max_handshakes_per_ip.  Credentials: a PSK per identity (RFC 4279; the
+ * identity is compared byte by byte, an unknown one fails as a wrong key
+ * would, RFC 7925 §6) or, when a factory CA is configured, a client
+ * certificate whose CN (or first DNS SAN) is the identity.  The owner
+ * decides what the identity may do (the binding to the MQTT-SN ClientId is
+ * the LAN side's).
  *
  * Each decrypted record is one MQTT-SN datagram, handed to on_datagram with
  * the peer's identity.  A peer that reboots and handshakes again from the
