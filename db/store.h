@@ -322,7 +322,7 @@ int store_allow_match(struct store *st, const char *client_id);
 typedef int (*store_allow_cb)(void *ud, const char *entry, int64_t added_at);
 int store_allow_list(struct store *st, store_allow_cb cb, void *ud);
 
-/* ---- the outbox: store and forward (docs/architecture.md) ------------- */
+/* ---- the outbox: store and forward (docs/outbox.md) ----------------------- */
 
 /* A leaf's QoS 1 and 2 messages, held from before the leaf is acknowledged
  * until the broker acknowledges them.  Times here are Unix milliseconds. */

@@ -1,6 +1,6 @@
 /*
  * store_outbox.c - the durable outbox of store and forward (issue 11,
- * docs/architecture.md): the QoS 1 and 2 messages a leaf published, held in
+ * docs/outbox.md): the QoS 1 and 2 messages a leaf published, held in
  * the registry from before the leaf's acknowledgement until the broker's.
  *
  * A message's place is its seq, an AUTOINCREMENT key: increasing across the

@@ -36,6 +36,7 @@ enum cfg_policy { POLICY_OPEN = 0, POLICY_ALLOWLIST = 1, POLICY_APPROVE = 2 };
 /* Who may use plain (unauthenticated) UDP: everyone, the listed ClientIds, nobody. */
 enum cfg_plain_udp { PLAIN_UDP_ALLOW = 0, PLAIN_UDP_LISTED = 1, PLAIN_UDP_OFF = 2 };
 enum cfg_backend { BACKEND_NONE = 0, BACKEND_LOCAL_CA = 1, BACKEND_AWS = 2 };
+enum cfg_when_full { WHEN_FULL_REJECT = 0, WHEN_FULL_DROP_OLDEST = 1 };
 
 struct gw_config {
   char *path;                  /* the file it was loaded from */
@@ -133,6 +134,22 @@ struct gw_config {
     uint64_t max_bytes;        /* "registry.max_bytes": size guard, 0 = off */
     uint64_t min_free_bytes;   /* "registry.min_free_bytes": size guard, 0 = off */
   } registry;
+
+  struct {                     /* "outbox": store and forward (docs/outbox.md) */
+    bool enabled;              /* "outbox.enabled": QoS 1/2 acknowledged once on disk */
+    uint32_t commit_ms;        /* "outbox.commit_ms": group commit interval */
+    uint32_t commit_max;       /* "outbox.commit_max": messages per transaction */
+    uint32_t max_messages_per_leaf; /* "outbox.max_messages_per_leaf" */
+    uint64_t max_bytes_per_leaf;    /* "outbox.max_bytes_per_leaf": topic + payload */
+    uint32_t max_messages;     /* "outbox.max_messages": gateway-wide */
+    uint64_t max_bytes;        /* "outbox.max_bytes": gateway-wide */
+    uint32_t ttl_s;            /* "outbox.ttl_s": older messages are deleted, 0 = kept */
+    int when_full;             /* "outbox.when_full": enum cfg_when_full */
+    uint32_t max_inflight;     /* "outbox.max_inflight": unacknowledged per connection */
+    uint32_t rate_per_leaf;    /* "outbox.rate_per_leaf": publishes/s per connection, 0 = any */
+    uint32_t rate_total;       /* "outbox.rate_total": publishes/s gateway-wide, 0 = any */
+    uint32_t memory_window;    /* "outbox.memory_window": messages per leaf kept in memory */
+  } outbox;
 
   struct {
     int policy;                /* "admission.policy": enum cfg_policy */

@@ -19,6 +19,7 @@ static const char *const backend_names[] = {"none", "local-ca", "aws", NULL};
 static const char *const sync_names[] = {"off", "normal", "full", NULL};
 static const char *const method_names[] = {"csr", "create-keys", NULL};
 static const char *const plain_udp_names[] = {"allow", "listed", "off", NULL};
+static const char *const when_full_names[] = {"reject", "drop-oldest", NULL};
 
 /* ---- key tables --------------------------------------------------------- */
 
@@ -173,6 +174,25 @@ static const struct key_spec registry_keys[] = {
     UINT_KEY("min_free_bytes", registry.min_free_bytes, 0, JSON_INT_MAX, 64u << 20),
 };
 
+/* Store and forward (docs/outbox.md).  AWS IoT takes 100
+ * publishes/s per connection and 100 unacknowledged QoS 1 messages in
+ * flight (docs/protocol-notes.md §4.6). */
+static const struct key_spec outbox_keys[] = {
+    BOOL_KEY("enabled", outbox.enabled, true),
+    UINT_KEY("commit_ms", outbox.commit_ms, 1, 1000, 2),
+    UINT_KEY("commit_max", outbox.commit_max, 1, 100000, 512),
+    UINT_KEY("max_messages_per_leaf", outbox.max_messages_per_leaf, 1, 100000000, 10000),
+    UINT_KEY("max_bytes_per_leaf", outbox.max_bytes_per_leaf, 1024, JSON_INT_MAX, 16u << 20),
+    UINT_KEY("max_messages", outbox.max_messages, 1, 1000000000, 1000000),
+    UINT_KEY("max_bytes", outbox.max_bytes, 1024, JSON_INT_MAX, 1024u << 20),
+    UINT_KEY("ttl_s", outbox.ttl_s, 0, 31536000, 604800),
+    ENUM_KEY("when_full", outbox.when_full, when_full_names, WHEN_FULL_REJECT),
+    UINT_KEY("max_inflight", outbox.max_inflight, 1, 100, 10),
+    UINT_KEY("rate_per_leaf", outbox.rate_per_leaf, 0, 1000000, 100),
+    UINT_KEY("rate_total", outbox.rate_total, 0, 10000000, 0),
+    UINT_KEY("memory_window", outbox.memory_window, 1, 10000, 32),
+};
+
 static const struct key_spec admission_keys[] = {
     ENUM_KEY("policy", admission.policy, policy_names, POLICY_APPROVE),
     STR_KEY("pattern", admission.pattern, cfgi_check_nonempty, "a glob pattern", false, "*"),
@@ -247,6 +267,7 @@ const struct key_spec cfgi_top_keys[] = {
     OBJ_KEY("upstream", upstream_keys),
     OBJ_KEY("web", web_keys),
     OBJ_KEY("registry", registry_keys),
+    OBJ_KEY("outbox", outbox_keys),
     OBJ_KEY("admission", admission_keys),
     OBJ_KEY("provisioning", provisioning_keys),
 };

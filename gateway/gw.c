@@ -129,7 +129,8 @@ static int make_rooms(struct gw *gw)
 {
   const struct gw_config *cfg = gw->cfg;
   struct relay_env re = {.loop = gw->loop, .cfg = cfg, .m = &gw->m, .tls = gw->tls,
-                         .pacer = gw->pacer, .prov = gw->prov, .drain = &gw->drain};
+                         .pacer = gw->pacer, .prov = gw->prov, .drain = &gw->drain,
+                         .store = gw->store};
   struct leaves_env le = {.loop = gw->loop, .cfg = cfg, .m = &gw->m, .store = gw->store,
                           .drain = &gw->drain, .up = relay_ops(), .event = gw_emit,
                           .event_ud = gw, .newid = newid_opts(cfg),
@@ -265,6 +266,7 @@ void gw_log_metrics(struct gw *gw)
   char buf[4096];
   struct metrics m = gw->m;
   leaves_count(gw->lan, &m, NULL, NULL);
+  relay_count(gw->relay, &m);
   if (metrics_to_json(&m, buf, sizeof buf) > 0)
     LOGI("metrics", "metrics %s", buf);
 }

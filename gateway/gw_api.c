@@ -15,7 +15,9 @@
 #include "gw_int.h"
 #include "leaves.h"
 #include "log.h"
+#include "outbox.h"
 #include "provision.h"
+#include "relay.h"
 #include "store.h"
 
 #define MOD "api"
@@ -32,10 +34,13 @@ static void copy(char *dst, size_t cap, const char *src)
 
 /* ---- status -------------------------------------------------------------- */
 
+static void fill_outbox(struct gw *gw, const char *client_id, struct api_outbox *out);
+
 static void live_counts(struct gw *gw, struct metrics *m, uint64_t *links)
 {
   memset(m, 0, sizeof *m);
   leaves_count(gw->lan, m, links, NULL);
+  relay_count(gw->relay, m);
 }
 
 int api_status(struct gw *gw, struct api_status *out)
@@ -65,6 +70,7 @@ int api_status(struct gw *gw, struct api_status *out)
   out->msgs_in = gw->m.publish_in_qos_m1 + gw->m.publish_in_qos0 + gw->m.publish_in_qos1 +
                  gw->m.publish_in_qos2;
   out->msgs_out = gw->m.publish_out_qos0 + gw->m.publish_out_qos1;
+  fill_outbox(gw, NULL, &out->outbox);
   return API_OK;
 }
 
@@ -76,6 +82,36 @@ static int count_sub(void *ud, const char *filter, int qos)
   (void)qos;
   ++*(uint32_t *)ud;
   return 0;
+}
+
+static void fill_outbox(struct gw *gw, const char *client_id, struct api_outbox *out)
+{
+  struct outbox *ob = relay_outbox(gw->relay);
+  struct outbox_info i;
+  memset(out, 0, sizeof *out);
+  out->oldest_age_s = -1;
+  if (!ob)
+    return;
+  out->enabled = true;
+  outbox_info(ob, client_id, &i);
+  out->messages = i.messages;
+  out->bytes = i.bytes;
+  out->in_flight = i.in_flight;
+  if (i.oldest_ms) {
+    struct timespec ts;
+    int64_t now;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    out->oldest_age_s = now > i.oldest_ms ? (now - i.oldest_ms) / 1000 : 0;
+  }
+  out->stored = i.stored;
+  out->delivered = i.delivered;
+  out->refused_full = i.refused_full;
+  out->dropped = i.dropped;
+  out->expired = i.expired;
+  out->cloud_refused = i.cloud_refused;
+  out->discarded = i.discarded;
+  out->leaves = i.lanes;
 }
 
 static void fill_device(struct gw *gw, const struct store_device *d, struct api_device *out)
@@ -109,6 +145,7 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
     sess_each_sub(s, count_sub, &n);
     out->subscriptions = n;
   }
+  fill_outbox(gw, d->client_id, &out->outbox);
   memset(&c, 0, sizeof c);
   if (store_cert_get_active(gw->store, d->client_id, false, &c) == STORE_OK) {
     copy(out->cert_id, sizeof out->cert_id, c.cert_id);
@@ -329,6 +366,25 @@ fail:
   store_rollback(gw->store);
   store_cert_clear(&c);
   return refuse(API_ERROR, reason, cap, "registry error");
+}
+
+int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *actor,
+                              uint64_t *n, char *reason, size_t cap)
+{
+  struct store_device d;
+  struct outbox *ob = relay_outbox(gw->relay);
+  char detail[64];
+  int rc = get_device(gw, client_id, &d);
+  *n = 0;
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  if (!ob)
+    return refuse(API_CONFLICT, reason, cap, "the outbox is off (outbox.enabled)");
+  if (outbox_discard(ob, client_id, n) != 0)
+    return refuse(API_ERROR, reason, cap, "registry error");
+  snprintf(detail, sizeof detail, "%llu messages", (unsigned long long)*n);
+  acted(gw, client_id, actor, "operator.outbox_discard", detail, NULL);
+  return API_OK;
 }
 
 int api_device_release(struct gw *gw, const char *client_id, const char *actor, char *reason,
@@ -581,7 +637,8 @@ int api_metrics_prometheus(struct gw *gw, char **text)
          "Upstream sessions that came up (first connects and reconnects).");
   put(&b, "fleetgw_uplink_reconnects_total %llu\n", (unsigned long long)m->upstream_connects);
   family(&b, "fleetgw_outbox_depth", "gauge",
-         "Messages buffered in the gateway for leaves (asleep or busy).");
+         "Messages buffered in the gateway for leaves (asleep or busy; the downlink: "
+         "store and forward towards the cloud is fleetgw_outbox_messages).");
   {
     uint64_t q = 0;
     struct metrics scratch;

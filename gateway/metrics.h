@@ -77,6 +77,18 @@
   C(dtls_identity_replaced, "DTLS associations closed: a new one authenticated as the same identity") \
   C(dtls_idle_closed, "DTLS associations closed: lan.dtls.idle_timeout_s")    \
   C(dtls_oversize_refused, "messages to leaves dropped: larger than the DTLS record MTU") \
+  C(outbox_stored, "leaf QoS 1/2 publishes written to the outbox and acknowledged") \
+  C(outbox_sent, "outbox messages handed to an upstream (re-sends after a reconnect excluded)") \
+  C(outbox_delivered, "outbox messages acknowledged by the broker and deleted") \
+  C(outbox_refused_full, "leaf publishes refused: the outbox at a bound, or its commit failed") \
+  C(outbox_dropped, "outbox messages dropped to make room (outbox.when_full drop-oldest)") \
+  C(outbox_expired, "outbox messages deleted: older than outbox.ttl_s")       \
+  C(outbox_commits, "outbox group commits (transactions)")                     \
+  C(outbox_commit_failures, "outbox group commits that failed (their messages refused)") \
+  G(outbox_messages, "messages in the outbox (staged, stored, in flight)")    \
+  G(outbox_bytes, "topic and payload bytes in the outbox")                     \
+  G(outbox_oldest_age_s, "age of the oldest message in the outbox, s")        \
+  G(outbox_leaves, "leaves with messages in the outbox")                       \
   G(leaves_active, "leaves connected and active")                              \
   G(leaves_asleep, "leaves asleep or awake")                                   \
   G(leaves_connecting, "leaves waiting for their upstream session")            \

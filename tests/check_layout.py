@@ -29,7 +29,7 @@ ALLOWED = {
     "gateway/upstream": ["common", "protocol"],
     "gateway/lan": ["common", "protocol", "db", "gateway"],
     "gateway/provision": ["common", "protocol", "db", "gateway", "gateway/upstream"],
-    "gateway/relay": ["common", "gateway", "gateway/lan", "gateway/upstream",
+    "gateway/relay": ["common", "db", "gateway", "gateway/lan", "gateway/upstream",
                       "gateway/provision"],
     "gateway": ["common", "protocol", "db", "gateway/api", "gateway/lan", "gateway/upstream",
                 "gateway/provision", "gateway/relay", "web"],

@@ -30,6 +30,23 @@ enum api_err {
 
 /* ---- status -------------------------------------------------------------- */
 
+/* A leaf's outbox, or the whole outbox (docs/outbox.md). */
+struct api_outbox {
+  bool enabled;               /* outbox.enabled */
+  uint64_t messages;          /* waiting: staged, stored, in flight */
+  uint64_t bytes;             /* their topic and payload bytes */
+  uint64_t in_flight;         /* sent, the broker's PUBACK not yet in */
+  int64_t oldest_age_s;       /* age of the oldest waiting message; -1 when none */
+  uint64_t stored;            /* taken and acknowledged to the leaf, since start */
+  uint64_t delivered;         /* acknowledged by the broker */
+  uint64_t refused_full;      /* refused at a bound (the leaf told "congestion") */
+  uint64_t dropped;           /* dropped to make room (when_full "drop-oldest") */
+  uint64_t expired;           /* older than outbox.ttl_s */
+  uint64_t cloud_refused;     /* the broker refused them */
+  uint64_t discarded;         /* discarded by an operator */
+  uint32_t leaves;            /* leaves with messages waiting (status only) */
+};
+
 struct api_status {
   char version[32];
   uint64_t uptime_s;
@@ -46,6 +63,7 @@ struct api_status {
   int64_t db_bytes;
   uint64_t msgs_in;           /* publishes from leaves, all QoS */
   uint64_t msgs_out;          /* publishes to leaves */
+  struct api_outbox outbox;   /* totals */
 };
 int api_status(struct gw *gw, struct api_status *out);
 
@@ -75,6 +93,7 @@ struct api_device {
   uint64_t msgs_refused;      /* its publishes the broker refused (dropped) */
   uint32_t queued;            /* messages buffered for it */
   uint32_t subscriptions;     /* number of subscriptions */
+  struct api_outbox outbox;   /* its QoS 1/2 messages waiting for the cloud */
 };
 typedef int (*api_device_cb)(void *ud, const struct api_device *d);
 
@@ -106,6 +125,11 @@ int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, 
  * superseded, and the device is provisioned again at its next CONNECT. */
 int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
                            char *reason, size_t cap);
+/* Discard the leaf's outbox messages that are not in flight (audited as
+ * operator.outbox_discard with the count); *n how many.  API_NOTFOUND for
+ * an unknown device; API_CONFLICT when the outbox is off. */
+int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *actor,
+                              uint64_t *n, char *reason, size_t cap);
 /* Release the ClientId's address binding. */
 int api_device_release(struct gw *gw, const char *client_id, const char *actor, char *reason,
                        size_t cap);

@@ -114,6 +114,7 @@ struct pending_sub {
   uint8_t qos;
   bool unsub;
   bool internal;         /* a re-subscription after reconnect: no leaf reply */
+  bool deferred;         /* not sent yet: the upstream was not up (sess_send_deferred) */
   uint16_t len;
   char filter[];
 };
@@ -150,6 +151,8 @@ struct session {
   bool will_dirty;              /* changed since the upstream CONNECT carried it */
 
   struct sess_link *link;       /* the relay's; NULL when no upstream */
+  bool link_ready;              /* the link stores publishes (SESS_OPEN_READY):
+                                   the leaf need not wait for the upstream */
   bool up_is_up;
   bool up_was_up;               /* it came up at least once (resubscribe on later ups) */
 
@@ -301,6 +304,8 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
 void sess_resubscribe(struct session *s);
 void sess_free_subs(struct session *s);
 void sess_free_psubs(struct session *s);
+/* The SUBSCRIBE/UNSUBSCRIBEs that waited for the upstream go now. */
+void sess_send_deferred(struct session *s);
 /* Orphans the leaf's publishes waiting for the broker (the link is going). */
 void sess_orphan_pending(struct session *s);
 

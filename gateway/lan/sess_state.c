@@ -110,7 +110,7 @@ static uint64_t next_deadline(const struct session *s)
   }
   if ((s->state == SESS_ACTIVE || s->state == SESS_AWAKE) && s->inflight != INF_NONE)
     MIN_D(s->inf_deadline);
-  if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since)
+  if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since && !s->link_ready)
     MIN_D(s->up_down_since + (uint64_t)cfg->upstream.give_up_after_s * 1000u);
 #undef MIN_D
   return d;

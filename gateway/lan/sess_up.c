@@ -75,6 +75,7 @@ void sess_up_up(struct session *s, bool session_present)
   else if (!s->up_was_up && !session_present && s->subs)
     sess_resubscribe(s); /* CleanSession=0 leaf resuming over a fresh upstream */
   s->up_was_up = true;
+  sess_send_deferred(s);
   if (s->state == SESS_WAIT_UPSTREAM) {
     sess_connect_done(s);
     LOGI(MOD, "%s: connected (keep-alive %us)", s->client_id, s->keepalive);
@@ -151,6 +152,16 @@ void sess_up_dropped(struct session *s, void *token)
 {
   take_pending(s, token);
   free(token);
+}
+
+void sess_up_not_taken(struct session *s, void *token)
+{
+  struct uppending *p = token;
+  if (take_pending(s, p)) {
+    s->lv->m->uplink_congestion++;
+    sess_send_puback(s, p->topic_id, p->msg_id, MQTTSN_RC_CONGESTION);
+  }
+  free(p);
 }
 
 static struct pending_sub *take_psub(struct session *s, uint16_t pid, bool unsub)
@@ -480,6 +491,10 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
   /* §6.9: one SUBSCRIBE/UNSUBSCRIBE outstanding per client.  A few are
    * tolerated; a leaf that floods them while the broker is slow gets
    * "congestion" instead of growing the pending list without bound. */
+  /* A repeat of one still waiting for the upstream: its answer comes. */
+  for (p = s->psubs; p; p = p->next)
+    if (p->deferred && p->msg_id == sb->msg_id && p->unsub == unsub)
+      return;
   if (leaf_pending_subs(s) >= MAX_PENDING_SUBS) {
     s->lv->m->uplink_congestion++;
     if (!unsub) /* UNSUBACK has no return code: the leaf retries after T_RETRY */
@@ -498,22 +513,28 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
     sub_reply_now(s, sb, unsub, rc);
     return;
   }
+  /* A leaf accepted before its upstream is up (the outbox: it may be
+   * coming up, or the uplink is down): the request waits for the upstream,
+   * and the leaf gets the broker's answer then. */
+  bool defer = s->link_ready && !s->up_is_up;
   if (unsub) {
     forget_sub(s, filter, (uint16_t)flen);
-    if (SESS_UP(s)->unsubscribe(SESS_UP_CTX(s), s->link, filter, flen, &pid) != SESS_UP_OK) {
+    if (!defer &&
+        SESS_UP(s)->unsubscribe(SESS_UP_CTX(s), s->link, filter, flen, &pid) != SESS_UP_OK) {
       /* The upstream is reconnecting: the subscription is gone from our list,
        * so it is not restored; acknowledge now. */
       sub_reply_now(s, sb, true, 0);
       return;
     }
-  } else if (SESS_UP(s)->subscribe(SESS_UP_CTX(s), s->link, filter, flen, qos, &pid) !=
-             SESS_UP_OK) {
+  } else if (!defer && SESS_UP(s)->subscribe(SESS_UP_CTX(s), s->link, filter, flen, qos, &pid) !=
+                           SESS_UP_OK) {
     sub_reply_now(s, sb, false, MQTTSN_RC_CONGESTION);
     return;
   }
   p = calloc(1, sizeof *p + flen + 1);
   if (!p)
     return; /* the leaf retries after T_RETRY */
+  p->deferred = defer;
   p->up_pid = pid;
   p->msg_id = sb->msg_id;
   p->topic_id = topic_id;
@@ -525,15 +546,49 @@ void sess_on_subscribe(struct session *s, const struct mqttsn_subscribe *sb, boo
   s->psubs = p;
 }
 
+void sess_send_deferred(struct session *s)
+{
+  for (struct pending_sub **pp = &s->psubs; *pp;) {
+    struct pending_sub *p = *pp;
+    int rc;
+    if (!p->deferred) {
+      pp = &p->next;
+      continue;
+    }
+    rc = p->unsub ? SESS_UP(s)->unsubscribe(SESS_UP_CTX(s), s->link, p->filter, p->len, &p->up_pid)
+                  : SESS_UP(s)->subscribe(SESS_UP_CTX(s), s->link, p->filter, p->len, p->qos,
+                                          &p->up_pid);
+    if (rc == SESS_UP_OK) {
+      p->deferred = false;
+      pp = &p->next;
+      continue;
+    }
+    /* The upstream went again at once: the leaf asks again later. */
+    *pp = p->next;
+    if (p->unsub) {
+      sess_reply_msgid(s, MQTTSN_UNSUBACK, p->msg_id);
+    } else {
+      struct mqttsn_msg m;
+      memset(&m, 0, sizeof m);
+      m.type = MQTTSN_SUBACK;
+      m.u.suback.msg_id = p->msg_id;
+      m.u.suback.rc = MQTTSN_RC_CONGESTION;
+      sess_send(s, &m);
+    }
+    free(p);
+  }
+}
+
 /* ---- the end of the upstream --------------------------------------------- */
 
 /* Lets go of the upstream: the link is given back to the relay (no report
  * names this session afterwards), the leaf's pending publishes are orphaned
  * (freed when the relay reports them), the upstream closes asynchronously.
- * With publish_will the leaf's will is published first: when the will in
- * the upstream CONNECT is still current, by closing abruptly (the broker
- * publishes it, as for any lost client); when the leaf changed it since,
- * explicitly. */
+ * With publish_will the leaf's will is published first: with the outbox
+ * (s->link_ready) through it, behind the leaf's stored messages; otherwise,
+ * when the will in the upstream CONNECT is still current, by closing
+ * abruptly (the broker publishes it, as for any lost client), and when the
+ * leaf changed it since, explicitly. */
 void sess_end_upstream(struct session *s, bool graceful, bool publish_will)
 {
   struct sess_link *l = s->link;
@@ -547,7 +602,14 @@ void sess_end_upstream(struct session *s, bool graceful, bool publish_will)
   sess_free_psubs(s);
   if (publish_will && s->will_set) {
     s->lv->m->wills_published++;
-    if (s->will_dirty) {
+    if (s->link_ready) {
+      /* The outbox: the will is stored after the leaf's last messages and
+       * goes out behind them, at QoS 1, even if the upstream never came up
+       * to carry the will of its CONNECT (docs/outbox.md). */
+      SESS_UP(s)->publish(SESS_UP_CTX(s), l, s->will_topic, strlen(s->will_topic), s->will_msg,
+                          s->will_msg_len, 1, s->will_retain, NULL);
+      graceful = true;
+    } else if (s->will_dirty) {
       SESS_UP(s)->publish(SESS_UP_CTX(s), l, s->will_topic, strlen(s->will_topic), s->will_msg,
                           s->will_msg_len, s->will_qos > 1 ? 1 : s->will_qos, s->will_retain,
                           NULL);
@@ -557,6 +619,7 @@ void sess_end_upstream(struct session *s, bool graceful, bool publish_will)
     }
   }
   s->link = NULL;
+  s->link_ready = false;
   s->up_is_up = false;
   s->up_was_up = false;
   s->up_down_since = 0;

@@ -109,6 +109,8 @@ static void open_upstream(struct session *s)
   st = SESS_UP(s)->open(SESS_UP_CTX(s), s, &o, &s->link, reason, sizeof reason);
   switch (st) {
   case SESS_OPEN_OK:
+  case SESS_OPEN_READY:
+    s->link_ready = st == SESS_OPEN_READY;
     s->will_dirty = false;
     s->up_is_up = false;
     s->up_was_up = false;
@@ -135,7 +137,9 @@ static void open_upstream(struct session *s)
 /* The will prompts are done (or not needed): bring the upstream up. */
 static void connect_proceed(struct session *s)
 {
-  if (s->link && s->up_is_up) {
+  if (s->link && (s->up_is_up || s->link_ready)) {
+    if (!s->up_is_up)
+      SESS_UP(s)->kick(SESS_UP_CTX(s), s->link); /* the leaf is back: try now */
     if (s->will_dirty) {
       /* The will changed: the upstream CONNECT must carry the new one, so the
        * upstream session is made again (subscriptions are re-sent). */
@@ -154,6 +158,14 @@ static void connect_proceed(struct session *s)
     open_upstream(s);
   else
     SESS_UP(s)->kick(SESS_UP_CTX(s), s->link);
+  if (s->state == SESS_WAIT_UPSTREAM && s->link && s->link_ready) {
+    /* Store and forward: a known leaf is accepted while its upstream comes
+     * up (or while the uplink is down); its publishes wait on disk. */
+    sess_connect_done(s);
+    LOGI(MOD, "%s: connected (keep-alive %us; upstream %s)", s->client_id, s->keepalive,
+         s->up_is_up ? "up" : "coming up");
+    sess_pump(s);
+  }
   sess_arm(s);
 }
 
@@ -573,7 +585,7 @@ static void timer_cb(uv_timer_t *t)
       sess_send_inflight(s, true);
     }
   }
-  if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since &&
+  if (sess_is_live(s) && s->state != SESS_WAIT_UPSTREAM && s->up_down_since && !s->link_ready &&
       now >= s->up_down_since + (uint64_t)lv->cfg->upstream.give_up_after_s * 1000u) {
     sess_give_up(s, "upstream down too long", MQTTSN_RC_CONGESTION);
     return;

@@ -42,6 +42,9 @@ enum sess_open_result {
                                   sess_on_provisioned(), then open again */
   SESS_OPEN_REFUSED = 2,       /* the identity may not connect (reason says why) */
   SESS_OPEN_ERROR = 3,         /* out of resources: try again later */
+  SESS_OPEN_READY = 4,         /* as OK, and the leaf may be accepted now: its
+                                  publishes are stored until the upstream is up
+                                  (the outbox), so CONNACK need not wait */
 };
 
 /* Errors of publish/subscribe/unsubscribe. */
@@ -89,7 +92,8 @@ void sess_up_down(struct session *s, bool identity_refused);
  * ops->puback(pid) once the leaf has it.  The view is valid during the call. */
 void sess_up_message(struct session *s, const char *topic, size_t topic_len,
                      const uint8_t *payload, size_t len, int qos, bool retain, uint16_t pid);
-/* The broker acknowledged the publish token (s may be NULL: see above). */
+/* The broker acknowledged the publish token, or with the outbox: it is on
+ * disk (s may be NULL: see above). */
 void sess_up_acked(struct session *s, void *token);
 /* The broker refused the publish token (it closed the connection after it,
  * again and again): the leaf gets PUBACK "not supported" and its later
@@ -97,6 +101,9 @@ void sess_up_acked(struct session *s, void *token);
 void sess_up_refused(struct session *s, void *token);
 /* The publish token was discarded unacknowledged (s may be NULL). */
 void sess_up_dropped(struct session *s, void *token);
+/* The publish token could not be taken after all (the outbox's commit
+ * failed): the leaf gets "congestion" and sends it again (s may be NULL). */
+void sess_up_not_taken(struct session *s, void *token);
 void sess_up_suback(struct session *s, uint16_t pid, const uint8_t *codes, size_t n);
 void sess_up_unsuback(struct session *s, uint16_t pid);
 /* The link l closed; the session (if it still names l) forgets it. */

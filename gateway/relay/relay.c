@@ -13,11 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "drain.h"
 #include "log.h"
 #include "metrics.h"
+#include "outbox.h"
 #include "provision.h"
 #include "tls.h"
 #include "upstream.h"
@@ -25,15 +28,57 @@
 #define MOD "relay"
 
 struct sess_link {
-  struct session *s;             /* NULL once the session let go */
+  struct session *s;             /* NULL once the session let go, or a drain link */
   struct relay *r;
   struct upstream *u;
+  struct ob_lane *lane;          /* the leaf's outbox lane this link carries, or NULL */
+  bool stopped;                  /* upstream_stop() called */
+  struct sess_link *prev, *next; /* every leaf link (relay.links) */
 };
 
 struct relay {
   struct relay_env env;
   struct sess_link *qm1;         /* the gateway-level session for QoS -1, or NULL */
+  struct outbox *ob;             /* store and forward, NULL when outbox.enabled is false */
+  struct sess_link *links;
+  bool stopping;
 };
+
+static void link_insert(struct relay *r, struct sess_link *l)
+{
+  l->prev = NULL;
+  l->next = r->links;
+  if (r->links)
+    r->links->prev = l;
+  r->links = l;
+}
+
+static void link_remove(struct relay *r, struct sess_link *l)
+{
+  if (l->prev)
+    l->prev->next = l->next;
+  else if (r->links == l)
+    r->links = l->next;
+  if (l->next)
+    l->next->prev = l->prev;
+  l->prev = l->next = NULL;
+}
+
+/* Stops l's upstream (graceful: DISCONNECT, the broker drops the will).
+ * Its lane asks for another sink when want_other and messages are left. */
+static void stop_link(struct sess_link *l, bool graceful, bool want_other)
+{
+  if (l->stopped)
+    return;
+  l->stopped = true;
+  if (l->lane) {
+    struct ob_lane *lane = l->lane;
+    l->lane = NULL;
+    outbox_detach(lane, l, want_other);
+  }
+  drain_hold(l->r->env.drain);
+  upstream_stop(l->u, graceful);
+}
 
 /* Upstream options for client_id from the configuration; cert and key are
  * per-connection certificate files (NULL: the context's). */
@@ -74,6 +119,8 @@ static int map_err(int rc)
 static void up_on_up(void *ud, bool session_present)
 {
   struct sess_link *l = ud;
+  if (l->lane)
+    outbox_sink_up(l->lane, l, true);
   if (!l->s)
     return;
   l->r->env.m->upstream_connects++;
@@ -84,16 +131,23 @@ static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint3
 {
   struct sess_link *l = ud;
   static struct log_ratelimit rl;
-  if (!l->s)
+  bool refused = why == UPSTREAM_R_CONNACK && (connack_rc == 2 || connack_rc == 4 || connack_rc == 5);
+  if (l->lane)
+    outbox_sink_up(l->lane, l, false);
+  if (!l->s) {
+    /* A link that only drains a leaf's outbox: a refused identity stays
+     * refused, so its messages wait (outbox.ttl_s) for the leaf's return. */
+    if (refused)
+      stop_link(l, true, false);
     return;
+  }
   log_ratelimited(&rl, LOG_WARN, MOD, "%s: upstream down (%s%s%s), retry in %u ms",
                   upstream_client_id(l->u), upstream_reason_str(why),
                   why == UPSTREAM_R_CONNACK ? ": " : "",
                   why == UPSTREAM_R_CONNACK ? "refused" : "", retry_ms);
   /* CONNACK 2 (identifier rejected), 4 (bad user name or password) and 5
    * (not authorized) refuse the identity itself: retrying will not help. */
-  sess_up_down(l->s, why == UPSTREAM_R_CONNACK &&
-                         (connack_rc == 2 || connack_rc == 4 || connack_rc == 5));
+  sess_up_down(l->s, refused);
 }
 
 static void up_on_message(void *ud, const char *topic, size_t topic_len, const uint8_t *payload,
@@ -106,15 +160,27 @@ static void up_on_message(void *ud, const char *topic, size_t topic_len, const u
     sess_up_message(l->s, topic, topic_len, payload, len, qos, retain, packet_id);
 }
 
+/* With the outbox, every QoS 1 token on a leaf's link is an outbox message
+ * (the will goes without one). */
 static void up_on_puback(void *ud, void *token)
 {
   struct sess_link *l = ud;
+  if (l->r->ob) {
+    if (token)
+      outbox_acked(token);
+    return;
+  }
   sess_up_acked(l->s, token);
 }
 
 static void up_on_dropped(void *ud, void *token)
 {
   struct sess_link *l = ud;
+  if (l->r->ob) {
+    if (token)
+      outbox_returned(token); /* still on disk: it goes again, in its place */
+    return;
+  }
   l->r->env.m->queue_discarded++;
   sess_up_dropped(l->s, token);
 }
@@ -122,6 +188,11 @@ static void up_on_dropped(void *ud, void *token)
 static void up_on_refused(void *ud, void *token)
 {
   struct sess_link *l = ud;
+  if (l->r->ob) {
+    if (token)
+      outbox_refused(token);
+    return;
+  }
   sess_up_refused(l->s, token);
 }
 
@@ -143,6 +214,9 @@ static void up_on_closed(void *ud)
 {
   struct sess_link *l = ud;
   struct drain *d = l->r->env.drain;
+  if (l->lane)
+    outbox_detach(l->lane, l, false);
+  link_remove(l->r, l);
   sess_up_closed(l->s, l);
   free(l);
   drain_release(d);
@@ -177,6 +251,14 @@ static int start_upstream(struct relay *r, struct session *s, const struct sess_
   if (cfg->upstream.cert_dir && !id->tls) {
     snprintf(cert, sizeof cert, "%s/%s.crt", cfg->upstream.cert_dir, so->client_id);
     snprintf(key, sizeof key, "%s/%s.key", cfg->upstream.cert_dir, so->client_id);
+    /* No certificate, no upstream: refused now rather than accepted into
+     * an outbox that no connection will ever drain. */
+    if (access(cert, R_OK) != 0 || access(key, R_OK) != 0) {
+      static struct log_ratelimit rl;
+      log_ratelimited(&rl, LOG_WARN, MOD, "%s: no readable %s and %s (upstream.cert_dir)",
+                      so->client_id, cert, key);
+      return -1;
+    }
     certp = cert;
     keyp = key;
   }
@@ -199,13 +281,33 @@ static int start_upstream(struct relay *r, struct session *s, const struct sess_
     free(l);
     return -1;
   }
+  link_insert(r, l);
   if (upstream_start(l->u) != UPSTREAM_OK) {
     l->s = NULL;
-    drain_hold(r->env.drain);
-    upstream_stop(l->u, false);
+    stop_link(l, false, false);
     return -1;
   }
   *out = l;
+  return 0;
+}
+
+/* The lane of the leaf's outbox goes with its new link: a link that was
+ * only draining it is let go (the new one carries the rest, in order). */
+static int carry_lane(struct relay *r, struct sess_link *l, const char *client_id)
+{
+  struct ob_lane *lane = outbox_lane(r->ob, client_id);
+  struct sess_link *old;
+  if (!lane)
+    return -1;
+  old = outbox_sink(lane);
+  if (old && old != l) {
+    outbox_detach(lane, old, false);
+    old->lane = NULL;
+    if (!old->s)
+      stop_link(old, true, false);
+  }
+  l->lane = lane;
+  outbox_attach(lane, l, upstream_is_up(l->u));
   return 0;
 }
 
@@ -224,21 +326,49 @@ static int op_open(void *ctx, struct session *s, const struct sess_open *so,
     return SESS_OPEN_REFUSED;
   rc = start_upstream(r, s, so, &id, link);
   tls_identity_unref(id.tls);
-  return rc == 0 ? SESS_OPEN_OK : SESS_OPEN_ERROR;
+  if (rc != 0)
+    return SESS_OPEN_ERROR;
+  if (!r->ob)
+    return SESS_OPEN_OK;
+  if (carry_lane(r, *link, so->client_id) != 0) {
+    (*link)->s = NULL;
+    stop_link(*link, true, false);
+    *link = NULL;
+    return SESS_OPEN_ERROR;
+  }
+  /* A known identity with an outbox is accepted now: its publishes are
+   * stored until the upstream is up (docs/outbox.md). */
+  return SESS_OPEN_READY;
 }
 
 static void op_close(void *ctx, struct sess_link *l, bool graceful)
 {
   struct relay *r = ctx;
   l->s = NULL;
-  drain_hold(r->env.drain);
-  upstream_stop(l->u, graceful);
+  /* A leaf that ends gracefully with messages still in its outbox: the
+   * link stays to deliver them, then closes (ob_idle). */
+  if (graceful && l->lane && outbox_lane_busy(l->lane) && !r->stopping && !l->stopped) {
+    LOGD(MOD, "%s: session ended, its link stays to deliver the outbox",
+         upstream_client_id(l->u));
+    return;
+  }
+  /* An abrupt end (the will): another link delivers what is left. */
+  stop_link(l, graceful, !graceful);
 }
 
 static int op_publish(void *ctx, struct sess_link *l, const char *topic, size_t topic_len,
                       const uint8_t *payload, size_t len, int qos, bool retain, void *token)
 {
-  (void)ctx;
+  struct relay *r = ctx;
+  /* Every QoS 1 publish of a leaf goes through its outbox: its own, and its
+   * will when the session publishes it (no token: nobody waits for it). */
+  if (r->ob && qos == 1 && l->lane) {
+    switch (outbox_put(l->lane, l, topic, topic_len, payload, len, retain, token)) {
+    case OUTBOX_OK: return SESS_UP_OK;
+    case OUTBOX_EINVAL: return SESS_UP_ERROR;
+    default: return SESS_UP_FULL;
+    }
+  }
   return map_err(upstream_publish(l->u, topic, topic_len, payload, len, qos, retain, token));
 }
 
@@ -348,6 +478,67 @@ static const struct upstream_cbs qm1_cbs = {
     .on_closed = qm1_on_closed,
 };
 
+/* ---- the outbox's hooks -------------------------------------------------- */
+
+static int ob_send(void *ud, void *sink, struct ob_msg *m, const char *topic, size_t topic_len,
+                   const uint8_t *payload, size_t len, bool retain)
+{
+  struct sess_link *l = sink;
+  (void)ud;
+  return upstream_publish(l->u, topic, topic_len, payload, len, 1, retain, m) == UPSTREAM_OK
+             ? 0
+             : -1;
+}
+
+static void ob_stored(void *ud, void *owner, void *token, bool ok)
+{
+  struct sess_link *l = owner;
+  struct session *s = l ? l->s : NULL;
+  (void)ud;
+  if (!token)
+    return; /* a will */
+  if (ok)
+    sess_up_acked(s, token);
+  else
+    sess_up_not_taken(s, token);
+}
+
+/* A leaf's outbox has messages and no link to carry them (after a restart,
+ * or once the leaf went without a graceful end): a link of its own, with
+ * no will and without cleaning the leaf's broker session. */
+static void ob_need_sink(void *ud, const char *client_id)
+{
+  struct relay *r = ud;
+  struct provision_identity id;
+  struct sess_open so = {.client_id = client_id, .clean = false};
+  struct sess_link *l = NULL;
+  char reason[256] = "";
+  int st;
+
+  if (r->stopping)
+    return;
+  st = provision_ensure(r->env.prov, client_id, &id, reason, sizeof reason);
+  if (st != PROVISION_READY) {
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: its outbox waits: no identity to deliver it with (%s)",
+                    client_id, reason[0] ? reason : "pending");
+    return;
+  }
+  if (start_upstream(r, NULL, &so, &id, &l) == 0 && carry_lane(r, l, client_id) != 0)
+    stop_link(l, true, false);
+  tls_identity_unref(id.tls);
+  if (l)
+    LOGD(MOD, "%s: a link delivers its outbox", client_id);
+}
+
+static void ob_idle(void *ud, void *sink)
+{
+  struct sess_link *l = sink;
+  (void)ud;
+  if (!l->s)
+    stop_link(l, true, false);
+}
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 int relay_new(const struct relay_env *env, struct relay **out)
@@ -356,8 +547,41 @@ int relay_new(const struct relay_env *env, struct relay **out)
   if (!r)
     return UV_ENOMEM;
   r->env = *env;
+  if (env->cfg->outbox.enabled) {
+    struct outbox_env oe = {.loop = env->loop, .cfg = env->cfg, .store = env->store,
+                            .m = env->m, .drain = env->drain, .send = ob_send,
+                            .stored = ob_stored, .need_sink = ob_need_sink, .idle = ob_idle,
+                            .ud = r};
+    if (outbox_new(&oe, &r->ob) != 0) {
+      free(r);
+      return UV_ENOMEM;
+    }
+  }
   *out = r;
   return 0;
+}
+
+struct outbox *relay_outbox(struct relay *r)
+{
+  return r->ob;
+}
+
+void relay_count(struct relay *r, struct metrics *m)
+{
+  struct outbox_info t;
+  struct timespec now;
+  if (!r->ob)
+    return;
+  outbox_info(r->ob, NULL, &t);
+  clock_gettime(CLOCK_REALTIME, &now);
+  m->outbox_messages = t.messages;
+  m->outbox_bytes = t.bytes;
+  m->outbox_leaves = t.lanes;
+  m->outbox_oldest_age_s = 0;
+  if (t.oldest_ms) {
+    int64_t age = ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - t.oldest_ms) / 1000;
+    m->outbox_oldest_age_s = age > 0 ? (uint64_t)age : 0;
+  }
 }
 
 int relay_start(struct relay *r)
@@ -365,7 +589,10 @@ int relay_start(struct relay *r)
   const char *id = r->env.cfg->upstream.qos_m1_client_id;
   struct upstream_opts o;
   struct sess_link *l;
+  int rc;
 
+  if (r->ob && (rc = outbox_start(r->ob)) != 0)
+    return rc;
   if (!id)
     return 0;
   l = calloc(1, sizeof *l);
@@ -385,6 +612,17 @@ int relay_start(struct relay *r)
 
 void relay_stop(struct relay *r)
 {
+  struct sess_link *l, *next;
+  r->stopping = true;
+  /* What is staged is committed (it stays on disk for the next start);
+   * links that only drained go now. */
+  if (r->ob)
+    outbox_stop(r->ob);
+  for (l = r->links; l; l = next) {
+    next = l->next;
+    if (!l->s)
+      stop_link(l, true, false);
+  }
   if (!r->qm1)
     return;
   drain_hold(r->env.drain);
@@ -394,5 +632,8 @@ void relay_stop(struct relay *r)
 
 void relay_free(struct relay *r)
 {
+  if (!r)
+    return;
+  outbox_free(r->ob);
   free(r);
 }

@@ -5,7 +5,10 @@
  * per leaf, finds the leaf's cloud identity (provision_ensure: the thing
  * name and TLS client identity, provisioned exactly once), builds the
  * upstream options from the configuration, and turns the upstream's
- * callbacks into the session's sess_up_*() reports.  It also owns the
+ * callbacks into the session's sess_up_*() reports.  With outbox.enabled
+ * a leaf's QoS 1/2 publishes go through its outbox lane (outbox.h): the
+ * session hears "acked" once they are on disk, and the links deliver them;
+ * a link outlives its session while its lane still holds messages.  It also owns the
  * gateway-level upstream session that carries QoS -1 publishes.
  */
 #ifndef FLEETGW_RELAY_H
@@ -18,6 +21,8 @@
 struct drain;
 struct gw_config;
 struct metrics;
+struct outbox;
+struct store;
 struct pacer;
 struct provisioner;
 struct relay;
@@ -31,6 +36,7 @@ struct relay_env {
   struct pacer *pacer;           /* connect pacing shared by every upstream */
   struct provisioner *prov;      /* the leaves' identities */
   struct drain *drain;           /* upstream closes in flight */
+  struct store *store;           /* the registry, for the outbox */
 };
 
 /* Copies env.  Returns 0 or UV_ENOMEM. */
@@ -44,5 +50,9 @@ int relay_start(struct relay *r);
 void relay_stop(struct relay *r);
 /* After relay_stop and the drain. */
 void relay_free(struct relay *r);
+/* The outbox (outbox.h), or NULL when outbox.enabled is false. */
+struct outbox *relay_outbox(struct relay *r);
+/* The outbox's gauges (outbox_messages, _bytes, _oldest_age_s, _leaves) into m. */
+void relay_count(struct relay *r, struct metrics *m);
 
 #endif

@@ -78,9 +78,11 @@ def test_publish_unknown_topic_id_rejected(broker, gateway):
 
 
 def test_qos1_puback_only_after_broker_has_it(broker, gateway, broker_client):
+    # Without the outbox (outbox.enabled false) the PUBACK waits for the
+    # broker's; with it, for the disk (test_outbox.py).
     bc = broker_client(broker)
     bc.subscribe("fleet/q1", qos=1)
-    gw = gateway(broker)
+    gw = gateway(broker, outbox={"enabled": False})
     lf = gw.connected_leaf("leaf-q1")
     tid = lf.register("fleet/q1")
     broker.pause()                     # the broker cannot PUBACK while stopped

@@ -43,8 +43,10 @@ def test_broker_restart_gateway_reconnects(broker, gateway, broker_client):
 
 
 def test_upstream_gone_for_good_leaf_told_disconnect(broker, gateway):
+    # Without the outbox: with it the leaf stays and its publishes are
+    # stored (test_outbox.py).
     gw = gateway(broker, upstream={"backoff_base_ms": 200, "backoff_cap_ms": 500,
-                                   "give_up_after_s": 2})
+                                   "give_up_after_s": 2}, outbox={"enabled": False})
     lf = gw.connected_leaf("leaf-gone")
     broker.stop()
     stopped = time.monotonic()
@@ -55,7 +57,8 @@ def test_upstream_gone_for_good_leaf_told_disconnect(broker, gateway):
 
 def test_upstream_unreachable_at_connect_congestion(gateway):
     # No broker at all: upstream.port points at a closed port.
-    gw = gateway(None, lan={"connack_timeout_ms": 1000},
+    # Without the outbox: with it a known leaf is accepted (test_outbox.py).
+    gw = gateway(None, lan={"connack_timeout_ms": 1000}, outbox={"enabled": False},
                  upstream={"backoff_base_ms": 200, "backoff_cap_ms": 500})
     lf = gw.leaf("leaf-nobroker")
     t0 = time.monotonic()

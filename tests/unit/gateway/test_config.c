@@ -326,7 +326,7 @@ static void test_out_of_range(void)
 
 static void test_unknown_keys(void)
 {
-  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream, web, registry, admission, provisioning)",
+  expect_error(false, "frobnicate: unknown key (expected one of: log_level, gateway_id, lan, upstream, web, registry, outbox, admission, provisioning)",
                "{\"frobnicate\": 1, " UP "}");
   expect_error(true, "upstreem: unknown key (did you mean \"upstream\"?)",
                "{\"upstreem\": {}, " UP "}");

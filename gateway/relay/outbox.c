@@ -1,0 +1,956 @@
+/*
+ * outbox.c - store and forward for the leaves' QoS 1 and 2 publishes
+ * (outbox.h; docs/outbox.md).
+ *
+ * The registry holds every message from the moment the leaf is told it was
+ * taken until the broker's PUBACK.  Memory holds, per lane, what is staged
+ * for the next commit, what is in flight and a window of the next messages
+ * to send (outbox.memory_window); the rest is read back from the registry
+ * in order ("spilled").  So an outage of an hour costs disk, not memory.
+ *
+ * Order per lane: seq is assigned at commit in put order; READY is kept in
+ * seq order (a message given back by a stopped upstream goes back to its
+ * place); a lane pumps only while every message in flight belongs to its
+ * current sink (closing == 0), so a message never overtakes an older one
+ * that is still out on another connection.
+ */
+#include "outbox.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "drain.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+#define MOD "outbox"
+#define TICK_MS 10            /* pacing of lanes waiting for a rate */
+#define SWEEP_MS 5000         /* TTL sweep */
+#define MAX_TOPIC 65535
+
+enum ob_state { OB_STAGED = 1, OB_READY, OB_INFLIGHT };
+
+struct ob_msg {
+  struct ob_msg *next;
+  struct ob_lane *lane;
+  void *owner, *token;          /* while staged */
+  int64_t seq;                  /* 0 while staged */
+  int64_t created_ms;
+  uint32_t len;                 /* payload bytes */
+  uint16_t topic_len;
+  uint8_t state;
+  bool retain;
+  uint8_t data[];               /* topic, then payload */
+};
+
+struct ob_lane {
+  struct ob_lane *next_hash;
+  struct ob_lane *next_wait;    /* the ring of lanes waiting for a rate */
+  bool waiting;
+  struct outbox *ob;
+  void *sink;
+  bool sink_up;
+  uint32_t closing;             /* in flight on a previous sink */
+  struct ob_msg *ready, *ready_tail;
+  uint32_t n_ready;
+  struct ob_msg *inflight, *inflight_tail;
+  uint32_t n_inflight;
+  uint32_t n_staged;
+  bool spilled;                 /* stored messages after loaded_seq are only on disk */
+  int64_t loaded_seq;           /* the last seq read into memory (or kept there) */
+  int64_t disk_oldest_ms;       /* created_ms of the first spilled one, as far as known */
+  uint64_t count, bytes;        /* staged + stored + in flight */
+  double tokens;                /* rate_per_leaf bucket */
+  uint64_t tokens_at;
+  bool want_sink;               /* need_sink pending */
+  struct outbox_info st;        /* counters (messages/bytes/... filled on read) */
+  char client_id[];
+};
+
+struct outbox {
+  struct outbox_env env;
+  const struct gw_config *cfg;
+  struct metrics *m;
+  struct ob_lane **buckets;
+  size_t nbuckets, nlanes;
+  struct ob_msg *staged, *staged_tail;
+  uint32_t n_staged;
+  int64_t *dels;                /* seqs acknowledged, deleted at the next commit */
+  size_t n_dels, cap_dels;
+  uint64_t count, bytes;
+  struct ob_lane *wait_head, *wait_tail;
+  double tokens;                /* rate_total bucket */
+  uint64_t tokens_at;
+  uv_timer_t commit_timer, tick_timer, sweep_timer;
+  bool commit_armed, tick_armed, started, stopping;
+  struct outbox_info totals;    /* counters of lanes, summed as they happen */
+  bool need_sinks;              /* a lane wants a sink (asked on the next commit timer) */
+};
+
+static int64_t wall_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t msg_size(const struct ob_msg *m)
+{
+  return (uint64_t)m->topic_len + m->len;
+}
+
+/* ---- lanes -------------------------------------------------------------- */
+
+static size_t hash_id(const char *s)
+{
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return (size_t)h;
+}
+
+static int grow(struct outbox *ob)
+{
+  size_t nb = ob->nbuckets ? ob->nbuckets * 2 : 256;
+  struct ob_lane **b = calloc(nb, sizeof *b);
+  if (!b)
+    return -1;
+  for (size_t i = 0; i < ob->nbuckets; i++) {
+    struct ob_lane *l = ob->buckets[i], *n;
+    for (; l; l = n) {
+      n = l->next_hash;
+      size_t k = hash_id(l->client_id) & (nb - 1);
+      l->next_hash = b[k];
+      b[k] = l;
+    }
+  }
+  free(ob->buckets);
+  ob->buckets = b;
+  ob->nbuckets = nb;
+  return 0;
+}
+
+static struct ob_lane *find_lane(const struct outbox *ob, const char *id)
+{
+  if (!ob->nbuckets)
+    return NULL;
+  for (struct ob_lane *l = ob->buckets[hash_id(id) & (ob->nbuckets - 1)]; l; l = l->next_hash)
+    if (strcmp(l->client_id, id) == 0)
+      return l;
+  return NULL;
+}
+
+struct ob_lane *outbox_lane(struct outbox *ob, const char *client_id)
+{
+  struct ob_lane *l = find_lane(ob, client_id);
+  size_t n;
+  if (l)
+    return l;
+  if (ob->nlanes >= ob->nbuckets && grow(ob) != 0)
+    return NULL;
+  n = strlen(client_id);
+  l = calloc(1, sizeof *l + n + 1);
+  if (!l)
+    return NULL;
+  memcpy(l->client_id, client_id, n + 1);
+  l->ob = ob;
+  l->tokens = ob->cfg->outbox.rate_per_leaf;
+  l->tokens_at = uv_now(ob->env.loop);
+  size_t k = hash_id(client_id) & (ob->nbuckets - 1);
+  l->next_hash = ob->buckets[k];
+  ob->buckets[k] = l;
+  ob->nlanes++;
+  return l;
+}
+
+bool outbox_lane_busy(const struct ob_lane *l)
+{
+  return l->count > 0;
+}
+
+void *outbox_sink(const struct ob_lane *l)
+{
+  return l->sink;
+}
+
+/* ---- bookkeeping -------------------------------------------------------- */
+
+static void queue_delete(struct outbox *ob, int64_t seq);
+static void arm_commit(struct outbox *ob, uint64_t ms);
+
+/* A message leaves the lane's count (delivered, refused, dropped, expired). */
+static void gone(struct ob_lane *l, uint64_t size)
+{
+  struct outbox *ob = l->ob;
+  l->count--;
+  l->bytes -= size;
+  ob->count--;
+  ob->bytes -= size;
+}
+
+static void check_idle(struct ob_lane *l)
+{
+  if (l->count == 0 && l->sink && l->ob->env.idle)
+    l->ob->env.idle(l->ob->env.ud, l->sink);
+}
+
+static void ready_push_tail(struct ob_lane *l, struct ob_msg *m)
+{
+  m->state = OB_READY;
+  m->next = NULL;
+  if (l->ready_tail)
+    l->ready_tail->next = m;
+  else
+    l->ready = m;
+  l->ready_tail = m;
+  l->n_ready++;
+}
+
+/* Back into READY at its place by seq (messages come back from a stopped
+ * upstream; they are older than every READY one, but maybe not in order). */
+static void ready_insert(struct ob_lane *l, struct ob_msg *m)
+{
+  struct ob_msg **pp = &l->ready;
+  while (*pp && (*pp)->seq < m->seq)
+    pp = &(*pp)->next;
+  m->state = OB_READY;
+  m->next = *pp;
+  *pp = m;
+  if (!m->next)
+    l->ready_tail = m;
+  l->n_ready++;
+}
+
+static struct ob_msg *ready_pop(struct ob_lane *l)
+{
+  struct ob_msg *m = l->ready;
+  if (!m)
+    return NULL;
+  l->ready = m->next;
+  if (!l->ready)
+    l->ready_tail = NULL;
+  l->n_ready--;
+  m->next = NULL;
+  return m;
+}
+
+static void inflight_take(struct ob_lane *l, struct ob_msg *m)
+{
+  struct ob_msg *prev = NULL;
+  for (struct ob_msg *x = l->inflight; x; prev = x, x = x->next) {
+    if (x != m)
+      continue;
+    if (prev)
+      prev->next = x->next;
+    else
+      l->inflight = x->next;
+    if (l->inflight_tail == x)
+      l->inflight_tail = prev;
+    break;
+  }
+  m->next = NULL;
+  l->n_inflight--;
+  if (l->closing)
+    l->closing--;
+}
+
+static struct ob_msg *msg_new(const char *topic, size_t tlen, const uint8_t *p, size_t len)
+{
+  struct ob_msg *m = malloc(sizeof *m + tlen + len);
+  if (!m)
+    return NULL;
+  memset(m, 0, sizeof *m);
+  memcpy(m->data, topic, tlen);
+  if (len)
+    memcpy(m->data + tlen, p, len);
+  m->topic_len = (uint16_t)tlen;
+  m->len = (uint32_t)len;
+  return m;
+}
+
+/* ---- reading spilled messages back -------------------------------------- */
+
+static int load_one(void *ud, const struct store_outbox_msg *sm)
+{
+  struct ob_lane *l = ud;
+  struct ob_msg *m = msg_new(sm->topic, sm->topic_len, sm->payload, sm->len);
+  if (!m)
+    return 1;
+  m->lane = l;
+  m->seq = sm->seq;
+  m->created_ms = sm->created_ms;
+  m->retain = sm->retain;
+  ready_push_tail(l, m);
+  l->loaded_seq = sm->seq;
+  l->disk_oldest_ms = sm->created_ms;
+  return 0;
+}
+
+static void refill(struct ob_lane *l)
+{
+  struct outbox *ob = l->ob;
+  uint32_t window = ob->cfg->outbox.memory_window;
+  uint32_t before = l->n_ready;
+  int rc;
+  if (!l->spilled || l->n_ready >= window)
+    return;
+  rc = store_outbox_load(ob->env.store, l->client_id, l->loaded_seq, window - l->n_ready,
+                         load_one, l);
+  if (rc != STORE_OK) {
+    static struct log_ratelimit rl;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: cannot read the outbox back: %s", l->client_id,
+                    store_errmsg(ob->env.store));
+    return;
+  }
+  if (l->n_ready - before < window - before)
+    l->spilled = false; /* everything stored is in memory now */
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static void refill_tokens(double *tokens, uint64_t *at, uint64_t now, uint32_t rate)
+{
+  double burst = rate >= 10 ? rate / 10.0 : 1.0; /* 100 ms worth */
+  *tokens += (double)(now - *at) * rate / 1000.0;
+  if (*tokens > burst)
+    *tokens = burst;
+  *at = now;
+}
+
+static void on_tick(uv_timer_t *t);
+
+static void wait_for_rate(struct ob_lane *l)
+{
+  struct outbox *ob = l->ob;
+  if (!l->waiting) {
+    l->waiting = true;
+    l->next_wait = NULL;
+    if (ob->wait_tail)
+      ob->wait_tail->next_wait = l;
+    else
+      ob->wait_head = l;
+    ob->wait_tail = l;
+  }
+  if (!ob->tick_armed && !ob->stopping) {
+    ob->tick_armed = true;
+    uv_timer_start(&ob->tick_timer, on_tick, TICK_MS, 0);
+  }
+}
+
+/* Sends what the lane may send now, at most max messages. */
+static void pump(struct ob_lane *l, uint32_t max)
+{
+  struct outbox *ob = l->ob;
+  const struct gw_config *cfg = ob->cfg;
+  uint64_t now = uv_now(ob->env.loop);
+
+  while (max > 0 && l->sink && l->sink_up && l->closing == 0 && !ob->stopping &&
+         l->n_inflight < cfg->outbox.max_inflight) {
+    struct ob_msg *m;
+    if (!l->ready)
+      refill(l);
+    if (!(m = l->ready))
+      return;
+    if (cfg->outbox.rate_per_leaf) {
+      refill_tokens(&l->tokens, &l->tokens_at, now, cfg->outbox.rate_per_leaf);
+      if (l->tokens < 1.0) {
+        wait_for_rate(l);
+        return;
+      }
+    }
+    if (cfg->outbox.rate_total) {
+      refill_tokens(&ob->tokens, &ob->tokens_at, now, cfg->outbox.rate_total);
+      if (ob->tokens < 1.0) {
+        wait_for_rate(l);
+        return;
+      }
+    }
+    if (ob->env.send(ob->env.ud, l->sink, m, (const char *)m->data, m->topic_len,
+                     m->data + m->topic_len, m->len, m->retain) != 0)
+      return; /* the upstream is full: the next ack pumps again */
+    ready_pop(l);
+    m->state = OB_INFLIGHT;
+    if (l->inflight_tail)
+      l->inflight_tail->next = m;
+    else
+      l->inflight = m;
+    l->inflight_tail = m;
+    l->n_inflight++;
+    if (cfg->outbox.rate_per_leaf)
+      l->tokens -= 1.0;
+    if (cfg->outbox.rate_total)
+      ob->tokens -= 1.0;
+    ob->m->outbox_sent++;
+    max--;
+  }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+  struct outbox *ob = t->data;
+  struct ob_lane *ring = ob->wait_head;
+  ob->tick_armed = false;
+  ob->wait_head = ob->wait_tail = NULL;
+  /* Round robin: one message per lane per round while the gateway-wide rate
+   * allows, so a lane with a backlog of thousands does not take every turn. */
+  while (ring) {
+    struct ob_lane *l = ring;
+    ring = l->next_wait;
+    l->waiting = false;
+    pump(l, ob->cfg->outbox.rate_total ? 1 : UINT32_MAX);
+    if (!l->waiting && ob->cfg->outbox.rate_total && l->ready && l->sink_up && l->closing == 0 &&
+        l->n_inflight < ob->cfg->outbox.max_inflight)
+      wait_for_rate(l); /* more to send: back to the end of the ring */
+  }
+}
+
+/* ---- commit ------------------------------------------------------------- */
+
+static void queue_delete(struct outbox *ob, int64_t seq)
+{
+  if (ob->n_dels == ob->cap_dels) {
+    size_t cap = ob->cap_dels ? ob->cap_dels * 2 : 256;
+    int64_t *d = realloc(ob->dels, cap * sizeof *d);
+    if (!d) {
+      /* No room to batch it: delete it on its own. */
+      if (store_outbox_delete(ob->env.store, seq) != STORE_OK)
+        LOGW(MOD, "cannot delete a delivered message: %s", store_errmsg(ob->env.store));
+      return;
+    }
+    ob->dels = d;
+    ob->cap_dels = cap;
+  }
+  ob->dels[ob->n_dels++] = seq;
+  arm_commit(ob, ob->cfg->outbox.commit_ms);
+}
+
+static void commit(struct outbox *ob)
+{
+  struct store *st = ob->env.store;
+  struct ob_msg *list = ob->staged, *m, *next;
+  bool ok = true;
+  size_t n_dels = ob->n_dels;
+
+  if (!list && !n_dels)
+    return;
+  ob->staged = ob->staged_tail = NULL;
+  ob->n_staged = 0;
+  if (store_begin(st) != STORE_OK) {
+    ok = false;
+  } else {
+    for (m = list; m && ok; m = m->next) {
+      struct store_outbox_msg sm = {.topic = (const char *)m->data, .topic_len = m->topic_len,
+                                    .payload = m->data + m->topic_len, .len = m->len, .qos = 1,
+                                    .retain = m->retain, .created_ms = m->created_ms};
+      int rc = store_outbox_add(st, m->lane->client_id, &sm);
+      if (rc == STORE_NOTFOUND) {
+        m->seq = -1; /* the device is gone: this one is refused, the others go on */
+        continue;
+      }
+      if (rc != STORE_OK)
+        ok = false;
+      m->seq = sm.seq;
+    }
+    for (size_t i = 0; i < n_dels && ok; i++)
+      if (store_outbox_delete(st, ob->dels[i]) != STORE_OK)
+        ok = false;
+    if (ok && store_commit(st) != STORE_OK)
+      ok = false;
+    if (!ok)
+      store_rollback(st);
+  }
+  ob->m->outbox_commits++;
+  if (ok) {
+    ob->n_dels = 0;
+  } else {
+    static struct log_ratelimit rl;
+    ob->m->outbox_commit_failures++;
+    log_ratelimited(&rl, LOG_ERROR, MOD, "cannot write the outbox: %s; leaves told congestion",
+                    store_errmsg(st));
+    /* The deletions stay queued for the next commit. */
+  }
+  for (m = list; m; m = next) {
+    struct ob_lane *l = m->lane;
+    bool taken = ok && m->seq > 0;
+    next = m->next;
+    m->next = NULL;
+    l->n_staged--;
+    if (ob->env.stored)
+      ob->env.stored(ob->env.ud, m->owner, m->token, taken);
+    m->owner = m->token = NULL;
+    if (!taken) {
+      gone(l, msg_size(m));
+      l->st.refused_full++; /* not taken: counted with the refusals */
+      ob->totals.refused_full++;
+      free(m);
+      check_idle(l);
+      continue;
+    }
+    l->st.stored++;
+    ob->totals.stored++;
+    ob->m->outbox_stored++;
+    if (!l->spilled && l->n_ready < ob->cfg->outbox.memory_window) {
+      ready_push_tail(l, m);
+      l->loaded_seq = m->seq;
+    } else {
+      if (!l->spilled) {
+        l->spilled = true;
+        l->disk_oldest_ms = m->created_ms;
+      }
+      free(m);
+    }
+    pump(l, UINT32_MAX);
+  }
+}
+
+static void ask_sinks(struct outbox *ob)
+{
+  ob->need_sinks = false;
+  for (size_t i = 0; i < ob->nbuckets; i++)
+    for (struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash)
+      if (l->want_sink) {
+        l->want_sink = false;
+        if (!l->sink && l->count > 0 && ob->env.need_sink)
+          ob->env.need_sink(ob->env.ud, l->client_id);
+      }
+}
+
+static void on_commit_timer(uv_timer_t *t)
+{
+  struct outbox *ob = t->data;
+  ob->commit_armed = false;
+  commit(ob);
+  if (ob->need_sinks && !ob->stopping)
+    ask_sinks(ob);
+}
+
+static void arm_commit(struct outbox *ob, uint64_t ms)
+{
+  if (ob->stopping || !ob->started)
+    return;
+  if (ob->commit_armed && ms > 0)
+    return;
+  ob->commit_armed = true;
+  uv_timer_start(&ob->commit_timer, on_commit_timer, ms, 0);
+}
+
+/* ---- putting ------------------------------------------------------------ */
+
+/* Drops the lane's oldest message not in flight; false when there is none. */
+static bool drop_oldest(struct ob_lane *l)
+{
+  struct outbox *ob = l->ob;
+  struct ob_msg *m = ready_pop(l);
+  if (m) {
+    queue_delete(ob, m->seq);
+    gone(l, msg_size(m));
+    free(m);
+  } else if (l->spilled) {
+    int64_t seq = 0, bytes = 0;
+    int rc = store_outbox_drop_first(ob->env.store, l->client_id, l->loaded_seq, &seq, &bytes);
+    if (rc == STORE_NOTFOUND) {
+      l->spilled = false;
+      return false;
+    }
+    if (rc != STORE_OK)
+      return false;
+    gone(l, (uint64_t)bytes);
+  } else {
+    return false;
+  }
+  l->st.dropped++;
+  ob->totals.dropped++;
+  ob->m->outbox_dropped++;
+  return true;
+}
+
+static bool over(const struct ob_lane *l, uint64_t size)
+{
+  const struct gw_config *cfg = l->ob->cfg;
+  return l->count + 1 > cfg->outbox.max_messages_per_leaf ||
+         l->bytes + size > cfg->outbox.max_bytes_per_leaf ||
+         l->ob->count + 1 > cfg->outbox.max_messages ||
+         l->ob->bytes + size > cfg->outbox.max_bytes;
+}
+
+int outbox_put(struct ob_lane *l, void *owner, const char *topic, size_t topic_len,
+               const uint8_t *payload, size_t len, bool retain, void *token)
+{
+  struct outbox *ob = l->ob;
+  uint64_t size = (uint64_t)topic_len + len;
+  struct ob_msg *m;
+
+  if (topic_len == 0 || topic_len > MAX_TOPIC || len > UINT32_MAX)
+    return OUTBOX_EINVAL;
+  if (ob->stopping)
+    return OUTBOX_FULL;
+  while (over(l, size)) {
+    if (ob->cfg->outbox.when_full != WHEN_FULL_DROP_OLDEST || !drop_oldest(l)) {
+      static struct log_ratelimit rl;
+      l->st.refused_full++;
+      ob->totals.refused_full++;
+      ob->m->outbox_refused_full++;
+      log_ratelimited(&rl, LOG_WARN, MOD,
+                      "%s: outbox full (%llu messages, %llu bytes; %llu in all): refused",
+                      l->client_id, (unsigned long long)l->count, (unsigned long long)l->bytes,
+                      (unsigned long long)ob->count);
+      return OUTBOX_FULL;
+    }
+  }
+  if (!(m = msg_new(topic, topic_len, payload, len)))
+    return OUTBOX_ENOMEM;
+  m->lane = l;
+  m->owner = owner;
+  m->token = token;
+  m->retain = retain;
+  m->created_ms = wall_ms();
+  m->state = OB_STAGED;
+  if (ob->staged_tail)
+    ob->staged_tail->next = m;
+  else
+    ob->staged = m;
+  ob->staged_tail = m;
+  ob->n_staged++;
+  l->n_staged++;
+  l->count++;
+  l->bytes += size;
+  ob->count++;
+  ob->bytes += size;
+  arm_commit(ob, ob->n_staged >= ob->cfg->outbox.commit_max ? 0 : ob->cfg->outbox.commit_ms);
+  return OUTBOX_OK;
+}
+
+/* ---- the upstream's reports --------------------------------------------- */
+
+void outbox_acked(struct ob_msg *m)
+{
+  struct ob_lane *l = m->lane;
+  struct outbox *ob = l->ob;
+  inflight_take(l, m);
+  queue_delete(ob, m->seq);
+  gone(l, msg_size(m));
+  l->st.delivered++;
+  ob->totals.delivered++;
+  ob->m->outbox_delivered++;
+  free(m);
+  pump(l, UINT32_MAX);
+  check_idle(l);
+}
+
+void outbox_returned(struct ob_msg *m)
+{
+  struct ob_lane *l = m->lane;
+  inflight_take(l, m);
+  ready_insert(l, m);
+  pump(l, UINT32_MAX);
+}
+
+void outbox_refused(struct ob_msg *m)
+{
+  struct ob_lane *l = m->lane;
+  struct outbox *ob = l->ob;
+  static struct log_ratelimit rl;
+  inflight_take(l, m);
+  queue_delete(ob, m->seq);
+  gone(l, msg_size(m));
+  l->st.cloud_refused++;
+  ob->totals.cloud_refused++;
+  ob->m->publish_refused++;
+  log_ratelimited(&rl, LOG_WARN, MOD,
+                  "%s: the broker refused a stored message on %.*s (it closed the connection "
+                  "after it, again and again): deleted",
+                  l->client_id, (int)m->topic_len, (const char *)m->data);
+  free(m);
+  pump(l, UINT32_MAX);
+  check_idle(l);
+}
+
+/* ---- sinks -------------------------------------------------------------- */
+
+void outbox_attach(struct ob_lane *l, void *sink, bool up)
+{
+  if (l->sink && l->sink != sink)
+    outbox_detach(l, l->sink, false);
+  l->sink = sink;
+  l->sink_up = up;
+  l->want_sink = false;
+  pump(l, UINT32_MAX);
+}
+
+void outbox_detach(struct ob_lane *l, void *sink, bool want_other)
+{
+  struct outbox *ob = l->ob;
+  for (struct ob_msg *m = ob->staged; m; m = m->next)
+    if (m->owner == sink)
+      m->owner = NULL;
+  if (l->sink != sink)
+    return;
+  l->sink = NULL;
+  l->sink_up = false;
+  l->closing = l->n_inflight;
+  if (want_other && l->count > 0 && !ob->stopping) {
+    l->want_sink = true;
+    ob->need_sinks = true;
+    arm_commit(ob, ob->cfg->outbox.commit_ms);
+  }
+}
+
+void outbox_sink_up(struct ob_lane *l, void *sink, bool up)
+{
+  if (l->sink != sink)
+    return;
+  l->sink_up = up;
+  if (up)
+    pump(l, UINT32_MAX);
+}
+
+/* ---- figures and the operator ------------------------------------------- */
+
+static int64_t lane_oldest(const struct ob_lane *l)
+{
+  int64_t o = 0;
+  if (l->inflight)
+    o = l->inflight->created_ms;
+  if (l->ready && (!o || l->ready->created_ms < o))
+    o = l->ready->created_ms;
+  if (l->spilled && l->disk_oldest_ms && (!o || l->disk_oldest_ms < o))
+    o = l->disk_oldest_ms;
+  if (!o && l->n_staged) {
+    for (const struct ob_msg *m = l->ob->staged; m; m = m->next)
+      if (m->lane == l)
+        return m->created_ms;
+  }
+  return o;
+}
+
+void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *out)
+{
+  memset(out, 0, sizeof *out);
+  if (client_id) {
+    const struct ob_lane *l = find_lane(ob, client_id);
+    if (!l)
+      return;
+    *out = l->st;
+    out->messages = l->count;
+    out->bytes = l->bytes;
+    out->in_flight = l->n_inflight;
+    out->oldest_ms = lane_oldest(l);
+    return;
+  }
+  *out = ob->totals;
+  out->messages = ob->count;
+  out->bytes = ob->bytes;
+  for (size_t i = 0; i < ob->nbuckets; i++) {
+    for (const struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash) {
+      int64_t o;
+      if (!l->count)
+        continue;
+      out->lanes++;
+      out->in_flight += l->n_inflight;
+      o = lane_oldest(l);
+      if (o && (!out->oldest_ms || o < out->oldest_ms))
+        out->oldest_ms = o;
+    }
+  }
+}
+
+int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
+{
+  struct ob_lane *l = find_lane(ob, client_id);
+  struct ob_msg *m;
+  int64_t dn = 0, dbytes = 0;
+  *n = 0;
+  if (!l)
+    return 0;
+  while ((m = ready_pop(l))) {
+    queue_delete(ob, m->seq);
+    gone(l, msg_size(m));
+    free(m);
+    (*n)++;
+  }
+  if (l->spilled) {
+    if (store_outbox_discard(ob->env.store, client_id, l->loaded_seq, INT64_MAX, &dn, &dbytes) !=
+        STORE_OK)
+      return -1;
+    l->spilled = false;
+    for (int64_t i = 0; i < dn; i++)
+      gone(l, 0);
+    l->bytes -= (uint64_t)dbytes;
+    ob->bytes -= (uint64_t)dbytes;
+    *n += (uint64_t)dn;
+  }
+  l->st.discarded += *n;
+  ob->totals.discarded += *n;
+  check_idle(l);
+  return 0;
+}
+
+/* ---- expiry ------------------------------------------------------------- */
+
+static void expire_lane(struct ob_lane *l, int64_t cutoff)
+{
+  struct outbox *ob = l->ob;
+  uint64_t n = 0;
+  while (l->ready && l->ready->created_ms < cutoff) {
+    struct ob_msg *m = ready_pop(l);
+    queue_delete(ob, m->seq);
+    gone(l, msg_size(m));
+    free(m);
+    n++;
+  }
+  if (!l->ready && l->spilled && l->disk_oldest_ms < cutoff) {
+    int64_t dn = 0, dbytes = 0;
+    if (store_outbox_discard(ob->env.store, l->client_id, l->loaded_seq, cutoff, &dn, &dbytes) ==
+        STORE_OK) {
+      for (int64_t i = 0; i < dn; i++)
+        gone(l, 0);
+      l->bytes -= (uint64_t)dbytes;
+      ob->bytes -= (uint64_t)dbytes;
+      n += (uint64_t)dn;
+      l->disk_oldest_ms = cutoff;
+    }
+  }
+  if (n) {
+    static struct log_ratelimit rl;
+    l->st.expired += n;
+    ob->totals.expired += n;
+    ob->m->outbox_expired += n;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: %llu messages older than outbox.ttl_s deleted",
+                    l->client_id, (unsigned long long)n);
+    check_idle(l);
+  }
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+  struct outbox *ob = t->data;
+  int64_t cutoff;
+  if (!ob->cfg->outbox.ttl_s)
+    return;
+  cutoff = wall_ms() - (int64_t)ob->cfg->outbox.ttl_s * 1000;
+  for (size_t i = 0; i < ob->nbuckets; i++)
+    for (struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash)
+      if (l->count) {
+        int64_t o = lane_oldest(l);
+        if (o && o < cutoff)
+          expire_lane(l, cutoff);
+      }
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+int outbox_new(const struct outbox_env *env, struct outbox **out)
+{
+  struct outbox *ob = calloc(1, sizeof *ob);
+  if (!ob)
+    return UV_ENOMEM;
+  ob->env = *env;
+  ob->cfg = env->cfg;
+  ob->m = env->m;
+  if (grow(ob) != 0) {
+    free(ob);
+    return UV_ENOMEM;
+  }
+  *out = ob;
+  return 0;
+}
+
+static int load_lane(void *ud, const char *client_id, const struct store_outbox_stats *s)
+{
+  struct outbox *ob = ud;
+  struct ob_lane *l = outbox_lane(ob, client_id);
+  if (!l)
+    return 1;
+  l->count = (uint64_t)s->count;
+  l->bytes = (uint64_t)s->bytes;
+  l->spilled = true;
+  l->loaded_seq = s->first_seq - 1;
+  l->disk_oldest_ms = s->oldest_ms;
+  l->want_sink = true;
+  ob->count += l->count;
+  ob->bytes += l->bytes;
+  return 0;
+}
+
+int outbox_start(struct outbox *ob)
+{
+  uv_loop_t *loop = ob->env.loop;
+  struct outbox_info t;
+  int rc;
+  uv_timer_init(loop, &ob->commit_timer);
+  uv_timer_init(loop, &ob->tick_timer);
+  uv_timer_init(loop, &ob->sweep_timer);
+  ob->commit_timer.data = ob->tick_timer.data = ob->sweep_timer.data = ob;
+  ob->tokens_at = uv_now(loop);
+  ob->tokens = ob->cfg->outbox.rate_total;
+  ob->started = true;
+  rc = store_outbox_each_client(ob->env.store, load_lane, ob);
+  if (rc != STORE_OK) {
+    LOGE(MOD, "cannot read the outbox: %s", store_errmsg(ob->env.store));
+    return UV_EIO;
+  }
+  outbox_info(ob, NULL, &t);
+  if (t.messages)
+    LOGI(MOD, "%llu stored messages of %u leaves to deliver (oldest taken %llds ago)",
+         (unsigned long long)t.messages, t.lanes,
+         (long long)((wall_ms() - t.oldest_ms) / 1000));
+  uv_timer_start(&ob->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+  ob->need_sinks = true;
+  ask_sinks(ob);
+  return 0;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+  struct outbox *ob = h->data;
+  drain_release(ob->env.drain);
+}
+
+void outbox_stop(struct outbox *ob)
+{
+  if (!ob->started || ob->stopping)
+    return;
+  ob->stopping = true; /* nothing more is taken or sent */
+  commit(ob);
+  uv_timer_t *timers[] = {&ob->commit_timer, &ob->tick_timer, &ob->sweep_timer};
+  for (size_t i = 0; i < 3; i++) {
+    uv_timer_stop(timers[i]);
+    drain_hold(ob->env.drain);
+    uv_close((uv_handle_t *)timers[i], timer_closed);
+  }
+}
+
+static void free_list(struct ob_msg *m)
+{
+  while (m) {
+    struct ob_msg *n = m->next;
+    free(m);
+    m = n;
+  }
+}
+
+void outbox_free(struct outbox *ob)
+{
+  if (!ob)
+    return;
+  /* The acknowledgements that came in while the upstreams closed. */
+  if (ob->started)
+    commit(ob);
+  for (size_t i = 0; i < ob->nbuckets; i++) {
+    struct ob_lane *l = ob->buckets[i], *n;
+    for (; l; l = n) {
+      n = l->next_hash;
+      free_list(l->ready);
+      free_list(l->inflight);
+      free(l);
+    }
+  }
+  free_list(ob->staged);
+  free(ob->buckets);
+  free(ob->dels);
+  free(ob);
+}
