@@ -373,4 +373,48 @@ int store_outbox_discard(struct store *st, const char *client_id, int64_t after,
 int store_outbox_drop_first(struct store *st, const char *client_id, int64_t after,
                             int64_t *seq, int64_t *bytes);
 
+/* ---- leaf sessions: what a restart must not lose (docs/outbox.md §8) ---- */
+enum store_leaf_state { LEAF_DISCONNECTED = 0, LEAF_ACTIVE = 1, LEAF_ASLEEP = 2 };
+struct store_leaf_session {
+  const char *client_id;
+  int state;                 /* enum store_leaf_state */
+  bool clean;
+  uint16_t keepalive;
+  uint16_t sleep_s;
+  const char *addr;          /* NULL: none */
+  int via, sec;
+  const char *will_topic;    /* NULL: no will; will_topic_len bytes */
+  size_t will_topic_len;
+  const uint8_t *will_msg;   /* may be NULL when will_msg_len is 0 */
+  size_t will_msg_len;
+  int will_qos;
+  bool will_retain;
+  uint16_t next_msg_id, next_topic_id;
+};
+/* Writes a leaf's session record (insert or replace the row) AND clears
+ * its subscriptions, topics and downlink rows, so the caller then adds the
+ * current ones with the three functions below: one snapshot per call, to
+ * be run inside the caller's transaction.  STORE_NOTFOUND: no such device;
+ * STORE_INVAL: out-of-range fields. */
+int store_leaf_put(struct store *st, const struct store_leaf_session *s, int64_t now);
+int store_leaf_sub_add(struct store *st, const char *client_id, const char *filter, size_t len, int qos);
+int store_leaf_topic_add(struct store *st, const char *client_id, uint16_t topic_id, const char *name, size_t len, bool known);
+int store_leaf_downlink_add(struct store *st, const char *client_id, const char *topic, size_t topic_len, const uint8_t *payload, size_t len, int qos, bool retain);
+/* Deletes a leaf's record with its subscriptions, topics and downlink (STORE_OK when there was none). */
+int store_leaf_delete(struct store *st, const char *client_id);
+/* Every stored leaf session, in ClientId order: for each, sess() with the
+ * record, then sub() for each subscription, topic() for each topic,
+ * down() for each downlink message in seq order (any callback may be
+ * NULL).  Views are valid during the call only.  A non-zero return of a
+ * callback stops and is returned. */
+struct store_leaf_cbs {
+  int (*sess)(void *ud, const struct store_leaf_session *s);
+  int (*sub)(void *ud, const char *client_id, const char *filter, size_t len, int qos);
+  int (*topic)(void *ud, const char *client_id, uint16_t id, const char *name, size_t len, bool known);
+  int (*down)(void *ud, const char *client_id, const char *topic, size_t topic_len, const uint8_t *payload, size_t len, int qos, bool retain);
+};
+int store_leaf_load(struct store *st, const struct store_leaf_cbs *cbs, void *ud);
+/* How many leaf sessions are stored. */
+int store_leaf_count(struct store *st, int64_t *n);
+
 #endif

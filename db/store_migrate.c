@@ -9,7 +9,8 @@
  *
  * NEVER edit a step that has shipped: databases in the field have already run
  * it.  Change the schema by appending a step.  (Step 4 added the `outbox`
- * of store and forward, db/store_outbox.c.)
+ * of store and forward, db/store_outbox.c; step 5 the leaves' sessions,
+ * db/store_session.c.)
  *
  * A step may also seal data with the key file's key (store_keys.c).  Such a
  * step waits until the key is loaded and verified: store_open runs the
@@ -161,6 +162,57 @@ static const struct migration migrations[] = {
      "  created_ms INTEGER NOT NULL\n"
      ");\n"
      "CREATE INDEX outbox_device ON outbox(device_id, seq);\n",
+     NULL},
+    /* 5: the leaves' session state (issue 11, db/store_session.c), so a
+     * gateway restart is invisible to them: the record (state 0
+     * disconnected with CleanSession=0 kept, 1 active, 2 asleep; the will;
+     * the id counters), subscriptions, topic registrations in both
+     * directions (known: the leaf knows the id) and a sleeping leaf's
+     * buffered downlink in seq order.  The children reference devices, not
+     * leaf_sessions, so all four go with their device (ON DELETE CASCADE);
+     * text carried with a length is measured as length(CAST(x AS BLOB)). */
+    {"CREATE TABLE leaf_sessions(\n"
+     "  device_id INTEGER PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 2),\n"
+     "  clean INTEGER NOT NULL CHECK (clean IN (0, 1)),\n"
+     "  keepalive INTEGER NOT NULL CHECK (keepalive BETWEEN 1 AND 65535),\n"
+     "  sleep_s INTEGER NOT NULL DEFAULT 0 CHECK (sleep_s BETWEEN 0 AND 65535),\n"
+     /* "ip:port", IPv6 as [ip]:port */
+     "  addr TEXT CHECK (addr IS NULL OR length(addr) BETWEEN 1 AND 79),\n"
+     /* 0 plain UDP, 1 DTLS */
+     "  via INTEGER NOT NULL DEFAULT 0 CHECK (via IN (0, 1)),\n"
+     "  sec INTEGER NOT NULL DEFAULT 0 CHECK (sec BETWEEN 0 AND 3),\n"
+     "  will_topic TEXT CHECK (will_topic IS NULL OR "
+     "length(CAST(will_topic AS BLOB)) BETWEEN 1 AND 65535),\n"
+     "  will_msg BLOB,\n"
+     "  will_qos INTEGER NOT NULL DEFAULT 0 CHECK (will_qos BETWEEN 0 AND 2),\n"
+     "  will_retain INTEGER NOT NULL DEFAULT 0 CHECK (will_retain IN (0, 1)),\n"
+     "  next_msg_id INTEGER NOT NULL DEFAULT 1 CHECK (next_msg_id BETWEEN 0 AND 65535),\n"
+     "  next_topic_id INTEGER NOT NULL DEFAULT 1 CHECK (next_topic_id BETWEEN 0 AND 65535),\n"
+     "  updated_at INTEGER NOT NULL\n"
+     ");\n"
+     "CREATE TABLE leaf_subs(\n"
+     "  device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  filter TEXT NOT NULL CHECK (length(CAST(filter AS BLOB)) BETWEEN 1 AND 65535),\n"
+     "  qos INTEGER NOT NULL CHECK (qos IN (0, 1)),\n"
+     "  PRIMARY KEY (device_id, filter)\n"
+     ");\n"
+     "CREATE TABLE leaf_topics(\n"
+     "  device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  topic_id INTEGER NOT NULL CHECK (topic_id BETWEEN 1 AND 65535),\n"
+     "  name TEXT NOT NULL CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 65535),\n"
+     "  known INTEGER NOT NULL CHECK (known IN (0, 1)),\n"
+     "  PRIMARY KEY (device_id, topic_id)\n"
+     ");\n"
+     "CREATE TABLE leaf_downlink(\n"
+     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+     "  device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,\n"
+     "  topic TEXT NOT NULL CHECK (length(CAST(topic AS BLOB)) BETWEEN 1 AND 65535),\n"
+     "  payload BLOB NOT NULL,\n"
+     "  qos INTEGER NOT NULL CHECK (qos IN (0, 1)),\n"
+     "  retain INTEGER NOT NULL CHECK (retain IN (0, 1))\n"
+     ");\n"
+     "CREATE INDEX leaf_downlink_device ON leaf_downlink(device_id, seq);\n",
      NULL},
 };
 

@@ -21,7 +21,7 @@
 
 #include "store.h"
 
-#define LATEST_VERSION 4
+#define LATEST_VERSION 5
 
 static char g_dir[256];
 
@@ -1393,6 +1393,10 @@ static void test_token_migration(void)
                          "DROP TRIGGER runs_token_sealed_update;"
                          "UPDATE runs SET token = 'LEGACYTOKENMARKER-0123456789abcdef';"
                          "ALTER TABLE runs DROP COLUMN token_blob;"
+                         "DROP TABLE leaf_downlink;"
+                         "DROP TABLE leaf_topics;"
+                         "DROP TABLE leaf_subs;"
+                         "DROP TABLE leaf_sessions;"
                          "DROP TABLE outbox;"
                          "DROP TABLE psks;"
                          "ALTER TABLE devices DROP COLUMN lan_security;"
