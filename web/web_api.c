@@ -250,6 +250,7 @@ cJSON *web_device_json(const struct api_device *d)
   web_json_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
   web_json_num(o, "queued", d->queued, &ok);
   web_json_num(o, "subscriptions", d->subscriptions, &ok);
+  web_outbox_json(o, &d->outbox, false, &ok);
   if (!ok) {
     cJSON_Delete(o);
     return NULL;
@@ -423,6 +424,7 @@ int web_h_status(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
   web_json_num(o, "db_bytes", (double)st.db_bytes, &ok);
   web_json_num(o, "msgs_in", (double)st.msgs_in, &ok);
   web_json_num(o, "msgs_out", (double)st.msgs_out, &ok);
+  web_outbox_json(o, &st.outbox, true, &ok);
   if (!ok) {
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
@@ -481,18 +483,13 @@ int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const
 
 int web_h_device(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
 {
-  struct api_device *d = calloc(1, sizeof *d);
   struct web_rows lc = {NULL, true};
   cJSON *o;
   int rc;
+  struct api_device *d = web_device_now(wsi, w, c, id, &rc);
 
   if (!d)
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_device_get(w->gw, id, d);
-  if (rc != API_OK) {
-    free(d);
-    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
-  }
+    return rc;
   o = web_device_json(d);
   free(d);
   lc.items = cJSON_CreateArray();
@@ -535,6 +532,25 @@ int web_h_device_cert(struct lws *wsi, struct web *w, struct web_http_conn *c, c
   return rc;
 }
 
+struct api_device *web_device_now(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                                  const char *id, int *rc)
+{
+  struct api_device *d = calloc(1, sizeof *d);
+  int err;
+
+  if (!d) {
+    *rc = web_reply_error(wsi, w, c, 500, "internal", "out of memory");
+    return NULL;
+  }
+  err = api_device_get(w->gw, id, d);
+  if (err != API_OK) {
+    free(d);
+    *rc = web_reply_api_err(wsi, w, c, err, NULL, "device");
+    return NULL;
+  }
+  return d;
+}
+
 typedef int (*device_cmd_fn)(struct gw *, const char *, const char *, char *, size_t);
 
 static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id,
@@ -552,14 +568,9 @@ static int device_cmd(struct lws *wsi, struct web *w, struct web_http_conn *c, c
     char safe[4 * CLIENT_ID_CAP];
     LOG_COMMAND("%s %s by %s", what, web_log_text(id, strlen(id), safe, sizeof safe), ACTOR);
   }
-  d = calloc(1, sizeof *d);
+  d = web_device_now(wsi, w, c, id, &rc);
   if (!d)
-    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
-  rc = api_device_get(w->gw, id, d);
-  if (rc != API_OK) {
-    free(d);
-    return web_reply_api_err(wsi, w, c, rc, NULL, "device");
-  }
+    return rc;
   cJSON *o = web_device_json(d);
   free(d);
   if (!o)

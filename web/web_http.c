@@ -222,6 +222,9 @@ const struct web_route web_routes[] = {
    true},
   {WEB_DELETE, API "/devices/{clientId}/psk", WEB_AUTH_ADMIN, web_h_psk_revoke, NO_DEVICE,
    false, false},
+  /* Store and forward: the leaf's messages not yet in flight, discarded. */
+  {WEB_DELETE, API "/devices/{clientId}/outbox", WEB_AUTH_ADMIN, web_h_outbox_discard,
+   NO_DEVICE, false, false},
   {GET_HEAD, API "/devices/{clientId}", WEB_AUTH_READ, web_h_device, NO_DEVICE, false, false},
   {WEB_DELETE, API "/devices/{clientId}", WEB_AUTH_ADMIN, web_h_decommission, NO_DEVICE,
    false, false},

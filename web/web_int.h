@@ -1,6 +1,7 @@
 /*
  * web_int.h - web/ internals shared by web.c, web_http.c, web_api.c,
- * web_ws.c, web_auth.c and web_util.c.  Nothing outside web/ (except the unit tests in
+ * web_ws.c, web_auth.c, web_util.c and the handler files web_psk.c and
+ * web_outbox.c.  Nothing outside web/ (except the unit tests in
  * tests/unit/web) includes this header.
  */
 #ifndef FLEETGW_WEB_INT_H
@@ -212,6 +213,12 @@ int web_reply_json(struct lws *wsi, struct web *w, struct web_http_conn *c, int 
  * when the reason says it. */
 int web_reply_api_err(struct lws *wsi, struct web *w, struct web_http_conn *c, int err,
                       const char *reason, const char *what);
+/* The device as it is now (after a command), calloc'd for the caller to
+ * free; NULL when it cannot be had, with the error reply queued (*rc the
+ * handler's return). */
+struct api_device;
+struct api_device *web_device_now(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                                  const char *id, int *rc);
 /* Adds a member to o; *ok becomes false when memory runs out. */
 void web_json_str(cJSON *o, const char *k, const char *v, bool *ok);
 void web_json_num(cJSON *o, const char *k, double v, bool *ok);
@@ -426,11 +433,11 @@ void web_route_find(const char *path, unsigned method, struct web_route_hit *hit
 /* A route's auth under w's configuration: WEB_AUTH_NONE, _READ or _ADMIN. */
 enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
 
-/* web_api.c: the handlers the table names. */
+/* web_api.c, web_psk.c and web_outbox.c: the handlers the table names. */
 web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
     web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_release,
     web_h_decommission, web_h_psk_create, web_h_psk_rotate, web_h_psk_revoke, web_h_psks_bulk,
-    web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete, web_h_certs, web_h_audit,
+    web_h_outbox_discard, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete, web_h_certs, web_h_audit,
     web_h_openapi, web_h_metrics, web_h_events, web_h_static;
 
 /* web_api.c: the JSON of the gateway's rows.  The row callbacks append one object to
@@ -441,6 +448,9 @@ struct web_rows {
   bool ok;
 };
 cJSON *web_device_json(const struct api_device *d);
+/* web_outbox.c: adds o's "outbox" member (a device's; totals: the status's,
+ * with "leaves"); *ok becomes false when memory runs out. */
+void web_outbox_json(cJSON *o, const struct api_outbox *ob, bool totals, bool *ok);
 int web_device_row(void *ud, const struct api_device *d);
 int web_cert_row(void *ud, const struct api_cert *cr);
 int web_audit_row(void *ud, const struct api_audit *a);

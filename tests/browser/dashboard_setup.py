@@ -12,11 +12,16 @@ and keep up some traffic both ways; PENDING keeps sending CONNECT every
     with dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path) as fleet:
         ... drive a browser at fleet.url, sign in with TOKEN ...
     check_outcome(fleet, screenshot_path)
+
+With link=True the gateway reaches the broker through the cuttable TCP proxy
+of tests/integration/test_outbox.py (fleet.link.cut(): the uplink is down).
 """
 import contextlib
+import importlib.util
 import json
 import math
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -68,6 +73,19 @@ class Rest:
         return d if st == 200 else None
 
 
+def link_class():
+    """Link of tests/integration/test_outbox.py, loaded by path (whatever is
+    on sys.path; its tests are not collected from here)."""
+    name = "fleetgw_test_outbox"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, REPO / "tests" / "integration" / "test_outbox.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name].Link
+
+
 def connect_until(lf, rest, timeout=20.0):
     """CONNECT until accepted.  A leaf held pending (the approve policy may
     not consult the allowlist) is approved through the API once."""
@@ -100,24 +118,29 @@ def traffic(leaves, bc, stop):
 
 
 class Fleet:
-    """The running setup: url of the dashboard, rest (admin API client) and
-    result["accepted_at"] once the pending leaf got CONNACK accepted."""
+    """The running setup: url of the dashboard, rest (admin API client),
+    result["accepted_at"] once the pending leaf got CONNACK accepted, gw (the
+    conftest Gateway) and link (the Link, or None)."""
 
-    def __init__(self, url, rest, result):
-        self.url, self.rest, self.result = url, rest, result
+    def __init__(self, url, rest, result, gw, link):
+        self.url, self.rest, self.result, self.gw, self.link = url, rest, result, gw, link
 
 
 @contextlib.contextmanager
-def dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path):
+def dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path, link=False):
     """Starts broker, gateway (web server on) and leaves; yields a Fleet once
     PENDING is listed as pending; stops the traffic on the way out."""
     crt, key, bundle = local_ca
     broker = mosquitto(tls=True, cafile=bundle)
+    upstream = {"cert_file": None, "key_file": None}
+    lk = link_class()(broker.port) if link else None
+    if lk:
+        upstream.update(port=lk.port, backoff_base_ms=100, backoff_cap_ms=300)
     web_port = free_port()
     gw = gateway(
         broker, env={"FLEETGW_ADMIN_TOKEN": TOKEN},
         registry={"path": str(tmp_path / "reg.db")},
-        upstream={"cert_file": None, "key_file": None},
+        upstream=upstream,
         provisioning={"backend": "local-ca", "thing_name_template": "thing-{client_id}",
                       "local_ca": {"cert_file": str(crt), "key_file": str(key), "create": False}},
         admission={"policy": "approve", "allowlist": ["line1-*"]},
@@ -164,11 +187,13 @@ def dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path):
     try:
         assert wait_until(lambda: (rest.device(PENDING) or {}).get("state") == "pending", 10), \
             rest.device(PENDING)
-        yield Fleet("http://%s:%d/" % (LOOPBACK, web_port), rest, result)
+        yield Fleet("http://%s:%d/" % (LOOPBACK, web_port), rest, result, gw, lk)
     finally:
         stop.set()
         for t in threads:
             t.join(5)
+        if lk:
+            lk.close()
 
 
 def check_outcome(fleet, shot):

@@ -3,6 +3,7 @@
 //
 //   node dashboard_test.mjs --url http://127.0.0.1:PORT/ --token TOKEN \
 //        --active leaf-a,leaf-b --pending leaf-new [--psk-device leaf-a] [--screenshot out.png]
+//        [--outbox-device leaf-c --outbox-count N]
 //
 // Every option may also come from the environment: DASH_URL, DASH_TOKEN,
 // DASH_ACTIVE, DASH_PENDING, DASH_SCREENSHOT (default $BUILD_DIR/dashboard.png,
@@ -14,7 +15,9 @@
 // devices table shows how each leaf authenticated on the LAN (plain UDP here,
 // in the warning style).  With --psk-device it then creates that device's
 // DTLS key from its panel (with the confirmation) and checks that the key is
-// shown once: in a copyable box, gone for good once the panel is closed.  It
+// shown once: in a copyable box, gone for good once the panel is closed.
+// With --outbox-device (a leaf whose uplink is cut, N messages stored for the
+// cloud) the Outbox column shows N for it, and its panel offers Discard.  It
 // exits 0 on success and 1 with a one-line reason on any failure (and then
 // leaves a screenshot next to the requested one, named *-failure.png).
 
@@ -42,6 +45,8 @@ const opt = {
   active: (args.active || process.env.DASH_ACTIVE || '').split(',').filter(Boolean),
   pending: args.pending || process.env.DASH_PENDING,
   pskDevice: args['psk-device'] || process.env.DASH_PSK_DEVICE,
+  outboxDevice: args['outbox-device'] || process.env.DASH_OUTBOX_DEVICE,
+  outboxCount: args['outbox-count'] || process.env.DASH_OUTBOX_COUNT || '1',
   screenshot: args.screenshot || process.env.DASH_SCREENSHOT ||
     path.join(process.env.BUILD_DIR || 'build-test', 'dashboard.png'),
   chromium: args.chromium || process.env.CHROMIUM || '/usr/bin/chromium',
@@ -122,6 +127,29 @@ async function createKeyOnce(page, id) {
     return c && c.textContent.includes('key');
   }, rowSel(id), { timeout: 10000 }).catch(() => fail('the row of ' + id + ' does not show that it holds a key'));
   log('the key of ' + id + ' was shown once');
+}
+
+// The Outbox column shows what waits for the cloud; the panel offers Discard.
+async function checkOutbox(page, id, count) {
+  log('the outbox of ' + id + ': ' + count + ' waiting');
+  const head = await page.textContent('#device-table th[data-sort="outbox"]').catch(() => null);
+  if (!head || head.trim() !== 'Outbox') fail('the devices table has no Outbox column');
+  await page.waitForFunction(([sel, want]) => {
+    const c = document.querySelector(sel + ' [data-field="outbox"]');
+    return c && c.firstChild && c.firstChild.textContent.trim() === want;
+  }, [rowSel(id), count], { timeout: 10000, polling: 200 }).catch(async () => {
+    const seen = await page.textContent(rowSel(id) + ' [data-field="outbox"]').catch(() => 'no such row');
+    fail('the Outbox cell of ' + id + ' does not show ' + count + ' waiting: ' + JSON.stringify(seen));
+  });
+  await page.click(rowSel(id) + ' button');
+  await page.locator('#device-dialog[open] #outbox-section [data-outbox-action="discard"]')
+    .waitFor({ state: 'visible', timeout: 10000 })
+    .catch(() => fail('the panel of ' + id + ' offers no Discard of its outbox'));
+  const waiting = await page.textContent('#outbox-section [data-field="outbox-messages"]');
+  if (!waiting.startsWith(count + ' ')) fail('the outbox section of ' + id + ' says ' + JSON.stringify(waiting));
+  await page.keyboard.press('Escape');
+  await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 })
+    .catch(() => fail('Escape did not close the device panel'));
 }
 
 async function main() {
@@ -242,6 +270,7 @@ async function main() {
       }
     }
 
+    if (opt.outboxDevice) await checkOutbox(page, opt.outboxDevice, opt.outboxCount);
     if (opt.pskDevice) await createKeyOnce(page, opt.pskDevice);
 
     // Let the rate chart collect a few samples (one per 2 s poll) for the

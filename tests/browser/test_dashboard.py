@@ -10,9 +10,11 @@ Two leaves are connected (and active) before the browser opens; a third keeps
 sending CONNECT every 0.5 s and stays pending until the browser clicks its
 Approve button; the script then waits, without reloading, for its row to
 read "active".  It also checks the LAN column (every leaf here came over
-plain UDP) and creates a DTLS key for one active leaf from its panel: the key
-is shown once, then never again (the registry holds it, the API only says it
-exists).
+plain UDP), the Outbox column (the uplink is cut, through the TCP proxy of
+test_outbox.py, before the browser opens, and one more leaf has
+OUTBOX_WAITING QoS 1 messages stored for the cloud) and creates a DTLS key
+for one active leaf from its panel: the key is shown once, then never again
+(the registry holds it, the API only says it exists).
 
 Needs: node (>= 18), /usr/bin/chromium, and tests/browser/node_modules
 (`npm ci` here; this test runs it when the folder is missing).
@@ -25,12 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_setup import (ALLOWED, PENDING, TOKEN, build_dir, check_outcome, dashboard_fleet,
-                             remove_files)
+import mqttsn_leaf as sn
+from conftest import wait_until
+from dashboard_setup import (ALLOWED, PENDING, TOKEN, build_dir, check_outcome, connect_until,
+                             dashboard_fleet, remove_files)
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "dashboard_test.mjs"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+OUTBOX_LEAF = "line1-press-09"
+OUTBOX_WAITING = 3
 
 
 def node_ready():
@@ -45,6 +51,20 @@ def node_ready():
     assert r.returncode == 0, "npm ci in tests/browser failed:\n" + r.stdout + r.stderr
 
 
+def cut_with_messages_waiting(fleet):
+    """OUTBOX_LEAF connects (active), the uplink is cut, and it publishes
+    OUTBOX_WAITING QoS 1 messages: acknowledged, stored for the cloud."""
+    lf = fleet.gw.leaf(OUTBOX_LEAF)
+    assert connect_until(lf, fleet.rest) == sn.RC_ACCEPTED
+    assert wait_until(lambda: (fleet.rest.device(OUTBOX_LEAF) or {}).get("state") == "active", 10)
+    tid = lf.register("fleet/%s/telemetry" % OUTBOX_LEAF)
+    fleet.link.cut()
+    assert wait_until(lambda: fleet.rest.call("GET", "status")[1]["upstreams_up"] == 0, 10)
+    for i in range(OUTBOX_WAITING):
+        assert lf.publish(tid, b"%d" % i, qos=1, timeout=2) == sn.RC_ACCEPTED
+    assert fleet.rest.device(OUTBOX_LEAF)["outbox"]["messages"] == OUTBOX_WAITING
+
+
 def test_dashboard_approve_makes_the_row_active_live(gateway, mosquitto, broker_client, local_ca,
                                                      tmp_path):
     if not os.path.exists(CHROMIUM):
@@ -56,11 +76,14 @@ def test_dashboard_approve_makes_the_row_active_live(gateway, mosquitto, broker_
     shot = out / "dashboard.png"
     remove_files(shot, out / "dashboard-device.png", out / "dashboard-failure.png")
 
-    with dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path) as fleet:
+    with dashboard_fleet(gateway, mosquitto, broker_client, local_ca, tmp_path,
+                         link=True) as fleet:
+        cut_with_messages_waiting(fleet)
         env = dict(os.environ, BUILD_DIR=str(out), DASH_SCREENSHOT=str(shot), CHROMIUM=CHROMIUM)
         r = subprocess.run([node, str(SCRIPT), "--url", fleet.url, "--token", TOKEN,
                             "--active", ",".join(ALLOWED), "--pending", PENDING,
-                            "--psk-device", ALLOWED[1]],
+                            "--psk-device", ALLOWED[1], "--outbox-device", OUTBOX_LEAF,
+                            "--outbox-count", str(OUTBOX_WAITING)],
                            cwd=HERE, env=env, capture_output=True, text=True, timeout=180)
         print(r.stdout)
         print(r.stderr)

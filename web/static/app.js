@@ -6,8 +6,8 @@ import { api, apiUrl, ApiError, getToken, setToken, onUnauthorized, enc } from '
 import { RateChart, fmtRate } from './chart.js';
 import { EventStream } from './events.js';
 import {
-  h, clear, $, $$, fmtTime, fmtDate, fmtAgo, daysLeft, fmtUptime, fmtBytes, fmtInt, debounce,
-  badge, lanBadge,
+  h, clear, $, $$, fmtTime, fmtDate, fmtAgo, fmtDuration, daysLeft, fmtUptime, fmtBytes, fmtInt,
+  debounce, badge, lanBadge,
 } from './util.js';
 
 const PAGE = 50;
@@ -189,11 +189,18 @@ function renderStatus(s) {
     'leaves.connecting': s.leaves && s.leaves.connecting,
     provisioning_in_flight: s.provisioning_in_flight,
     upstreams_up: s.upstreams_up,
+    'outbox.messages': s.outbox && s.outbox.messages,
   };
   for (const li of $$('[data-count]')) {
     const v = counts[li.dataset.count];
     li.querySelector('.count-n').textContent = fmtInt(v);
     li.classList.toggle('zero', !v);
+  }
+  const ob = s.outbox;
+  if (ob) {
+    $('[data-count="outbox.messages"]').title = !ob.enabled ? 'store and forward is off (outbox.enabled)'
+      : fmtInt(ob.messages) + ' QoS 1/2 message(s) of ' + fmtInt(ob.leaves) + ' leaf/leaves stored for the cloud' +
+        (ob.oldest_age_s ? ', the oldest for ' + fmtDuration(ob.oldest_age_s) : '');
   }
   $('#uplink-state').textContent = s.uplink || '–';
   $('#uplink-pill').dataset.state = s.uplink || '';
@@ -222,6 +229,7 @@ const SORT_KEYS = {
   cert_expiry: (d) => (d.certificate && d.certificate.not_after) || Number.MAX_SAFE_INTEGER,
   msgs_in: (d) => d.msgs_in || 0,
   msgs_out: (d) => d.msgs_out || 0,
+  outbox: (d) => (d.outbox && d.outbox.messages) || 0,
 };
 
 // Columns the server sorts across every page (?sort=); the others sort the
@@ -249,6 +257,23 @@ function certCell(d) {
     fmtDate(c.not_after), h('span', { class: 'sub' }, left < 0 ? ' expired' : ' ' + left + ' d'));
 }
 
+// Messages waiting for the cloud, with the oldest one's age; over a minute
+// in the warning style (the uplink, or the leaf's cloud identity, is down).
+const OUTBOX_OLD_S = 60;
+
+function outboxCell(d) {
+  const o = d.outbox;
+  if (!o || !o.enabled || !o.messages) {
+    return h('td', { class: 'num muted', 'data-field': 'outbox',
+      title: o && !o.enabled ? 'store and forward is off' : 'nothing waits for the cloud' }, '–');
+  }
+  const age = o.oldest_age_s || 0;
+  return h('td', { class: 'num' + (age > OUTBOX_OLD_S ? ' warn' : ''), 'data-field': 'outbox',
+    title: fmtInt(o.messages) + ' message(s) waiting for the cloud (' + fmtBytes(o.bytes) + ', ' +
+      fmtInt(o.in_flight) + ' in flight)' + (age ? '; the oldest for ' + fmtDuration(age) : '') },
+  fmtInt(o.messages), age > 0 ? h('span', { class: 'sub' }, fmtDuration(age)) : null);
+}
+
 function deviceRow(d) {
   const open = () => openDevice(d.client_id);
   const tr = h('tr', { 'data-client-id': d.client_id, class: 'clickable', onclick: open },
@@ -269,7 +294,8 @@ function deviceRow(d) {
         title: fmtInt(d.msgs_refused) + ' publish(es) refused by the cloud and dropped' },
       fmtInt(d.msgs_in) + ' (' + fmtInt(d.msgs_refused) + ' refused)')
       : h('td', { class: 'num' }, fmtInt(d.msgs_in)),
-    h('td', { class: 'num' }, fmtInt(d.msgs_out)));
+    h('td', { class: 'num' }, fmtInt(d.msgs_out)),
+    outboxCell(d));
   if (d.last_error) tr.classList.add('has-error');
   return tr;
 }
@@ -339,7 +365,7 @@ for (const th of $$('#device-table th[data-sort]')) {
     if (S.key === th.dataset.sort) S.dir = -S.dir;
     else {
       S.key = th.dataset.sort;
-      S.dir = ['last_seen', 'msgs_in', 'msgs_out'].includes(S.key) ? -1 : 1;
+      S.dir = ['last_seen', 'msgs_in', 'msgs_out', 'outbox'].includes(S.key) ? -1 : 1;
     }
     if (SERVER_SORT.has(S.key)) {
       st.devices.offset = 0;
@@ -430,35 +456,44 @@ async function runCommand(action, clientId, button) {
 
 /* DTLS keys: made, rotated and revoked from the device panel.  A new key is
    shown once, in the panel, until the operator closes it; the gateway never
-   shows it again. */
+   shows it again.  Any command hides the key shown (even one that fails). */
+const PSK_SHOWN = {
+  start: () => { st.shownKey = null; },
+  answer: (clientId, r) => {
+    if (r && r.key) st.shownKey = { clientId, key: r.key, identity: r.psk_identity };
+  },
+};
 const PSK_COMMANDS = {
   create: {
-    label: 'Create key', method: 'post', path: '/psk', done: 'DTLS key created',
+    ...PSK_SHOWN, label: 'Create key', method: 'post', path: '/psk', done: 'DTLS key created',
     confirm: (id) => 'Create a DTLS pre-shared key for ' + id + '? It is shown once, right ' +
       'after; copy it into the leaf.',
   },
   rotate: {
-    label: 'Rotate key', method: 'post', path: '/psk/rotate', done: 'DTLS key rotated',
+    ...PSK_SHOWN, label: 'Rotate key', method: 'post', path: '/psk/rotate', done: 'DTLS key rotated',
     confirm: (id) => 'Rotate the DTLS key of ' + id + '? The current key stops working at once ' +
       'and the leaf\'s DTLS sessions are closed: it needs the new key.',
   },
   revoke: {
-    label: 'Revoke key', method: 'del', path: '/psk', done: 'DTLS key revoked',
+    ...PSK_SHOWN, label: 'Revoke key', method: 'del', path: '/psk', done: 'DTLS key revoked',
     confirm: (id) => 'Revoke the DTLS key of ' + id + '? Its DTLS sessions are closed and it ' +
       'cannot connect over DTLS until it is given a new key.',
   },
 };
 
-async function runPskCommand(action, clientId, button) {
-  const c = PSK_COMMANDS[action];
+// A command from the device panel's sections (c: a PSK_COMMANDS entry or
+// OUTBOX_DISCARD), confirmed first; the panel is drawn again after it.
+// c.start runs once confirmed, c.answer with the answer; c.done is the
+// toast's text (or makes it from the answer).
+async function runPanelCommand(c, clientId, button) {
   if (!(await confirmDialog(c.confirm(clientId), c.label))) return;
   if (button) button.disabled = true;
-  st.shownKey = null;
+  if (c.start) c.start();
   try {
     const path = 'devices/' + enc(clientId) + c.path;
     const r = c.method === 'del' ? await api.del(path) : await api.post(path, {});
-    if (r && r.key) st.shownKey = { clientId, key: r.key, identity: r.psk_identity };
-    toast(clientId + ': ' + c.done, 'ok');
+    if (c.answer) c.answer(clientId, r);
+    toast(clientId + ': ' + (typeof c.done === 'function' ? c.done(r) : c.done), 'ok');
   } catch (e) {
     if (e.status !== 401) toast(clientId + ': ' + c.label.toLowerCase() + ' failed — ' + explain(e), 'error');
   } finally {
@@ -512,8 +547,44 @@ function pskSection(d) {
         h('button', {
           type: 'button', 'data-psk-action': k,
           class: 'btn small ' + (k === 'revoke' ? 'danger-outline' : k === 'create' ? 'primary' : ''),
-          onclick: (e) => runPskCommand(k, d.client_id, e.currentTarget),
+          onclick: (e) => runPanelCommand(cmd, d.client_id, e.currentTarget),
         }, cmd.label))));
+}
+
+/* Store and forward: what waits for the cloud, and the admin's discard of it
+   (the messages not yet in flight; the leaf had its PUBACK for each). */
+const OUTBOX_DISCARD = {
+  label: 'Discard', method: 'del', path: '/outbox',
+  done: (r) => fmtInt(r && r.discarded) + ' outbox message(s) discarded',
+  confirm: (id) => 'Discard the messages of ' + id + ' waiting for the cloud? The leaf was told ' +
+    'they were taken; they will never be delivered. Messages already sent stay.',
+};
+
+function outboxSection(d) {
+  const o = d.outbox;
+  if (!o || !o.enabled) {
+    return h('section', { id: 'outbox-section' }, h('h3', {}, 'Outbox'),
+      h('p', { class: 'muted' }, 'Store and forward is off (outbox.enabled).'));
+  }
+  const age = o.oldest_age_s;
+  return h('section', { id: 'outbox-section' }, h('h3', {}, 'Outbox'),
+    dl([
+      ['Waiting', h('span', { 'data-field': 'outbox-messages', class: age > OUTBOX_OLD_S ? 'warn' : '' },
+        fmtInt(o.messages) + (o.messages ? ' (' + fmtBytes(o.bytes) + ')' : ''))],
+      ['In flight', fmtInt(o.in_flight)],
+      ['Oldest', age === null || age === undefined ? '–' : fmtDuration(age)],
+      ['Stored / delivered', fmtInt(o.stored) + ' / ' + fmtInt(o.delivered)],
+      ['Refused when full', h('span', { title: 'the leaf was told "congestion" and kept them' },
+        fmtInt(o.refused_full))],
+      ['Dropped / expired', fmtInt(o.dropped) + ' / ' + fmtInt(o.expired)],
+      ['Refused by the cloud', fmtInt(o.cloud_refused)],
+      ['Discarded', h('span', { 'data-field': 'outbox-discarded' }, fmtInt(o.discarded))],
+    ]),
+    st.admin === false || o.messages <= o.in_flight ? null : h('div', { class: 'actions wrap' },
+      h('button', {
+        type: 'button', 'data-outbox-action': 'discard', class: 'btn small danger-outline',
+        onclick: (e) => runPanelCommand(OUTBOX_DISCARD, d.client_id, e.currentTarget),
+      }, OUTBOX_DISCARD.label)));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -786,6 +857,7 @@ async function renderDevicePanel(clientId) {
         'Download certificate')],
     ]) : h('p', { class: 'muted' }, 'No active certificate.')),
     pskSection(d),
+    outboxSection(d),
     h('section', {}, h('h3', {}, 'Counters'), dl([
       ['Messages in', fmtInt(d.msgs_in)],
       ['Messages out', fmtInt(d.msgs_out)],

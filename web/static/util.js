@@ -41,16 +41,21 @@ export function fmtDate(sec) {
   return fmtTime(sec).slice(0, 10);
 }
 
+// A length of time in seconds: "12 s", "5 min", "3 h", "4 d".
+export function fmtDuration(s) {
+  if (s < 60) return s + ' s';
+  if (s < 3600) return Math.floor(s / 60) + ' min';
+  if (s < 86400) return Math.floor(s / 3600) + ' h';
+  return Math.floor(s / 86400) + ' d';
+}
+
 // "12 s ago", "5 min ago", "3 h ago", "4 d ago".
 export function fmtAgo(sec, nowMs = Date.now()) {
   if (!sec) return 'never';
   let s = Math.round(nowMs / 1000 - sec);
   if (s < 0) s = 0;
   if (s < 5) return 'just now';
-  if (s < 60) return s + ' s ago';
-  if (s < 3600) return Math.floor(s / 60) + ' min ago';
-  if (s < 86400) return Math.floor(s / 3600) + ' h ago';
-  return Math.floor(s / 86400) + ' d ago';
+  return fmtDuration(s) + ' ago';
 }
 
 // Days until a certificate's not-after (negative: expired).

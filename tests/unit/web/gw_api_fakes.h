@@ -1,7 +1,8 @@
 /*
  * gw_api_fakes.h - link stubs for every gateway/api/gw_api.h function that
- * web_http.c and web_api.c call, and web.c and web_ws.c with them.  The web
- * unit tests that reach into them (the route table, the row adapters) pull
+ * web_http.c, web_api.c and its handler files (web_psk.c, web_outbox.c)
+ * call, and web.c and web_ws.c with them.  The web unit tests that reach
+ * into them (the route table, the row adapters) pull
  * web_http.o and web_api.o (each needs the other, and web_http.o needs
  * web.o for the connection deadlines) out of fleetgw_web, and fleetgw_web
  * does not link the gateway; these stand in for it.  The tests never run a
@@ -55,6 +56,13 @@ FAKE_DEVICE_CMD(api_device_reprovision)
 FAKE_DEVICE_CMD(api_device_release)
 FAKE_DEVICE_CMD(api_device_decommission)
 #undef FAKE_DEVICE_CMD
+
+int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *actor,
+                              uint64_t *n, char *reason, size_t cap)
+{
+  *n = 0;
+  return API_NOTFOUND;
+}
 
 int api_psk_create(struct gw *gw, const char *client_id, const uint8_t *key, size_t key_len,
                    const char *actor, struct api_psk *out, char *reason, size_t cap)

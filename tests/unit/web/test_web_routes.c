@@ -101,6 +101,8 @@ static const struct {
   {WEB_DELETE, "/api/v1/devices/dev-1/psk", web_h_psk_revoke, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/psk/rotate", web_h_psk_rotate, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/psks", web_h_psks_bulk, WEB_AUTH_ADMIN, NULL},
+  {WEB_DELETE, "/api/v1/devices/dev-1/outbox", web_h_outbox_discard, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_DELETE, "/api/v1/devices/line/7/outbox", web_h_outbox_discard, WEB_AUTH_ADMIN, "line/7"},
   /* The key of a device is no device of its own, nor is its rotation. */
   {WEB_GET, "/api/v1/devices/psk", web_h_device, WEB_AUTH_READ, "psk"},
   {WEB_GET, "/api/v1/devices/x/psk/rotate/more", web_h_device, WEB_AUTH_READ,
@@ -229,6 +231,7 @@ static void test_wrong_method(void)
     {WEB_PUT, "/api/v1/devices/x/psk", WEB_POST | WEB_DELETE, "POST, DELETE"},
     {WEB_DELETE, "/api/v1/devices/x/psk/rotate", WEB_POST, "POST"},
     {WEB_GET, "/api/v1/psks", WEB_POST, "POST"},
+    {WEB_GET, "/api/v1/devices/x/outbox", WEB_DELETE, "DELETE"},
     {WEB_PUT, "/api/v1/allowlist", GET_HEAD | WEB_POST, "GET, HEAD, POST"},
     {WEB_DELETE, "/api/v1/allowlist", GET_HEAD | WEB_POST, "GET, HEAD, POST"},
     {WEB_HEAD, "/api/v1/events", WEB_GET, "GET"},

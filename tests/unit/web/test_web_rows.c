@@ -1,7 +1,8 @@
 /*
  * test_web_rows.c - the JSON that web/ makes of the gateway's rows
  * (web_api.c: web_device_json and the row callbacks for devices,
- * certificates, audit entries, allowlist entries and subscriptions).  Each
+ * certificates, audit entries, allowlist entries and subscriptions; the
+ * outbox object of web_outbox.c).  Each
  * case prints the object unformatted and compares the whole text, so field
  * names, their order, null against absent, number formatting and string
  * escaping are all pinned: the dashboard and the OpenAPI document rely on
@@ -51,7 +52,27 @@ static void device_fill(struct api_device *d)
   d->msgs_refused = 2;
   d->queued = 1;
   d->subscriptions = 4;
+  /* Its outbox: three messages waiting for the cloud, one of them sent. */
+  d->outbox.enabled = true;
+  d->outbox.messages = 3;
+  d->outbox.bytes = 120;
+  d->outbox.in_flight = 1;
+  d->outbox.oldest_age_s = 75;
+  d->outbox.stored = 40;
+  d->outbox.delivered = 37;
+  d->outbox.refused_full = 1;
+  d->outbox.expired = 2;
 }
+
+/* The outbox of device_fill, and of a zeroed struct. */
+#define OUTBOX_FILLED                                                                              \
+  "\"outbox\":{\"enabled\":true,\"messages\":3,\"bytes\":120,\"in_flight\":1,"                     \
+  "\"oldest_age_s\":75,\"stored\":40,\"delivered\":37,\"refused_full\":1,\"dropped\":0,"           \
+  "\"expired\":2,\"cloud_refused\":0,\"discarded\":0}"
+#define OUTBOX_ZERO(age)                                                                           \
+  "\"outbox\":{\"enabled\":false,\"messages\":0,\"bytes\":0,\"in_flight\":0,"                      \
+  "\"oldest_age_s\":" age ",\"stored\":0,\"delivered\":0,\"refused_full\":0,\"dropped\":0,"        \
+  "\"expired\":0,\"cloud_refused\":0,\"discarded\":0}"
 
 static void test_device_without_certificate(void)
 {
@@ -68,7 +89,8 @@ static void test_device_without_certificate(void)
               "\"address\":\"10.0.0.7:50000\",\"first_seen\":1764451200,"
               "\"last_seen\":1764454800,\"last_error\":\"\",\"attempts\":2,"
               "\"certificate\":null,\"lan_security\":\"dtls-psk\",\"psk\":true,\"msgs_in\":12,"
-              "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
+              "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
+              OUTBOX_FILLED "}");
 }
 
 static void test_device_with_certificate(void)
@@ -90,7 +112,8 @@ static void test_device_with_certificate(void)
               "\"certificate\":{\"cert_id\":\"3f2a9c\",\"fingerprint\":"
               "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
               "\"not_after\":4102444800,\"status\":\"active\"},"
-              "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4}");
+              "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
+              OUTBOX_FILLED "}");
 }
 
 static void test_device_empty(void)
@@ -104,11 +127,13 @@ static void test_device_empty(void)
   strcpy(d.client_id, "new");
   strcpy(d.state, "pending");
   strcpy(d.session, "none");
+  d.outbox.oldest_age_s = -1; /* the outbox off, or nothing waits: null */
   expect_json(web_device_json(&d),
               "{\"client_id\":\"new\",\"thing_name\":\"\",\"state\":\"pending\","
               "\"session\":\"none\",\"bound_addr\":\"\",\"address\":\"\",\"first_seen\":0,"
               "\"last_seen\":0,\"last_error\":\"\",\"attempts\":0,\"certificate\":null,"
-              "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
+              "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
+              OUTBOX_ZERO("null") "}");
 }
 
 static void test_device_odd_client_id(void)
@@ -131,7 +156,8 @@ static void test_device_odd_client_id(void)
                  "\"thing_name\":\"\",\"state\":\"\",\"session\":\"\",\"bound_addr\":\"\","
                  "\"address\":\"\",\"first_seen\":0,\"last_seen\":0,"
                  "\"last_error\":\"bad \\\"claim\\\"\\n\",\"attempts\":0,\"certificate\":null,"
-                 "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0}");
+                 "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
+                 OUTBOX_ZERO("0") "}");
 }
 
 static void test_device_numbers(void)
@@ -159,6 +185,24 @@ static void test_device_numbers(void)
   ASSERT_TRUE(text && strstr(text, "\"queued\":4294967295,"));
   cJSON_free(text);
   cJSON_Delete(o);
+}
+
+static void test_outbox_totals(void)
+{
+  struct api_outbox ob = {.enabled = true, .messages = 5, .bytes = 50, .oldest_age_s = 0,
+                          .stored = 9, .delivered = 4, .dropped = 1, .cloud_refused = 3,
+                          .discarded = 2, .leaves = 2};
+  bool ok = true;
+  cJSON *o = cJSON_CreateObject();
+
+  /* The status's totals add "leaves"; an age of 0 s is 0, not null. */
+  ASSERT_TRUE(o != NULL);
+  web_outbox_json(o, &ob, true, &ok);
+  ASSERT_TRUE(ok);
+  expect_json(o, "{\"outbox\":{\"enabled\":true,\"messages\":5,\"bytes\":50,\"in_flight\":0,"
+                 "\"oldest_age_s\":0,\"stored\":9,\"delivered\":4,\"refused_full\":0,"
+                 "\"dropped\":1,\"expired\":0,\"cloud_refused\":3,\"discarded\":2,"
+                 "\"leaves\":2}}");
 }
 
 static void test_device_rows(void)
@@ -291,6 +335,7 @@ int main(void)
   RUN(test_device_empty);
   RUN(test_device_odd_client_id);
   RUN(test_device_numbers);
+  RUN(test_outbox_totals);
   RUN(test_device_rows);
   RUN(test_cert_row);
   RUN(test_audit_row);
