@@ -380,11 +380,13 @@ int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *
     return refuse(rc, reason, cap, "no such device");
   if (!ob)
     return refuse(API_CONFLICT, reason, cap, "the outbox is off (outbox.enabled)");
-  if (outbox_discard(ob, client_id, n) != 0)
-    return refuse(API_ERROR, reason, cap, "registry error");
-  snprintf(detail, sizeof detail, "%llu messages", (unsigned long long)*n);
-  acted(gw, client_id, actor, "operator.outbox_discard", detail, NULL);
-  return API_OK;
+  rc = outbox_discard(ob, client_id, n) == 0 ? API_OK : API_ERROR;
+  /* Audited with what went, even when a registry error stopped it halfway. */
+  snprintf(detail, sizeof detail, "%llu messages%s", (unsigned long long)*n,
+           rc == API_OK ? "" : " (then a registry error)");
+  if (rc == API_OK || *n > 0)
+    acted(gw, client_id, actor, "operator.outbox_discard", detail, NULL);
+  return rc == API_OK ? API_OK : refuse(API_ERROR, reason, cap, "registry error");
 }
 
 int api_device_release(struct gw *gw, const char *client_id, const char *actor, char *reason,

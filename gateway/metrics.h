@@ -77,6 +77,7 @@
   C(dtls_identity_replaced, "DTLS associations closed: a new one authenticated as the same identity") \
   C(dtls_idle_closed, "DTLS associations closed: lan.dtls.idle_timeout_s")    \
   C(dtls_oversize_refused, "messages to leaves dropped: larger than the DTLS record MTU") \
+  C(sessions_persist_failed, "leaf session writes to the registry that failed (retried)") \
   C(outbox_stored, "leaf QoS 1/2 publishes written to the outbox and acknowledged") \
   C(outbox_sent, "outbox messages handed to an upstream (re-sends after a reconnect excluded)") \
   C(outbox_delivered, "outbox messages acknowledged by the broker and deleted") \

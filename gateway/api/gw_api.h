@@ -125,8 +125,9 @@ int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, 
  * superseded, and the device is provisioned again at its next CONNECT. */
 int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
                            char *reason, size_t cap);
-/* Discard the leaf's outbox messages that are not in flight (audited as
- * operator.outbox_discard with the count); *n how many.  API_NOTFOUND for
+/* Discard the leaf's stored outbox messages that are not in flight, gone
+ * from disk when it returns (audited as operator.outbox_discard with the
+ * count); *n how many.  API_NOTFOUND for
  * an unknown device; API_CONFLICT when the outbox is off. */
 int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *actor,
                               uint64_t *n, char *reason, size_t cap);

@@ -17,6 +17,8 @@
  * session's on_timer pointer.
  *   sess_down.c  the downlink: broker messages queued for the leaf, one in
  *                flight, REGISTER first when the leaf has no id for a topic
+ *   sess_store.c a session's state in the registry, written behind in
+ *                batches and restored at start-up
  *   admission.c  who may connect (registry policy, identity binding)
  *   topics.c     per-leaf topic ids; the configured predefined topics
  *   udp.c        the UDP socket
@@ -183,6 +185,10 @@ struct session {
   uint64_t msgs_in;             /* publishes from the leaf */
   uint64_t msgs_out;            /* publishes to the leaf */
   uint64_t msgs_refused;        /* publishes the broker refused */
+
+  bool dirty;                   /* to be written to the registry (sess_store.c) */
+  bool restored;                /* restored at start-up, the leaf not heard since */
+  struct session *next_dirty;
 };
 
 struct leaves {
@@ -204,6 +210,11 @@ struct leaves {
   uv_timer_t adv_timer;
   bool adv_started;
   bool stopping;
+
+  /* Sessions in the registry (sess_store.c). */
+  struct session *dirty;        /* marked since the last write */
+  uv_timer_t persist_timer;
+  bool persist_armed, persist_on, persist_started;
 
   uint8_t tx[65540];            /* encode buffer for datagrams */
 };
@@ -308,6 +319,23 @@ void sess_free_psubs(struct session *s);
 void sess_send_deferred(struct session *s);
 /* Orphans the leaf's publishes waiting for the broker (the link is going). */
 void sess_orphan_pending(struct session *s);
+
+/* sess_store.c */
+/* s changed in a way the registry keeps: written within PERSIST_MS. */
+void sess_persist_mark(struct session *s);
+/* s is being freed: out of the batch, and (unless the gateway is stopping)
+ * its stored state deleted. */
+void sess_persist_forget(struct session *s);
+/* At start-up: the stored sessions become records again, their upstreams
+ * asked for.  Returns 0 or a negative libuv error (logged). */
+int sess_persist_restore(struct leaves *lv);
+/* Writes what is marked, then stops writing (before the shutdown). */
+void sess_persist_stop(struct leaves *lv);
+/* session.c, sess_up.c, sess_down.c: the parts of a restored session. */
+void sess_restore_open(struct session *s);
+void sess_restore_sub(struct session *s, const char *filter, size_t len, uint8_t qos);
+void sess_restore_down(struct session *s, const char *topic, size_t topic_len,
+                       const uint8_t *payload, size_t len, int qos, bool retain);
 
 /* sess_down.c */
 void sess_pump(struct session *s);

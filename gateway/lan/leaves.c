@@ -50,6 +50,7 @@ static void rx_connack(struct leaves *lv, const struct rx *rx, uint8_t rc)
 
 void leaves_remove(struct leaves *lv, struct session *s)
 {
+  sess_persist_forget(s);
   leaves_table_unlink(lv, s);
   sess_free(s);
 }
@@ -203,6 +204,17 @@ static bool admit(struct leaves *lv, const struct rx *rx, const char *cid)
   return false;
 }
 
+static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)
+{
+  if (a->sa_family != b->sa_family)
+    return false;
+  if (a->sa_family == AF_INET)
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+  return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
 /* Refuses a plain CONNECT when the ClientId is in use by a live leaf at
  * another address (admission.h: admit_check_live).  Returns true when it
  * may go on.  (Over DTLS the association proved the identity: the leaf
@@ -213,6 +225,12 @@ static bool not_taken(struct leaves *lv, const struct rx *rx, struct session *s)
   static struct log_ratelimit rl;
 
   if (rx->peer || !s || !s->in_addr_table || sess_at(s, rx->from, rx->via) || !sess_is_live(s))
+    return true;
+  /* A session restored at start-up that its leaf has not confirmed: the
+   * leaf may have rebooted with the gateway (a power cut) and come back
+   * from a new port.  Its own IP may take it (admission still checks the
+   * binding); any other address is refused as for a live leaf. */
+  if (s->restored && same_ip(rx->from, (const struct sockaddr *)&s->addr))
     return true;
   leaves_addr_str(rx->from, a, sizeof a);
   leaves_addr_str((struct sockaddr *)&s->addr, b, sizeof b);
@@ -617,6 +635,8 @@ int leaves_start(struct leaves *lv)
   }
   if (cfg->lan.dtls.enabled && (rc = start_dtls(lv)) != 0)
     return rc;
+  if ((rc = sess_persist_restore(lv)) != 0)
+    return rc;
   if (cfg->lan.advertise_address) {
     uint64_t ms = (uint64_t)cfg->lan.advertise_interval_s * 1000u;
     uv_timer_init(lv->loop, &lv->adv_timer);
@@ -644,6 +664,9 @@ void leaves_stop(struct leaves *lv, size_t *live_out, uint64_t *queued_out)
   uint64_t queued = 0;
 
   lv->stopping = true;
+  /* The registry keeps the sessions as they are now, not as the shutdown
+   * leaves them: a restart resumes them (sess_store.c). */
+  sess_persist_stop(lv);
   for (size_t i = 0; i < lv->nbuckets; i++) {
     for (struct session *s = lv->by_id[i], *next; s; s = next) {
       next = s->next_by_id;

@@ -45,32 +45,16 @@ void sess_clear_queue(struct session *s, bool ack_upstream)
   }
 }
 
-void sess_up_message(struct session *s, const char *topic, size_t topic_len,
-                     const uint8_t *payload, size_t len, int qos, bool retain, uint16_t packet_id)
+/* Appends a message to the leaf's queue (up_pid: the upstream packet id to
+ * acknowledge once the leaf has it, 0 for none).  false: out of memory. */
+static bool enqueue(struct session *s, const char *topic, size_t topic_len,
+                    const uint8_t *payload, size_t len, int qos, bool retain, uint16_t up_pid)
 {
-  struct leaves *lv = s->lv;
-  struct downmsg *d;
-
-  if (s->q_len >= lv->cfg->lan.queue_max || topic_len > 0xFFFF) {
-    static struct log_ratelimit rl;
-    lv->m->queue_dropped++;
-    log_ratelimited(&rl, LOG_WARN, MOD, "%s: queue full (%u), message on %.*s dropped",
-                    s->client_id, s->q_len, (int)(topic_len > 64 ? 64 : topic_len), topic);
-    if (qos > 0)
-      SESS_UP(s)->puback(SESS_UP_CTX(s), s->link, packet_id);
-    return;
-  }
-  d = malloc(sizeof *d + topic_len + 1 + len);
-  if (!d) {
-    lv->m->queue_dropped++;
-    if (qos > 0)
-      SESS_UP(s)->puback(SESS_UP_CTX(s), s->link, packet_id);
-    return;
-  }
+  struct downmsg *d = malloc(sizeof *d + topic_len + 1 + len);
+  if (!d)
+    return false;
   d->next = NULL;
-  /* QoS 2 from the broker is completed by the upstream itself; only QoS 1
-   * waits for the leaf's acknowledgement. */
-  d->up_pid = qos == 1 ? packet_id : 0;
+  d->up_pid = up_pid;
   d->qos = (uint8_t)(qos > 1 ? 1 : qos);
   d->retain = retain;
   d->topic_len = (uint16_t)topic_len;
@@ -85,6 +69,42 @@ void sess_up_message(struct session *s, const char *topic, size_t topic_len,
     s->q_head = d;
   s->q_tail = d;
   s->q_len++;
+  /* A sleeping leaf's queue is kept in the registry. */
+  if (s->state != SESS_ACTIVE)
+    sess_persist_mark(s);
+  return true;
+}
+
+void sess_restore_down(struct session *s, const char *topic, size_t topic_len,
+                       const uint8_t *payload, size_t len, int qos, bool retain)
+{
+  /* The upstream that delivered it is gone: nothing to acknowledge. */
+  if (s->q_len < s->lv->cfg->lan.queue_max && topic_len <= 0xFFFF)
+    (void)enqueue(s, topic, topic_len, payload, len, qos, retain, 0);
+}
+
+void sess_up_message(struct session *s, const char *topic, size_t topic_len,
+                     const uint8_t *payload, size_t len, int qos, bool retain, uint16_t packet_id)
+{
+  struct leaves *lv = s->lv;
+
+  if (s->q_len >= lv->cfg->lan.queue_max || topic_len > 0xFFFF) {
+    static struct log_ratelimit rl;
+    lv->m->queue_dropped++;
+    log_ratelimited(&rl, LOG_WARN, MOD, "%s: queue full (%u), message on %.*s dropped",
+                    s->client_id, s->q_len, (int)(topic_len > 64 ? 64 : topic_len), topic);
+    if (qos > 0)
+      SESS_UP(s)->puback(SESS_UP_CTX(s), s->link, packet_id);
+    return;
+  }
+  /* QoS 2 from the broker is completed by the upstream itself; only QoS 1
+   * waits for the leaf's acknowledgement. */
+  if (!enqueue(s, topic, topic_len, payload, len, qos, retain, qos == 1 ? packet_id : 0)) {
+    lv->m->queue_dropped++;
+    if (qos > 0)
+      SESS_UP(s)->puback(SESS_UP_CTX(s), s->link, packet_id);
+    return;
+  }
   sess_pump(s);
 }
 
@@ -101,6 +121,8 @@ static void finish_inflight(struct session *s)
   if (d->up_pid && s->link)
     SESS_UP(s)->puback(SESS_UP_CTX(s), s->link, d->up_pid);
   free(d);
+  if (s->state != SESS_ACTIVE)
+    sess_persist_mark(s);
 }
 
 void sess_go_asleep(struct session *s)

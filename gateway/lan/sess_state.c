@@ -23,6 +23,7 @@ void sess_set_state(struct session *s, enum sess_state st)
     return;
   LOGD(MOD, "%s: %s -> %s", s->client_id, sess_state_name(s->state), sess_state_name(st));
   s->state = st;
+  sess_persist_mark(s);
   leaves_event(s->lv, "device.session", s->client_id, "session", sess_public_state(st));
 }
 

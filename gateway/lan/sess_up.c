@@ -179,6 +179,7 @@ static struct pending_sub *take_psub(struct session *s, uint16_t pid, bool unsub
 static void remember_sub(struct session *s, const char *filter, uint16_t len, uint8_t qos)
 {
   struct sub *b;
+  sess_persist_mark(s);
   for (b = s->subs; b; b = b->next) {
     if (b->len == len && memcmp(b->filter, filter, len) == 0) {
       b->qos = qos;
@@ -198,8 +199,15 @@ static void remember_sub(struct session *s, const char *filter, uint16_t len, ui
   s->subs = b;
 }
 
+void sess_restore_sub(struct session *s, const char *filter, size_t len, uint8_t qos)
+{
+  if (len > 0 && len <= 0xFFFF)
+    remember_sub(s, filter, (uint16_t)len, qos > 1 ? 1 : qos);
+}
+
 static void forget_sub(struct session *s, const char *filter, uint16_t len)
 {
+  sess_persist_mark(s);
   for (struct sub **pp = &s->subs; *pp; pp = &(*pp)->next) {
     if ((*pp)->len == len && memcmp((*pp)->filter, filter, len) == 0) {
       struct sub *b = *pp;

@@ -93,12 +93,10 @@ void sess_free(struct session *s)
  * the leaf's identity: provisioned once, then read from the registry.  While
  * the provisioning run is in flight the CONNACK waits (up to the CONNACK
  * timeout); sess_on_provisioned() continues from here. */
-static void open_upstream(struct session *s)
+/* ops->open with the session's ClientId, clean flag and will. */
+static int ask_open(struct session *s, char *reason, size_t cap)
 {
   struct sess_open o = {.client_id = s->client_id, .clean = s->clean};
-  char reason[256] = "";
-  int st;
-
   if (s->will_set) {
     o.will_topic = s->will_topic;
     o.will_msg = s->will_msg;
@@ -106,7 +104,13 @@ static void open_upstream(struct session *s)
     o.will_qos = s->will_qos > 1 ? 1 : s->will_qos;
     o.will_retain = s->will_retain;
   }
-  st = SESS_UP(s)->open(SESS_UP_CTX(s), s, &o, &s->link, reason, sizeof reason);
+  return SESS_UP(s)->open(SESS_UP_CTX(s), s, &o, &s->link, reason, cap);
+}
+
+static void open_upstream(struct session *s)
+{
+  char reason[256] = "";
+  int st = ask_open(s, reason, sizeof reason);
   switch (st) {
   case SESS_OPEN_OK:
   case SESS_OPEN_READY:
@@ -169,6 +173,26 @@ static void connect_proceed(struct session *s)
   sess_arm(s);
 }
 
+/* A session restored from the registry (sess_store.c) asks for its
+ * upstream, without a CONNACK to send: a leaf whose identity is refused now
+ * is left disconnected, and told so when it next speaks. */
+void sess_restore_open(struct session *s)
+{
+  char reason[256] = "";
+  int st = ask_open(s, reason, sizeof reason);
+  if (st == SESS_OPEN_OK || st == SESS_OPEN_READY) {
+    s->link_ready = st == SESS_OPEN_READY;
+    s->will_dirty = false;
+  } else {
+    LOGW(MOD, "%s: restored session not resumed: %s", s->client_id,
+         reason[0] ? reason : "no upstream now");
+    s->link = NULL;
+    leaves_unbind_addr(s->lv, s);
+    s->state = SESS_DISCONNECTED;
+  }
+  sess_arm(s);
+}
+
 void sess_on_provisioned(struct session *s, bool ok)
 {
   if (s->state != SESS_WAIT_UPSTREAM || !s->wait_provision || s->link)
@@ -199,6 +223,7 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, uint8_t via
   bool clean = c->flags.clean_session && s->state != SESS_ASLEEP && s->state != SESS_AWAKE;
 
   lv->m->connects++;
+  s->restored = false;
   leaves_bind_addr(lv, s, from, via);
   s->last_rx = uv_now(lv->loop);
   s->keepalive = sess_keepalive(lv, c->duration);
@@ -279,6 +304,7 @@ static bool set_will_msg(struct session *s, const struct mqttsn_willmsg *w)
 void sess_on_wake(struct session *s, const struct sockaddr *from)
 {
   (void)from;
+  s->restored = false;
   sess_set_state(s, SESS_AWAKE);
   s->last_rx = uv_now(s->lv->loop);
   s->inflight = INF_NONE;
@@ -444,6 +470,7 @@ void sess_on_message(struct session *s, const struct sockaddr *from, const struc
 
   (void)from;
   s->last_rx = uv_now(s->lv->loop);
+  s->restored = false;
   switch (s->state) {
   case SESS_WAIT_WILLTOPIC:
   case SESS_WAIT_WILLMSG:
@@ -467,6 +494,22 @@ void sess_on_message(struct session *s, const struct sockaddr *from, const struc
   }
   if (v == V_HANDLE)
     v = on_by_type(s, m);
+  /* What the registry keeps of the session may have changed (topic ids,
+   * will, subscriptions; a sleeper's queue is marked where it changes). */
+  switch (m->type) {
+  case MQTTSN_REGISTER:
+  case MQTTSN_REGACK:
+  case MQTTSN_SUBSCRIBE:
+  case MQTTSN_UNSUBSCRIBE:
+  case MQTTSN_WILLTOPIC:
+  case MQTTSN_WILLMSG:
+  case MQTTSN_WILLTOPICUPD:
+  case MQTTSN_WILLMSGUPD:
+    sess_persist_mark(s);
+    break;
+  default:
+    break;
+  }
   if (v == V_UNEXPECTED) {
     static struct log_ratelimit rl;
     s->lv->m->datagrams_unexpected++;

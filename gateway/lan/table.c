@@ -147,6 +147,7 @@ void leaves_bind_addr(struct leaves *lv, struct session *s, const struct sockadd
   s->next_by_addr = lv->by_addr[b];
   lv->by_addr[b] = s;
   s->in_addr_table = true;
+  sess_persist_mark(s);
 }
 
 /* Doubles both tables when the load factor passes 1. */

@@ -83,6 +83,23 @@ struct topic_entry *topics_add(struct topics *t, const char *name, size_t len)
   return e;
 }
 
+struct topic_entry *topics_put(struct topics *t, uint16_t id, const char *name, size_t len,
+                               bool known_by_leaf)
+{
+  uint16_t next = t->next_id;
+  struct topic_entry *e;
+  if (id == 0 || id == 0xFFFF || topics_by_id(t, id) || topics_by_name(t, name, len))
+    return NULL;
+  t->next_id = id;
+  e = topics_add(t, name, len);
+  if (e)
+    e->known_by_leaf = known_by_leaf;
+  /* alloc_id moved next_id past id; keep whichever is further on. */
+  if (next > t->next_id)
+    t->next_id = next;
+  return e;
+}
+
 const char *topics_predefined_name(const struct gw_config *cfg, uint16_t id)
 {
   for (size_t i = 0; i < cfg->lan.n_predefined; i++)

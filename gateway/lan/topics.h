@@ -45,6 +45,11 @@ struct topic_entry *topics_by_id(struct topics *t, uint16_t id);
 /* Find or add a name; returns the entry or NULL (no memory, or TOPICS_MAX).
  * A new entry has known_by_leaf == false. */
 struct topic_entry *topics_add(struct topics *t, const char *name, size_t len);
+/* Puts name back under the id it had (a session restored from the
+ * registry); the next new id stays after it.  NULL when the id or the name
+ * is taken, or out of memory. */
+struct topic_entry *topics_put(struct topics *t, uint16_t id, const char *name, size_t len,
+                               bool known_by_leaf);
 
 struct gw_config;
 /* The configured predefined topics (lan.predefined_topics): the name of id,

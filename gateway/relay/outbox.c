@@ -774,8 +774,12 @@ int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
   }
   if (l->spilled) {
     if (store_outbox_discard(ob->env.store, client_id, l->loaded_seq, INT64_MAX, &dn, &dbytes) !=
-        STORE_OK)
+        STORE_OK) {
+      l->st.discarded += *n; /* those from memory went all the same */
+      ob->totals.discarded += *n;
+      commit(ob);
       return -1;
+    }
     l->spilled = false;
     for (int64_t i = 0; i < dn; i++)
       gone(l, 0);
@@ -785,8 +789,10 @@ int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
   }
   l->st.discarded += *n;
   ob->totals.discarded += *n;
+  /* Gone from disk before the operator is told (and the audit says so). */
+  commit(ob);
   check_idle(l);
-  return 0;
+  return ob->n_dels == 0 ? 0 : -1;
 }
 
 /* ---- expiry ------------------------------------------------------------- */

@@ -136,8 +136,10 @@ void outbox_refused(struct ob_msg *m);
 /* One lane's figures (by ClientId; all zero for a ClientId without a lane
  * that has nothing on disk), or the totals when client_id is NULL. */
 void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *out);
-/* Deletes client_id's messages that are not in flight (an operator's
- * action); *n says how many.  Returns 0, or -1 on a registry error. */
+/* Deletes client_id's stored messages that are not in flight (an
+ * operator's action), committed before it returns; messages in flight, and
+ * those staged for the next commit, still go.  *n says how many went.
+ * Returns 0, or -1 on a registry error. */
 int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n);
 
 #endif

@@ -284,6 +284,31 @@ static int open_store(void)
   return store_open(&so, &g_store) == STORE_OK ? 0 : -1;
 }
 
+/* The sessions a previous test's LAN side left in the registry (sess_store.c
+ * writes them, and leaves_start would restore them): gone, so that each test
+ * starts from nothing. */
+static int collect_id(void *ud, const struct store_leaf_session *s)
+{
+  char (*ids)[256] = ud;
+  for (int i = 0; i < 64; i++) {
+    if (!ids[i][0]) {
+      snprintf(ids[i], sizeof ids[i], "%s", s->client_id);
+      break;
+    }
+  }
+  return 0;
+}
+
+static void forget_stored_sessions(void)
+{
+  static char ids[64][256];
+  struct store_leaf_cbs cbs = {.sess = collect_id};
+  memset(ids, 0, sizeof ids);
+  ASSERT_EQ(store_leaf_load(g_store, &cbs, ids), STORE_OK);
+  for (int i = 0; i < 64 && ids[i][0]; i++)
+    ASSERT_EQ(store_leaf_delete(g_store, ids[i]), STORE_OK);
+}
+
 /* A fresh LAN side and a fresh leaf socket for each test. */
 static void setup(void)
 {
@@ -299,6 +324,7 @@ static void setup(void)
   memset(&F, 0, sizeof F);
   memset(&g_m, 0, sizeof g_m);
   memset(&g_drain, 0, sizeof g_drain);
+  forget_stored_sessions();
   ASSERT_EQ(leaves_new(&env, &g_lv), 0);
   ASSERT_EQ(leaves_start(g_lv), 0);
   port = leaves_port(g_lv);
