@@ -638,14 +638,14 @@ int api_metrics_prometheus(struct gw *gw, char **text)
   family(&b, "fleetgw_uplink_reconnects_total", "counter",
          "Upstream sessions that came up (first connects and reconnects).");
   put(&b, "fleetgw_uplink_reconnects_total %llu\n", (unsigned long long)m->upstream_connects);
-  family(&b, "fleetgw_outbox_depth", "gauge",
-         "Messages buffered in the gateway for leaves (asleep or busy; the downlink: "
-         "store and forward towards the cloud is fleetgw_outbox_messages).");
+  family(&b, "fleetgw_downlink_queued", "gauge",
+         "Messages from the broker buffered in the gateway for leaves (asleep or busy); "
+         "store and forward towards the cloud is fleetgw_outbox_messages.");
   {
     uint64_t q = 0;
     struct metrics scratch;
     leaves_count(gw->lan, &scratch, NULL, &q);
-    put(&b, "fleetgw_outbox_depth %llu\n", (unsigned long long)q);
+    put(&b, "fleetgw_downlink_queued %llu\n", (unsigned long long)q);
   }
   family(&b, "fleetgw_http_requests_total", "counter", "HTTP requests by status class.");
   for (int i = 1; i <= 5; i++)

@@ -823,7 +823,8 @@ static void test_provisioning_sections(void)
 static void test_example_file(void)
 {
   static const char *const keys[] = {
-      "log_level", "gateway_id", "lan", "upstream", "web", "registry", "admission", "provisioning", NULL,
+      "log_level", "gateway_id", "lan", "upstream", "web", "registry", "outbox", "admission",
+      "provisioning", NULL,
   };
   static const char *const lan_keys[] = {
       "bind", "port", "recv_buffer_bytes", "max_client_id_len", "max_leaves", "t_retry_ms",
