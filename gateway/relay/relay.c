@@ -42,6 +42,7 @@ struct relay {
   struct outbox *ob;             /* store and forward, NULL when outbox.enabled is false */
   struct sess_link *links;
   bool stopping;
+  uint64_t kicked_at;            /* loop ms of the last "the uplink is back" sweep */
 };
 
 static void link_insert(struct relay *r, struct sess_link *l)
@@ -116,9 +117,25 @@ static int map_err(int rc)
 
 /* ---- the upstream's callbacks for a leaf's link ------------------------- */
 
+/* One upstream came up: the uplink is back, so the others that are backing
+ * off (after an outage, up to upstream.backoff_cap_ms) try now, through the
+ * connect pacer (upstream.connect_rate_per_s), instead of each waiting out
+ * its own back-off.  At most one sweep a second: O(links) each. */
+static void uplink_back(struct relay *r)
+{
+  uint64_t now = uv_now(r->env.loop);
+  if (r->kicked_at && now - r->kicked_at < 1000)
+    return;
+  r->kicked_at = now;
+  for (struct sess_link *l = r->links; l; l = l->next)
+    if (!l->stopped && !upstream_is_up(l->u))
+      upstream_kick(l->u);
+}
+
 static void up_on_up(void *ud, bool session_present)
 {
   struct sess_link *l = ud;
+  uplink_back(l->r);
   if (l->lane)
     outbox_sink_up(l->lane, l, true);
   if (!l->s)

@@ -282,3 +282,22 @@ def test_without_the_outbox_nothing_is_stored(broker, gateway, link, broker_clie
         assert con.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     link.restore()
     assert lf.wait_ack(mid, qos=1, timeout=10) == sn.RC_ACCEPTED
+
+
+def test_when_the_uplink_is_back_every_upstream_tries_at_once(broker, gateway, link):
+    # Long back-offs, as after a real outage: without the sweep each leaf
+    # would wait out its own (here up to 30 s) after the link returns.
+    gw = gateway(broker, upstream={"port": link.port, "backoff_base_ms": 3000,
+                                   "backoff_cap_ms": 30000})
+    leaves = [gw.connected_leaf("ob-u%d" % i) for i in range(4)]
+    assert wait_until(lambda: metric(gw, "upstreams_up") == 4, 10)
+    link.cut()
+    time.sleep(7)               # two or three failed attempts each: back-offs of 6..24 s
+    link.restore()
+    # The first back-off to end brings the others with it (through the
+    # pacer), instead of each leaf's jittered back-off of its own.
+    assert wait_until(lambda: metric(gw, "upstreams_up") >= 1, 30)
+    t1 = time.monotonic()
+    assert wait_until(lambda: metric(gw, "upstreams_up") == 4, 30)
+    assert time.monotonic() - t1 < 2.5, time.monotonic() - t1
+    assert all(lf.ping() is not None for lf in leaves)
