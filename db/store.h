@@ -142,6 +142,8 @@ enum store_device_sort {
   STORE_SORT_STATE = 2,
   STORE_SORT_LAST_SEEN = 3,
   STORE_SORT_FIRST_SEEN = 4,
+  STORE_SORT_CERT_NOT_AFTER = 5, /* the active certificate's not-after; devices without
+                                    one (or with an unknown not-after) last either way */
 };
 int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
                              int64_t offset, int64_t limit, store_device_cb cb, void *ud,
@@ -152,6 +154,8 @@ struct store_device_filter {
   const char *text;         /* substring of ClientId or thing name; NULL any */
   const char *lan_security; /* "plain", "dtls-psk", "dtls-cert", "none" (never connected),
                                NULL any; anything else is STORE_INVAL */
+  int64_t cert_expires_before; /* > 0: only devices whose active certificate's not-after
+                                  is before this (Unix s), expired ones included; 0 any */
 };
 int store_device_list_where(struct store *st, const struct store_device_filter *where, int sort,
                             bool desc, int64_t offset, int64_t limit, store_device_cb cb,
@@ -210,6 +214,26 @@ typedef int (*store_cert_cb)(void *ud, const struct store_cert *c);
 int store_cert_list(struct store *st, int status, int64_t offset, int64_t limit, store_cert_cb cb,
                     void *ud, int64_t *total);
 void store_cert_clear(struct store_cert *c); /* frees c->pem */
+/* Expiry of the active certificates, in one aggregate query over the
+ * certificates_status index (cheap enough for every upkeep pass):
+ * soonest: the soonest not-after, 0 when none is known; expiring: how many
+ * have a not-after before `before` and expired how many before `now`
+ * (expiring includes them when before >= now); max_id: the highest
+ * certificate row id of any status, 0 when there is none. */
+struct store_cert_expiry {
+  int64_t soonest;
+  int64_t expiring;
+  int64_t expired;
+  int64_t max_id;
+};
+int store_cert_expiry(struct store *st, int64_t now, int64_t before,
+                      struct store_cert_expiry *out);
+/* The active certificates with a not-after before `before` that are past a
+ * mark: not-after after after_not_after, or row id above after_id; soonest
+ * first (ties by id).  The upkeep warns about each once this way.  cb
+ * returns 0 to go on. */
+int store_cert_expiring(struct store *st, int64_t before, int64_t after_not_after,
+                        int64_t after_id, store_cert_cb cb, void *ud);
 
 /* ---- provisioning journal ----------------------------------------------- */
 

@@ -275,3 +275,64 @@ int store_cert_list(struct store *st, int status, int64_t offset, int64_t limit,
 
   return store_page_list(st, &page, offset, limit, total);
 }
+
+int store_cert_expiry(struct store *st, int64_t now, int64_t before,
+                      struct store_cert_expiry *out)
+{
+  /* status = 1 is a range of certificates_status (status, id): only the
+   * active rows are visited. */
+  static const char sql[] =
+      "SELECT coalesce(min(not_after), 0), count(CASE WHEN not_after < ?1 THEN 1 END), "
+      "count(CASE WHEN not_after < ?2 THEN 1 END), "
+      "(SELECT coalesce(max(id), 0) FROM certificates) "
+      "FROM certificates WHERE status = 1 AND not_after IS NOT NULL";
+  sqlite3_stmt *s;
+  int rc, err;
+
+  memset(out, 0, sizeof *out);
+  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  sqlite3_bind_int64(s, 1, before);
+  sqlite3_bind_int64(s, 2, now);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    out->soonest = sqlite3_column_int64(s, 0);
+    out->expiring = sqlite3_column_int64(s, 1);
+    out->expired = sqlite3_column_int64(s, 2);
+    out->max_id = sqlite3_column_int64(s, 3);
+  }
+  err = rc == SQLITE_ROW ? STORE_OK : store_sqlite_fail(st, rc);
+  store_stmt_done(s);
+  return err;
+}
+
+struct expiring_filter {
+  int64_t before, after_not_after, after_id;
+};
+
+static void bind_expiring(sqlite3_stmt *s, const void *filter)
+{
+  const struct expiring_filter *f = filter;
+  sqlite3_bind_int64(s, 1, f->before);
+  sqlite3_bind_int64(s, 2, f->after_not_after);
+  sqlite3_bind_int64(s, 3, f->after_id);
+}
+
+int store_cert_expiring(struct store *st, int64_t before, int64_t after_not_after,
+                        int64_t after_id, store_cert_cb cb, void *ud)
+{
+  static const char page_sql[] =
+      "SELECT " CERT_COLS CERT_FROM " WHERE c.status = 1 AND c.not_after IS NOT NULL AND "
+      "c.not_after < ?1 AND (c.not_after > ?2 OR c.id > ?3) ORDER BY c.not_after, c.id "
+      "LIMIT :limit OFFSET :offset";
+  struct expiring_filter f = {before, after_not_after, after_id};
+  struct cert_sink sink = {.cb = cb, .ud = ud};
+  const struct store_page page = {.count_sql = NULL,
+                                  .page_sql = page_sql,
+                                  .bind = bind_expiring,
+                                  .filter = &f,
+                                  .row = cb ? cert_page_row : NULL,
+                                  .ctx = &sink};
+
+  return store_page_list(st, &page, 0, -1, NULL);
+}

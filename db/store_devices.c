@@ -284,6 +284,12 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
   return store_delete_rows(st, sql, state, seen_before, limit, deleted);
 }
 
+/* The not-after of the device's active certificate, NULL without one: a
+ * lookup in one_active_cert (the partial index on device_id WHERE status = 1). */
+#define DEV_CERT_NOT_AFTER                                                            \
+  "(SELECT c.not_after FROM certificates c WHERE c.device_id = devices.id AND "      \
+  "c.status = 1)"
+
 /* The filter shared by the page query and its count: ?1 state (-1 any), ?2
  * substring (NULL any), ?3 how the device last authenticated on the LAN
  * (NULL any, 'none' never connected).  instr() rather than LIKE: no wildcard
@@ -291,7 +297,8 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
 #define DEV_FILTER                                                                    \
   " WHERE (?1 < 0 OR state = ?1) AND (?2 IS NULL OR instr(client_id, ?2) > 0 OR "      \
   "instr(coalesce(thing_name, ''), ?2) > 0) AND "                                     \
-  "(?3 IS NULL OR coalesce(lan_security, 'none') = ?3)"
+  "(?3 IS NULL OR coalesce(lan_security, 'none') = ?3) AND "                          \
+  "(?4 <= 0 OR " DEV_CERT_NOT_AFTER " < ?4)"
 
 static void bind_dev_filter(sqlite3_stmt *s, const void *filter)
 {
@@ -299,6 +306,7 @@ static void bind_dev_filter(sqlite3_stmt *s, const void *filter)
   sqlite3_bind_int(s, 1, f->state);
   store_bind_opt_text(s, 2, f->text);
   store_bind_opt_text(s, 3, f->lan_security);
+  sqlite3_bind_int64(s, 4, f->cert_expires_before);
 }
 
 static bool lan_security_ok(const char *v)
@@ -338,12 +346,15 @@ int store_device_list_where(struct store *st, const struct store_device_filter *
       {PAGE_SQL("state, client_id"), PAGE_SQL("state DESC, client_id DESC")},
       {PAGE_SQL("last_seen, client_id"), PAGE_SQL("last_seen DESC, client_id DESC")},
       {PAGE_SQL("first_seen, client_id"), PAGE_SQL("first_seen DESC, client_id DESC")},
+      {PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER ", client_id"),
+       PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER " DESC, client_id DESC")},
   };
 #undef PAGE_SQL
   struct store_device_filter filter = {
       .state = where->state,
       .text = where->text && *where->text ? where->text : NULL,
-      .lan_security = where->lan_security && *where->lan_security ? where->lan_security : NULL};
+      .lan_security = where->lan_security && *where->lan_security ? where->lan_security : NULL,
+      .cert_expires_before = where->cert_expires_before};
   struct dev_sink sink = {.cb = cb, .ud = ud};
   struct store_page page = {.count_sql = count_sql,
                             .bind = bind_dev_filter,

@@ -183,6 +183,8 @@ struct gw_config {
     uint32_t retry_base_ms;    /* "provisioning.retry_base_ms" */
     uint32_t retry_cap_ms;     /* "provisioning.retry_cap_ms" */
     uint32_t request_timeout_ms; /* "provisioning.request_timeout_ms" */
+    uint32_t expiry_warn_days; /* "provisioning.expiry_warn_days": certificates expiring
+                                  within this are counted and warned about */
     struct {
       char *cert_file;         /* "provisioning.local_ca.cert_file" */
       char *key_file;          /* "provisioning.local_ca.key_file" */

@@ -256,6 +256,7 @@ static const struct key_spec provisioning_keys[] = {
     UINT_KEY("retry_base_ms", provisioning.retry_base_ms, 10, 3600000, 2000),
     UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000, 300000),
     UINT_KEY("request_timeout_ms", provisioning.request_timeout_ms, 100, 600000, 30000),
+    UINT_KEY("expiry_warn_days", provisioning.expiry_warn_days, 1, 3650, 30),
     OBJ_KEY("local_ca", local_ca_keys),
     OBJ_KEY("aws", aws_keys),
 };

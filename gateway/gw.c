@@ -85,6 +85,8 @@ static void on_provisioned(void *ud, const char *client_id, bool ok)
   struct gw *gw = ud;
   gw_emit(gw, "device.state", client_id, "state", ok ? "active" : "failed", NULL, NULL);
   leaves_on_provisioned(gw->lan, client_id, ok);
+  if (ok) /* a new certificate: its expiry in the gauges now, not at the next pass */
+    upkeep_check_certs(&gw->upkeep, (int64_t)time(NULL));
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -203,6 +205,7 @@ int gw_start(struct gw *gw)
   rc = relay_start(gw->relay);
   if (rc != 0)
     return rc;
+  gw->upkeep.certs.ca_not_after = provision_ca_not_after(gw->prov);
   rc = upkeep_start(&gw->upkeep);
   if (rc != 0)
     return rc;
@@ -267,6 +270,7 @@ void gw_log_metrics(struct gw *gw)
   struct metrics m = gw->m;
   leaves_count(gw->lan, &m, NULL, NULL);
   relay_count(gw->relay, &m);
+  upkeep_count(&gw->upkeep, &m);
   if (metrics_to_json(&m, buf, sizeof buf) > 0)
     LOGI("metrics", "metrics %s", buf);
 }

@@ -21,6 +21,7 @@
 #include "store.h"
 
 #define MOD "api"
+#define DAY_S 86400
 
 static int64_t now_s(void)
 {
@@ -41,6 +42,7 @@ static void live_counts(struct gw *gw, struct metrics *m, uint64_t *links)
   memset(m, 0, sizeof *m);
   leaves_count(gw->lan, m, links, NULL);
   relay_count(gw->relay, m);
+  upkeep_count(&gw->upkeep, m);
 }
 
 int api_status(struct gw *gw, struct api_status *out)
@@ -71,6 +73,11 @@ int api_status(struct gw *gw, struct api_status *out)
                  gw->m.publish_in_qos2;
   out->msgs_out = gw->m.publish_out_qos0 + gw->m.publish_out_qos1;
   fill_outbox(gw, NULL, &out->outbox);
+  out->expiry_warn_days = gw->cfg->provisioning.expiry_warn_days;
+  out->certs_expiring = gw->upkeep.certs.expiring;
+  out->certs_expired = gw->upkeep.certs.expired;
+  out->certs_soonest_not_after = gw->upkeep.certs.soonest;
+  out->ca_not_after = gw->upkeep.certs.ca_not_after;
   return API_OK;
 }
 
@@ -152,6 +159,11 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
     copy(out->cert_fingerprint, sizeof out->cert_fingerprint, c.fingerprint);
     out->cert_not_after = c.not_after;
     copy(out->cert_status, sizeof out->cert_status, store_cert_status_name(c.status));
+    if (c.not_after > 0) {
+      int64_t left = c.not_after - now_s();
+      out->cert_expiry_known = true;
+      out->cert_expires_in_days = left >= 0 ? left / DAY_S : -((-left + DAY_S - 1) / DAY_S);
+    }
   }
   store_cert_clear(&c);
 }
@@ -171,20 +183,24 @@ static int list_row(void *ud, const struct store_device *d)
 }
 
 int api_devices_list(struct gw *gw, const char *state, const char *q, const char *lan_security,
-                     const char *sort, int64_t offset, int64_t limit, api_device_cb cb, void *ud,
-                     int64_t *total)
+                     const char *sort, int64_t expires_within_days, int64_t offset,
+                     int64_t limit, api_device_cb cb, void *ud, int64_t *total)
 {
+  /* In the order of enum store_device_sort. */
   static const char *const keys[] = {"client_id", "thing_name", "state", "last_seen",
-                                     "first_seen"};
+                                     "first_seen", "cert_not_after"};
   struct list_ctx l = {gw, cb, ud};
-  struct store_device_filter where = {-1, q && *q ? q : NULL, lan_security};
+  struct store_device_filter where = {
+      .state = -1, .text = q && *q ? q : NULL, .lan_security = lan_security};
   int by = STORE_SORT_CLIENT_ID, rc;
   bool desc = false;
 
   if (state && *state && (where.state = store_dev_state_parse(state)) < 0)
     return API_INVAL;
-  if (offset < 0 || limit < 1)
+  if (offset < 0 || limit < 1 || expires_within_days > 36500)
     return API_INVAL;
+  if (expires_within_days >= 0)
+    where.cert_expires_before = now_s() + expires_within_days * DAY_S;
   if (sort && *sort) {
     if (*sort == '-') {
       desc = true;

@@ -96,7 +96,11 @@
   G(sessions, "session records held")                                          \
   G(upstreams_up, "upstream sessions up")                                      \
   G(dtls_sessions, "DTLS associations established")                            \
-  G(dtls_handshaking, "DTLS handshakes in progress")
+  G(dtls_handshaking, "DTLS handshakes in progress")                           \
+  G(certs_soonest_not_after_s, "soonest not-after of an active certificate, Unix s; 0 when none") \
+  G(certs_expiring, "active certificates expiring within provisioning.expiry_warn_days, expired included") \
+  G(certs_expired, "active certificates past their not-after")                 \
+  G(ca_not_after_s, "the local CA certificate's not-after, Unix s; 0 without one")
 
 struct metrics {
 #define METRICS_FIELD(name, help) uint64_t name;

@@ -44,7 +44,7 @@ static const char *const ACTOR = WEB_ACTOR;
 static const char *const device_states[] = {"pending", "approved", "provisioning", "active",
                                             "failed",  "blocked",  "revoked"};
 static const char *const device_sorts[] = {"client_id", "thing_name", "state", "last_seen",
-                                           "first_seen"};
+                                           "first_seen", "cert_not_after"};
 static const char *const cert_states[] = {"pending", "active", "orphaned", "superseded",
                                           "inactive"};
 static const char *const lan_securities[] = {"plain", "dtls-psk", "dtls-cert", "none"};
@@ -239,6 +239,12 @@ cJSON *web_device_json(const struct api_device *d)
   } else if (!cJSON_AddNullToObject(o, "certificate")) {
     ok = false;
   }
+  /* Whole days to the active certificate's not-after, rounded down:
+   * negative once expired, null without a certificate. */
+  if (!(d->cert_expiry_known
+            ? cJSON_AddNumberToObject(o, "expires_in_days", (double)d->cert_expires_in_days)
+            : cJSON_AddNullToObject(o, "expires_in_days")))
+    ok = false;
   /* null until the device has connected at all; "psk" says whether a key
    * exists, never what it is. */
   if (!(d->lan_security[0] ? cJSON_AddStringToObject(o, "lan_security", d->lan_security)
@@ -425,6 +431,24 @@ int web_h_status(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
   web_json_num(o, "msgs_in", (double)st.msgs_in, &ok);
   web_json_num(o, "msgs_out", (double)st.msgs_out, &ok);
   web_outbox_json(o, &st.outbox, true, &ok);
+  {
+    cJSON *ce = cJSON_AddObjectToObject(o, "cert_expiry");
+    if (!ce) {
+      ok = false;
+    } else {
+      web_json_num(ce, "warn_days", st.expiry_warn_days, &ok);
+      web_json_num(ce, "expiring", (double)st.certs_expiring, &ok);
+      web_json_num(ce, "expired", (double)st.certs_expired, &ok);
+      if (!(st.certs_soonest_not_after > 0
+                ? cJSON_AddNumberToObject(ce, "soonest_not_after",
+                                          (double)st.certs_soonest_not_after)
+                : cJSON_AddNullToObject(ce, "soonest_not_after")) ||
+          !(st.ca_not_after > 0
+                ? cJSON_AddNumberToObject(ce, "ca_not_after", (double)st.ca_not_after)
+                : cJSON_AddNullToObject(ce, "ca_not_after")))
+        ok = false;
+    }
+  }
   if (!ok) {
     cJSON_Delete(o);
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
@@ -462,8 +486,14 @@ int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const
                          sizeof device_sorts / sizeof device_sorts[0])))
     return web_reply_error(wsi, w, c, 400, "bad_request",
                            "sort must be one of client_id, thing_name, state, last_seen, "
-                           "first_seen, optionally prefixed with '-'");
+                           "first_seen, cert_not_after, optionally prefixed with '-'");
   bool has_sort = r > 0 && *sort;
+  char days[32];
+  int64_t within = -1;
+  r = get_arg(wsi, "expires_within_days", days, sizeof days);
+  if (r < 0 || (r > 0 && web_parse_int64(days, 0, 36500, &within) < 0))
+    return web_reply_error(wsi, w, c, 400, "bad_request",
+                           "expires_within_days must be an integer in 0..36500");
   char lan[16];
   r = get_arg(wsi, "lan_security", lan, sizeof lan);
   if (r < 0 || (r > 0 && *lan &&
@@ -476,7 +506,8 @@ int web_h_devices(struct lws *wsi, struct web *w, struct web_http_conn *c, const
   if (!lc.items)
     return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
   rc = api_devices_list(w->gw, has_state ? state : NULL, has_q ? q : NULL,
-                        has_lan ? lan : NULL, has_sort ? sort : NULL, pg.offset, pg.limit,
+                        has_lan ? lan : NULL, has_sort ? sort : NULL, within, pg.offset,
+                        pg.limit,
                         web_device_row, &lc, &total);
   return reply_list(wsi, w, c, rc, &lc, total, &pg);
 }

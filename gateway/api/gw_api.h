@@ -64,6 +64,12 @@ struct api_status {
   uint64_t msgs_in;           /* publishes from leaves, all QoS */
   uint64_t msgs_out;          /* publishes to leaves */
   struct api_outbox outbox;   /* totals */
+  /* Certificate expiry as of the last upkeep pass (at most 10 s old). */
+  uint32_t expiry_warn_days;  /* provisioning.expiry_warn_days */
+  uint64_t certs_expiring;    /* active, not-after within it (expired included) */
+  uint64_t certs_expired;     /* active, not-after passed */
+  int64_t certs_soonest_not_after; /* 0 when no active certificate */
+  int64_t ca_not_after;       /* the local CA's, 0 without one */
 };
 int api_status(struct gw *gw, struct api_status *out);
 
@@ -85,6 +91,9 @@ struct api_device {
   char cert_fingerprint[65];
   int64_t cert_not_after;
   char cert_status[16];       /* "active", or "" */
+  bool cert_expiry_known;     /* an active certificate with a not-after */
+  int64_t cert_expires_in_days; /* days to its not-after, rounded down; negative once
+                                   expired (-1 within the first day after) */
   char lan_security[16];      /* how it last authenticated on the LAN: "plain", "dtls-psk",
                                  "dtls-cert", or "" (never connected) */
   bool psk;                   /* a DTLS pre-shared key is held for it (never the key) */
@@ -101,12 +110,15 @@ typedef int (*api_device_cb)(void *ud, const struct api_device *d);
  * or thing name, NULL for any.  lan_security: NULL for any, else "plain",
  * "dtls-psk", "dtls-cert" or "none" (never connected).  sort: NULL or
  * "client_id" (the default), "thing_name", "state", "last_seen",
- * "first_seen", each optionally prefixed with '-' for descending (API_INVAL
- * otherwise).  *total gets the number of matching devices.  cb returns 0 to
- * go on. */
+ * "first_seen", "cert_not_after" (devices without a certificate last either
+ * way), each optionally prefixed with '-' for descending (API_INVAL
+ * otherwise).  expires_within_days: negative for any, else only devices
+ * whose active certificate's not-after is before now + that many days
+ * (expired ones included).  *total gets the number of matching devices.  cb
+ * returns 0 to go on. */
 int api_devices_list(struct gw *gw, const char *state, const char *q, const char *lan_security,
-                     const char *sort, int64_t offset, int64_t limit, api_device_cb cb, void *ud,
-                     int64_t *total);
+                     const char *sort, int64_t expires_within_days, int64_t offset,
+                     int64_t limit, api_device_cb cb, void *ud, int64_t *total);
 int api_device_get(struct gw *gw, const char *client_id, struct api_device *out);
 /* The device's subscriptions (topic filters with QoS). */
 typedef int (*api_sub_cb)(void *ud, const char *filter, int qos);

@@ -500,6 +500,14 @@ int provision_start(struct provisioner *p)
       LOGE(MOD, "local CA: %s", err);
       return -1;
     }
+    {
+      char fp[65], cn[256];
+      if (ca_cert_info(ca_cert_pem(p->ca), &p->ca_not_after, fp, cn, sizeof cn, err,
+                       sizeof err) != 0) {
+        LOGW(MOD, "local CA: its expiry is unknown: %s", err);
+        p->ca_not_after = 0;
+      }
+    }
     LOGI(MOD, "local CA ready (%s)", cfg->provisioning.local_ca.cert_file);
   } else if (pv_claims_start(p) != 0) {
     return -1;
@@ -634,6 +642,11 @@ int provision_ensure(struct provisioner *p, const char *client_id,
     return PROVISION_PENDING;
   }
   return ensure_run(p, &d, reason, cap);
+}
+
+int64_t provision_ca_not_after(const struct provisioner *p)
+{
+  return p->ca_not_after;
 }
 
 size_t provision_in_flight(const struct provisioner *p)

@@ -45,6 +45,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct gw_config;
@@ -87,5 +88,8 @@ void provision_observe(struct provisioner *p, provision_step_cb cb, void *ud);
 
 /* Runs in flight or queued, for status pages. */
 size_t provision_in_flight(const struct provisioner *p);
+/* The local CA certificate's not-after (Unix seconds) once provision_start
+ * has opened it; 0 with another backend. */
+int64_t provision_ca_not_after(const struct provisioner *p);
 
 #endif

@@ -76,6 +76,7 @@ struct provisioner {
   void *ud;
 
   struct ca_ctx *ca;
+  int64_t ca_not_after;         /* the CA certificate's, read at provision_start */
   struct claim *claims;
   unsigned nclaims;
   struct job *jobs;

@@ -32,8 +32,9 @@ READ = "read-" + uuid.uuid4().hex
 STATES = ("pending", "approved", "provisioning", "active", "failed", "blocked", "revoked")
 CERT_ACTIVE, CERT_ORPHANED, CERT_SUPERSEDED, CERT_INACTIVE = 1, 2, 3, 4
 DEVICE_KEYS = {"client_id", "thing_name", "state", "session", "bound_addr", "address",
-               "first_seen", "last_seen", "last_error", "attempts", "certificate", "lan_security",
-               "psk", "msgs_in", "msgs_out", "msgs_refused", "queued", "subscriptions", "outbox"}
+               "first_seen", "last_seen", "last_error", "attempts", "certificate",
+               "expires_in_days", "lan_security", "psk", "msgs_in", "msgs_out", "msgs_refused",
+               "queued", "subscriptions", "outbox"}
 CERT_KEYS = {"cert_id", "client_id", "status", "not_after", "fingerprint", "reason", "created_at"}
 AUDIT_KEYS = {"id", "at", "actor", "action", "client_id", "detail"}
 
@@ -293,7 +294,7 @@ def test_health_status_and_keepalive(wg):
     st = conforms(wg.api.get("/api/v1/status"), "/api/v1/status", "GET", 200)
     assert set(st) == {"version", "uptime_s", "gateway_id", "uplink", "backend", "devices",
                        "leaves", "upstreams_up", "provisioning_in_flight", "db_bytes", "msgs_in",
-                       "msgs_out", "outbox"}
+                       "msgs_out", "outbox", "cert_expiry"}
     assert isinstance(st["version"], str) and st["version"]
     assert st["gateway_id"] == 1 and st["backend"] == "local-ca"
     assert set(st["devices"]) == set(STATES)

@@ -88,7 +88,7 @@ static void test_device_without_certificate(void)
               "\"session\":\"asleep\",\"bound_addr\":\"10.0.0.7\","
               "\"address\":\"10.0.0.7:50000\",\"first_seen\":1764451200,"
               "\"last_seen\":1764454800,\"last_error\":\"\",\"attempts\":2,"
-              "\"certificate\":null,\"lan_security\":\"dtls-psk\",\"psk\":true,\"msgs_in\":12,"
+              "\"certificate\":null,\"expires_in_days\":null,\"lan_security\":\"dtls-psk\",\"psk\":true,\"msgs_in\":12,"
               "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
               OUTBOX_FILLED "}");
 }
@@ -102,6 +102,8 @@ static void test_device_with_certificate(void)
   strcpy(d.cert_fingerprint, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
   d.cert_not_after = 4102444800; /* 2100-01-01: past 2^31, still an integer */
   strcpy(d.cert_status, "active");
+  d.cert_expiry_known = true;
+  d.cert_expires_in_days = -3; /* expired: negative */
   strcpy(d.last_error, "claim rejected");
   strcpy(d.lan_security, "plain");
   expect_json(web_device_json(&d),
@@ -111,7 +113,7 @@ static void test_device_with_certificate(void)
               "\"last_seen\":1764454800,\"last_error\":\"claim rejected\",\"attempts\":2,"
               "\"certificate\":{\"cert_id\":\"3f2a9c\",\"fingerprint\":"
               "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
-              "\"not_after\":4102444800,\"status\":\"active\"},"
+              "\"not_after\":4102444800,\"status\":\"active\"},\"expires_in_days\":-3,"
               "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
               OUTBOX_FILLED "}");
 }
@@ -132,6 +134,7 @@ static void test_device_empty(void)
               "{\"client_id\":\"new\",\"thing_name\":\"\",\"state\":\"pending\","
               "\"session\":\"none\",\"bound_addr\":\"\",\"address\":\"\",\"first_seen\":0,"
               "\"last_seen\":0,\"last_error\":\"\",\"attempts\":0,\"certificate\":null,"
+              "\"expires_in_days\":null,"
               "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
               OUTBOX_ZERO("null") "}");
 }
@@ -156,6 +159,7 @@ static void test_device_odd_client_id(void)
                  "\"thing_name\":\"\",\"state\":\"\",\"session\":\"\",\"bound_addr\":\"\","
                  "\"address\":\"\",\"first_seen\":0,\"last_seen\":0,"
                  "\"last_error\":\"bad \\\"claim\\\"\\n\",\"attempts\":0,\"certificate\":null,"
+              "\"expires_in_days\":null,"
                  "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
                  OUTBOX_ZERO("0") "}");
 }
