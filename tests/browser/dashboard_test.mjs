@@ -216,6 +216,27 @@ async function main() {
       await waitRowState(page, id, 'active', opt.timeoutMs, 'connected leaf');
     }
 
+    // The "Certificate expires" column: a date for a provisioned leaf (years
+    // away: neither the warning nor the error style); the overview warns
+    // about the local CA's certificate (30 days left, within twice the
+    // default provisioning.expiry_warn_days) and about no leaf certificate.
+    const heads = await page.$$eval('#device-table th', (els) => els.map((e) => e.textContent.trim()));
+    if (!heads.includes('Certificate expires')) fail('no "Certificate expires" column: ' + JSON.stringify(heads));
+    for (const id of opt.active) {
+      const cell = await page.$eval('#device-rows tr[data-client-id="' + id + '"] td[data-field="cert"]',
+        (td) => ({ text: td.textContent, cls: td.className })).catch(() => null);
+      if (!cell || !/^\d{4}-\d{2}-\d{2}/.test(cell.text) || /expir/.test(cell.cls)) {
+        fail('the certificate cell of ' + id + ' reads ' + JSON.stringify(cell));
+      }
+    }
+    await page.waitForFunction(() => {
+      const p = document.querySelector('#cert-warning');
+      return p && !p.hidden && /local CA/.test(p.textContent);
+    }, null, { timeout: 10000 }).catch(() => fail('the overview does not warn about the local CA\'s expiry'));
+    if (/certificates? expires? within/.test(await page.textContent('#cert-warning'))) {
+      fail('the overview warns about leaf certificates that expire in years');
+    }
+
     log('approve ' + opt.pending + ' in the Pending section');
     const approve = page.locator('#pending [data-client-id="' + opt.pending + '"] [data-action="approve"]');
     try {

@@ -34,7 +34,8 @@ const st = {
   statusTimer: null,
   polls: 0,
   chart: new RateChart($('#rate-chart')),
-  devices: { offset: 0, total: 0, items: [], q: '', state: '', sort: { key: 'client_id', dir: 1 } },
+  devices: { offset: 0, total: 0, items: [], q: '', state: '', expiry: '', sort: { key: 'client_id', dir: 1 } },
+  warnDays: 30,         // provisioning.expiry_warn_days, from the status
   pending: { offset: 0, total: 0 },
   orphans: { offset: 0, total: 0 },
   audit: { offset: 0, total: 0, size: AUDIT_PAGE },
@@ -181,6 +182,39 @@ async function pollStatus() {
   if (st.running) st.statusTimer = setTimeout(pollStatus, STATUS_EVERY_MS);
 }
 
+// "3 certificates expire within 30 days (1 expired)", with a button that
+// filters the device list to them; hidden when none does.
+function renderCertWarning(ce) {
+  const p = $('#cert-warning');
+  if (!ce) { p.hidden = true; return; }
+  st.warnDays = ce.warn_days || st.warnDays;
+  const n = ce.expiring || 0;
+  const caLeft = ce.ca_not_after ? daysLeft(ce.ca_not_after) : null;
+  const caWarn = caLeft !== null && caLeft < 2 * st.warnDays;
+  p.hidden = !n && !caWarn;
+  if (p.hidden) return;
+  p.classList.toggle('expired', (ce.expired || 0) > 0 || (caLeft !== null && caLeft < 0));
+  const parts = [];
+  if (n) {
+    parts.push(fmtInt(n) + (n === 1 ? ' certificate expires' : ' certificates expire') + ' within ' +
+      st.warnDays + ' days' + (ce.expired ? ' (' + fmtInt(ce.expired) + ' already expired)' : '') +
+      (ce.soonest_not_after ? '; the soonest ' + fmtDate(ce.soonest_not_after) : '') + '.');
+  }
+  if (caWarn) {
+    parts.push('The local CA\'s certificate ' + (caLeft < 0 ? 'expired' : 'expires') + ' ' +
+      fmtDate(ce.ca_not_after) + '.');
+  }
+  clear(p).append(parts.join(' '));
+  if (n) {
+    p.appendChild(h('button', { type: 'button', class: 'btn small', onclick: () => {
+      st.devices.expiry = 'expiring';
+      $('#device-expiry').value = 'expiring';
+      st.devices.offset = 0;
+      loadDevices();
+    } }, 'Show them'));
+  }
+}
+
 function renderStatus(s) {
   const counts = {
     ...Object.fromEntries(Object.entries(s.devices || {})),
@@ -202,6 +236,7 @@ function renderStatus(s) {
       : fmtInt(ob.messages) + ' QoS 1/2 message(s) of ' + fmtInt(ob.leaves) + ' leaf/leaves stored for the cloud' +
         (ob.oldest_age_s ? ', the oldest for ' + fmtDuration(ob.oldest_age_s) : '');
   }
+  renderCertWarning(s.cert_expiry);
   $('#uplink-state').textContent = s.uplink || '–';
   $('#uplink-pill').dataset.state = s.uplink || '';
   $('#gw-ident').textContent = 'gateway ' + (s.gateway_id ?? '?') + ' · v' + (s.version || '?');
@@ -226,7 +261,7 @@ const SORT_KEYS = {
   lan_security: (d) => d.lan_security || '',
   address: (d) => d.address || d.bound_addr || '',
   last_seen: (d) => d.last_seen || 0,
-  cert_expiry: (d) => (d.certificate && d.certificate.not_after) || Number.MAX_SAFE_INTEGER,
+  cert_not_after: (d) => (d.certificate && d.certificate.not_after) || Number.MAX_SAFE_INTEGER,
   msgs_in: (d) => d.msgs_in || 0,
   msgs_out: (d) => d.msgs_out || 0,
   outbox: (d) => (d.outbox && d.outbox.messages) || 0,
@@ -234,7 +269,7 @@ const SORT_KEYS = {
 
 // Columns the server sorts across every page (?sort=); the others sort the
 // page on screen.
-const SERVER_SORT = new Set(['client_id', 'thing_name', 'state', 'last_seen']);
+const SERVER_SORT = new Set(['client_id', 'thing_name', 'state', 'last_seen', 'cert_not_after']);
 
 function sorted(items) {
   const { key, dir } = st.devices.sort;
@@ -248,12 +283,17 @@ function sorted(items) {
   });
 }
 
+// Within provisioning.expiry_warn_days: the warning style; past: the error style.
+function expiryClass(left) {
+  return left < 0 ? 'expired' : left < st.warnDays ? 'expiring' : '';
+}
+
 function certCell(d) {
   const c = d.certificate;
-  if (!c || !c.not_after) return h('td', { class: 'muted' }, '–');
+  if (!c || !c.not_after) return h('td', { class: 'muted', 'data-field': 'cert' }, '–');
   const left = daysLeft(c.not_after);
-  const cls = left < 0 ? 'expired' : left < 14 ? 'expiring' : '';
-  return h('td', { class: cls, title: fmtTime(c.not_after) },
+  const cls = expiryClass(left);
+  return h('td', { class: cls, 'data-field': 'cert', title: fmtTime(c.not_after) },
     fmtDate(c.not_after), h('span', { class: 'sub' }, left < 0 ? ' expired' : ' ' + left + ' d'));
 }
 
@@ -330,6 +370,7 @@ async function loadDevices() {
   const D = st.devices;
   try {
     const params = { state: D.state, q: D.q, offset: D.offset, limit: PAGE };
+    if (D.expiry) params.expires_within_days = D.expiry === 'expired' ? 0 : st.warnDays;
     if (SERVER_SORT.has(D.sort.key)) params.sort = (D.sort.dir < 0 ? '-' : '') + D.sort.key;
     const r = await api.get('devices', params);
     // The page may have emptied (devices decommissioned, filter narrowed).
@@ -386,6 +427,12 @@ $('#device-q').addEventListener('input', (e) => {
 });
 $('#device-state').addEventListener('change', (e) => {
   st.devices.state = e.target.value;
+  reloadFromFilter.cancel();
+  st.devices.offset = 0;
+  loadDevices();
+});
+$('#device-expiry').addEventListener('change', (e) => {
+  st.devices.expiry = e.target.value;
   reloadFromFilter.cancel();
   st.devices.offset = 0;
   loadDevices();
@@ -850,7 +897,7 @@ async function renderDevicePanel(clientId) {
     h('section', {}, h('h3', {}, 'Certificate'), c ? dl([
       ['Id', h('span', { class: 'mono wrap-any' }, c.cert_id || '–')],
       ['Fingerprint', h('span', { class: 'mono wrap-any' }, c.fingerprint || '–')],
-      ['Not after', h('span', { class: left !== null && left < 14 ? 'expiring' : '' },
+      ['Not after', h('span', { class: left !== null ? expiryClass(left) : '' },
         fmtTime(c.not_after) + (left === null ? '' : left < 0 ? ' (expired)' : ' (' + left + ' days)'))],
       ['Status', c.status || '–'],
       ['PEM', h('button', { type: 'button', class: 'btn small', onclick: (e) => downloadPem(d.client_id, e.currentTarget) },
