@@ -266,7 +266,7 @@ void gw_free(struct gw *gw)
 
 void gw_log_metrics(struct gw *gw)
 {
-  char buf[4096];
+  char buf[16384]; /* the whole table, ~3 KB today: room to grow */
   struct metrics m = gw->m;
   leaves_count(gw->lan, &m, NULL, NULL);
   relay_count(gw->relay, &m);
