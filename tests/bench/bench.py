@@ -7,7 +7,7 @@ broker), and prints figures.  Nothing here passes or fails on timing: the box
 is shared and noisy, so each figure is printed next to the one it should be
 compared with, measured in the same run.
 
-Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls selects some):
+Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls,outbox selects some):
   qos0     direct vs relayed QoS 0 rate at a ladder of offered rates, loss,
            gateway CPU per message
   connect  time for BENCH_QOS1_LEAVES leaves to connect (first CONNECT to
@@ -22,6 +22,11 @@ Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls selects some):
            RSS before/after, the known leaf's CONNACK delay
   dtls     PSK handshakes per gateway CPU-second, the memory of an idle DTLS
            association, QoS 0 over DTLS against plain UDP (bench_dtls.py)
+  outbox   QoS 1 through the outbox against outbox.enabled false (closed and
+           open loop: rate, PUBACK latency, CPU, group commits); an uplink
+           outage through a cut-able proxy, and one with a SIGKILL of the
+           gateway: reconnect pacing, drain time, order and loss at a
+           checking subscriber (bench_outbox.py)
 """
 import argparse
 import json
@@ -709,7 +714,7 @@ def main():
     ap.add_argument("--build", required=True, help="the build-bench directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
-    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory,flood,dtls").split(",")))
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "qos0,connect,qos1,memory,flood,dtls,outbox").split(",")))
 
     work = Path(tempfile.mkdtemp(prefix="fleetgw-bench-"))
     b = Bench(args.build, work)
@@ -742,6 +747,9 @@ def main():
         if "dtls" in only:
             import bench_dtls
             bench_dtls.section_dtls(b, work)
+        if "outbox" in only:
+            import bench_outbox
+            bench_outbox.section_outbox(b, work)
     except Exception as e:  # print what we have, then the error
         print("\nBENCHMARK ERROR: %s" % e)
         rc = 1

@@ -15,11 +15,17 @@
 #   BENCH_QOS0_LEAVES  leaves / connections in the QoS 0 runs (default 100)
 #   BENCH_QOS1_LEAVES  leaves in the connect and QoS 1 runs (default 1000)
 #   BENCH_QOS1_SECS    seconds per QoS 1 run (default 5)
-#   BENCH_ONLY         comma list of sections: qos0,connect,qos1,memory,flood,dtls (default all)
+#   BENCH_ONLY         comma list of sections: qos0,connect,qos1,memory,flood,dtls,outbox
+#                      (default all)
 #   BENCH_DTLS_LEAVES  leaves in the DTLS handshake and memory runs (default 2000)
 #   BENCH_DTLS_QOS0_LEAVES, BENCH_DTLS_QOS0_RATE  the DTLS QoS 0 run (default 100 leaves,
 #                      40000 msg/s in total)
 #   BENCH_FLOOD_IDS    made-up ClientIds in the flood run (default 10000)
+#   BENCH_OUTBOX_LEAVES  leaves in the outbox's outage runs (default 1000; 10000 works)
+#   BENCH_OUTBOX_QOS1_LEAVES, BENCH_OUTBOX_ROUNDS, BENCH_OUTBOX_OPEN_RATE,
+#   BENCH_OUTBOX_OPEN_SECS, BENCH_OUTBOX_OUTAGE_S, BENCH_OUTBOX_PUB_RATE,
+#   BENCH_OUTBOX_CONNECT_RATE, BENCH_OUTBOX_BACKOFF_CAP_MS, BENCH_OUTBOX_RUNS
+#                      the outbox section (tests/bench/README.md §7)
 #   BENCH_NO_BUILD=1   use the binaries already in build-bench/
 #   MOSQUITTO_BIN      default /usr/sbin/mosquitto
 set -euo pipefail
