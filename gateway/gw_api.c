@@ -104,13 +104,7 @@ static void fill_outbox(struct gw *gw, const char *client_id, struct api_outbox 
   out->messages = i.messages;
   out->bytes = i.bytes;
   out->in_flight = i.in_flight;
-  if (i.oldest_ms) {
-    struct timespec ts;
-    int64_t now;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    out->oldest_age_s = now > i.oldest_ms ? (now - i.oldest_ms) / 1000 : 0;
-  }
+  out->oldest_age_s = i.oldest_age_s;
   out->stored = i.stored;
   out->delivered = i.delivered;
   out->refused_full = i.refused_full;

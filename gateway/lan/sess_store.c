@@ -203,6 +203,8 @@ static int parse_addr(const char *s, struct sockaddr_storage *out)
     memcpy(ip, s + 1, (size_t)(end - s - 1));
     ip[end - s - 1] = '\0';
     port = atoi(end + 2);
+    if (port < 1 || port > 65535)
+      return -1;
     return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)out);
   }
   colon = strrchr(s, ':');
@@ -211,6 +213,8 @@ static int parse_addr(const char *s, struct sockaddr_storage *out)
   memcpy(ip, s, (size_t)(colon - s));
   ip[colon - s] = '\0';
   port = atoi(colon + 1);
+  if (port < 1 || port > 65535)
+    return -1;
   if (strchr(ip, ':'))
     return uv_ip6_addr(ip, port, (struct sockaddr_in6 *)out);
   return uv_ip4_addr(ip, port, (struct sockaddr_in *)out);

@@ -87,7 +87,6 @@ struct outbox {
   uint64_t tokens_at;
   uv_timer_t commit_timer, tick_timer, sweep_timer;
   bool commit_armed, tick_armed, started, stopping;
-  struct outbox_info totals;    /* counters of lanes, summed as they happen */
   bool need_sinks;              /* a lane wants a sink (asked on the next commit timer) */
 };
 
@@ -190,6 +189,15 @@ static void gone(struct ob_lane *l, uint64_t size)
   l->bytes -= size;
   ob->count--;
   ob->bytes -= size;
+}
+
+/* n messages of bytes bytes in all left the lane's disk part at once. */
+static void gone_n(struct ob_lane *l, int64_t n, int64_t bytes)
+{
+  l->count -= (uint64_t)n;
+  l->bytes -= (uint64_t)bytes;
+  l->ob->count -= (uint64_t)n;
+  l->ob->bytes -= (uint64_t)bytes;
 }
 
 static void check_idle(struct ob_lane *l)
@@ -485,13 +493,11 @@ static void commit(struct outbox *ob)
     if (!taken) {
       gone(l, msg_size(m));
       l->st.refused_full++; /* not taken: counted with the refusals */
-      ob->totals.refused_full++;
       free(m);
       check_idle(l);
       continue;
     }
     l->st.stored++;
-    ob->totals.stored++;
     ob->m->outbox_stored++;
     if (!l->spilled && l->n_ready < ob->cfg->outbox.memory_window) {
       ready_push_tail(l, m);
@@ -563,7 +569,6 @@ static bool drop_oldest(struct ob_lane *l)
     return false;
   }
   l->st.dropped++;
-  ob->totals.dropped++;
   ob->m->outbox_dropped++;
   return true;
 }
@@ -592,7 +597,6 @@ int outbox_put(struct ob_lane *l, void *owner, const char *topic, size_t topic_l
     if (ob->cfg->outbox.when_full != WHEN_FULL_DROP_OLDEST || !drop_oldest(l)) {
       static struct log_ratelimit rl;
       l->st.refused_full++;
-      ob->totals.refused_full++;
       ob->m->outbox_refused_full++;
       log_ratelimited(&rl, LOG_WARN, MOD,
                       "%s: outbox full (%llu messages, %llu bytes; %llu in all): refused",
@@ -634,7 +638,6 @@ void outbox_acked(struct ob_msg *m)
   queue_delete(ob, m->seq);
   gone(l, msg_size(m));
   l->st.delivered++;
-  ob->totals.delivered++;
   ob->m->outbox_delivered++;
   free(m);
   pump(l, UINT32_MAX);
@@ -658,7 +661,6 @@ void outbox_refused(struct ob_msg *m)
   queue_delete(ob, m->seq);
   gone(l, msg_size(m));
   l->st.cloud_refused++;
-  ob->totals.cloud_refused++;
   ob->m->publish_refused++;
   log_ratelimited(&rl, LOG_WARN, MOD,
                   "%s: the broker refused a stored message on %.*s (it closed the connection "
@@ -727,9 +729,18 @@ static int64_t lane_oldest(const struct ob_lane *l)
   return o;
 }
 
+static int64_t age_s(int64_t since_ms)
+{
+  int64_t now = wall_ms();
+  if (!since_ms)
+    return -1;
+  return now > since_ms ? (now - since_ms) / 1000 : 0;
+}
+
 void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *out)
 {
   memset(out, 0, sizeof *out);
+  out->oldest_age_s = -1;
   if (client_id) {
     const struct ob_lane *l = find_lane(ob, client_id);
     if (!l)
@@ -739,14 +750,22 @@ void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *o
     out->bytes = l->bytes;
     out->in_flight = l->n_inflight;
     out->oldest_ms = lane_oldest(l);
+    out->oldest_age_s = age_s(out->oldest_ms);
     return;
   }
-  *out = ob->totals;
   out->messages = ob->count;
   out->bytes = ob->bytes;
+  /* Lanes live as long as the outbox, so their counters sum to the totals. */
   for (size_t i = 0; i < ob->nbuckets; i++) {
     for (const struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash) {
       int64_t o;
+      out->stored += l->st.stored;
+      out->delivered += l->st.delivered;
+      out->refused_full += l->st.refused_full;
+      out->dropped += l->st.dropped;
+      out->expired += l->st.expired;
+      out->cloud_refused += l->st.cloud_refused;
+      out->discarded += l->st.discarded;
       if (!l->count)
         continue;
       out->lanes++;
@@ -756,6 +775,7 @@ void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *o
         out->oldest_ms = o;
     }
   }
+  out->oldest_age_s = age_s(out->oldest_ms);
 }
 
 int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
@@ -776,19 +796,14 @@ int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
     if (store_outbox_discard(ob->env.store, client_id, l->loaded_seq, INT64_MAX, &dn, &dbytes) !=
         STORE_OK) {
       l->st.discarded += *n; /* those from memory went all the same */
-      ob->totals.discarded += *n;
       commit(ob);
       return -1;
     }
     l->spilled = false;
-    for (int64_t i = 0; i < dn; i++)
-      gone(l, 0);
-    l->bytes -= (uint64_t)dbytes;
-    ob->bytes -= (uint64_t)dbytes;
+    gone_n(l, dn, dbytes);
     *n += (uint64_t)dn;
   }
   l->st.discarded += *n;
-  ob->totals.discarded += *n;
   /* Gone from disk before the operator is told (and the audit says so). */
   commit(ob);
   check_idle(l);
@@ -812,10 +827,7 @@ static void expire_lane(struct ob_lane *l, int64_t cutoff)
     int64_t dn = 0, dbytes = 0;
     if (store_outbox_discard(ob->env.store, l->client_id, l->loaded_seq, cutoff, &dn, &dbytes) ==
         STORE_OK) {
-      for (int64_t i = 0; i < dn; i++)
-        gone(l, 0);
-      l->bytes -= (uint64_t)dbytes;
-      ob->bytes -= (uint64_t)dbytes;
+      gone_n(l, dn, dbytes);
       n += (uint64_t)dn;
       l->disk_oldest_ms = cutoff;
     }
@@ -823,7 +835,6 @@ static void expire_lane(struct ob_lane *l, int64_t cutoff)
   if (n) {
     static struct log_ratelimit rl;
     l->st.expired += n;
-    ob->totals.expired += n;
     ob->m->outbox_expired += n;
     log_ratelimited(&rl, LOG_WARN, MOD, "%s: %llu messages older than outbox.ttl_s deleted",
                     l->client_id, (unsigned long long)n);
@@ -903,7 +914,7 @@ int outbox_start(struct outbox *ob)
   if (t.messages)
     LOGI(MOD, "%llu stored messages of %u leaves to deliver (oldest taken %llds ago)",
          (unsigned long long)t.messages, t.lanes,
-         (long long)((wall_ms() - t.oldest_ms) / 1000));
+         (long long)t.oldest_age_s);
   uv_timer_start(&ob->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
   ob->need_sinks = true;
   ask_sinks(ob);

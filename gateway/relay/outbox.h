@@ -82,6 +82,7 @@ struct outbox_info {
   uint64_t bytes;               /* their topic and payload bytes */
   uint64_t in_flight;
   int64_t oldest_ms;            /* Unix ms the oldest was taken; 0 when empty */
+  int64_t oldest_age_s;         /* its age now, s; -1 when empty */
   uint64_t stored;              /* taken and acknowledged to the leaf */
   uint64_t delivered;           /* acknowledged by the broker and deleted */
   uint64_t refused_full;        /* refused: a bound (when_full "reject") */

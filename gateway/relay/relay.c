@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -586,19 +585,13 @@ struct outbox *relay_outbox(struct relay *r)
 void relay_count(struct relay *r, struct metrics *m)
 {
   struct outbox_info t;
-  struct timespec now;
   if (!r->ob)
     return;
   outbox_info(r->ob, NULL, &t);
-  clock_gettime(CLOCK_REALTIME, &now);
   m->outbox_messages = t.messages;
   m->outbox_bytes = t.bytes;
   m->outbox_leaves = t.lanes;
-  m->outbox_oldest_age_s = 0;
-  if (t.oldest_ms) {
-    int64_t age = ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - t.oldest_ms) / 1000;
-    m->outbox_oldest_age_s = age > 0 ? (uint64_t)age : 0;
-  }
+  m->outbox_oldest_age_s = t.oldest_age_s > 0 ? (uint64_t)t.oldest_age_s : 0;
 }
 
 int relay_start(struct relay *r)
