@@ -14,7 +14,7 @@ import path from 'node:path'
 // ---------------------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------------------
-const REPEATABLE = new Set(['ca', 'template', 'device-topic-prefix', 'fault-reject', 'fault-silence', 'fault-drop'])
+const REPEATABLE = new Set(['ca', 'template', 'hook', 'device-topic-prefix', 'device-rotation-template', 'fault-reject', 'fault-silence', 'fault-drop'])
 const FLAGS = new Set(['require-sni', 'verbose', 'no-keepalive-clamp'])
 
 function parseArgs (argv) {
@@ -278,11 +278,19 @@ const CLAIM_POLICY = ARGS['claim-policy'] ? loadPolicy(ARGS['claim-policy']) : c
 }, 'built-in claim policy')
 // §4.1: client id = thing name, enforced through the thing policy variable.
 const DEVICE_PREFIXES = ARGS['device-topic-prefix'].length ? ARGS['device-topic-prefix'] : ['things/${thing}/', 'fleet/${thing}/']
+const ROTATION_TEMPLATES = ARGS['device-rotation-template'].length ? ARGS['device-rotation-template'] : ['fleetgw-rotation']
+const ROTATION_TOPICS = ['$aws/certificates/create-from-csr/json', ...ROTATION_TEMPLATES.map((n) => `$aws/provisioning-templates/${n}/provision/json`)]
 const DEVICE_POLICY = ARGS['device-policy'] ? loadPolicy(ARGS['device-policy']) : compilePolicy({
   Statement: [
     { Effect: 'Allow', Action: 'iot:Connect', Resource: 'client/${iot:Connection.Thing.ThingName}', Condition: { Bool: { 'iot:Connection.Thing.IsAttached': 'true' } } },
     { Effect: 'Allow', Action: ['iot:Publish', 'iot:Receive'], Resource: DEVICE_PREFIXES.map((p) => 'topic/' + p.replace('${thing}', '${iot:Connection.Thing.ThingName}') + '*') },
-    { Effect: 'Allow', Action: 'iot:Subscribe', Resource: DEVICE_PREFIXES.map((p) => 'topicfilter/' + p.replace('${thing}', '${iot:Connection.Thing.ThingName}') + '*') }
+    { Effect: 'Allow', Action: 'iot:Subscribe', Resource: DEVICE_PREFIXES.map((p) => 'topicfilter/' + p.replace('${thing}', '${iot:Connection.Thing.ThingName}') + '*') },
+    // §5.11: rotation over the device's own connection, as deploy/aws/device-policy.json allows it:
+    // CreateCertificateFromCsr and RegisterThing on the rotation template(s), JSON only, and
+    // exactly the request, accepted and rejected topics.
+    { Effect: 'Allow', Action: 'iot:Publish', Resource: ROTATION_TOPICS.map((t) => 'topic/' + t) },
+    { Effect: 'Allow', Action: 'iot:Receive', Resource: ROTATION_TOPICS.flatMap((t) => ['accepted', 'rejected'].map((r) => `topic/${t}/${r}`)) },
+    { Effect: 'Allow', Action: 'iot:Subscribe', Resource: ROTATION_TOPICS.flatMap((t) => ['accepted', 'rejected'].map((r) => `topicfilter/${t}/${r}`)) }
   ]
 }, 'built-in device policy')
 
@@ -302,6 +310,21 @@ for (const spec of ARGS.template) {
   const things = Object.values(body.Resources || {}).filter((r) => r.Type === 'AWS::IoT::Thing')
   if (things.length !== 1) throw new Error(`${file}: needs exactly one AWS::IoT::Thing resource`)
   TEMPLATES.set(name, { name, file: path.resolve(file), body })
+}
+
+// Pre-provisioning hooks (§5.8, §5.11), --hook TEMPLATE=CHECK. The simulator runs no Lambda;
+// CHECK names a built-in decision:
+//  * attached-thing: what deploy/aws/rotation-hook.py decides: allow only a device connection
+//    whose own certificate is attached to the thing the template names;
+//  * deny: refuse every request.
+const HOOK_CHECKS = new Set(['attached-thing', 'deny'])
+const HOOKS = new Map()
+for (const spec of ARGS.hook) {
+  const eq = spec.indexOf('=')
+  const name = spec.slice(0, eq); const check = spec.slice(eq + 1)
+  if (eq <= 0 || !TEMPLATES.has(name)) throw new Error(`--hook ${spec}: needs TEMPLATE=CHECK with a --template of that name`)
+  if (!HOOK_CHECKS.has(check)) throw new Error(`--hook ${spec}: the check must be one of ${[...HOOK_CHECKS].join(', ')}`)
+  HOOKS.set(name, check)
 }
 
 class ApiError extends Error {
@@ -358,7 +381,7 @@ function freshState () {
       certs_issued: 0, certs_per_thing: {}, register_calls: 0, requests: {}, accepted: {}, rejections: {}, throttled: 0,
       tokens_expired: 0, deleted_unregistered: 0, duplicate_attachments: 0, connections: 0, connect_refused: 0,
       duplicate_client_id_kicks: 0, policy_violations: 0, tls_failures: 0, sni_missing: 0, faults_fired: 0,
-      responses_not_delivered: 0
+      responses_not_delivered: 0, rotations: 0, rotations_per_thing: {}, hook_denials: 0
     }
   }
 }
@@ -393,9 +416,18 @@ function newToken (certId) {
   return token
 }
 
+// The connection that made a request, as the control API shows it.
+function who (client) {
+  const s = client && client._sim
+  return s ? { kind: s.ident.kind, client_id: client.id || s.clientId, certificate_id: s.ident.certId || null } : null
+}
+
 // §5.4: both create operations leave the certificate PENDING_ACTIVATION.
-function storeCert (cert, via) {
-  S.certs.set(cert.id, { state: 'PENDING_ACTIVATION', thing: null, created_at: new Date().toISOString(), via, not_after: NOT_AFTER.toISOString(), policies: [] })
+function storeCert (cert, via, client) {
+  S.certs.set(cert.id, {
+    state: 'PENDING_ACTIVATION', thing: null, created_at: new Date().toISOString(), via, not_after: NOT_AFTER.toISOString(), policies: [],
+    requested_by: who(client), registered_by: null, registered_at: null, template: null
+  })
   S.counters.certs_issued++
 }
 
@@ -410,14 +442,14 @@ function parseJson (payload, emptyOk) {
   return v
 }
 
-async function createKeysAndCertificate (payload) {
+async function createKeysAndCertificate (payload, client) {
   // §5.2: the request is "an empty message payload"; real clients also send {}. Accept both.
   parseJson(payload, true)
   // §5.4: a 2048-bit RSA key pair; §5.2 (observed): the key is PKCS#1 PEM.
   const { publicKey, privateKey } = await new Promise((resolve, reject) =>
     crypto.generateKeyPair('rsa', { modulusLength: 2048 }, (e, pub, priv) => e ? reject(e) : resolve({ publicKey: pub, privateKey: priv })))
   const cert = issueCertificate(publicKey.export({ type: 'spki', format: 'der' }), AWS_SUBJECT)
-  storeCert(cert, 'CreateKeysAndCertificate')
+  storeCert(cert, 'CreateKeysAndCertificate', client)
   // §5.2 (observed): key order certificateId, certificatePem, privateKey, certificateOwnershipToken.
   return {
     certificateId: cert.id,
@@ -427,7 +459,7 @@ async function createKeysAndCertificate (payload) {
   }
 }
 
-function createCertificateFromCsr (payload) {
+function createCertificateFromCsr (payload, client) {
   const req = parseJson(payload, false)
   let csr
   try { csr = parseCsr(req.certificateSigningRequest) } catch (e) {
@@ -435,11 +467,11 @@ function createCertificateFromCsr (payload) {
   }
   // §5.4: reusing a CSR gives a distinct certificate each time (fresh serial, so a fresh id).
   const cert = issueCertificate(csr.spki, csr.subject)
-  storeCert(cert, 'CreateCertificateFromCsr')
+  storeCert(cert, 'CreateCertificateFromCsr', client)
   return { certificateOwnershipToken: newToken(cert.id), certificateId: cert.id, certificatePem: cert.pem }
 }
 
-function registerThing (templateName, payload) {
+function registerThing (templateName, payload, client) {
   S.counters.register_calls++
   const tpl = TEMPLATES.get(templateName)
   if (!tpl) throw new ApiError(404, 'ResourceNotFoundException', `Template ${templateName} not found`) // §5.3: 404
@@ -475,6 +507,7 @@ function registerThing (templateName, payload) {
   const thingName = props.ThingName
   // §5.4: thing names are 1-128 characters of [a-zA-Z0-9:_-].
   if (typeof thingName !== 'string' || !/^[a-zA-Z0-9:_-]{1,128}$/.test(thingName)) throw badParams(`Thing name ${JSON.stringify(thingName)} is not valid`)
+  runHook(templateName, thingName, client)
   const certProps = certRes ? evalValue(certRes.Properties || {}, params, body.Mappings) : null
   const status = certProps ? (certProps.Status || 'ACTIVE') : null // §5.8: Status defaults to ACTIVE
   if (status && !['ACTIVE', 'INACTIVE'].includes(status)) throw badParams(`Certificate status ${status} is not valid`)
@@ -508,8 +541,34 @@ function registerThing (templateName, payload) {
     thing.certificates.add(tok.certId) // §5.9: old certificates stay attached too
     bump(S.counters.certs_per_thing, thingName)
   }
+  Object.assign(cert, { registered_by: who(client), registered_at: new Date().toISOString(), template: templateName })
+  if (client && client._sim && client._sim.ident.kind === 'device') {
+    // §5.11: a RegisterThing over a device's own connection is a rotation.
+    S.counters.rotations++
+    bump(S.counters.rotations_per_thing, thingName)
+  }
   // §5.2: accepted = { deviceConfiguration: flat map, thingName }.
   return { deviceConfiguration, thingName }
+}
+
+// §5.8: a hook that does not allow provisioning fails the request with ACCESS_DENIED. AWS
+// documents only the error code; the status 403 is the FreeRTOS list's "forbidden" (§5.3) and
+// the message is the simulator's own (§5.11).
+function runHook (templateName, thingName, client) {
+  const check = HOOKS.get(templateName)
+  if (!check) return
+  let why = null
+  if (check === 'deny') why = 'the hook refuses every request'
+  else {
+    const ident = client && client._sim ? client._sim.ident : { kind: 'none' }
+    const thing = S.things.get(thingName)
+    if (ident.kind !== 'device') why = `a ${ident.kind} connection may not use this template`
+    else if (!thing || !thing.certificates.has(ident.certId)) why = `the requesting certificate is not attached to ${thingName}`
+  }
+  if (!why) return
+  S.counters.hook_denials++
+  log('pre-provisioning hook denies', templateName, thingName, why)
+  throw new ApiError(403, 'ACCESS_DENIED', 'Pre-provisioning hook did not allow provisioning')
 }
 
 // ---------------------------------------------------------------------------------------
@@ -551,9 +610,9 @@ async function handleRequest (client, pt, payload) {
       throw new ApiError(429, 'ThrottlingException', 'Rate exceeded') // §5.10, FreeRTOS code 429 (§5.3)
     }
     if (pt.fmt === 'cbor') throw new ApiError(400, 'InvalidPayload', 'The simulator implements the JSON format only')
-    if (op === OPS.create) body = await createKeysAndCertificate(payload)
-    else if (op === OPS['create-from-csr']) body = createCertificateFromCsr(payload)
-    else body = registerThing(pt.template, payload)
+    if (op === OPS.create) body = await createKeysAndCertificate(payload, client)
+    else if (op === OPS['create-from-csr']) body = createCertificateFromCsr(payload, client)
+    else body = registerThing(pt.template, payload, client)
     ok = true
     bump(S.counters.accepted, op)
   } catch (e) {
@@ -763,8 +822,30 @@ function snapshot () {
     clients,
     tokens_outstanding: S.tokens.size,
     faults: S.faults,
-    templates: Object.fromEntries([...TEMPLATES].map(([n, t]) => [n, t.file]))
+    templates: Object.fromEntries([...TEMPLATES].map(([n, t]) => [n, t.file])),
+    hooks: Object.fromEntries(HOOKS)
   }
+}
+
+// One thing with the full record of each certificate attached to it, for tests that count a
+// thing's certificates and look at their states (a rotation leaves two ACTIVE ones, §5.11).
+function thingView (name) {
+  const t = S.things.get(name)
+  if (!t) return null
+  const certificates = [...t.certificates].map((id) => ({ id, ...(S.certs.get(id) || { state: 'DELETED' }) }))
+  const states = {}
+  for (const c of certificates) bump(states, c.state)
+  return { name, attributes: t.attributes, thing_type: t.thing_type, created_at: t.created_at, certificate_count: certificates.length, states, certificates }
+}
+
+// The operator's DetachThingPrincipal (§5.11): the certificate stays, in its state, but is no
+// longer attached, so thing policy variables stop resolving for it (§4.1).
+function detachCertificate (id) {
+  const c = S.certs.get(id)
+  if (!c) throw new Error(`no certificate ${id}`)
+  if (c.thing && S.things.has(c.thing)) S.things.get(c.thing).certificates.delete(id)
+  c.thing = null
+  for (const cl of Object.values(broker.clients)) if (cl._sim && cl._sim.ident.certId === id) cl.close()
 }
 
 function applyFaults (b) {
@@ -818,6 +899,11 @@ const control = http.createServer((req, res) => {
         c.close(); return reply(200, { ok: true })
       }
       if (route === 'POST /certificate') { setCertificateState(body.certificate_id, body.state); return reply(200, { ok: true }) }
+      if (route === 'POST /detach') { detachCertificate(body.certificate_id); return reply(200, { ok: true }) }
+      if (route === 'GET /thing') {
+        const t = thingView(url.searchParams.get('name') || '')
+        return t ? reply(200, t) : reply(404, { error: 'no such thing' })
+      }
       return reply(404, { error: `no route ${route}` })
     } catch (e) {
       return reply(400, { error: e.message })

@@ -24,10 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 TEMPLATE = os.path.join(ROOT, "deploy", "aws", "provisioning-template.json")
 CLAIM_POLICY = os.path.join(ROOT, "deploy", "aws", "claim-policy.json")
 DEVICE_POLICY = os.path.join(ROOT, "deploy", "aws", "device-policy.json")
+ROT_TEMPLATE = os.path.join(ROOT, "deploy", "aws", "rotation-template.json")
+ROT_HOOK = os.path.join(ROOT, "deploy", "aws", "rotation-hook.py")
 TPL = "fleetgw"
+ROT = "fleetgw-rotation"
+# The rotation template, with the pre-provisioning hook that deploy/aws/rotation-hook.py imitates.
+ROTATION_ARGS = ["--template", "%s=%s" % (ROT, ROT_TEMPLATE), "--hook", "%s=attached-thing" % ROT]
 CSR_TOPIC = "$aws/certificates/create-from-csr/json"
 CREATE_TOPIC = "$aws/certificates/create/json"
 PROV_TOPIC = "$aws/provisioning-templates/%s/provision/json" % TPL
+ROT_TOPIC = "$aws/provisioning-templates/%s/provision/json" % ROT
 
 
 def run(*args, **kw):
@@ -120,7 +126,7 @@ class Sim:
 
 @pytest.fixture(scope="session")
 def sim(pki):
-    s = Sim(pki, ["--claim-policy", CLAIM_POLICY, "--device-policy", DEVICE_POLICY, "--require-sni"])
+    s = Sim(pki, ["--claim-policy", CLAIM_POLICY, "--device-policy", DEVICE_POLICY, "--require-sni"] + ROTATION_ARGS)
     yield s
     s.stop()
 
@@ -128,7 +134,7 @@ def sim(pki):
 @pytest.fixture(scope="session")
 def sim_builtin(pki):
     """A second simulator on its built-in policies (any template name, custom device prefix)."""
-    s = Sim(pki, ["--device-topic-prefix", "things/${thing}/", "--device-topic-prefix", "plant/${thing}/"])
+    s = Sim(pki, ["--device-topic-prefix", "things/${thing}/", "--device-topic-prefix", "plant/${thing}/"] + ROTATION_ARGS)
     yield s
     s.stop()
 
@@ -489,7 +495,8 @@ def test_registered_certificate_survives_token_expiry(sim, conns):
 # Template handling
 # --------------------------------------------------------------------------------------------
 def test_template_is_the_shipped_file(sim):
-    assert sim.state()["templates"] == {TPL: os.path.realpath(TEMPLATE)}
+    assert sim.state()["templates"] == {TPL: os.path.realpath(TEMPLATE), ROT: os.path.realpath(ROT_TEMPLATE)}
+    assert sim.state()["hooks"] == {ROT: "attached-thing"}
     with open(TEMPLATE) as f:
         t = json.load(f)
     thing = [r for r in t["Resources"].values() if r["Type"] == "AWS::IoT::Thing"][0]
@@ -614,7 +621,7 @@ def test_device_outside_its_prefix_is_closed(sim, conns):
     assert dev.closed.wait(5)
     dev2 = conns(sim, None, name, cert=crt, key=key)
     assert dev2.ok()
-    dev2.pub(CSR_TOPIC, "{}")  # a device may not use the provisioning API
+    dev2.pub(PROV_TOPIC, "{}")  # a device may not use the claim's provisioning template
     assert dev2.closed.wait(5)
 
 
