@@ -167,7 +167,7 @@ enum store_cert_status {
   CERT_PENDING = 0,     /* issued by the CA/cloud, not yet registered (RegisterThing) */
   CERT_ACTIVE = 1,      /* the device's one active certificate */
   CERT_ORPHANED = 2,    /* issued but abandoned (crash, token expired): clean it up in the cloud */
-  CERT_SUPERSEDED = 3,  /* replaced by an operator's reprovision */
+  CERT_SUPERSEDED = 3,  /* replaced by an operator's reprovision or by a rotation */
   CERT_INACTIVE = 4,    /* decommissioned */
 };
 const char *store_cert_status_name(int status);
@@ -251,8 +251,16 @@ enum store_run_step {
 };
 const char *store_run_step_name(int step);
 
+/* What a run is for (runs.kind). */
+enum store_run_kind {
+  RUN_PROVISION = 0,      /* the device's first certificate and its thing */
+  RUN_ROTATE = 1,         /* a new certificate for the device's existing thing */
+};
+
 struct store_run {
   int64_t id;
+  int kind;               /* enum store_run_kind */
+  char old_cert_id[129];  /* RUN_ROTATE: the active certificate it replaces */
   char client_id[256];
   char backend[16];       /* "aws" or "local-ca" */
   int step;
@@ -272,6 +280,12 @@ struct store_run {
  * unfinished run (the schema forbids two). */
 int store_run_begin(struct store *st, const char *client_id, const char *backend, int64_t now,
                     int64_t *run_id);
+/* Starts a rotation run (RUN_ROTATE) for an ACTIVE device with an active
+ * certificate, naming that certificate as the one it replaces.  CONFLICT
+ * when the device is not ACTIVE or has an unfinished run, NOTFOUND when
+ * the device or its active certificate does not exist. */
+int store_run_begin_rotation(struct store *st, const char *client_id, const char *backend,
+                             int64_t now, int64_t *run_id);
 int store_run_get(struct store *st, int64_t run_id, struct store_run *out);
 /* The device's unfinished run, NOTFOUND if none. */
 int store_run_get_open(struct store *st, const char *client_id, struct store_run *out);
@@ -286,10 +300,13 @@ int store_run_key(struct store *st, int64_t run_id, char **key_pem);
 int store_run_cert_received(struct store *st, int64_t run_id, const char *cert_id,
                             const char *pem, const char *key_pem, int64_t not_after,
                             const char *fingerprint, const char *token, int64_t now);
-/* Atomically: thing name on the device (CONFLICT if taken), RUN_REGISTERED. */
+/* Atomically: thing name on the device (CONFLICT if taken), RUN_REGISTERED.
+ * A rotation keeps the device's thing: CONFLICT if thing_name is another. */
 int store_run_registered(struct store *st, int64_t run_id, const char *thing_name, int64_t now);
 /* Atomically: certificate ACTIVE (CONFLICT if the device has another active
- * one), device ACTIVE, error cleared, run RUN_DONE and finished. */
+ * one), device ACTIVE, error cleared, run RUN_DONE and finished.  A
+ * rotation first makes the device's active certificate CERT_SUPERSEDED
+ * (reason "rotated: replaced by <new id>"), in the same transaction. */
 int store_run_complete(struct store *st, int64_t run_id, int64_t now);
 /* Atomically: run RUN_FAILED and finished with outcome; if the run holds a
  * certificate that is not active, it becomes CERT_ORPHANED with reason. */

@@ -16,6 +16,7 @@
  */
 #include "store_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,7 +24,8 @@
 
 #define RUN_COLS                                                                          \
   "r.id, d.client_id, r.backend, r.step, r.finished, r.cert_id, r.token_blob, "           \
-  "coalesce(r.token_at, 0), r.thing_name, r.started_at, r.updated_at, r.outcome"
+  "coalesce(r.token_at, 0), r.thing_name, r.started_at, r.updated_at, r.outcome, r.kind, " \
+  "r.old_cert_id"
 #define RUN_FROM " FROM runs r JOIN devices d ON d.id = r.device_id"
 
 static const char *const step_names[] = {"started",       "key-ready",     "csr-sent",
@@ -55,6 +57,8 @@ static int read_run(struct store *st, sqlite3_stmt *s, struct store_run *r)
   r->started_at = sqlite3_column_int64(s, 9);
   r->updated_at = sqlite3_column_int64(s, 10);
   store_col_copy(r->outcome, sizeof r->outcome, s, 11);
+  r->kind = sqlite3_column_int(s, 12);
+  store_col_copy(r->old_cert_id, sizeof r->old_cert_id, s, 13);
   if (err != STORE_OK)
     secret_wipe(r, sizeof *r);
   return err;
@@ -66,6 +70,7 @@ struct run_state {
   char client_id[STORE_MAX_CLIENT_ID + 1];
   char cert_id[STORE_MAX_CERT_ID + 1];
   bool finished;
+  int kind;
   unsigned char *key_blob; /* malloc'd copy, or NULL */
   size_t key_blob_len;
 };
@@ -80,8 +85,8 @@ static void run_state_clear(struct run_state *rs)
 static int load_run(struct store *st, int64_t run_id, bool open_only, bool want_key,
                     struct run_state *rs)
 {
-  static const char sql[] = "SELECT r.device_id, d.client_id, r.cert_id, r.finished, r.key_blob"
-                            RUN_FROM " WHERE r.id = ?";
+  static const char sql[] = "SELECT r.device_id, d.client_id, r.cert_id, r.finished, r.key_blob, "
+                            "r.kind" RUN_FROM " WHERE r.id = ?";
   sqlite3_stmt *s;
   int rc, err = store_stmt(st, sql, &s);
 
@@ -95,6 +100,7 @@ static int load_run(struct store *st, int64_t run_id, bool open_only, bool want_
     store_col_copy(rs->client_id, sizeof rs->client_id, s, 1);
     store_col_copy(rs->cert_id, sizeof rs->cert_id, s, 2);
     rs->finished = sqlite3_column_int(s, 3) != 0;
+    rs->kind = sqlite3_column_int(s, 5);
     if (want_key && sqlite3_column_type(s, 4) != SQLITE_NULL) {
       const void *b = sqlite3_column_blob(s, 4);
       rs->key_blob_len = (size_t)sqlite3_column_bytes(s, 4);
@@ -139,6 +145,69 @@ int store_run_begin(struct store *st, const char *client_id, const char *backend
   if (run_id)
     *run_id = sqlite3_last_insert_rowid(st->db);
   return STORE_OK;
+}
+
+int store_run_begin_rotation(struct store *st, const char *client_id, const char *backend,
+                             int64_t now, int64_t *run_id)
+{
+  /* The device and its active certificate in one read: a rotation replaces
+   * a certificate that is in use, of a device that is ACTIVE. */
+  static const char dev_sql[] =
+      "SELECT d.id, d.state, c.cert_id FROM devices d "
+      "LEFT JOIN certificates c ON c.device_id = d.id AND c.status = 1 WHERE d.client_id = ?";
+  static const char sql[] =
+      "INSERT INTO runs(device_id, backend, step, finished, started_at, updated_at, kind, "
+      "old_cert_id) VALUES (?, ?, 0, 0, ?, ?, 1, ?)";
+  char old_cert[STORE_MAX_CERT_ID + 1] = "";
+  struct store_tx tx;
+  sqlite3_stmt *s;
+  int64_t device_id = 0;
+  int rc, state = -1, err;
+
+  if ((err = store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id")) !=
+          STORE_OK ||
+      (err = store_check_str(st, backend, STORE_MAX_BACKEND, true, "backend")) != STORE_OK ||
+      (err = store_tx_begin(st, &tx)) != STORE_OK)
+    return err;
+  if ((err = store_stmt(st, dev_sql, &s)) != STORE_OK)
+    goto out_tx;
+  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    device_id = sqlite3_column_int64(s, 0);
+    state = sqlite3_column_int(s, 1);
+    store_col_copy(old_cert, sizeof old_cert, s, 2);
+  } else if (rc != SQLITE_DONE) {
+    err = store_sqlite_fail(st, rc);
+  }
+  store_stmt_done(s);
+  if (err != STORE_OK)
+    goto out_tx;
+  if (!device_id) {
+    err = store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
+    goto out_tx;
+  }
+  if (state != DEV_ACTIVE) {
+    err = store_fail(st, STORE_CONFLICT, "device '%s' is %s, not active", client_id,
+                     store_dev_state_name(state));
+    goto out_tx;
+  }
+  if (!old_cert[0]) {
+    err = store_fail(st, STORE_NOTFOUND, "device '%s' has no active certificate", client_id);
+    goto out_tx;
+  }
+  /* one_open_run makes this CONFLICT while the device has a run open. */
+  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+    goto out_tx;
+  sqlite3_bind_int64(s, 1, device_id);
+  sqlite3_bind_text(s, 2, backend, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 3, now);
+  sqlite3_bind_int64(s, 4, now);
+  sqlite3_bind_text(s, 5, old_cert, -1, SQLITE_STATIC);
+  if ((err = store_stmt_run(st, s)) == STORE_OK && run_id)
+    *run_id = sqlite3_last_insert_rowid(st->db);
+out_tx:
+  return store_tx_end(st, &tx, err);
 }
 
 int store_run_get(struct store *st, int64_t run_id, struct store_run *out)
@@ -320,6 +389,7 @@ int store_run_registered(struct store *st, int64_t run_id, const char *thing_nam
 {
   static const char dev_sql[] = "UPDATE devices SET thing_name = ? WHERE id = ?";
   static const char run_sql[] = "UPDATE runs SET thing_name = ? WHERE id = ?";
+  static const char same_sql[] = "SELECT 1 FROM devices WHERE id = ? AND thing_name = ?";
   struct store_tx tx;
   struct run_state rs;
   sqlite3_stmt *s;
@@ -329,12 +399,31 @@ int store_run_registered(struct store *st, int64_t run_id, const char *thing_nam
   if ((err = store_check_str(st, thing_name, STORE_MAX_THING, true, "thing name")) != STORE_OK ||
       (err = store_tx_begin(st, &tx)) != STORE_OK)
     return err;
-  if ((err = load_run(st, run_id, true, false, &rs)) != STORE_OK ||
-      (err = store_stmt(st, dev_sql, &s)) != STORE_OK)
+  if ((err = load_run(st, run_id, true, false, &rs)) != STORE_OK)
     goto out_tx;
-  sqlite3_bind_text(s, 1, thing_name, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(s, 2, rs.device_id);
-  if ((err = store_stmt_run(st, s)) != STORE_OK || (err = store_stmt(st, run_sql, &s)) != STORE_OK)
+  if (rs.kind == RUN_ROTATE) {
+    /* The cloud must have attached the new certificate to the device's own
+     * thing; any other name means the rotation template is wrong. */
+    if ((err = store_stmt(st, same_sql, &s)) != STORE_OK)
+      goto out_tx;
+    sqlite3_bind_int64(s, 1, rs.device_id);
+    sqlite3_bind_text(s, 2, thing_name, -1, SQLITE_STATIC);
+    err = sqlite3_step(s) == SQLITE_ROW
+              ? STORE_OK
+              : store_fail(st, STORE_CONFLICT, "rotation registered thing '%s', not the device's",
+                           thing_name);
+    store_stmt_done(s);
+    if (err != STORE_OK)
+      goto out_tx;
+  } else {
+    if ((err = store_stmt(st, dev_sql, &s)) != STORE_OK)
+      goto out_tx;
+    sqlite3_bind_text(s, 1, thing_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, rs.device_id);
+    if ((err = store_stmt_run(st, s)) != STORE_OK)
+      goto out_tx;
+  }
+  if ((err = store_stmt(st, run_sql, &s)) != STORE_OK)
     goto out_tx;
   sqlite3_bind_text(s, 1, thing_name, -1, SQLITE_STATIC);
   sqlite3_bind_int64(s, 2, run_id);
@@ -374,6 +463,11 @@ int store_run_complete(struct store *st, int64_t run_id, int64_t now)
       "WHERE cert_id = ? AND device_id = ?";
   static const char dev_sql[] = "UPDATE devices SET state = 3, last_error = NULL, retry_at = 0, "
                                 "attempts = 0 WHERE id = ?";
+  static const char rot_dev_sql[] =
+      "UPDATE devices SET last_error = NULL WHERE id = ? AND state = 3";
+  static const char supersede_sql[] =
+      "UPDATE certificates SET status = 3, reason = ?, updated_at = ? "
+      "WHERE device_id = ? AND status = 1";
   struct store_tx tx;
   struct run_state rs;
   sqlite3_stmt *s;
@@ -388,6 +482,19 @@ int store_run_complete(struct store *st, int64_t run_id, int64_t now)
     err = store_fail(st, STORE_INVAL, "run %lld has no certificate to activate",
                      (long long)run_id);
     goto out_tx;
+  }
+  if (rs.kind == RUN_ROTATE) {
+    /* The certificate in use steps aside first, in this transaction: the
+     * device never has two active, and never none after a crash. */
+    char reason[STORE_MAX_CERT_ID + 32];
+    snprintf(reason, sizeof reason, "rotated: replaced by %s", rs.cert_id);
+    if ((err = store_stmt(st, supersede_sql, &s)) != STORE_OK)
+      goto out_tx;
+    sqlite3_bind_text(s, 1, reason, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 2, now);
+    sqlite3_bind_int64(s, 3, rs.device_id);
+    if ((err = store_stmt_run(st, s)) != STORE_OK)
+      goto out_tx;
   }
   /* The one_active_cert index refuses this UPDATE (CONFLICT) when the device
    * already has another active certificate; the rollback below then leaves
@@ -404,11 +511,18 @@ int store_run_complete(struct store *st, int64_t run_id, int64_t now)
                      (long long)run_id);
     goto out_tx;
   }
-  if ((err = store_stmt(st, dev_sql, &s)) != STORE_OK)
+  /* A rotation leaves the device as it is, and only an ACTIVE one: one
+   * blocked or revoked meanwhile does not come back by its rotation. */
+  if ((err = store_stmt(st, rs.kind == RUN_ROTATE ? rot_dev_sql : dev_sql, &s)) != STORE_OK)
     goto out_tx;
   sqlite3_bind_int64(s, 1, rs.device_id);
   if ((err = store_stmt_run(st, s)) != STORE_OK)
     goto out_tx;
+  if (rs.kind == RUN_ROTATE && sqlite3_changes(st->db) != 1) {
+    err = store_fail(st, STORE_CONFLICT, "device of run %lld is no longer active",
+                     (long long)run_id);
+    goto out_tx;
+  }
   err = finish_run(st, run_id, RUN_DONE, "ok", now);
 out_tx:
   run_state_clear(&rs);

@@ -214,6 +214,22 @@ static const struct migration migrations[] = {
      ");\n"
      "CREATE INDEX leaf_downlink_device ON leaf_downlink(device_id, seq);\n",
      NULL},
+    /* 6: certificate rotation (issue 12, docs/rotation.md).  A run is a
+     * first provisioning (kind 0) or a rotation (kind 1) of a device that
+     * keeps its thing; a rotation names the certificate it replaces.  At
+     * most one next (pending) certificate per device, beside the one active
+     * (one_active_cert): a crash at any step of either kind can never leave
+     * a device with a third.  Older registries could hold two pending
+     * certificates of one device only from abandoned runs; all but the
+     * newest are orphaned, so they are listed for clean-up as before. */
+    {"ALTER TABLE runs ADD COLUMN kind INTEGER NOT NULL DEFAULT 0 CHECK (kind IN (0, 1));\n"
+     "ALTER TABLE runs ADD COLUMN old_cert_id TEXT;\n"
+     "UPDATE certificates SET status = 2,\n"
+     "  reason = 'a second pending certificate of its device (schema 6 keeps one)'\n"
+     "  WHERE status = 0 AND id NOT IN\n"
+     "  (SELECT max(id) FROM certificates WHERE status = 0 GROUP BY device_id);\n"
+     "CREATE UNIQUE INDEX one_next_cert ON certificates(device_id) WHERE status = 0;\n",
+     NULL},
 };
 
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

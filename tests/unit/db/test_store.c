@@ -21,7 +21,7 @@
 
 #include "store.h"
 
-#define LATEST_VERSION 5
+#define LATEST_VERSION 6
 
 static char g_dir[256];
 
@@ -704,6 +704,153 @@ static void test_journal_flow(void)
   store_close(st);
 }
 
+/* Rotation (migration 6): a run of kind RUN_ROTATE for an ACTIVE device
+ * names the certificate it replaces; its next certificate is the device's
+ * one pending one; completing supersedes the old and activates the new in
+ * one transaction; a rotation keeps the thing; failing orphans the new and
+ * leaves the old active; a blocked device's rotation cannot complete. */
+static void test_rotation_journal(void)
+{
+  struct paths p;
+  struct store *st;
+  struct store_run r;
+  struct store_cert cert;
+  struct store_device d;
+  int64_t run = 0, run2 = 0, n = -1;
+  sqlite3 *db;
+
+  paths_for(&p, "rotate");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  ASSERT_EQ(store_device_create(st, "rot-1", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_device_set_thing(st, "rot-1", "thing-rot-1"), STORE_OK);
+  ASSERT_EQ(store_device_create(st, "rot-new", DEV_APPROVED, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_device_create(st, "rot-bare", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_cert_insert(st, "rot-1", "old-1", CERT_PEM, KEY_PEM, 5000, "aa", CERT_ACTIVE, 10),
+            STORE_OK);
+
+  /* Only an ACTIVE device with an active certificate, one run at a time. */
+  ASSERT_EQ(store_run_begin_rotation(st, "nobody", "local-ca", 20, &run), STORE_NOTFOUND);
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-new", "local-ca", 20, &run), STORE_CONFLICT);
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-bare", "local-ca", 20, &run), STORE_NOTFOUND);
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-1", "local-ca", 20, &run), STORE_OK);
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-1", "local-ca", 21, &run2), STORE_CONFLICT);
+  ASSERT_EQ(store_run_begin(st, "rot-1", "local-ca", 21, &run2), STORE_CONFLICT);
+  ASSERT_EQ(store_run_get(st, run, &r), STORE_OK);
+  ASSERT_EQ(r.kind, RUN_ROTATE);
+  ASSERT_STR_EQ(r.old_cert_id, "old-1");
+  ASSERT_EQ(r.step, RUN_STARTED);
+
+  ASSERT_EQ(store_run_set_key(st, run, KEY_PEM, 22), STORE_OK);
+  ASSERT_EQ(store_run_cert_received(st, run, "new-1", CERT_PEM, NULL, 9000, "bb", "", 23),
+            STORE_OK);
+  /* The old one is still the active one until the run completes. */
+  ASSERT_EQ(store_cert_get_active(st, "rot-1", false, &cert), STORE_OK);
+  ASSERT_STR_EQ(cert.cert_id, "old-1");
+  /* At most one next certificate: the schema refuses a second. */
+  ASSERT_EQ(store_cert_insert(st, "rot-1", "third", CERT_PEM, NULL, 9000, NULL, CERT_PENDING, 24),
+            STORE_CONFLICT);
+  db = raw_open(&p);
+  ASSERT_TRUE(db != NULL);
+  ASSERT_EQ(raw_exec(db, "INSERT INTO certificates(cert_id, device_id, status, pem, created_at, "
+                         "updated_at) SELECT 'raw-next', id, 0, 'pem', 0, 0 FROM devices "
+                         "WHERE client_id = 'rot-1'"),
+            SQLITE_CONSTRAINT_UNIQUE);
+  sqlite3_close(db);
+
+  /* A rotation keeps the thing. */
+  ASSERT_EQ(store_run_registered(st, run, "another-thing", 25), STORE_CONFLICT);
+  ASSERT_EQ(store_run_registered(st, run, "thing-rot-1", 25), STORE_OK);
+  ASSERT_EQ(store_run_complete(st, run, 26), STORE_OK);
+  ASSERT_EQ(store_cert_get_active(st, "rot-1", false, &cert), STORE_OK);
+  ASSERT_STR_EQ(cert.cert_id, "new-1");
+  ASSERT_EQ(store_cert_get(st, "old-1", false, &cert), STORE_OK);
+  ASSERT_EQ(cert.status, CERT_SUPERSEDED);
+  ASSERT_STR_EQ(cert.reason, "rotated: replaced by new-1");
+  ASSERT_EQ(cert.updated_at, 26);
+  ASSERT_EQ(store_device_get(st, "rot-1", &d), STORE_OK);
+  ASSERT_EQ(d.state, DEV_ACTIVE);
+  ASSERT_STR_EQ(d.thing_name, "thing-rot-1");
+  ASSERT_EQ(store_run_get(st, run, &r), STORE_OK);
+  ASSERT_EQ(r.step, RUN_DONE);
+  ASSERT_TRUE(r.finished);
+
+  /* A failed rotation: the new certificate is orphaned, the old stays. */
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-1", "local-ca", 30, &run2), STORE_OK);
+  ASSERT_EQ(store_run_get(st, run2, &r), STORE_OK);
+  ASSERT_STR_EQ(r.old_cert_id, "new-1");
+  ASSERT_EQ(store_run_cert_received(st, run2, "new-2", CERT_PEM, KEY_PEM, 9500, "cc", "", 31),
+            STORE_OK);
+  ASSERT_EQ(store_run_fail(st, run2, "test: abandoned", 32), STORE_OK);
+  ASSERT_EQ(store_cert_get(st, "new-2", false, &cert), STORE_OK);
+  ASSERT_EQ(cert.status, CERT_ORPHANED);
+  ASSERT_EQ(store_cert_get_active(st, "rot-1", false, &cert), STORE_OK);
+  ASSERT_STR_EQ(cert.cert_id, "new-1");
+
+  /* A device blocked during its rotation: completing is refused and
+   * changes nothing. */
+  ASSERT_EQ(store_run_begin_rotation(st, "rot-1", "local-ca", 40, &run2), STORE_OK);
+  ASSERT_EQ(store_run_cert_received(st, run2, "new-3", CERT_PEM, KEY_PEM, 9900, "dd", "", 41),
+            STORE_OK);
+  ASSERT_EQ(store_run_registered(st, run2, "thing-rot-1", 42), STORE_OK);
+  ASSERT_EQ(store_device_set_state(st, "rot-1", DEV_BLOCKED), STORE_OK);
+  ASSERT_EQ(store_run_complete(st, run2, 43), STORE_CONFLICT);
+  ASSERT_EQ(store_cert_get_active(st, "rot-1", false, &cert), STORE_OK);
+  ASSERT_STR_EQ(cert.cert_id, "new-1");
+  ASSERT_EQ(store_cert_get(st, "new-3", false, &cert), STORE_OK);
+  ASSERT_EQ(cert.status, CERT_PENDING);
+  ASSERT_EQ(store_device_get(st, "rot-1", &d), STORE_OK);
+  ASSERT_EQ(d.state, DEV_BLOCKED);
+  ASSERT_EQ(store_cert_count(st, "rot-1", CERT_ACTIVE, &n), STORE_OK);
+  ASSERT_EQ(n, 1);
+  store_close(st);
+}
+
+/* Migration 6 on a registry holding two pending certificates of one device
+ * (possible before it): the older is orphaned, the newest stays pending. */
+static void test_migration_6_pending(void)
+{
+  struct paths p;
+  struct store *st;
+  struct store_cert cert;
+  sqlite3 *db;
+
+  paths_for(&p, "mig6");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  ASSERT_EQ(store_device_create(st, "m6", DEV_PROVISIONING, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_cert_insert(st, "m6", "p-old", CERT_PEM, NULL, 1, NULL, CERT_PENDING, 1),
+            STORE_OK);
+  store_close(st);
+  db = raw_open(&p);
+  ASSERT_TRUE(db != NULL);
+  if (!db)
+    return;
+  ASSERT_EQ(raw_exec(db, "DROP INDEX one_next_cert; ALTER TABLE runs DROP COLUMN old_cert_id; "
+                         "ALTER TABLE runs DROP COLUMN kind; PRAGMA user_version = 5;"),
+            SQLITE_OK);
+  ASSERT_EQ(raw_exec(db, "INSERT INTO certificates(cert_id, device_id, status, pem, created_at, "
+                         "updated_at) SELECT 'p-new', id, 0, 'pem', 2, 2 FROM devices "
+                         "WHERE client_id = 'm6'"),
+            SQLITE_OK);
+  sqlite3_close(db);
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  ASSERT_EQ(store_schema_version(st), LATEST_VERSION);
+  ASSERT_EQ(store_cert_get(st, "p-old", false, &cert), STORE_OK);
+  ASSERT_EQ(cert.status, CERT_ORPHANED);
+  ASSERT_TRUE(strstr(cert.reason, "schema 6") != NULL);
+  ASSERT_EQ(store_cert_get(st, "p-new", false, &cert), STORE_OK);
+  ASSERT_EQ(cert.status, CERT_PENDING);
+  store_close(st);
+}
+
 static void test_nested_tx(void)
 {
   struct paths p;
@@ -853,11 +1000,13 @@ static void test_keys_tamper(void)
   ASSERT_TRUE(st != NULL);
   if (!st)
     return;
-  ASSERT_EQ(store_device_create(st, "dev-t", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
   for (int i = 0; i < 4; i++) {
-    char cid[16];
+    char cid[16], dev[16];
     snprintf(cid, sizeof cid, "t%d", i);
-    ASSERT_EQ(store_cert_insert(st, "dev-t", cid, CERT_PEM, KEY_PEM, 1, NULL, CERT_PENDING, 1),
+    /* One device each: a device holds at most one pending certificate. */
+    snprintf(dev, sizeof dev, "dev-t%d", i);
+    ASSERT_EQ(store_device_create(st, dev, DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
+    ASSERT_EQ(store_cert_insert(st, dev, cid, CERT_PEM, KEY_PEM, 1, NULL, CERT_PENDING, 1),
               STORE_OK);
     flip_blob_byte(&p, cid, offsets[i]);
     ASSERT_EQ(store_cert_key(st, cid, &key), STORE_CRYPTO);
@@ -1392,6 +1541,9 @@ static void test_token_migration(void)
   ASSERT_EQ(raw_exec(db, "DROP TRIGGER runs_token_sealed_insert;"
                          "DROP TRIGGER runs_token_sealed_update;"
                          "UPDATE runs SET token = 'LEGACYTOKENMARKER-0123456789abcdef';"
+                         "DROP INDEX one_next_cert;"
+                         "ALTER TABLE runs DROP COLUMN old_cert_id;"
+                         "ALTER TABLE runs DROP COLUMN kind;"
                          "ALTER TABLE runs DROP COLUMN token_blob;"
                          "DROP TABLE leaf_downlink;"
                          "DROP TABLE leaf_topics;"
@@ -1515,6 +1667,8 @@ int main(void)
   RUN(test_paging);
   RUN(test_lan_security_view);
   RUN(test_crash_resume);
+  RUN(test_rotation_journal);
+  RUN(test_migration_6_pending);
   RUN(test_token_sealed);
   RUN(test_token_migration);
   RUN(test_timing);

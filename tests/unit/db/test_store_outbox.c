@@ -593,7 +593,7 @@ static void test_migration_from_3(void)
   ASSERT_TRUE(st != NULL);
   if (!st)
     return;
-  ASSERT_EQ(store_schema_version(st), 5);
+  ASSERT_EQ(store_schema_version(st), 6);
   make_devices(st);
   ASSERT_EQ(store_device_set_thing(st, "leaf-a", "thing-a"), STORE_OK);
   store_close(st);
@@ -603,7 +603,8 @@ static void test_migration_from_3(void)
   ASSERT_TRUE(db != NULL);
   if (!db)
     return;
-  ASSERT_EQ(raw_exec(db, "DROP TABLE leaf_downlink; DROP TABLE leaf_topics; DROP TABLE leaf_subs; "
+  ASSERT_EQ(raw_exec(db, "DROP INDEX one_next_cert; ALTER TABLE runs DROP COLUMN old_cert_id; ALTER TABLE runs DROP COLUMN kind; "
+                         "DROP TABLE leaf_downlink; DROP TABLE leaf_topics; DROP TABLE leaf_subs; "
                              "DROP TABLE leaf_sessions; DROP TABLE outbox; PRAGMA user_version = 3;"), SQLITE_OK);
   ASSERT_EQ(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name = 'outbox'"), 0);
   sqlite3_close(db);
@@ -612,7 +613,7 @@ static void test_migration_from_3(void)
   ASSERT_TRUE(st != NULL);
   if (!st)
     return;
-  ASSERT_EQ(store_schema_version(st), 5);
+  ASSERT_EQ(store_schema_version(st), 6);
   ASSERT_EQ(store_device_get(st, "leaf-a", &d), STORE_OK);
   ASSERT_STR_EQ(d.thing_name, "thing-a");
   ASSERT_EQ(store_device_get(st, "leaf-b", NULL), STORE_OK);

@@ -575,7 +575,7 @@ static void test_migration_from_4(void)
 
   if (!st)
     return;
-  ASSERT_EQ(store_schema_version(st), 5);
+  ASSERT_EQ(store_schema_version(st), 6);
   ASSERT_EQ(store_device_set_thing(st, "leaf-a", "thing-a"), STORE_OK);
   store_close(st);
 
@@ -585,6 +585,7 @@ static void test_migration_from_4(void)
   if (!db)
     return;
   ASSERT_EQ(sqlite3_exec(db,
+                         "DROP INDEX one_next_cert; ALTER TABLE runs DROP COLUMN old_cert_id; ALTER TABLE runs DROP COLUMN kind; "
                          "DROP TABLE leaf_downlink; DROP TABLE leaf_topics; "
                          "DROP TABLE leaf_subs; DROP TABLE leaf_sessions; "
                          "PRAGMA user_version = 4;",
@@ -597,7 +598,7 @@ static void test_migration_from_4(void)
   ASSERT_TRUE(st != NULL);
   if (!st)
     return;
-  ASSERT_EQ(store_schema_version(st), 5);
+  ASSERT_EQ(store_schema_version(st), 6);
   ASSERT_EQ(store_device_get(st, "leaf-a", &d), STORE_OK);
   ASSERT_STR_EQ(d.thing_name, "thing-a");
   ASSERT_EQ(store_device_get(st, "leaf-c", NULL), STORE_OK);
