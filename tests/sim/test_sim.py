@@ -750,3 +750,257 @@ def test_faults_from_the_command_line(pki):
         assert (f["rate_limit"], f["token_ttl_ms"]) == (5, 1000)
     finally:
         s.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Certificate rotation over the device's own connection (§5.11)
+# --------------------------------------------------------------------------------------------
+def device(sim, conns, claim, serial):
+    """Provision a thing through the claim connection and connect as it; returns (dev, name, crt, key, created)."""
+    name, crt, key, created, _ = provision(sim, claim, serial)
+    dev = conns(sim, None, name, cert=crt, key=key)
+    assert dev.ok()
+    return dev, name, crt, key, created
+
+
+def rotate(sim, dev, serial, tag, gateway_id="gw-1"):
+    """CreateCertificateFromCsr then RegisterThing on the rotation template, both over `dev`.
+    Returns (CSR reply, cert path, key path, (kind, RegisterThing reply))."""
+    name = "rot-%s-%s" % (serial, tag)
+    kind, created = request(dev, CSR_TOPIC, {"certificateSigningRequest": make_csr(sim.pki, name)})
+    assert kind == "accepted", created
+    with open(sim.pki.p(name + ".crt"), "w") as f:
+        f.write(created["certificatePem"])
+    reg = request(dev, ROT_TOPIC, {"certificateOwnershipToken": created["certificateOwnershipToken"],
+                                   "parameters": {"SerialNumber": serial, "GatewayId": gateway_id}})
+    return created, sim.pki.p(name + ".crt"), sim.pki.p(name + ".key"), reg
+
+
+class Rotated:
+    """A thing provisioned by claim, connected as itself, and rotated once over that connection."""
+    def __init__(self, sim, conns, serial, gateway_id="gw-1"):
+        claim = conns(sim, "claim", "claim-" + serial)
+        assert claim.ok()
+        self.dev, self.name, self.old_crt, self.old_key, self.old = device(sim, conns, claim, serial)
+        self.new, self.new_crt, self.new_key, (kind, self.reg) = rotate(sim, self.dev, serial, "a", gateway_id)
+        assert kind == "accepted", self.reg
+
+
+def test_device_rotates_over_its_own_connection(sim, conns):
+    r = Rotated(sim, conns, "ROT1", gateway_id="gw-9")
+    dev, name, old, new, new_crt, new_key, reg = r.dev, r.name, r.old, r.new, r.new_crt, r.new_key, r.reg
+    # §5.2 shape; the existing thing, not a new one.
+    assert reg == {"deviceConfiguration": {"GatewayId": "gw-9", "TopicRoot": "things/" + name}, "thingName": name}
+    st = sim.state()
+    c = st["certificates"][new["certificateId"]]
+    assert (c["state"], c["thing"], c["policies"], c["template"]) == ("ACTIVE", name, ["fleetgw-device"], ROT)
+    assert c["requested_by"] == {"kind": "device", "client_id": name, "certificate_id": old["certificateId"]}
+    assert c["registered_by"] == c["requested_by"]
+    assert st["certificates"][old["certificateId"]]["requested_by"]["kind"] == "claim"
+    # §5.11: both certificates ACTIVE and attached; the attributes kept, cert_rotated_by merged.
+    assert st["things"][name]["certificates"] == {old["certificateId"]: "ACTIVE", new["certificateId"]: "ACTIVE"}
+    assert st["things"][name]["attributes"] == {"gateway_id": "gw-1", "serial_number": "ROT1",
+                                                "provisioned_by": "fleetgw", "cert_rotated_by": "fleetgw"}
+    assert st["counters"]["certs_per_thing"] == {name: 2}
+    assert (st["counters"]["rotations"], st["counters"]["rotations_per_thing"]) == (1, {name: 1})
+    assert st["counters"]["register_calls"] == 2 and st["counters"]["hook_denials"] == 0
+    view = sim.api("GET", "/thing?name=" + name)
+    assert (view["certificate_count"], view["states"]) == (2, {"ACTIVE": 2})
+    assert [x["id"] for x in view["certificates"]] == [old["certificateId"], new["certificateId"]]
+    # The new certificate connects with the same client id; the old connection is closed (§4.1).
+    dev2 = conns(sim, None, name, cert=new_crt, key=new_key)
+    assert dev2.ok()
+    assert dev.closed.wait(5)
+    assert sim.state()["counters"]["duplicate_client_id_kicks"] == 1
+    assert sim.state()["clients"][name]["certificate_id"] == new["certificateId"]
+
+
+def test_deactivated_old_certificate_is_refused_and_the_new_one_connects(sim, conns):
+    r = Rotated(sim, conns, "ROT2")
+    name, old, old_crt, old_key, new_crt, new_key = r.name, r.old, r.old_crt, r.old_key, r.new_crt, r.new_key
+    dev2 = conns(sim, None, name, cert=new_crt, key=new_key)
+    assert dev2.ok()
+    # The operator retires the old certificate (update-certificate --new-status INACTIVE).
+    sim.api("POST", "/certificate", {"certificate_id": old["certificateId"], "state": "INACTIVE"})
+    assert sim.api("GET", "/thing?name=" + name)["states"] == {"ACTIVE": 1, "INACTIVE": 1}
+    again = conns(sim, None, name, cert=old_crt, key=old_key)
+    assert not again.ok(1.5)
+    assert again.closed.wait(5) and again.connack is None  # §4.7: closed before any CONNACK
+    assert not dev2.closed.is_set()  # the refused CONNECT did not kick the new connection
+    # ... and detaches it (detach-thing-principal): even ACTIVE again, it is no longer the thing's.
+    sim.api("POST", "/detach", {"certificate_id": old["certificateId"]})
+    sim.api("POST", "/certificate", {"certificate_id": old["certificateId"], "state": "ACTIVE"})
+    assert sim.api("GET", "/thing?name=" + name)["certificate_count"] == 1
+    again = conns(sim, None, name, cert=old_crt, key=old_key)
+    assert not again.ok(1.5)
+    dev3 = conns(sim, None, name, cert=new_crt, key=new_key)
+    assert dev3.ok()
+
+
+def test_rotation_on_the_builtin_device_policy(sim_builtin, conns):
+    # Without --device-policy the built-in one allows the same rotation topics.
+    r = Rotated(sim_builtin, conns, "ROT3")
+    assert r.reg["thingName"] == r.name
+    assert sim_builtin.api("GET", "/thing?name=" + r.name)["states"] == {"ACTIVE": 2}
+
+
+def test_rotation_token_is_single_use(sim, conns):
+    r = Rotated(sim, conns, "ROT4")
+    kind, body = request(r.dev, ROT_TOPIC, {"certificateOwnershipToken": r.new["certificateOwnershipToken"],
+                                            "parameters": {"SerialNumber": "ROT4", "GatewayId": "gw-1"}})
+    assert (kind, body["statusCode"], body["errorCode"]) == ("rejected", 400, "InvalidCertificateOwnershipToken")
+    st = sim.state()
+    assert st["counters"]["rotations"] == 1 and st["counters"]["certs_per_thing"] == {r.name: 2}
+
+
+HOOK_DENIAL = {"statusCode": 403, "errorCode": "ACCESS_DENIED",
+               "errorMessage": "Pre-provisioning hook did not allow provisioning"}
+
+
+def test_hook_refuses_a_device_naming_another_thing(sim, conns):
+    claim = conns(sim, "claim", "claim-rot-other")
+    assert claim.ok()
+    dev, name, _, _, _ = device(sim, conns, claim, "ROT5")
+    victim, _, _, _, _ = provision(sim, claim, "ROT6")
+    for serial in ("ROT6", "NOSUCH"):  # somebody else's thing, and a thing that does not exist
+        new, _, _, (kind, body) = rotate(sim, dev, serial, "x")
+        assert (kind, body) == ("rejected", HOOK_DENIAL)
+        assert sim.state()["certificates"][new["certificateId"]]["state"] == "PENDING_ACTIVATION"
+    st = sim.state()
+    assert set(st["things"]) == {name, victim}
+    assert st["counters"]["certs_per_thing"] == {name: 1, victim: 1}
+    assert (st["counters"]["hook_denials"], st["counters"]["rotations"]) == (2, 0)
+    assert st["counters"]["rejections"] == {"ACCESS_DENIED": 2}
+    assert not dev.closed.is_set()  # a rejection, not a policy violation
+
+
+def test_hook_refuses_a_claim_connection(sim_builtin, conns):
+    # The built-in claim policy allows any template, so the request reaches the hook.
+    claim = conns(sim_builtin, "claim", "claim-rot-claim")
+    assert claim.ok()
+    name, _, _, _, _ = provision(sim_builtin, claim, "ROT7")
+    kind, created = request(claim, CSR_TOPIC, {"certificateSigningRequest": make_csr(sim_builtin.pki, "rot-claim")})
+    assert kind == "accepted"
+    kind, body = request(claim, ROT_TOPIC, {"certificateOwnershipToken": created["certificateOwnershipToken"],
+                                            "parameters": {"SerialNumber": "ROT7", "GatewayId": "gw-1"}})
+    assert (kind, body) == ("rejected", HOOK_DENIAL)
+    assert sim_builtin.state()["counters"]["certs_per_thing"] == {name: 1}
+
+
+def test_shipped_claim_policy_does_not_reach_the_rotation_template(sim, conns):
+    claim = conns(sim, "claim", "claim-rot-policy")
+    assert claim.ok()
+    claim.pub(ROT_TOPIC, {"certificateOwnershipToken": "x"})
+    assert claim.closed.wait(5)
+
+
+@pytest.mark.parametrize("action,topic", [
+    ("pub", PROV_TOPIC),  # the claim's template: no hook guards it
+    ("pub", CREATE_TOPIC),  # the shipped policy allows create-from-csr only
+    ("pub", "$aws/certificates/create-from-csr/cbor"),  # JSON only
+    ("sub", "$aws/certificates/create-from-csr/json/+"),  # exactly accepted and rejected, nothing wider
+    ("sub", "$aws/provisioning-templates/%s/provision/json/accepted" % TPL),
+])
+def test_shipped_device_policy_allows_only_the_rotation_topics(sim, conns, action, topic):
+    claim = conns(sim, "claim", "claim-rot-deny")
+    assert claim.ok()
+    dev, _, _, _, _ = device(sim, conns, claim, "ROT8")
+    if action == "pub":
+        dev.pub(topic, "{}")
+    else:
+        dev.c.subscribe(topic, 1)
+    assert dev.closed.wait(5)
+    assert sim.state()["counters"]["policy_violations"] == 1
+
+
+def test_shipped_device_policy_names_exactly_the_rotation_topics():
+    with open(DEVICE_POLICY) as f:
+        stmts = json.load(f)["Statement"]
+    res = {}
+    for s in stmts:
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]):
+            res.setdefault(a, set()).update(r for r in s["Resource"] if "$aws" in r)
+    arn = "arn:aws:iot:*:*:%s/" + "$aws/%s"
+    reqs = ["certificates/create-from-csr/json", "provisioning-templates/%s/provision/json" % ROT]
+    assert res["iot:Publish"] == {arn % ("topic", r) for r in reqs}
+    assert res["iot:Receive"] == {arn % ("topic", r + "/" + x) for r in reqs for x in ("accepted", "rejected")}
+    assert res["iot:Subscribe"] == {arn % ("topicfilter", r + "/" + x) for r in reqs for x in ("accepted", "rejected")}
+
+
+def test_rotation_template_is_the_shipped_file():
+    with open(ROT_TEMPLATE) as f:
+        t = json.load(f)
+    with open(TEMPLATE) as f:
+        p = json.load(f)
+    thing = t["Resources"]["thing"]
+    # The same thing name and parameters as provisioning, the existing thing kept.
+    assert thing["Properties"]["ThingName"] == p["Resources"]["thing"]["Properties"]["ThingName"]
+    assert set(t["Parameters"]) == set(p["Parameters"])
+    assert "FAIL" not in thing["OverrideSettings"].values() and thing["OverrideSettings"]["AttributePayload"] == "MERGE"
+    assert t["Resources"]["certificate"]["Properties"]["Status"] == "ACTIVE"
+    assert t["Resources"]["policy"] == p["Resources"]["policy"]
+
+
+def test_extra_hook_and_device_policy_options(pki, tmp_path, conns):
+    # --hook T=deny refuses everything; a --device-policy that allows create/* lets a device
+    # call CreateKeysAndCertificate over its own connection.
+    with open(DEVICE_POLICY) as f:
+        pol = json.load(f)
+    pol["Statement"].append({"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive", "iot:Subscribe"],
+                             "Resource": ["arn:aws:iot:*:*:topic/$aws/certificates/create/*",
+                                          "arn:aws:iot:*:*:topicfilter/$aws/certificates/create/*"]})
+    (tmp_path / "pol.json").write_text(json.dumps(pol))
+    s = Sim(pki, ["--device-policy", str(tmp_path / "pol.json"), "--template", "%s=%s" % (ROT, ROT_TEMPLATE),
+                  "--hook", "%s=deny" % ROT])
+    try:
+        claim = conns(s, "claim", "claim-extra")
+        assert claim.ok()
+        dev, name, _, _, _ = device(s, conns, claim, "ROT9")
+        kind, body = request(dev, CREATE_TOPIC, "{}")
+        assert kind == "accepted" and "privateKey" in body
+        assert s.state()["certificates"][body["certificateId"]]["via"] == "CreateKeysAndCertificate"
+        kind, rej = request(dev, ROT_TOPIC, {"certificateOwnershipToken": body["certificateOwnershipToken"],
+                                             "parameters": {"SerialNumber": "ROT9", "GatewayId": "gw-1"}})
+        assert (kind, rej) == ("rejected", HOOK_DENIAL)
+    finally:
+        s.stop()
+
+
+def test_bad_hook_option_stops_the_simulator(pki):
+    with pytest.raises(AssertionError):
+        Sim(pki, ["--hook", "nosuch=attached-thing"])
+
+
+# --------------------------------------------------------------------------------------------
+# deploy/aws/rotation-hook.py, the Lambda the --hook attached-thing check imitates
+# --------------------------------------------------------------------------------------------
+def load_hook():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("rotation_hook", ROT_HOOK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("change,allowed", [
+    ({}, True),
+    ({"claimCertificateId": "c0ffee"}, False),  # another certificate (or a claim certificate)
+    ({"parameters": {"SerialNumber": "B2", "GatewayId": "g"}}, False),  # another thing
+    ({"parameters": {"GatewayId": "g"}}, False),
+    ({"clientId": "fleetgw-B2"}, False),
+    ({"certificateId": "aa" * 32}, False),  # the new certificate is the requesting one
+])
+def test_rotation_hook_decides(change, allowed):
+    hook = load_hook()
+    attached = {"fleetgw-A1": ["arn:aws:iot:eu-west-1:123456789012:cert/" + "aa" * 32]}
+
+    def principals(thing):
+        if thing not in attached:
+            raise LookupError("ResourceNotFoundException")
+        return attached[thing]
+    event = {"claimCertificateId": "aa" * 32, "certificateId": "bb" * 32, "certificatePem": "-----BEGIN...",
+             "templateArn": "arn:aws:iot:eu-west-1:123456789012:provisioningtemplate/" + ROT,
+             "clientId": "fleetgw-A1", "parameters": {"SerialNumber": "A1", "GatewayId": "g"}}
+    event.update(change)
+    ok, why = hook.decide(event, principals)
+    assert ok is allowed, why
