@@ -8,8 +8,9 @@ could name somebody else's thing and get a working certificate for it.
 
 The hook allows the request only when:
   * the connection's own certificate (claimCertificateId in the hook's input, which for a
-    rotation is the device's current certificate, not a claim certificate) is attached to
-    the thing the template will name, fleetgw-<SerialNumber>;
+    rotation we read as the device's current certificate, not a claim certificate: §5.12 says
+    why, and that this is to be confirmed on real AWS) is attached to the thing the template
+    will name, fleetgw-<SerialNumber>;
   * the MQTT client id is that thing name (the device policy already insists on it; checked
     again so that the hook does not depend on the policy being right);
   * the new certificate is not the one the connection already uses.

@@ -312,7 +312,7 @@ for (const spec of ARGS.template) {
   TEMPLATES.set(name, { name, file: path.resolve(file), body })
 }
 
-// Pre-provisioning hooks (§5.8, §5.11), --hook TEMPLATE=CHECK. The simulator runs no Lambda;
+// Pre-provisioning hooks (§5.8, §5.12), --hook TEMPLATE=CHECK. The simulator runs no Lambda;
 // CHECK names a built-in decision:
 //  * attached-thing: what deploy/aws/rotation-hook.py decides: allow only a device connection
 //    whose own certificate is attached to the thing the template names;
@@ -553,7 +553,7 @@ function registerThing (templateName, payload, client) {
 
 // §5.8: a hook that does not allow provisioning fails the request with ACCESS_DENIED. AWS
 // documents only the error code; the status 403 is the FreeRTOS list's "forbidden" (§5.3) and
-// the message is the simulator's own (§5.11).
+// the message is the simulator's own (§5.12).
 function runHook (templateName, thingName, client) {
   const check = HOOKS.get(templateName)
   if (!check) return
@@ -838,7 +838,7 @@ function thingView (name) {
   return { name, attributes: t.attributes, thing_type: t.thing_type, created_at: t.created_at, certificate_count: certificates.length, states, certificates }
 }
 
-// The operator's DetachThingPrincipal (§5.11): the certificate stays, in its state, but is no
+// The operator's DetachThingPrincipal (§5.13): the certificate stays, in its state, but is no
 // longer attached, so thing policy variables stop resolving for it (§4.1).
 function detachCertificate (id) {
   const c = S.certs.get(id)
