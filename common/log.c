@@ -39,7 +39,8 @@ __attribute__((format(printf, 3, 0))) static void vlog(enum log_level level,
                                                      const char *module, const char *fmt,
                                                      va_list ap)
 {
-  char line[2048];
+  /* Room for the SIGUSR1 metrics line whole (about 2.1 KB of JSON). */
+  char line[8192];
   struct timespec ts;
   struct tm tm;
   size_t n;

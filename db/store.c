@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,13 +78,23 @@ static int has_key_check(struct store *st, bool *present)
   return err;
 }
 
+/* Before SQLite's first use in the process: no allocation statistics, so an
+ * allocation takes no global mutex (the registry never reads them). */
+static void sqlite_setup(void)
+{
+  (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  (void)sqlite3_initialize();
+}
+
 int store_open(const struct store_opts *opts, struct store **out)
 {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
   struct store *st;
   bool key_check = false;
   int rc, err;
 
   *out = NULL;
+  pthread_once(&once, sqlite_setup);
   if (!opts || !opts->path || !*opts->path || !opts->key_file || !*opts->key_file) {
     snprintf(store_open_errmsg, sizeof store_open_errmsg, "store_open: path and key_file are required");
     return STORE_INVAL;
@@ -139,6 +150,7 @@ void store_close(struct store *st)
 {
   if (!st)
     return;
+  store_ckpt_stop(st);
   for (size_t i = 0; i < st->ncache; i++)
     sqlite3_finalize(st->cache[i].stmt);
   /* An open store_begin() transaction is rolled back by close. */

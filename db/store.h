@@ -70,6 +70,24 @@ int store_schema_version(struct store *st);
 /* Size of the database file in bytes (for status pages). */
 int64_t store_size_bytes(struct store *st);
 
+/* WAL checkpoints on a thread of the store's own (docs/outbox.md §9):
+ * auto-checkpointing is turned off on st's connection, and once a commit
+ * leaves the WAL at pages or more, a PASSIVE checkpoint runs on another
+ * connection, one at a time.  From cap_pages on, a commit checkpoints on
+ * st's connection itself (counted in fallbacks), so the WAL stays bounded.
+ * store_close stops the thread and empties the WAL.  Nothing to do for an
+ * in-memory database. */
+int store_ckpt_start(struct store *st, int pages, int cap_pages);
+struct store_ckpt_stats {
+  uint64_t runs;          /* background checkpoints */
+  uint64_t caught_up;     /* of them, those that copied the whole WAL back */
+  uint64_t fallbacks;     /* checkpoints a commit ran itself: the WAL at cap_pages */
+  uint64_t failures;      /* checkpoints that failed other than busy */
+  int64_t wal_pages_max;  /* the largest WAL a commit left, from pages on */
+  int64_t last_us, max_us, total_us; /* background checkpoint durations */
+};
+void store_ckpt_stats(struct store *st, struct store_ckpt_stats *out);
+
 /* Explicit transactions (BEGIN IMMEDIATE).  Every function below is atomic on
  * its own; use these only to group several. */
 int store_begin(struct store *st);
@@ -287,6 +305,8 @@ int store_run_begin(struct store *st, const char *client_id, const char *backend
 int store_run_begin_rotation(struct store *st, const char *client_id, const char *backend,
                              int64_t now, int64_t *run_id);
 int store_run_get(struct store *st, int64_t run_id, struct store_run *out);
+/* The device's newest rotation run, finished or not; NOTFOUND if none. */
+int store_run_last_rotation(struct store *st, const char *client_id, struct store_run *out);
 /* The device's unfinished run, NOTFOUND if none. */
 int store_run_get_open(struct store *st, const char *client_id, struct store_run *out);
 int store_run_set_step(struct store *st, int64_t run_id, int step, int64_t now);
@@ -390,6 +410,16 @@ struct store_outbox_stats {
 int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m);
 /* Deletes message seq; STORE_OK when it was already gone. */
 int store_outbox_delete(struct store *st, int64_t seq);
+/* store_outbox_add with the device's row id cached by the caller in
+ * *device_id (0: not known yet).  The INSERT checks that the row still
+ * exists with that ClientId; when not, the id is looked up again once, so a
+ * device deleted and created again is found and a deleted one is refused
+ * (STORE_NOTFOUND, *device_id 0). */
+int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *client_id,
+                         struct store_outbox_msg *m);
+/* Deletes the messages first..last (seqs, both included) in one statement;
+ * the caller names only runs of seqs it means to delete, every one. */
+int store_outbox_delete_range(struct store *st, int64_t first, int64_t last);
 typedef int (*store_outbox_cb)(void *ud, const struct store_outbox_msg *m);
 /* client_id's messages with seq > after, oldest first, at most limit
  * (negative: no limit); the views are valid during the call; a non-zero cb

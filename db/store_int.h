@@ -47,6 +47,7 @@ struct store {
   bool have_key;
   struct store_stmt_slot cache[STORE_STMT_CACHE];
   size_t ncache;
+  struct store_ckpt *ckpt;            /* the checkpoint thread, or NULL */
   char errmsg[512];
 };
 
@@ -108,6 +109,12 @@ int store_check_str(struct store *st, const char *s, size_t max, bool required, 
  * before loading the key, and again once the key checks out. */
 int store_migrate(struct store *st);
 int store_migrations_latest(void);
+
+/* ---- checkpoints (store_ckpt.c) ---- */
+
+/* Stops the checkpoint thread, if any, and checkpoints TRUNCATE on st's own
+ * connection (store_close). */
+void store_ckpt_stop(struct store *st);
 
 /* ---- devices (store_devices.c) ---- */
 

@@ -9,9 +9,11 @@
  * seq") stay valid.  Order per device is seq order (the outbox_device index
  * on (device_id, seq) answers every per-device query in that order).
  *
- * store_outbox_add and store_outbox_delete are on the gateway's hot path
- * (every message, batched by the caller in store_begin/commit): one cached
- * statement each, the device looked up inside the INSERT, no allocation.
+ * store_outbox_add_dev and store_outbox_delete_range are on the gateway's
+ * hot path (every message, batched by the caller in store_begin/commit):
+ * one cached statement each, the device's row id kept by the caller and
+ * checked inside the INSERT, a run of consecutive seqs deleted by one
+ * statement, no allocation.
  * The deletes that must say what they removed use DELETE ... RETURNING, so
  * the count and the removal are one statement, not a read then a write.
  *
@@ -35,13 +37,16 @@ static int check_client_id(struct store *st, const char *client_id)
   return store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id");
 }
 
-int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m)
+int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *client_id,
+                         struct store_outbox_msg *m)
 {
-  /* The device id is looked up inside the INSERT: one statement per
-   * message, and no row when the ClientId is unknown (sqlite3_changes). */
+  /* The cached row id is checked in the INSERT itself: the row must still
+   * be there and still carry the ClientId, since a deleted device's id may
+   * be given to another one (devices.id is not AUTOINCREMENT).  A rowid
+   * lookup and one compare instead of a search of the client_id index. */
   static const char sql[] =
       "INSERT INTO outbox(device_id, topic, payload, qos, retain, created_ms) "
-      "SELECT id, ?2, ?3, ?4, ?5, ?6 FROM devices WHERE client_id = ?1";
+      "SELECT id, ?2, ?3, ?4, ?5, ?6 FROM devices WHERE id = ?1 AND client_id = ?7";
   sqlite3_stmt *s;
   int err = check_client_id(st, client_id);
 
@@ -53,37 +58,61 @@ int store_outbox_add(struct store *st, const char *client_id, struct store_outbo
     return store_fail(st, STORE_INVAL, "outbox topic must be 1..65535 bytes");
   if (!m->payload && m->len > 0)
     return store_fail(st, STORE_INVAL, "outbox payload is NULL with length %zu", m->len);
-  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
-    return err;
-  sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
-  /* The topic with its explicit length: what the leaf sent, byte for byte. */
-  sqlite3_bind_text64(s, 2, m->topic, m->topic_len, SQLITE_STATIC, SQLITE_UTF8);
-  /* An empty payload is a zero-length blob, not NULL (payload is NOT NULL,
-   * and sqlite3_bind_blob binds NULL for a NULL pointer). */
-  if (m->len == 0)
-    sqlite3_bind_zeroblob(s, 3, 0);
-  else
-    sqlite3_bind_blob64(s, 3, m->payload, m->len, SQLITE_STATIC);
-  sqlite3_bind_int(s, 4, m->qos);
-  sqlite3_bind_int(s, 5, m->retain ? 1 : 0);
-  sqlite3_bind_int64(s, 6, m->created_ms);
-  if ((err = store_stmt_run(st, s)) != STORE_OK)
-    return err;
-  if (sqlite3_changes(st->db) == 0)
-    return store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
+  /* At most twice: with the cached id, then, when it is stale, with the
+   * device that has the ClientId now (deleted and created again). */
+  for (int fresh = *device_id <= 0;; fresh = 1) {
+    if (*device_id <= 0 && (err = store_device_rowid(st, client_id, device_id)) != STORE_OK) {
+      *device_id = 0;
+      return err;
+    }
+    if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+      return err;
+    sqlite3_bind_int64(s, 1, *device_id);
+    /* The topic with its explicit length: what the leaf sent, byte for byte. */
+    sqlite3_bind_text64(s, 2, m->topic, m->topic_len, SQLITE_STATIC, SQLITE_UTF8);
+    /* An empty payload is a zero-length blob, not NULL (payload is NOT NULL,
+     * and sqlite3_bind_blob binds NULL for a NULL pointer). */
+    if (m->len == 0)
+      sqlite3_bind_zeroblob(s, 3, 0);
+    else
+      sqlite3_bind_blob64(s, 3, m->payload, m->len, SQLITE_STATIC);
+    sqlite3_bind_int(s, 4, m->qos);
+    sqlite3_bind_int(s, 5, m->retain ? 1 : 0);
+    sqlite3_bind_int64(s, 6, m->created_ms);
+    sqlite3_bind_text(s, 7, client_id, -1, SQLITE_STATIC);
+    if ((err = store_stmt_run(st, s)) != STORE_OK)
+      return err;
+    if (sqlite3_changes(st->db) > 0)
+      break;
+    *device_id = 0; /* stale */
+    if (fresh)
+      return store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
+  }
   m->seq = sqlite3_last_insert_rowid(st->db);
   return STORE_OK;
 }
 
-int store_outbox_delete(struct store *st, int64_t seq)
+int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m)
 {
-  static const char sql[] = "DELETE FROM outbox WHERE seq = ?";
+  int64_t device_id = 0;
+  return store_outbox_add_dev(st, &device_id, client_id, m);
+}
+
+int store_outbox_delete_range(struct store *st, int64_t first, int64_t last)
+{
+  static const char sql[] = "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2";
   sqlite3_stmt *s;
   int err = store_stmt(st, sql, &s);
   if (err != STORE_OK)
     return err;
-  sqlite3_bind_int64(s, 1, seq);
+  sqlite3_bind_int64(s, 1, first);
+  sqlite3_bind_int64(s, 2, last);
   return store_stmt_run(st, s); /* already gone is fine: a duplicate PUBACK */
+}
+
+int store_outbox_delete(struct store *st, int64_t seq)
+{
+  return store_outbox_delete_range(st, seq, seq);
 }
 
 /* The current row of a SELECT of OUTBOX_COLS as a message view. */

@@ -60,6 +60,9 @@
   C(provision_requests, "provisioning requests sent to the cloud")             \
   C(certs_issued, "certificates issued to the gateway by the cloud")           \
   C(certs_orphaned, "certificates orphaned (listed for cleanup)")              \
+  C(rotations_started, "certificate rotations started (operator or due)")     \
+  C(rotations_done, "certificate rotations completed: new certificate active, old superseded") \
+  C(rotations_failed, "certificate rotations failed (the old certificate stays active)") \
   C(plain_udp_refused, "plain UDP CONNECTs refused: admission.plain_udp, or the ClientId uses DTLS") \
   C(dtls_identity_mismatch, "DTLS CONNECTs refused: ClientId other than the DTLS identity") \
   C(dtls_hello_verify_sent, "DTLS cookies handed out (HelloVerifyRequest)")   \
@@ -86,6 +89,10 @@
   C(outbox_expired, "outbox messages deleted: older than outbox.ttl_s")       \
   C(outbox_commits, "outbox group commits (transactions)")                     \
   C(outbox_commit_failures, "outbox group commits that failed (their messages refused)") \
+  C(registry_checkpoints, "WAL checkpoints on the registry's checkpoint thread") \
+  C(registry_checkpoint_fallbacks, "WAL checkpoints on the loop: the WAL at 10,000 pages, the thread behind") \
+  G(registry_checkpoint_max_us, "longest WAL checkpoint on the checkpoint thread, us") \
+  G(registry_wal_pages_max, "largest registry WAL after a commit, pages (from the checkpoint threshold on)") \
   G(outbox_messages, "messages in the outbox (staged, stored, in flight)")    \
   G(outbox_bytes, "topic and payload bytes in the outbox")                     \
   G(outbox_oldest_age_s, "age of the oldest message in the outbox, s")        \

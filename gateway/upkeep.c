@@ -193,6 +193,12 @@ void upkeep_check_certs(struct upkeep *u, int64_t now)
 
 void upkeep_count(const struct upkeep *u, struct metrics *m)
 {
+  struct store_ckpt_stats ck;
+  store_ckpt_stats(u->store, &ck);
+  m->registry_checkpoints = ck.runs;
+  m->registry_checkpoint_fallbacks = ck.fallbacks;
+  m->registry_checkpoint_max_us = (uint64_t)ck.max_us;
+  m->registry_wal_pages_max = (uint64_t)ck.wal_pages_max;
   m->certs_soonest_not_after_s = u->certs.soonest > 0 ? (uint64_t)u->certs.soonest : 0;
   m->certs_expiring = u->certs.expiring;
   m->certs_expired = u->certs.expired;

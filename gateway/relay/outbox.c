@@ -68,6 +68,7 @@ struct ob_lane {
   uint64_t tokens_at;
   bool want_sink;               /* need_sink pending */
   struct outbox_info st;        /* counters (messages/bytes/... filled on read) */
+  int64_t device_id;            /* the registry's row id, 0 until known (store_outbox_add_dev) */
   char client_id[];
 };
 
@@ -436,6 +437,33 @@ static void queue_delete(struct outbox *ob, int64_t seq)
   arm_commit(ob, ob->cfg->outbox.commit_ms);
 }
 
+static int cmp_seq(const void *a, const void *b)
+{
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The queued deletions in seq order, one statement per run of consecutive
+ * seqs: acknowledgements come back in about the order of sending, so a
+ * commit's deletions are a few runs, not one statement a message. */
+static int delete_queued(struct outbox *ob)
+{
+  int64_t *d = ob->dels;
+  size_t n = ob->n_dels, i = 0;
+  int rc = STORE_OK;
+  if (n == 0)
+    return STORE_OK; /* dels may be NULL */
+  qsort(d, n, sizeof *d, cmp_seq);
+  while (i < n && rc == STORE_OK) {
+    size_t j = i;
+    while (j + 1 < n && d[j + 1] - d[j] <= 1) /* a repeat (duplicate PUBACK) keeps the run */
+      j++;
+    rc = store_outbox_delete_range(ob->env.store, d[i], d[j]);
+    i = j + 1;
+  }
+  return rc;
+}
+
 static void commit(struct outbox *ob)
 {
   struct store *st = ob->env.store;
@@ -454,7 +482,7 @@ static void commit(struct outbox *ob)
       struct store_outbox_msg sm = {.topic = (const char *)m->data, .topic_len = m->topic_len,
                                     .payload = m->data + m->topic_len, .len = m->len, .qos = 1,
                                     .retain = m->retain, .created_ms = m->created_ms};
-      int rc = store_outbox_add(st, m->lane->client_id, &sm);
+      int rc = store_outbox_add_dev(st, &m->lane->device_id, m->lane->client_id, &sm);
       if (rc == STORE_NOTFOUND) {
         m->seq = -1; /* the device is gone: this one is refused, the others go on */
         continue;
@@ -463,9 +491,8 @@ static void commit(struct outbox *ob)
         ok = false;
       m->seq = sm.seq;
     }
-    for (size_t i = 0; i < n_dels && ok; i++)
-      if (store_outbox_delete(st, ob->dels[i]) != STORE_OK)
-        ok = false;
+    if (ok && delete_queued(ob) != STORE_OK)
+      ok = false;
     if (ok && store_commit(st) != STORE_OK)
       ok = false;
     if (!ok)

@@ -6,7 +6,8 @@
  * arguments; empty and binary payloads; the CHECK constraints against raw
  * SQL on the same file; migration from a version-3 file; a batch of 10,000
  * in one transaction and its rollback, with the time per add and per delete
- * printed (never asserted).
+ * printed (never asserted); the WAL checkpoint thread (bounded WAL, the
+ * fallback on the writer's connection, empty WAL after close).
  */
 #include "test.h"
 
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -728,6 +730,158 @@ static void test_batch(void)
   store_close(st);
 }
 
+/* store_outbox_add_dev: the cached row id is used while its row still has
+ * the ClientId; a deleted device is refused (and the cache cleared), one
+ * created again is found, and an id given to another device in between
+ * never puts the message in that device's outbox. */
+static void test_add_dev_cache(void)
+{
+  struct paths p;
+  struct store *st;
+  struct store_outbox_stats os;
+  int64_t id = 0, first;
+  struct store_outbox_msg m = {.topic = "t", .topic_len = 1, .qos = 1};
+
+  paths_for(&p, "adddev");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  make_devices(st);
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_TRUE(id > 0);
+  first = id;
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(id, first);
+  /* Deleted: refused, the cache cleared. */
+  sqlite3 *raw = raw_open(&p);
+  ASSERT_TRUE(raw != NULL);
+  ASSERT_EQ(raw_exec(raw, "PRAGMA foreign_keys = ON; "
+                          "DELETE FROM devices WHERE client_id = 'leaf-a'"), SQLITE_OK);
+  sqlite3_close(raw);
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_NOTFOUND);
+  ASSERT_EQ(id, 0);
+  /* Another device may now hold the old id: the cached id is refused by
+   * the ClientId check, not used for it. */
+  ASSERT_EQ(store_device_create(st, "leaf-z", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
+  id = first;
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_NOTFOUND);
+  ASSERT_EQ(store_outbox_stats(st, "leaf-z", &os), STORE_OK);
+  ASSERT_EQ(os.count, 0);
+  /* Created again: the stale id is replaced by the new row's. */
+  ASSERT_EQ(store_device_create(st, "leaf-a", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
+  id = first;
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_TRUE(id > 0);
+  ASSERT_EQ(store_outbox_stats(st, "leaf-a", &os), STORE_OK);
+  ASSERT_EQ(os.count, 1);
+  /* A run of seqs deleted in one statement; its ends included. */
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(store_outbox_delete_range(st, m.seq - 2, m.seq - 1), STORE_OK);
+  ASSERT_EQ(store_outbox_stats(st, "leaf-a", &os), STORE_OK);
+  ASSERT_EQ(os.count, 1);
+  ASSERT_EQ(os.first_seq, m.seq);
+  store_close(st);
+}
+
+/* The size of a file, -1 when it does not exist. */
+static long long file_size(const char *path)
+{
+  struct stat sb;
+  return stat(path, &sb) == 0 ? (long long)sb.st_size : -1;
+}
+
+/* Commits n transactions of k 1 KB messages each, deleting the previous
+ * transaction's messages in the next, as the outbox does; returns the
+ * largest the WAL file got. */
+static long long churn(struct store *st, const char *wal, int n, int k)
+{
+  static uint8_t payload[1024];
+  int64_t prev[64];
+  int nprev = 0;
+  long long wal_max = 0;
+  for (int i = 0; i < n; i++) {
+    int nnew = 0;
+    int64_t cur[64];
+    ASSERT_EQ(store_begin(st), STORE_OK);
+    for (int j = 0; j < k && j < 64; j++) {
+      struct store_outbox_msg m = {.topic = "t/ckpt", .topic_len = 6, .payload = payload,
+                                   .len = sizeof payload, .qos = 1, .created_ms = i};
+      ASSERT_EQ(store_outbox_add(st, "leaf-a", &m), STORE_OK);
+      cur[nnew++] = m.seq;
+    }
+    for (int j = 0; j < nprev; j++)
+      ASSERT_EQ(store_outbox_delete(st, prev[j]), STORE_OK);
+    ASSERT_EQ(store_commit(st), STORE_OK);
+    memcpy(prev, cur, sizeof cur);
+    nprev = nnew;
+    long long w = file_size(wal);
+    if (w > wal_max)
+      wal_max = w;
+  }
+  return wal_max;
+}
+
+/* The checkpoint thread (db/store_ckpt.c): many commits leave the WAL
+ * bounded by what the threshold allows, the checkpoints ran on the thread,
+ * and a close stops it and leaves no WAL behind; a cap at the threshold
+ * makes every checkpoint a fallback on the writer's connection. */
+static void test_checkpoint_thread(void)
+{
+  struct paths p;
+  char wal[340];
+  struct store_ckpt_stats ck;
+  struct store *st;
+  long long wal_max;
+
+  paths_for(&p, "ckpt");
+  snprintf(wal, sizeof wal, "%s-wal", p.db);
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  make_devices(st);
+  ASSERT_EQ(store_ckpt_start(st, 0, 10), STORE_INVAL);
+  ASSERT_EQ(store_ckpt_start(st, 20, 10), STORE_INVAL);
+  ASSERT_EQ(store_ckpt_start(st, 100, 4000), STORE_OK);
+  ASSERT_EQ(store_ckpt_start(st, 100, 4000), STORE_INVAL);
+  /* 3000 commits of 8 KB added and deleted: 24 MB through the WAL. */
+  wal_max = churn(st, wal, 3000, 8);
+  store_ckpt_stats(st, &ck);
+  fprintf(stderr, "  checkpoints %llu (%llu caught up), fallbacks %llu, WAL max %lld pages "
+                  "(%lld bytes on disk), checkpoint max %lld us\n",
+          (unsigned long long)ck.runs, (unsigned long long)ck.caught_up,
+          (unsigned long long)ck.fallbacks, (long long)ck.wal_pages_max, wal_max,
+          (long long)ck.max_us);
+  ASSERT_TRUE(ck.runs > 0);
+  ASSERT_EQ(ck.failures, 0);
+  /* Bounded by the cap, plus what commits add while the thread's pass that
+   * kept the writer from falling back ends (4 KiB pages plus headers). */
+  ASSERT_TRUE(ck.wal_pages_max < 2 * 4000);
+  ASSERT_TRUE(wal_max < 2 * 4000 * 4200LL);
+  store_close(st);
+  ASSERT_TRUE(file_size(wal) <= 0); /* TRUNCATE at close, or removed */
+
+  /* Reopened: the data is there; the cap at the threshold checkpoints on
+   * the writer's own connection every time. */
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  struct store_outbox_stats os;
+  ASSERT_EQ(store_outbox_stats(st, "leaf-a", &os), STORE_OK);
+  ASSERT_EQ(os.count, 8);
+  ASSERT_EQ(store_ckpt_start(st, 50, 50), STORE_OK);
+  wal_max = churn(st, wal, 500, 8);
+  store_ckpt_stats(st, &ck);
+  ASSERT_EQ(ck.runs, 0);
+  ASSERT_TRUE(ck.fallbacks > 0);
+  ASSERT_TRUE(wal_max < (50 + 100) * 4200LL);
+  store_close(st);
+  ASSERT_TRUE(file_size(wal) <= 0);
+}
+
 static void remove_dir(const char *dir)
 {
   DIR *d = opendir(dir);
@@ -765,6 +919,8 @@ int main(void)
   RUN(test_raw_checks);
   RUN(test_migration_from_3);
   RUN(test_batch);
+  RUN(test_checkpoint_thread);
+  RUN(test_add_dev_cache);
 
   remove_dir(g_dir);
   return TEST_END();
