@@ -229,10 +229,11 @@ int store_run_get(struct store *st, int64_t run_id, struct store_run *out)
   return err;
 }
 
-int store_run_get_open(struct store *st, const char *client_id, struct store_run *out)
+/* The one run a per-device query finds (?1: the ClientId); NOTFOUND with
+ * `none` when there is none. */
+static int device_run(struct store *st, const char *sql, const char *client_id,
+                      struct store_run *out, const char *none)
 {
-  static const char sql[] =
-      "SELECT " RUN_COLS RUN_FROM " WHERE d.client_id = ? AND r.finished = 0";
   sqlite3_stmt *s;
   int rc, err;
   if ((err = store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id")) !=
@@ -244,11 +245,25 @@ int store_run_get_open(struct store *st, const char *client_id, struct store_run
   if (rc == SQLITE_ROW)
     err = read_run(st, s, out);
   else if (rc == SQLITE_DONE)
-    err = store_fail(st, STORE_NOTFOUND, "no unfinished run for '%s'", client_id);
+    err = store_fail(st, STORE_NOTFOUND, "no %s run for '%s'", none, client_id);
   else
     err = store_sqlite_fail(st, rc);
   store_stmt_done(s);
   return err;
+}
+
+int store_run_get_open(struct store *st, const char *client_id, struct store_run *out)
+{
+  static const char sql[] =
+      "SELECT " RUN_COLS RUN_FROM " WHERE d.client_id = ? AND r.finished = 0";
+  return device_run(st, sql, client_id, out, "unfinished");
+}
+
+int store_run_last_rotation(struct store *st, const char *client_id, struct store_run *out)
+{
+  static const char sql[] = "SELECT " RUN_COLS RUN_FROM
+                            " WHERE d.client_id = ? AND r.kind = 1 ORDER BY r.id DESC LIMIT 1";
+  return device_run(st, sql, client_id, out, "rotation");
 }
 
 /* Moves an unfinished run to a step.  NOTFOUND for no such run, INVAL for a

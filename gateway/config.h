@@ -185,6 +185,9 @@ struct gw_config {
     uint32_t request_timeout_ms; /* "provisioning.request_timeout_ms" */
     uint32_t expiry_warn_days; /* "provisioning.expiry_warn_days": certificates expiring
                                   within this are counted and warned about */
+    uint32_t rotate_before_days; /* "provisioning.rotate_before_days": rotate certificates
+                                    this close to their not-after; 0 never by itself */
+    uint32_t rotate_max_running; /* "provisioning.rotate_max_running": rotations at once */
     struct {
       char *cert_file;         /* "provisioning.local_ca.cert_file" */
       char *key_file;          /* "provisioning.local_ca.key_file" */
@@ -202,6 +205,8 @@ struct gw_config {
       struct cfg_param *params;/* "provisioning.aws.parameters": static template parameters */
       size_t n_params;
       uint32_t token_ttl_s;    /* "provisioning.aws.token_ttl_s" */
+      char *rotation_template; /* "provisioning.aws.rotation_template": RegisterThing
+                                  template of a rotation; NULL: aws cannot rotate */
     } aws;
   } provisioning;
 };

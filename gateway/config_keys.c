@@ -245,6 +245,9 @@ static const struct key_spec aws_keys[] = {
     LIST_KEY("parameters", K_PARAMS, provisioning.aws.params, provisioning.aws.n_params),
     /* The certificate ownership token's life (docs/protocol-notes.md §5.5). */
     UINT_KEY("token_ttl_s", provisioning.aws.token_ttl_s, 1, 86400, 3600),
+    /* Rotation over the device's own connection (docs/rotation.md §3). */
+    STR_KEY("rotation_template", provisioning.aws.rotation_template, cfgi_check_template_name,
+            "a provisioning template name: 1..36 of [0-9A-Za-z_-]", true, NULL),
 };
 
 static const struct key_spec provisioning_keys[] = {
@@ -257,6 +260,8 @@ static const struct key_spec provisioning_keys[] = {
     UINT_KEY("retry_cap_ms", provisioning.retry_cap_ms, 10, 86400000, 300000),
     UINT_KEY("request_timeout_ms", provisioning.request_timeout_ms, 100, 600000, 30000),
     UINT_KEY("expiry_warn_days", provisioning.expiry_warn_days, 1, 3650, 30),
+    UINT_KEY("rotate_before_days", provisioning.rotate_before_days, 0, 3650, 45),
+    UINT_KEY("rotate_max_running", provisioning.rotate_max_running, 1, 1024, 16),
     OBJ_KEY("local_ca", local_ca_keys),
     OBJ_KEY("aws", aws_keys),
 };

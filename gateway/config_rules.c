@@ -277,6 +277,15 @@ static int provisioning_rules(const struct loader *ld)
       return fail_missing(ld, "provisioning.aws.template_name", with_aws,
                           "a provisioning template name");
   }
+  /* A new certificate would be due the moment it is issued, and rotated
+   * again and again (docs/rotation.md §2). */
+  if (cfg->provisioning.backend == BACKEND_LOCAL_CA && cfg->provisioning.rotate_before_days > 0 &&
+      cfg->provisioning.rotate_before_days >= cfg->provisioning.local_ca.days)
+    return cfgi_fail(ld, "provisioning.rotate_before_days",
+                     "expected fewer days than provisioning.local_ca.days (%lu), got %lu: every "
+                     "new certificate would be due for rotation at once",
+                     (unsigned long)cfg->provisioning.local_ca.days,
+                     (unsigned long)cfg->provisioning.rotate_before_days);
   if (cfg->provisioning.backend != BACKEND_NONE &&
       (cfg->upstream.cert_file || cfg->upstream.cert_dir))
     return cfgi_fail(ld, cfg->upstream.cert_file ? "upstream.cert_file" : "upstream.cert_dir",

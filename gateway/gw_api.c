@@ -378,6 +378,27 @@ fail:
   return refuse(API_ERROR, reason, cap, "registry error");
 }
 
+int api_device_rotate(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                      size_t cap)
+{
+  struct store_device d;
+  int rc = get_device(gw, client_id, &d);
+  if (rc != API_OK)
+    return refuse(rc, reason, cap, "no such device");
+  /* provision_rotate audits rotate.started with the actor. */
+  switch (provision_rotate(gw->prov, client_id, actor ? actor : "operator", reason, cap)) {
+  case PROVISION_ROTATE_OK:
+    LOGI(MOD, "%s: rotation asked for by %s", client_id, actor ? actor : "operator");
+    return API_OK;
+  case PROVISION_ROTATE_NOTFOUND:
+    return API_CONFLICT; /* the device exists: it is its certificate that does not */
+  case PROVISION_ROTATE_CONFLICT:
+    return API_CONFLICT;
+  default:
+    return API_ERROR;
+  }
+}
+
 int api_device_outbox_discard(struct gw *gw, const char *client_id, const char *actor,
                               uint64_t *n, char *reason, size_t cap)
 {

@@ -630,6 +630,11 @@ int web_h_reprovision(struct lws *wsi, struct web *w, struct web_http_conn *c, c
   return device_cmd(wsi, w, c, id, api_device_reprovision, "reprovision");
 }
 
+int web_h_rotate(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
+{
+  return device_cmd(wsi, w, c, id, api_device_rotate, "rotate");
+}
+
 int web_h_release(struct lws *wsi, struct web *w, struct web_http_conn *c, const char *id)
 {
   return device_cmd(wsi, w, c, id, api_device_release, "release");

@@ -222,6 +222,10 @@ const struct web_route web_routes[] = {
    true},
   {WEB_DELETE, API "/devices/{clientId}/psk", WEB_AUTH_ADMIN, web_h_psk_revoke, NO_DEVICE,
    false, false},
+  /* After psk/rotate, which it would match too (a ClientId may hold '/'):
+   * the certificate's rotation (docs/rotation.md). */
+  {WEB_POST, API "/devices/{clientId}/rotate", WEB_AUTH_ADMIN, web_h_rotate, NO_DEVICE, false,
+   false},
   /* Store and forward: the leaf's messages not yet in flight, discarded. */
   {WEB_DELETE, API "/devices/{clientId}/outbox", WEB_AUTH_ADMIN, web_h_outbox_discard,
    NO_DEVICE, false, false},

@@ -435,7 +435,7 @@ enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
 
 /* web_api.c, web_psk.c and web_outbox.c: the handlers the table names. */
 web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
-    web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_release,
+    web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_rotate, web_h_release,
     web_h_decommission, web_h_psk_create, web_h_psk_rotate, web_h_psk_revoke, web_h_psks_bulk,
     web_h_outbox_discard, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete, web_h_certs, web_h_audit,
     web_h_openapi, web_h_metrics, web_h_events, web_h_static;

@@ -137,6 +137,13 @@ int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, 
  * superseded, and the device is provisioned again at its next CONNECT. */
 int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
                            char *reason, size_t cap);
+/* A new certificate for the same thing (docs/rotation.md): started now,
+ * finished by the provisioner; the old one becomes superseded then.
+ * API_CONFLICT when the device is not ACTIVE with an active certificate,
+ * a run is open, or the backend cannot rotate (none; aws without
+ * provisioning.aws.rotation_template). */
+int api_device_rotate(struct gw *gw, const char *client_id, const char *actor, char *reason,
+                      size_t cap);
 /* Discard the leaf's stored outbox messages that are not in flight, gone
  * from disk when it returns (audited as operator.outbox_discard with the
  * count); *n how many.  API_NOTFOUND for

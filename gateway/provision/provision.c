@@ -26,8 +26,12 @@
 #define MOD "provision"
 #define TICK_MS 100
 #define MAX_WORK 4               /* off-loop jobs at once (libuv's pool has 4 threads) */
+#define DUE_SCAN_TICKS 100       /* the due-rotation scan every 10 s */
+#define DAY_S 86400
+#define ROTATE_RETRY_S 3600      /* a due rotation that failed is tried again after this */
 
 static void begin_run(struct provisioner *p, struct job *j);
+static void finish_rotation(struct job *j, bool ok, const char *reason);
 
 void pv_notify(struct provisioner *p, const char *client_id, const char *step)
 {
@@ -50,6 +54,25 @@ void pv_crash_now(const char *where)
 {
   LOGW(MOD, "test hook FLEETGW_TEST_CRASH_AFTER=%s: killing the process", where);
   raise(SIGKILL);
+}
+
+bool pv_crash_armed(const struct job *j, enum crash_point at)
+{
+  return j->p->crash_at == at && j->rotate == j->p->crash_rotation;
+}
+
+bool pv_take_token(struct provisioner *p)
+{
+  uint64_t now = uv_now(p->loop);
+  double rate = p->cfg->provisioning.rate_per_s;
+  p->tokens += (double)(now - p->tokens_at) * rate / 1000.0;
+  if (p->tokens > rate)
+    p->tokens = rate; /* burst of at most one second's worth */
+  p->tokens_at = now;
+  if (p->tokens < 1.0)
+    return false;
+  p->tokens -= 1.0;
+  return true;
 }
 
 void pv_stop_check(struct provisioner *p)
@@ -116,6 +139,8 @@ static void job_free(struct job *j)
       break;
     }
   }
+  if (j->rotate && p->nrotating > 0)
+    p->nrotating--;
   pv_claims_forget(p, j);
   job_clear_secrets(j);
   free(j);
@@ -134,7 +159,12 @@ static void job_done(struct job *j, bool ok)
 void pv_finish_ok(struct job *j)
 {
   struct provisioner *p = j->p;
-  int rc = store_run_complete(p->st, j->run_id, pv_now_s());
+  int rc;
+  if (j->rotate) {
+    finish_rotation(j, true, NULL);
+    return;
+  }
+  rc = store_run_complete(p->st, j->run_id, pv_now_s());
   if (rc != STORE_OK) {
     /* The schema refused a second active certificate: the invariant held.
      * Nothing to activate; the run fails and its certificate is orphaned. */
@@ -158,6 +188,10 @@ void pv_finish_ok(struct job *j)
 void pv_finish_failed(struct job *j, const char *reason)
 {
   struct provisioner *p = j->p;
+  if (j->rotate) {
+    finish_rotation(j, false, reason);
+    return;
+  }
   store_run_fail(p->st, j->run_id, reason, pv_now_s());
   store_device_set_error(p->st, j->client_id, reason, 0);
   store_device_set_state(p->st, j->client_id, DEV_FAILED);
@@ -198,7 +232,22 @@ static void begin_run(struct provisioner *p, struct job *j)
 {
   int64_t run_id;
   const char *backend = p->cfg->provisioning.backend == BACKEND_AWS ? "aws" : "local-ca";
-  int rc = store_run_begin(p->st, j->client_id, backend, pv_now_s(), &run_id);
+  int rc;
+  if (j->rotate) {
+    /* A rotation that must start over (an expired or refused token): a
+     * new rotation run, for the same device, of the same kind. */
+    rc = store_run_begin_rotation(p->st, j->client_id, backend, pv_now_s(), &run_id);
+    if (rc != STORE_OK) {
+      finish_rotation(j, false, "cannot open a new rotation run");
+      return;
+    }
+    j->run_id = run_id;
+    j->link = LINK_NONE;
+    j->next_step = (!p->ca && p->cfg->provisioning.aws.create_keys) ? J_SEND_CREATE : J_PREPARE;
+    j->not_before = 0;
+    return;
+  }
+  rc = store_run_begin(p->st, j->client_id, backend, pv_now_s(), &run_id);
   if (rc != STORE_OK) {
     LOGE(MOD, "%s: cannot open a provisioning run: %s (%s)", j->client_id, store_strerror(rc),
          store_errmsg(p->st));
@@ -267,6 +316,8 @@ static void prepare_done(uv_work_t *w, int status)
       return;
     }
     j->have_key = true;
+    if (pv_crash_armed(j, CRASH_KEY_READY))
+      pv_crash_now("key_ready");
   }
   j->next_step = p->ca ? J_LOCAL_FINISH : J_SEND_CSR;
   pv_kick(p);
@@ -302,6 +353,8 @@ static void local_register(struct job *j)
     pv_job_defer(j);
     return;
   }
+  if (pv_crash_armed(j, CRASH_REGISTERED))
+    pv_crash_now("registered");
   pv_finish_ok(j);
 }
 
@@ -324,7 +377,11 @@ static void local_finish(struct job *j)
     pv_job_defer(j);
     return;
   }
+  p->m->certs_issued++;
+  pv_notify(p, j->client_id, "cert_issued");
   store_audit(p->st, pv_now_s(), "gateway", "cert.issued", j->client_id, fp);
+  if (pv_crash_armed(j, CRASH_CERT_RECEIVED))
+    pv_crash_now("cert_received");
   local_register(j);
 }
 
@@ -355,6 +412,10 @@ static void run_step(struct provisioner *p, struct job *j)
 {
   switch (j->next_step) {
   case J_PREPARE:
+    /* A local-ca rotation is one request's worth of the rate (an aws one
+     * pays at each request it sends). */
+    if (j->rotate && p->ca && !j->have_key && !pv_take_token(p))
+      break;
     queue_prepare(p, j);
     break;
   case J_LOCAL_FINISH:
@@ -366,7 +427,10 @@ static void run_step(struct provisioner *p, struct job *j)
   case J_SEND_CSR:
   case J_SEND_CREATE:
   case J_SEND_REGISTER:
-    pv_claims_send(p, j);
+    if (j->rotate)
+      pv_link_send(p, j);
+    else
+      pv_claims_send(p, j);
     break;
   }
 }
@@ -391,10 +455,17 @@ void pv_kick(struct provisioner *p)
   }
 }
 
+static void scan_due(struct provisioner *p);
+
 static void tick_cb(uv_timer_t *t)
 {
   struct provisioner *p = t->data;
   pv_claims_tick(p);
+  pv_link_tick(p);
+  if (++p->due_ticks >= DUE_SCAN_TICKS) {
+    p->due_ticks = 0;
+    scan_due(p);
+  }
   pv_kick(p);
 }
 
@@ -437,6 +508,18 @@ static int resume_cb(void *ud, const struct store_run *r)
   j->run_id = r->id;
   if (store_run_key(p->st, r->id, &j->key_pem) == STORE_OK)
     j->have_key = true;
+  if (r->kind == RUN_ROTATE) {
+    /* The device stays ACTIVE on its old certificate meanwhile. */
+    struct store_device d;
+    j->rotate = true;
+    p->nrotating++;
+    if (store_device_get(p->st, j->client_id, &d) == STORE_OK)
+      snprintf(j->thing_name, sizeof j->thing_name, "%s", d.thing_name);
+    j->next_step = resume_step(p, j, r);
+    LOGI(MOD, "%s: resuming rotation run %lld at step %s", j->client_id, (long long)r->id,
+         store_run_step_name(r->step));
+    return 0;
+  }
   if (p->ca)
     cfg_thing_name(p->cfg, j->client_id, j->thing_name, sizeof j->thing_name);
   j->next_step = resume_step(p, j, r);
@@ -444,6 +527,205 @@ static int resume_cb(void *ud, const struct store_run *r)
   LOGI(MOD, "%s: resuming provisioning run %lld at step %s", j->client_id, (long long)r->id,
        store_run_step_name(r->step));
   return 0;
+}
+
+
+/* ---- rotation ----------------------------------------------------------- */
+
+/* A rotation run ended.  ok: the registry made the new certificate active
+ * (or refused to: then it failed after all).  The device keeps its state
+ * either way; a failure leaves the old certificate active. */
+static void finish_rotation(struct job *j, bool ok, const char *reason)
+{
+  struct provisioner *p = j->p;
+  struct store_run r;
+  char detail[512], client[256];
+  int rc;
+
+  memset(&r, 0, sizeof r);
+  if (ok && (rc = store_run_complete(p->st, j->run_id, pv_now_s())) != STORE_OK) {
+    ok = false;
+    reason = rc == STORE_CONFLICT ? "the device is no longer active" : "registry error";
+    LOGE(MOD, "%s: cannot complete rotation run %lld: %s", j->client_id, (long long)j->run_id,
+         store_errmsg(p->st));
+  }
+  if (store_run_get(p->st, j->run_id, &r) == STORE_OK)
+    secret_wipe(r.token, sizeof r.token); /* only the certificate ids are wanted */
+  if (!ok) {
+    store_run_fail(p->st, j->run_id, reason, pv_now_s());
+    if (r.cert_id[0]) {
+      /* Issued (and, with aws, maybe active in the cloud) but never used. */
+      snprintf(detail, sizeof detail, "certificate %s orphaned: %s", r.cert_id, reason);
+      store_audit(p->st, pv_now_s(), "gateway", "cert.orphaned", j->client_id, detail);
+      p->m->certs_orphaned++;
+    }
+    snprintf(detail, sizeof detail, "%s; certificate %s stays active", reason,
+             r.old_cert_id[0] ? r.old_cert_id : "?");
+    store_device_set_error(p->st, j->client_id, detail, 0);
+    store_audit(p->st, pv_now_s(), "gateway", "rotate.failed", j->client_id, detail);
+    p->m->rotations_failed++;
+    pv_notify(p, j->client_id, "rotate_failed");
+    LOGW(MOD, "%s: certificate rotation failed: %s", j->client_id, detail);
+    job_free(j);
+    if (p->due_more)
+      p->due_ticks = DUE_SCAN_TICKS - 1;
+    return;
+  }
+  snprintf(detail, sizeof detail, "certificate %s superseded by %s: deactivate it in the cloud",
+           r.old_cert_id, r.cert_id);
+  store_audit(p->st, pv_now_s(), "gateway", "cert.rotated", j->client_id, detail);
+  p->m->rotations_done++;
+  pv_notify(p, j->client_id, "rotated");
+  LOGI(MOD, "%s: %s", j->client_id, detail);
+  if (pv_crash_armed(j, CRASH_DONE))
+    pv_crash_now("done");
+  snprintf(client, sizeof client, "%s", j->client_id);
+  job_free(j);
+  if (p->due_more)
+    p->due_ticks = DUE_SCAN_TICKS - 1; /* more were due: the next tick looks */
+  /* The registry says the new one; the device's upstream follows. */
+  if (p->link && p->link->rotated)
+    p->link->rotated(p->link_ud, client);
+}
+
+/* Opens a rotation run and its job; PROVISION_ROTATE_*. */
+static int start_rotation(struct provisioner *p, const char *client_id, const char *actor,
+                          const char *why, char *reason, size_t cap)
+{
+  const char *backend = p->ca ? "local-ca" : "aws";
+  struct store_device d;
+  struct job *j;
+  int64_t run_id;
+  char detail[320];
+  int rc;
+
+  if (p->cfg->provisioning.backend == BACKEND_NONE) {
+    snprintf(reason, cap, "provisioning.backend is none: the gateway issues no certificates");
+    return PROVISION_ROTATE_CONFLICT;
+  }
+  if (!p->ca && !p->t_rot[0]) {
+    snprintf(reason, cap, "provisioning.aws.rotation_template is not set");
+    return PROVISION_ROTATE_CONFLICT;
+  }
+  if (p->stopping) {
+    snprintf(reason, cap, "gateway stopping");
+    return PROVISION_ROTATE_ERROR;
+  }
+  if (job_find(p, client_id)) {
+    snprintf(reason, cap, "a provisioning or rotation run is in progress");
+    return PROVISION_ROTATE_CONFLICT;
+  }
+  if (p->nrotating >= p->cfg->provisioning.rotate_max_running) {
+    snprintf(reason, cap, "%zu rotations are running (provisioning.rotate_max_running)",
+             p->nrotating);
+    return PROVISION_ROTATE_CONFLICT;
+  }
+  rc = store_run_begin_rotation(p->st, client_id, backend, pv_now_s(), &run_id);
+  if (rc != STORE_OK) {
+    snprintf(reason, cap, "%s", store_errmsg(p->st));
+    return rc == STORE_NOTFOUND ? PROVISION_ROTATE_NOTFOUND
+           : rc == STORE_CONFLICT ? PROVISION_ROTATE_CONFLICT
+                                  : PROVISION_ROTATE_ERROR;
+  }
+  j = job_new(p, client_id);
+  if (!j) {
+    store_run_fail(p->st, run_id, "out of memory", pv_now_s());
+    snprintf(reason, cap, "out of memory");
+    return PROVISION_ROTATE_ERROR;
+  }
+  j->rotate = true;
+  p->nrotating++;
+  j->run_id = run_id;
+  if (store_device_get(p->st, client_id, &d) == STORE_OK)
+    snprintf(j->thing_name, sizeof j->thing_name, "%s", d.thing_name);
+  j->next_step = (!p->ca && p->cfg->provisioning.aws.create_keys) ? J_SEND_CREATE : J_PREPARE;
+  snprintf(detail, sizeof detail, "%s (%s)", why, backend);
+  store_audit(p->st, pv_now_s(), actor, "rotate.started", client_id, detail);
+  p->m->rotations_started++;
+  pv_notify(p, client_id, "rotate_started");
+  LOGI(MOD, "%s: certificate rotation started: %s", client_id, why);
+  pv_kick(p);
+  return PROVISION_ROTATE_OK;
+}
+
+int provision_rotate(struct provisioner *p, const char *client_id, const char *actor,
+                     char *reason, size_t cap)
+{
+  reason[0] = '\0';
+  return start_rotation(p, client_id, actor, "asked for", reason, cap);
+}
+
+struct due_scan {
+  struct provisioner *p;
+  int64_t now;
+};
+
+/* One active certificate within rotate_before_days: rotated, unless it is
+ * being handled, failed lately, or (aws) expired: an expired certificate
+ * cannot open the connection an aws rotation goes over. */
+static int due_one(void *ud, const struct store_cert *c)
+{
+  struct due_scan *ds = ud;
+  struct provisioner *p = ds->p;
+  struct store_run last;
+  char why[96], reason[256];
+
+  if (p->nrotating >= p->cfg->provisioning.rotate_max_running || p->stopping) {
+    p->due_more = true; /* scanned again as soon as one finishes */
+    return 1;
+  }
+  if (job_find(p, c->client_id))
+    return 0;
+  if (!p->ca && c->not_after <= ds->now)
+    return 0;
+  if (store_run_last_rotation(p->st, c->client_id, &last) == STORE_OK) {
+    secret_wipe(last.token, sizeof last.token);
+    if (last.step == RUN_FAILED && ds->now - last.updated_at < ROTATE_RETRY_S)
+      return 0;
+    /* A CA that issues certificates shorter than the window (an aws one we
+     * cannot configure) would have the gateway rotate in a loop: not again
+     * within half the window of the last rotation. */
+    if (last.step == RUN_DONE &&
+        ds->now - last.updated_at < (int64_t)p->cfg->provisioning.rotate_before_days * DAY_S / 2) {
+      if (!p->warned_short) {
+        p->warned_short = true;
+        LOGW(MOD, "%s: its new certificate is due for rotation already (not-after in %lld "
+                  "days): the CA issues certificates shorter than provisioning.rotate_before_days",
+             c->client_id, (long long)((c->not_after - ds->now) / DAY_S));
+      }
+      return 0;
+    }
+  }
+  snprintf(why, sizeof why, "due: not-after in %lld days (provisioning.rotate_before_days)",
+           (long long)((c->not_after - ds->now) / DAY_S));
+  start_rotation(p, c->client_id, "gateway", why, reason, sizeof reason);
+  return 0;
+}
+
+static void scan_due(struct provisioner *p)
+{
+  struct due_scan ds = {.p = p, .now = pv_now_s()};
+  uint32_t days = p->cfg->provisioning.rotate_before_days;
+  p->due_more = false;
+  if (days == 0 || p->stopping || (!p->ca && !p->t_rot[0]))
+    return;
+  if (p->nrotating >= p->cfg->provisioning.rotate_max_running) {
+    p->due_more = true;
+    return;
+  }
+  if (store_cert_expiring(p->st, ds.now + (int64_t)days * DAY_S, 0, 0, due_one, &ds) < 0)
+    LOGW(MOD, "cannot list the certificates due for rotation: %s", store_errmsg(p->st));
+}
+
+void provision_set_link(struct provisioner *p, const struct provision_link_ops *ops, void *ud)
+{
+  p->link = ops;
+  p->link_ud = ud;
+}
+
+size_t provision_rotating(const struct provisioner *p)
+{
+  return p->nrotating;
 }
 
 /* ---- public ------------------------------------------------------------- */
@@ -458,6 +740,10 @@ static enum crash_point crash_point_named(const char *name)
     return CRASH_REGISTER_SENT;
   if (strcmp(name, "registered") == 0)
     return CRASH_REGISTERED;
+  if (strcmp(name, "key_ready") == 0)
+    return CRASH_KEY_READY;
+  if (strcmp(name, "done") == 0)
+    return CRASH_DONE;
   return CRASH_NONE;
 }
 
@@ -476,10 +762,13 @@ int provision_new(uv_loop_t *loop, const struct gw_config *cfg, struct store *st
   p->m = m;
   p->done = done;
   p->ud = ud;
+  if (!crash && (crash = getenv("FLEETGW_TEST_CRASH_ROTATION")) != NULL)
+    p->crash_rotation = true;
   if (crash) {
     p->crash_at = crash_point_named(crash);
     if (p->crash_at != CRASH_NONE)
-      LOGW(MOD, "test hook armed: FLEETGW_TEST_CRASH_AFTER=%s", crash);
+      LOGW(MOD, "test hook armed: FLEETGW_TEST_CRASH_%s=%s",
+           p->crash_rotation ? "ROTATION" : "AFTER", crash);
   }
   *out = p;
   return 0;
@@ -523,6 +812,7 @@ int provision_start(struct provisioner *p)
   p->tick_started = true;
   p->tokens = cfg->provisioning.rate_per_s;
   p->tokens_at = uv_now(p->loop);
+  p->due_ticks = DUE_SCAN_TICKS - 10; /* the first due-rotation scan a second after start */
   pv_kick(p);
   return 0;
 }
@@ -636,7 +926,14 @@ int provision_ensure(struct provisioner *p, const char *client_id,
   default:
     break;
   }
-  /* APPROVED or PROVISIONING: never a second run. */
+  /* APPROVED or PROVISIONING: never a second run.  A rotation still
+   * waiting for this device (an operator reprovisioned it meanwhile) gives
+   * way. */
+  {
+    struct job *j = job_find(p, client_id);
+    if (j && j->rotate && !j->busy)
+      finish_rotation(j, false, "the device is being provisioned again");
+  }
   if (job_find(p, client_id)) {
     snprintf(reason, cap, "provisioning in progress");
     return PROVISION_PENDING;

@@ -35,10 +35,28 @@
  *                            cleanup in the cloud) and a new run starts;
  *   REGISTERED               complete the run.
  *
- * Test hook: the environment variable FLEETGW_TEST_CRASH_AFTER, set to
+ * Rotation (docs/rotation.md): provision_rotate() gives an ACTIVE device a
+ * new certificate for the same thing, journalled the same way in a run of
+ * kind RUN_ROTATE, so that a crash at any step resumes it and the schema
+ * holds the device to one active and one next certificate.  local-ca signs
+ * a CSR for a new key; aws sends CreateCertificateFromCsr (or
+ * CreateKeysAndCertificate) and RegisterThing with
+ * provisioning.aws.rotation_template over the device's OWN upstream (the
+ * relay carries them: provision_set_link).  Completing supersedes the old
+ * certificate (listed for deactivation in the cloud) and activates the new
+ * one in one transaction; then the link's rotated() switches the upstream.
+ * A rotation that fails leaves the old certificate active.  Certificates
+ * within provisioning.rotate_before_days of their not-after are rotated
+ * automatically, at most provisioning.rotate_max_running at once, within
+ * provisioning.rate_per_s.
+ *
+ * Test hooks: the environment variable FLEETGW_TEST_CRASH_AFTER, set to
  * csr_sent, cert_received, register_sent or registered, makes the process
- * kill itself with SIGKILL at that point of the first run that reaches it
- * (for the crash tests; never set it in production).
+ * kill itself with SIGKILL at that point of the first provisioning run that
+ * reaches it; FLEETGW_TEST_CRASH_ROTATION does the same for rotation runs,
+ * with also key_ready and done (after the registry switched certificates,
+ * before the upstream did).  For the crash tests; never set them in
+ * production.
  */
 #ifndef FLEETGW_PROVISION_H
 #define FLEETGW_PROVISION_H
@@ -85,6 +103,41 @@ int provision_ensure(struct provisioner *p, const char *client_id,
  * "registered", "done", "failed", "rejected" or "orphaned". */
 typedef void (*provision_step_cb)(void *ud, const char *client_id, const char *step);
 void provision_observe(struct provisioner *p, provision_step_cb cb, void *ud);
+
+/* Starts a rotation of the device's certificate (see the top).  actor is
+ * audited.  Returns PROVISION_ROTATE_* and, when not OK, reason[cap]. */
+enum {
+  PROVISION_ROTATE_OK = 0,
+  PROVISION_ROTATE_NOTFOUND = 1,  /* no such device, or it has no active certificate */
+  PROVISION_ROTATE_CONFLICT = 2,  /* not ACTIVE, a run is open, or the backend cannot */
+  PROVISION_ROTATE_ERROR = 3,     /* registry error, out of memory, stopping */
+};
+int provision_rotate(struct provisioner *p, const char *client_id, const char *actor,
+                     char *reason, size_t cap);
+
+/* How rotations reach the device's own upstream (the relay).  subscribe
+ * and publish return 0 when the upstream took the request, -1 when it is
+ * not up; the SUBACKs come back through provision_link_ready.  rotated()
+ * is told once the registry made the new certificate the active one. */
+struct provision_link_ops {
+  int (*subscribe)(void *ud, const char *client_id, const char *const *topics, size_t n);
+  int (*publish)(void *ud, const char *client_id, const char *topic, const char *payload,
+                 size_t len);
+  void (*rotated)(void *ud, const char *client_id);
+};
+void provision_set_link(struct provisioner *p, const struct provision_link_ops *ops, void *ud);
+/* The relay's reports about a device's own upstream: it came up (the
+ * rotation's subscriptions must be made again), its subscriptions for the
+ * rotation were granted (ok) or refused, it went down (a request in flight
+ * is lost).  provision_link_message offers a message that arrived on it:
+ * true when it was a reply to a rotation in flight (consumed). */
+void provision_link_up(struct provisioner *p, const char *client_id);
+void provision_link_ready(struct provisioner *p, const char *client_id, bool ok);
+void provision_link_down(struct provisioner *p, const char *client_id);
+bool provision_link_message(struct provisioner *p, const char *client_id, const char *topic,
+                            size_t topic_len, const uint8_t *payload, size_t len);
+/* Rotation runs in flight (for status pages). */
+size_t provision_rotating(const struct provisioner *p);
 
 /* Runs in flight or queued, for status pages. */
 size_t provision_in_flight(const struct provisioner *p);

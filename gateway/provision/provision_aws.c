@@ -29,20 +29,6 @@
 
 /* ---- requests to the cloud ---------------------------------------------- */
 
-static bool take_token(struct provisioner *p)
-{
-  uint64_t now = uv_now(p->loop);
-  double rate = p->cfg->provisioning.rate_per_s;
-  p->tokens += (double)(now - p->tokens_at) * rate / 1000.0;
-  if (p->tokens > rate)
-    p->tokens = rate; /* burst of at most one second's worth */
-  p->tokens_at = now;
-  if (p->tokens < 1.0)
-    return false;
-  p->tokens -= 1.0;
-  return true;
-}
-
 static struct claim *idle_claim(struct provisioner *p)
 {
   for (unsigned i = 0; i < p->nclaims; i++)
@@ -51,16 +37,24 @@ static struct claim *idle_claim(struct provisioner *p)
   return NULL;
 }
 
-static int publish_json(struct claim *c, const char *topic, char *json)
+/* Publishes a request on the claim connection c, or, for a rotation (c is
+ * NULL), on the device's own upstream through the relay. */
+static int publish_json(struct job *j, struct claim *c, const char *topic, char *json)
 {
+  struct provisioner *p = j->p;
   int rc;
   if (!json)
     return -1;
-  rc = upstream_publish(c->u, topic, strlen(topic), (const uint8_t *)json, strlen(json), 1, false,
-                        NULL);
+  if (c)
+    rc = upstream_publish(c->u, topic, strlen(topic), (const uint8_t *)json, strlen(json), 1,
+                          false, NULL) == UPSTREAM_OK
+             ? 0
+             : -1;
+  else
+    rc = p->link ? p->link->publish(p->link_ud, j->client_id, topic, json, strlen(json)) : -1;
   /* The request may hold an ownership token. */
   secret_free(json);
-  return rc == UPSTREAM_OK ? 0 : -1;
+  return rc;
 }
 
 /* CreateCertificateFromCsr or CreateKeysAndCertificate; 0 when sent. */
@@ -71,7 +65,7 @@ static int publish_cert_request(struct job *j, struct claim *c)
   /* Journal first: a crash after this line resends the request. */
   if (store_run_set_step(p->st, j->run_id, RUN_CSR_SENT, pv_now_s()) != STORE_OK)
     return -1;
-  return publish_json(c, csr ? p->t_csr : p->t_create,
+  return publish_json(j, c, csr ? p->t_csr : p->t_create,
                       csr ? prov_build_csr_request(j->csr_pem) : prov_build_create_keys_request());
 }
 
@@ -106,7 +100,8 @@ static int publish_register(struct job *j, struct claim *c)
     params[n++].value = cfg->provisioning.aws.params[i].value;
   }
   rc = store_run_set_step(p->st, j->run_id, RUN_REGISTER_SENT, pv_now_s()) == STORE_OK
-           ? publish_json(c, p->t_reg, prov_build_register_request(r.token, params, n))
+           ? publish_json(j, c, j->rotate ? p->t_rot : p->t_reg,
+                          prov_build_register_request(r.token, params, n))
            : -1;
   secret_wipe(r.token, sizeof r.token);
   return rc;
@@ -134,20 +129,26 @@ static void send_request(struct job *j, struct claim *c)
   j->busy = true;
   LOGD(MOD, "%s: %s sent on claim connection %u", j->client_id,
        c->busy_op == J_SEND_REGISTER ? "RegisterThing" : "certificate request", c->index);
-  if ((p->crash_at == CRASH_CSR_SENT && c->busy_op != J_SEND_REGISTER) ||
-      (p->crash_at == CRASH_REGISTER_SENT && c->busy_op == J_SEND_REGISTER))
+  if ((pv_crash_armed(j, CRASH_CSR_SENT) && c->busy_op != J_SEND_REGISTER) ||
+      (pv_crash_armed(j, CRASH_REGISTER_SENT) && c->busy_op == J_SEND_REGISTER))
     p->crash_on_reply = true; /* die once the cloud has acted on it */
 }
 
 void pv_claims_send(struct provisioner *p, struct job *j)
 {
   struct claim *c = idle_claim(p);
-  if (!c || !take_token(p))
+  if (!c || !pv_take_token(p))
     return;
   send_request(j, c);
 }
 
 /* ---- replies ------------------------------------------------------------ */
+
+static bool topic_is(const char *topic, size_t tlen, const char *want)
+{
+  return tlen == strlen(want) && memcmp(topic, want, tlen) == 0;
+}
+
 
 static void on_cert_accepted(struct job *j, const char *json, size_t len)
 {
@@ -182,7 +183,7 @@ static void on_cert_accepted(struct job *j, const char *json, size_t len)
   store_audit(p->st, pv_now_s(), "gateway", "cert.issued", j->client_id, r.certificate_id);
   LOGI(MOD, "%s: certificate %.12s... issued", j->client_id, r.certificate_id);
   prov_cert_reply_clear(&r);
-  if (p->crash_at == CRASH_CERT_RECEIVED)
+  if (pv_crash_armed(j, CRASH_CERT_RECEIVED))
     pv_crash_now("cert_received");
   j->next_step = J_SEND_REGISTER;
   backoff_reset(&j->retry);
@@ -224,7 +225,7 @@ static void on_register_accepted(struct job *j, const char *json, size_t len)
   store_audit(p->st, pv_now_s(), "gateway", "provision.registered", j->client_id, r.thing_name);
   pv_notify(p, j->client_id, "registered");
   prov_register_reply_clear(&r);
-  if (p->crash_at == CRASH_REGISTERED)
+  if (pv_crash_armed(j, CRASH_REGISTERED))
     pv_crash_now("registered");
   pv_finish_ok(j);
 }
@@ -282,6 +283,39 @@ static void on_rejected(struct job *j, enum job_next op, const char *json, size_
   store_device_set_error(p->st, j->client_id, text, pv_now_s() + d / 1000);
   p->m->provision_retries++;
   LOGW(MOD, "%s: %s; retry in %u ms", j->client_id, text, d);
+}
+
+/* Whether a reply on topic answers the request op in flight for j (acc:
+ * accepted or rejected); the register topics are the rotation template's
+ * for a rotation. */
+static bool answers(const struct job *j, enum job_next op, const char *topic, size_t tlen,
+                    bool *acc)
+{
+  const struct provisioner *p = j->p;
+  const char *want_acc, *want_rej;
+  if (op == J_SEND_REGISTER) {
+    want_acc = j->rotate ? p->t_rot_acc : p->t_reg_acc;
+    want_rej = j->rotate ? p->t_rot_rej : p->t_reg_rej;
+  } else {
+    want_acc = op == J_SEND_CSR ? p->t_csr_acc : p->t_create_acc;
+    want_rej = op == J_SEND_CSR ? p->t_csr_rej : p->t_create_rej;
+  }
+  *acc = topic_is(topic, tlen, want_acc);
+  return *acc || topic_is(topic, tlen, want_rej);
+}
+
+/* Moves j on with the reply to op (the request is no longer in flight). */
+static void on_reply(struct job *j, enum job_next op, bool acc, const uint8_t *payload,
+                     size_t len)
+{
+  struct provisioner *p = j->p; /* the reply may free j */
+  if (!acc)
+    on_rejected(j, op, (const char *)payload, len);
+  else if (op == J_SEND_REGISTER)
+    on_register_accepted(j, (const char *)payload, len);
+  else
+    on_cert_accepted(j, (const char *)payload, len);
+  pv_kick(p);
 }
 
 /* ---- claim connections -------------------------------------------------- */
@@ -352,11 +386,6 @@ static void claim_on_suback(void *ud, uint16_t pid, const uint8_t *codes, size_t
   }
 }
 
-static bool topic_is(const char *topic, size_t tlen, const char *want)
-{
-  return tlen == strlen(want) && memcmp(topic, want, tlen) == 0;
-}
-
 static void claim_on_message(void *ud, const char *topic, size_t tlen, const uint8_t *payload,
                              size_t len, int qos, bool retain, uint16_t pid)
 {
@@ -365,7 +394,6 @@ static void claim_on_message(void *ud, const char *topic, size_t tlen, const uin
   struct job *j = c->busy;
   enum job_next op = c->busy_op;
   bool acc;
-  const char *want_acc, *want_rej;
   (void)retain;
 
   if (qos == 1)
@@ -376,28 +404,14 @@ static void claim_on_message(void *ud, const char *topic, size_t tlen, const uin
   }
   if (p->crash_on_reply)
     pv_crash_now(op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
-  want_acc = op == J_SEND_REGISTER ? p->t_reg_acc : (op == J_SEND_CSR ? p->t_csr_acc
-                                                                     : p->t_create_acc);
-  want_rej = op == J_SEND_REGISTER ? p->t_reg_rej : (op == J_SEND_CSR ? p->t_csr_rej
-                                                                     : p->t_create_rej);
-  if (topic_is(topic, tlen, want_acc)) {
-    acc = true;
-  } else if (topic_is(topic, tlen, want_rej)) {
-    acc = false;
-  } else {
+  if (!answers(j, op, topic, tlen, &acc)) {
     LOGW(MOD, "claim connection %u: reply on %.*s does not answer the request in flight",
          c->index, (int)tlen, topic);
     return;
   }
   c->busy = NULL;
   j->busy = false;
-  if (!acc)
-    on_rejected(j, op, (const char *)payload, len);
-  else if (op == J_SEND_REGISTER)
-    on_register_accepted(j, (const char *)payload, len);
-  else
-    on_cert_accepted(j, (const char *)payload, len);
-  pv_kick(p);
+  on_reply(j, op, acc, payload, len);
 }
 
 static void claim_on_puback(void *ud, void *token) { (void)ud; (void)token; }
@@ -424,11 +438,179 @@ static const struct upstream_cbs claim_cbs = {
     .on_closed = claim_on_closed,
 };
 
+/* ---- rotation over the device's own upstream (docs/rotation.md §3) ------ */
+
+#define LINK_WAIT_MS 1000        /* a rotation waiting for its device's upstream looks again */
+#define MAX_LINK_LOSSES 5        /* the upstream lost this often mid-rotation: it fails */
+
+static struct job *rotation_of(struct provisioner *p, const char *client_id)
+{
+  for (struct job *j = p->jobs; j; j = j->next)
+    if (j->rotate && strcmp(j->client_id, client_id) == 0)
+      return j;
+  return NULL;
+}
+
+/* The request in flight got no answer (time-out, the upstream went). */
+static void link_lost_request(struct job *j, const char *why)
+{
+  struct provisioner *p = j->p;
+  if (!j->busy)
+    return;
+  j->busy = false;
+  if (j->link_op == J_SEND_REGISTER)
+    j->register_unknown = true;
+  pv_job_defer(j);
+  p->m->provision_retries++;
+  LOGW(MOD, "%s: no reply to the rotation request (%s); retrying", j->client_id, why);
+  if (j->link_op != J_SEND_REGISTER)
+    store_audit(p->st, pv_now_s(), "gateway", "rotate.reply_lost", j->client_id,
+                "a certificate may have been issued without reaching us; AWS deletes it when "
+                "its ownership token expires");
+}
+
+/* The upstream went (or came back, which means it went): subscriptions
+ * are made again; mid-rotation losses are bounded, since AWS answers a
+ * policy that denies a topic by closing the connection (PROTOCOLS §G.5 in
+ * docs/rotation.md §3). */
+static void link_lost(struct job *j, const char *why)
+{
+  bool mid = j->busy || j->link == LINK_SUBSCRIBING;
+  j->link = LINK_NONE;
+  link_lost_request(j, why);
+  if (mid && ++j->restarts > MAX_LINK_LOSSES)
+    pv_finish_failed(j, "the device's upstream closed during the rotation again and again: does "
+                        "its policy allow the rotation topics?");
+}
+
+void pv_link_send(struct provisioner *p, struct job *j)
+{
+  bool create = p->cfg->provisioning.aws.create_keys;
+  uint64_t now = uv_now(p->loop);
+  int rc;
+
+  if (!p->link) {
+    j->not_before = now + LINK_WAIT_MS;
+    return;
+  }
+  if (j->link == LINK_NONE) {
+    /* Subscribe to the replies before the first request
+     * (docs/protocol-notes.md §5.1). */
+    const char *topics[4] = {create ? p->t_create_acc : p->t_csr_acc,
+                             create ? p->t_create_rej : p->t_csr_rej, p->t_rot_acc,
+                             p->t_rot_rej};
+    if (p->link->subscribe(p->link_ud, j->client_id, topics, 4) == 0)
+      j->link = LINK_SUBSCRIBING;
+    else
+      j->not_before = now + LINK_WAIT_MS; /* its upstream is not up: it waits */
+    return;
+  }
+  if (j->link != LINK_READY || !pv_take_token(p))
+    return;
+  p->m->provision_requests++;
+  rc = j->next_step == J_SEND_REGISTER ? publish_register(j, NULL) : publish_cert_request(j, NULL);
+  if (rc == 1)
+    return; /* a new run started instead */
+  if (rc != 0) {
+    j->link = LINK_NONE;
+    j->not_before = now + LINK_WAIT_MS;
+    return;
+  }
+  j->busy = true;
+  j->link_op = j->next_step;
+  j->deadline = now + p->cfg->provisioning.request_timeout_ms;
+  LOGD(MOD, "%s: rotation %s sent on its own upstream", j->client_id,
+       j->link_op == J_SEND_REGISTER ? "RegisterThing" : "certificate request");
+  if ((pv_crash_armed(j, CRASH_CSR_SENT) && j->link_op != J_SEND_REGISTER) ||
+      (pv_crash_armed(j, CRASH_REGISTER_SENT) && j->link_op == J_SEND_REGISTER))
+    p->crash_on_reply = true;
+}
+
+void pv_link_tick(struct provisioner *p)
+{
+  uint64_t now = uv_now(p->loop);
+  for (struct job *j = p->jobs; j; j = j->next)
+    if (j->rotate && j->busy && now >= j->deadline)
+      link_lost_request(j, "timed out");
+}
+
+void provision_link_up(struct provisioner *p, const char *client_id)
+{
+  struct job *j = p && p->nrotating ? rotation_of(p, client_id) : NULL;
+  if (!j)
+    return;
+  link_lost(j, "the upstream reconnected");
+  pv_kick(p);
+}
+
+void provision_link_down(struct provisioner *p, const char *client_id)
+{
+  struct job *j = p && p->nrotating ? rotation_of(p, client_id) : NULL;
+  if (j)
+    link_lost(j, "the upstream went down");
+}
+
+void provision_link_ready(struct provisioner *p, const char *client_id, bool ok)
+{
+  struct job *j = p ? rotation_of(p, client_id) : NULL;
+  if (!j || j->link != LINK_SUBSCRIBING)
+    return;
+  if (!ok) {
+    pv_finish_failed(j, "the broker refused the rotation's reply topics (device policy)");
+    return;
+  }
+  j->link = LINK_READY;
+  pv_kick(p);
+}
+
+bool provision_link_message(struct provisioner *p, const char *client_id, const char *topic,
+                            size_t topic_len, const uint8_t *payload, size_t len)
+{
+  const char *mine[] = {p->t_csr_acc, p->t_csr_rej, p->t_create_acc,
+                        p->t_create_rej, p->t_rot_acc, p->t_rot_rej};
+  struct job *j;
+  enum job_next op;
+  bool ours = false, acc;
+
+  if (!p || !p->t_rot[0] || topic_len < 5 || memcmp(topic, "$aws/", 5) != 0)
+    return false;
+  for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
+    ours = ours || topic_is(topic, topic_len, mine[i]);
+  if (!ours)
+    return false;
+  /* A reply to the gateway never reaches the leaf, even a late one. */
+  j = rotation_of(p, client_id);
+  if (!j || !j->busy) {
+    LOGW(MOD, "%s: a rotation reply on %.*s with no request in flight", client_id,
+         (int)topic_len, topic);
+    return true;
+  }
+  op = j->link_op;
+  if (p->crash_on_reply)
+    pv_crash_now(op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
+  if (!answers(j, op, topic, topic_len, &acc)) {
+    LOGW(MOD, "%s: rotation reply on %.*s does not answer the request in flight", client_id,
+         (int)topic_len, topic);
+    return true;
+  }
+  j->busy = false;
+  on_reply(j, op, acc, payload, len);
+  return true;
+}
+
 /* ---- the pool ----------------------------------------------------------- */
 
 static int build_topics(struct provisioner *p)
 {
   const char *t = p->cfg->provisioning.aws.template_name;
+  const char *rot = p->cfg->provisioning.aws.rotation_template;
+
+  if (rot && (prov_topic_register(rot, NULL, p->t_rot, sizeof p->t_rot) < 0 ||
+              prov_topic_register(rot, "accepted", p->t_rot_acc, sizeof p->t_rot_acc) < 0 ||
+              prov_topic_register(rot, "rejected", p->t_rot_rej, sizeof p->t_rot_rej) < 0)) {
+    LOGE(MOD, "cannot build the rotation topics for template %s", rot);
+    return -1;
+  }
 
   if (prov_topic_create_from_csr(NULL, p->t_csr, sizeof p->t_csr) < 0 ||
       prov_topic_create_from_csr("accepted", p->t_csr_acc, sizeof p->t_csr_acc) < 0 ||

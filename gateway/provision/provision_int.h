@@ -5,7 +5,9 @@
  *                    (kick, the 100 ms tick), resuming the journal, the
  *                    public API of provision.h;
  *   provision_aws.c  the AWS fleet-provisioning exchange over the pool of
- *                    claim connections (docs/architecture.md §5).
+ *                    claim connections (docs/architecture.md §5), and a
+ *                    rotation's over the device's own upstream
+ *                    (docs/rotation.md §3).
  * Internal names start with pv_.
  */
 #ifndef FLEETGW_PROVISION_INT_H
@@ -28,7 +30,10 @@ enum job_next {
 };
 
 enum crash_point { CRASH_NONE, CRASH_CSR_SENT, CRASH_CERT_RECEIVED, CRASH_REGISTER_SENT,
-                   CRASH_REGISTERED };
+                   CRASH_REGISTERED, CRASH_KEY_READY, CRASH_DONE };
+
+/* A rotation's hold on the device's own upstream (aws). */
+enum link_state { LINK_NONE, LINK_SUBSCRIBING, LINK_READY };
 
 /* One device whose run is open (or about to be opened). */
 struct job {
@@ -42,6 +47,10 @@ struct job {
   bool dead;                 /* the provisioner stopped while work was running */
   bool register_unknown;     /* a RegisterThing went out and its reply was lost */
   bool have_key;             /* key_pem came from the journal */
+  bool rotate;               /* a rotation run (RUN_ROTATE), not a first provisioning */
+  enum link_state link;      /* rotation over aws: the device upstream's subscriptions */
+  enum job_next link_op;     /* rotation over aws: the request in flight (busy) */
+  uint64_t deadline;         /* rotation over aws: loop ms its reply is due */
   uint64_t not_before;       /* loop ms */
   struct backoff retry;      /* provisioning.retry_base_ms .. retry_cap_ms */
   uint32_t restarts;         /* runs restarted for this device in a row */
@@ -91,8 +100,17 @@ struct provisioner {
   char t_csr[96], t_csr_acc[112], t_csr_rej[112];
   char t_create[96], t_create_acc[112], t_create_rej[112];
   char t_reg[160], t_reg_acc[176], t_reg_rej[176];
+  char t_rot[160], t_rot_acc[176], t_rot_rej[176]; /* the rotation template's, or "" */
+
+  const struct provision_link_ops *link;  /* the device upstreams (the relay) */
+  void *link_ud;
+  size_t nrotating;          /* jobs with rotate */
+  unsigned due_ticks;        /* ticks since the last due-rotation scan */
+  bool due_more;             /* the last scan stopped at rotate_max_running */
+  bool warned_short;         /* said once that new certificates are due at once */
 
   enum crash_point crash_at;
+  bool crash_rotation;       /* crash_at applies to rotation runs (FLEETGW_TEST_CRASH_ROTATION) */
   bool crash_on_reply;
 
   provision_step_cb step_cb;
@@ -125,6 +143,11 @@ void pv_finish_failed(struct job *j, const char *reason);
 /* The run cannot go on with its certificate: it is orphaned, and a new run
  * starts for the device. */
 void pv_restart_run(struct job *j, const char *reason);
+/* True when the crash test hook is armed for this point and this kind of
+ * run (provision.h). */
+bool pv_crash_armed(const struct job *j, enum crash_point at);
+/* Takes a provisioning.rate_per_s token; false when none is left now. */
+bool pv_take_token(struct provisioner *p);
 
 /* ---- the AWS claim pool (provision_aws.c) ---- */
 
@@ -141,5 +164,13 @@ void pv_claims_forget(struct provisioner *p, const struct job *j);
  * pending_closes). */
 void pv_claims_stop(struct provisioner *p);
 void pv_claims_free(struct provisioner *p);
+
+/* ---- rotation over the device's own upstream (provision_aws.c) ---- */
+
+/* Sends the rotation job's request (J_SEND_*) over the device's upstream:
+ * subscribes first, then publishes within the rate; otherwise waits. */
+void pv_link_send(struct provisioner *p, struct job *j);
+/* Times out the rotation requests whose reply is overdue. */
+void pv_link_tick(struct provisioner *p);
 
 #endif

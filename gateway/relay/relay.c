@@ -26,13 +26,19 @@
 
 #define MOD "relay"
 
+#define ROT_TOPICS 4              /* the reply topics a rotation subscribes to */
+
 struct sess_link {
   struct session *s;             /* NULL once the session let go, or a drain link */
   struct relay *r;
   struct upstream *u;
   struct ob_lane *lane;          /* the leaf's outbox lane this link carries, or NULL */
   bool stopped;                  /* upstream_stop() called */
+  bool rot_refused;              /* a rotation reply topic was refused (SUBACK 0x80) */
+  uint8_t rot_pending;           /* rotation SUBACKs still to come */
+  uint16_t rot_pid[ROT_TOPICS];  /* their packet ids (never the session's) */
   struct sess_link *prev, *next; /* every leaf link (relay.links) */
+  char client_id[];              /* the leaf's ClientId */
 };
 
 struct relay {
@@ -135,6 +141,8 @@ static void up_on_up(void *ud, bool session_present)
 {
   struct sess_link *l = ud;
   uplink_back(l->r);
+  l->rot_pending = 0;
+  provision_link_up(l->r->env.prov, l->client_id);
   if (l->lane)
     outbox_sink_up(l->lane, l, true);
   if (!l->s)
@@ -148,6 +156,8 @@ static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint3
   struct sess_link *l = ud;
   static struct log_ratelimit rl;
   bool refused = why == UPSTREAM_R_CONNACK && (connack_rc == 2 || connack_rc == 4 || connack_rc == 5);
+  l->rot_pending = 0;
+  provision_link_down(l->r->env.prov, l->client_id);
   if (l->lane)
     outbox_sink_up(l->lane, l, false);
   if (!l->s) {
@@ -155,6 +165,10 @@ static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint3
      * refused, so its messages wait (outbox.ttl_s) for the leaf's return. */
     if (refused)
       stop_link(l, true, false);
+    return;
+  }
+  if (why == UPSTREAM_R_SWITCH) {
+    sess_up_down(l->s, false); /* a new certificate, back in a moment */
     return;
   }
   log_ratelimited(&rl, LOG_WARN, MOD, "%s: upstream down (%s%s%s), retry in %u ms",
@@ -170,6 +184,14 @@ static void up_on_message(void *ud, const char *topic, size_t topic_len, const u
                           size_t len, int qos, bool retain, uint16_t packet_id)
 {
   struct sess_link *l = ud;
+  /* A reply to the gateway's own rotation request never reaches the leaf
+   * (docs/rotation.md §3). */
+  if (topic_len > 5 && topic[0] == '$' &&
+      provision_link_message(l->r->env.prov, l->client_id, topic, topic_len, payload, len)) {
+    if (qos == 1)
+      upstream_puback(l->u, packet_id);
+    return;
+  }
   /* Never acknowledged for a gone leaf: the broker delivers it again to the
    * next session of the same client id. */
   if (l->s)
@@ -186,7 +208,8 @@ static void up_on_puback(void *ud, void *token)
       outbox_acked(token);
     return;
   }
-  sess_up_acked(l->s, token);
+  if (token) /* none: a rotation request of the gateway's */
+    sess_up_acked(l->s, token);
 }
 
 static void up_on_dropped(void *ud, void *token)
@@ -197,6 +220,8 @@ static void up_on_dropped(void *ud, void *token)
       outbox_returned(token); /* still on disk: it goes again, in its place */
     return;
   }
+  if (!token)
+    return;
   l->r->env.m->queue_discarded++;
   sess_up_dropped(l->s, token);
 }
@@ -209,12 +234,23 @@ static void up_on_refused(void *ud, void *token)
       outbox_refused(token);
     return;
   }
-  sess_up_refused(l->s, token);
+  if (token)
+    sess_up_refused(l->s, token);
 }
 
 static void up_on_suback(void *ud, uint16_t packet_id, const uint8_t *codes, size_t n)
 {
   struct sess_link *l = ud;
+  for (unsigned i = 0; l->rot_pending > 0 && i < ROT_TOPICS; i++) {
+    if (l->rot_pid[i] != packet_id)
+      continue;
+    l->rot_pid[i] = 0;
+    if (n < 1 || codes[0] == 0x80)
+      l->rot_refused = true;
+    if (--l->rot_pending == 0)
+      provision_link_ready(l->r->env.prov, l->client_id, !l->rot_refused);
+    return;
+  }
   if (l->s)
     sess_up_suback(l->s, packet_id, codes, n);
 }
@@ -288,9 +324,10 @@ static int start_upstream(struct relay *r, struct session *s, const struct sess_
     o.will.qos = so->will_qos;
     o.will.retain = so->will_retain;
   }
-  l = calloc(1, sizeof *l);
+  l = calloc(1, sizeof *l + strlen(so->client_id) + 1);
   if (!l)
     return -1;
+  memcpy(l->client_id, so->client_id, strlen(so->client_id) + 1);
   l->s = s;
   l->r = r;
   if (upstream_new(r->env.loop, &o, &leaf_cbs, l, &l->u) != UPSTREAM_OK) {
@@ -555,6 +592,76 @@ static void ob_idle(void *ud, void *sink)
     stop_link(l, true, false);
 }
 
+/* ---- the provisioner's rotations over a leaf's own upstream -------------- */
+
+/* The link that carries client_id's traffic now: its session's, else one
+ * that drains its outbox; NULL when it has none. */
+static struct sess_link *link_of(struct relay *r, const char *client_id)
+{
+  struct sess_link *drain = NULL;
+  for (struct sess_link *l = r->links; l; l = l->next) {
+    if (l->stopped || strcmp(l->client_id, client_id) != 0)
+      continue;
+    if (l->s)
+      return l;
+    drain = l;
+  }
+  return drain;
+}
+
+static int rot_subscribe(void *ud, const char *client_id, const char *const *topics, size_t n)
+{
+  struct sess_link *l = link_of(ud, client_id);
+  if (!l || !upstream_is_up(l->u) || n > ROT_TOPICS)
+    return -1;
+  l->rot_pending = 0;
+  l->rot_refused = false;
+  for (size_t i = 0; i < n; i++) {
+    if (upstream_subscribe(l->u, topics[i], strlen(topics[i]), 1, &l->rot_pid[i]) !=
+        UPSTREAM_OK) {
+      l->rot_pending = 0;
+      return -1;
+    }
+    l->rot_pending++;
+  }
+  return 0;
+}
+
+static int rot_publish(void *ud, const char *client_id, const char *topic, const char *payload,
+                       size_t len)
+{
+  struct sess_link *l = link_of(ud, client_id);
+  if (!l || !upstream_is_up(l->u))
+    return -1;
+  return upstream_publish(l->u, topic, strlen(topic), (const uint8_t *)payload, len, 1, false,
+                          NULL) == UPSTREAM_OK
+             ? 0
+             : -1;
+}
+
+/* The registry made a new certificate the leaf's active one: every link
+ * of the leaf reconnects with it (provision_ensure gives it now). */
+static void rot_rotated(void *ud, const char *client_id)
+{
+  struct relay *r = ud;
+  struct provision_identity id;
+  char reason[256];
+
+  if (r->stopping ||
+      provision_ensure(r->env.prov, client_id, &id, reason, sizeof reason) != PROVISION_READY)
+    return;
+  for (struct sess_link *l = r->links; l; l = l->next)
+    if (!l->stopped && strcmp(l->client_id, client_id) == 0 && id.tls)
+      upstream_switch_identity(l->u, id.tls);
+  tls_identity_unref(id.tls);
+}
+
+static const struct provision_link_ops rot_ops = {
+    .subscribe = rot_subscribe,
+    .publish = rot_publish,
+    .rotated = rot_rotated,
+};
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 int relay_new(const struct relay_env *env, struct relay **out)
@@ -563,6 +670,8 @@ int relay_new(const struct relay_env *env, struct relay **out)
   if (!r)
     return UV_ENOMEM;
   r->env = *env;
+  if (env->prov)
+    provision_set_link(env->prov, &rot_ops, r);
   if (env->cfg->outbox.enabled) {
     struct outbox_env oe = {.loop = env->loop, .cfg = env->cfg, .store = env->store,
                             .m = env->m, .drain = env->drain, .send = ob_send,
@@ -605,7 +714,7 @@ int relay_start(struct relay *r)
     return rc;
   if (!id)
     return 0;
-  l = calloc(1, sizeof *l);
+  l = calloc(1, sizeof *l + 1); /* an empty client_id: not a leaf's */
   if (!l)
     return UV_ENOMEM;
   l->r = r;

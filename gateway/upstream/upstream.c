@@ -211,7 +211,14 @@ static void lost(struct upstream *u, enum upstream_reason why, int connack_rc)
   if (u->state == U_CLOSING)
     return;
   uconn_set_state(u, U_BACKOFF);
-  delay = backoff_next(&u->bo);
+  if (u->switching) {
+    /* A new identity, not a failure: straight back (within the interval). */
+    u->switching = false;
+    backoff_reset(&u->bo);
+    delay = 0;
+  } else {
+    delay = backoff_next(&u->bo);
+  }
   {
     /* AWS IoT accepts one CONNECT per second per client id (docs/protocol-notes.md
      * §4.6): attempts of one upstream start at least a second apart. */
@@ -220,7 +227,9 @@ static void lost(struct upstream *u, enum upstream_reason why, int connack_rc)
       delay = (uint32_t)(MIN_CONNECT_INTERVAL_MS - since);
   }
   uv_timer_start(&u->timer, timer_cb, delay, 0);
-  if (why == UPSTREAM_R_CONNACK)
+  if (why == UPSTREAM_R_SWITCH)
+    LOGI(MOD, "%s: reconnecting with its new certificate in %u ms", u->o.client_id, delay);
+  else if (why == UPSTREAM_R_CONNACK)
     LOGW(MOD, "%s: %s (%s), retry in %u ms", u->o.client_id, upstream_reason_str(why),
          mqtt_connack_str(connack_rc), delay);
   else
@@ -285,6 +294,28 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 {
   struct conn *c = req->handle->data;
   uconn_abort(c, UPSTREAM_R_TCP, 0);
+}
+
+/* The graceful end of an UP connection: DISCONNECT, the TLS close, then a
+ * FIN once the writes are out (cb); 0 or an error (abort it then). */
+static int say_goodbye(struct upstream *u, struct conn *c, uv_shutdown_cb cb)
+{
+  int r;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  r = uconn_send_small(u, c, MQTT_DISCONNECT, 0);
+  if (r == 0 && c->tls) {
+    tls_shutdown(c->tls);
+    r = uconn_flush_tls(c);
+  }
+  /* uv_shutdown waits for the queued writes, then sends FIN. */
+  return r == 0 ? uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, cb) : r;
+}
+
+static void switch_shutdown_cb(uv_shutdown_t *req, int status)
+{
+  struct conn *c = req->handle->data;
+  (void)status;
+  uconn_abort(c, UPSTREAM_R_SWITCH, 0);
 }
 
 static void keepalive_arm(struct upstream *u)
@@ -624,17 +655,8 @@ void upstream_stop(struct upstream *u, bool graceful)
   LOGI(MOD, "%s: stopping (%s)", u->o.client_id, graceful ? "graceful" : "abrupt");
   if (c && !c->closing) {
     int r = -1;
-    if (graceful && prev == U_UP) {
-      uv_read_stop((uv_stream_t *)&c->tcp);
-      r = uconn_send_small(u, c, MQTT_DISCONNECT, 0);
-      if (r == 0 && c->tls) {
-        tls_shutdown(c->tls);
-        r = uconn_flush_tls(c);
-      }
-      /* uv_shutdown waits for the queued writes, then sends FIN. */
-      if (r == 0)
-        r = uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, shutdown_cb);
-    }
+    if (graceful && prev == U_UP)
+      r = say_goodbye(u, c, shutdown_cb);
     if (r == 0)
       uconn_arm_timer_at(u, uv_now(u->loop) + GRACEFUL_FLUSH_MS);
     else
@@ -773,6 +795,26 @@ void upstream_kick(struct upstream *u)
                  since < MIN_CONNECT_INTERVAL_MS ? MIN_CONNECT_INTERVAL_MS - since : 0, 0);
 }
 
+int upstream_switch_identity(struct upstream *u, struct tls_identity *id)
+{
+  struct conn *c = u->conn;
+  int r = -1;
+
+  if (u->state == U_CLOSING)
+    return UPSTREAM_ECLOSED;
+  tls_identity_ref(id);
+  tls_identity_unref(u->o.identity);
+  u->o.identity = id;
+  if (u->state == U_IDLE || u->state == U_BACKOFF || !c || c->closing)
+    return UPSTREAM_OK; /* the next attempt uses it */
+  u->switching = true;
+  if (u->state == U_UP)
+    r = say_goodbye(u, c, switch_shutdown_cb);
+  if (r != 0)
+    uconn_abort(c, UPSTREAM_R_SWITCH, 0);
+  return UPSTREAM_OK;
+}
+
 bool upstream_is_up(const struct upstream *u) { return uconn_up(u); }
 
 size_t upstream_queued(const struct upstream *u) { return u->nqueued; }
@@ -794,6 +836,8 @@ const char *upstream_reason_str(enum upstream_reason why)
     return "timed out";
   case UPSTREAM_R_PROTOCOL:
     return "protocol error";
+  case UPSTREAM_R_SWITCH:
+    return "switching to a new certificate";
   }
   return "unknown";
 }

@@ -70,6 +70,7 @@ enum upstream_reason {
   UPSTREAM_R_CLOSED_BEFORE_CONNACK, /* AWS's way of refusing auth/policy */
   UPSTREAM_R_TIMEOUT,      /* connect/handshake/CONNACK or keep-alive timeout */
   UPSTREAM_R_PROTOCOL,     /* malformed packet from the broker */
+  UPSTREAM_R_SWITCH,       /* ended by upstream_switch_identity (not a failure) */
 };
 
 struct upstream_will {
@@ -160,6 +161,15 @@ void upstream_kick(struct upstream *u);
  * connection; the set is cleared when the connection is lost, and a puback
  * for an id not in the set is ignored (the broker will deliver it again). */
 int upstream_puback(struct upstream *u, uint16_t packet_id);
+
+/* Replaces the TLS client identity (a certificate rotation): the next
+ * connection uses id (a reference is taken).  A connection that is up ends
+ * gracefully (DISCONNECT: the broker drops the will, the leaf did not
+ * die), an attempt in progress is abandoned, and the upstream connects
+ * again at once, at least a second after its last attempt (the cloud's
+ * limit per client id); on_down reports UPSTREAM_R_SWITCH.  Messages in
+ * flight go again on the new connection as after any loss. */
+int upstream_switch_identity(struct upstream *u, struct tls_identity *id);
 
 bool upstream_is_up(const struct upstream *u);
 /* Messages queued or in flight. */

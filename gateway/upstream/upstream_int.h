@@ -101,6 +101,7 @@ struct upstream {
   const struct uconn_owner *own; /* the client's hooks for the wire */
   uint64_t up_since;           /* loop ms of the last CONNACK */
   bool kicked;                 /* upstream_kick used in this back-off */
+  bool switching;              /* upstream_switch_identity: reconnect at once */
 };
 
 /* A write in flight; data lives until write_cb. */

@@ -29,7 +29,7 @@ DAY = 86400
 def expiry_config(local_ca, warn_days, days=1):
     crt, key, _ = local_ca
     return {"backend": "local-ca", "thing_name_template": "thing-{client_id}",
-            "expiry_warn_days": warn_days,
+            "expiry_warn_days": warn_days, "rotate_before_days": 0,
             "local_ca": {"cert_file": str(crt), "key_file": str(key), "create": False,
                          "days": days}}
 

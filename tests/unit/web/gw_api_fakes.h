@@ -53,6 +53,7 @@ FAKE_DEVICE_CMD(api_device_approve)
 FAKE_DEVICE_CMD(api_device_block)
 FAKE_DEVICE_CMD(api_device_unblock)
 FAKE_DEVICE_CMD(api_device_reprovision)
+FAKE_DEVICE_CMD(api_device_rotate)
 FAKE_DEVICE_CMD(api_device_release)
 FAKE_DEVICE_CMD(api_device_decommission)
 #undef FAKE_DEVICE_CMD

@@ -96,6 +96,8 @@ static const struct {
   {WEB_POST, "/api/v1/devices/dev-1/block", web_h_block, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/unblock", web_h_unblock, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/reprovision", web_h_reprovision, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_POST, "/api/v1/devices/dev-1/rotate", web_h_rotate, WEB_AUTH_ADMIN, "dev-1"},
+  {WEB_POST, "/api/v1/devices/a/b/rotate", web_h_rotate, WEB_AUTH_ADMIN, "a/b"},
   {WEB_POST, "/api/v1/devices/dev-1/release", web_h_release, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_POST, "/api/v1/devices/dev-1/psk", web_h_psk_create, WEB_AUTH_ADMIN, "dev-1"},
   {WEB_DELETE, "/api/v1/devices/dev-1/psk", web_h_psk_revoke, WEB_AUTH_ADMIN, "dev-1"},
