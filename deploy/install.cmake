@@ -4,7 +4,7 @@
 #   /usr/bin/fleetgw, /usr/bin/fleetgw-leafsim
 #   /usr/share/fleetgw/web/*            the dashboard (web.static_dir)
 #   /usr/share/fleetgw/openapi.json     (web.openapi_file)
-#   /usr/share/fleetgw/aws/*.json       template and policies for the AWS setup
+#   /usr/share/fleetgw/aws/*            templates, policies and the rotation hook for the AWS setup
 #   /etc/fleetgw/fleetgw.json           the configuration (a conffile)
 #   /lib/systemd/system/fleetgw.service
 #   /usr/lib/sysusers.d/fleetgw.conf    the fleetgw system user
@@ -30,7 +30,8 @@ install(DIRECTORY web/static/ DESTINATION ${FLEETGW_SHARE_REL}/web
         FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 install(FILES web/openapi.json DESTINATION ${FLEETGW_SHARE_REL})
 install(FILES deploy/aws/claim-policy.json deploy/aws/device-policy.json
-              deploy/aws/provisioning-template.json
+              deploy/aws/provisioning-template.json deploy/aws/rotation-template.json
+              deploy/aws/rotation-hook.py deploy/aws/README.md
         DESTINATION ${FLEETGW_SHARE_REL}/aws)
 install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 

@@ -133,8 +133,9 @@ int api_device_block(struct gw *gw, const char *client_id, const char *actor, ch
                      size_t cap);
 int api_device_unblock(struct gw *gw, const char *client_id, const char *actor, char *reason,
                        size_t cap);
-/* The only way a second certificate is ever issued: the active one becomes
- * superseded, and the device is provisioned again at its next CONNECT. */
+/* A new identity: the active certificate becomes superseded, and the
+ * device is provisioned again at its next CONNECT (rotation, below, keeps
+ * the thing). */
 int api_device_reprovision(struct gw *gw, const char *client_id, const char *actor,
                            char *reason, size_t cap);
 /* A new certificate for the same thing (docs/rotation.md): started now,

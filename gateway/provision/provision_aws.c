@@ -471,8 +471,8 @@ static void link_lost_request(struct job *j, const char *why)
 
 /* The upstream went (or came back, which means it went): subscriptions
  * are made again; mid-rotation losses are bounded, since AWS answers a
- * policy that denies a topic by closing the connection (PROTOCOLS §G.5 in
- * docs/rotation.md §3). */
+ * policy that denies a topic by closing the connection
+ * (docs/protocol-notes.md §4.7, docs/rotation.md §3). */
 static void link_lost(struct job *j, const char *why)
 {
   bool mid = j->busy || j->link == LINK_SUBSCRIBING;

@@ -276,6 +276,39 @@ async function main() {
     const panel = await page.textContent('#dev-body');
     if (!panel.includes('Not after') || !panel.includes('Fingerprint')) fail('the device panel shows no certificate');
     await page.screenshot({ path: opt.screenshot.replace(/\.png$/, '') + '-device.png' });
+    // Rotate its certificate from the panel: asks first, then the panel shows
+    // the new certificate's id.
+    {
+      const idOf = () => page.$eval('#dev-body', (b) => {
+        const dts = [...b.querySelectorAll('dt')];
+        const dt = dts.find((x) => x.textContent.trim() === 'Id');
+        return dt && dt.nextElementSibling ? dt.nextElementSibling.textContent.trim() : null;
+      });
+      const before = await idOf();
+      if (!before) fail('the device panel shows no certificate id');
+      const rot = page.locator('#dev-body [data-action="rotate"]');
+      if ((await rot.count()) !== 1) fail('the panel of an active device has no Rotate certificate button');
+      log('rotate the certificate of ' + opt.pending + ' from its panel');
+      await rot.click();
+      await page.locator('#confirm-dialog[open]').waitFor({ state: 'visible', timeout: 5000 })
+        .catch(() => fail('Rotate certificate asked for no confirmation'));
+      await page.click('#confirm-ok');
+      const t1 = Date.now();
+      let now = before;
+      // The panel follows the device's events; reopen it too, in case.
+      while (now === before && Date.now() - t1 < 15000) {
+        await page.waitForTimeout(500);
+        now = await idOf().catch(() => before);
+        if (now !== before) break;
+        await page.keyboard.press('Escape');
+        await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 }).catch(() => {});
+        await page.click(rowSel(opt.pending) + ' button');
+        await page.locator('#device-dialog[open] .panel-status').waitFor({ state: 'visible', timeout: 10000 })
+          .catch(() => {});
+        now = await idOf().catch(() => before);
+      }
+      if (!now || now === before) fail('the panel did not show a new certificate after the rotation');
+    }
     await page.keyboard.press('Escape');
     await page.locator('#device-dialog').waitFor({ state: 'hidden', timeout: 5000 })
       .catch(() => fail('Escape did not close the device panel'));

@@ -464,6 +464,12 @@ const COMMANDS = {
     confirm: (id) => 'Reprovision ' + id + '? Its active certificate becomes superseded and a new one ' +
       'is issued when the device next connects.',
   },
+  rotate: {
+    label: 'Rotate certificate', method: 'post',
+    done: 'rotation started; the old certificate is superseded when it completes',
+    confirm: (id) => 'Rotate the certificate of ' + id + '? It gets a new certificate for the same ' +
+      'thing; its connection switches to it, and the old one is listed for deactivation.',
+  },
   release: { label: 'Release binding', method: 'post', done: 'binding released' },
   decommission: {
     label: 'Decommission', method: 'del', done: 'decommissioned',
@@ -861,6 +867,7 @@ async function renderDevicePanel(clientId) {
     block: d.state !== 'blocked' && d.state !== 'revoked',
     unblock: d.state === 'blocked',
     reprovision: d.state !== 'revoked' && d.state !== 'pending',
+    rotate: d.state === 'active' && !!c,
     release: !!d.bound_addr,
     decommission: d.state !== 'revoked',
   };
