@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BUSY_TIMEOUT_MS 5000
@@ -113,6 +114,8 @@ int store_open(const struct store_opts *opts, struct store **out)
     goto fail_close;
   }
   sqlite3_extended_result_codes(st->db, 1);
+  if ((err = store_natural_register(st)) != STORE_OK)
+    goto fail_close;
   if ((err = set_pragmas(st, opts)) != STORE_OK)
     goto fail_close;
   if ((err = store_migrate(st)) != STORE_OK)
@@ -150,6 +153,12 @@ void store_close(struct store *st)
 {
   if (!st)
     return;
+  /* Counted repeats are written before the end (store_audit_repeat). */
+  if (st->repeats) {
+    store_audit_flush(st, (int64_t)time(NULL), true);
+    free(st->repeats);
+    st->repeats = NULL;
+  }
   store_ckpt_stop(st);
   for (size_t i = 0; i < st->ncache; i++)
     sqlite3_finalize(st->cache[i].stmt);

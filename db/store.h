@@ -153,7 +153,7 @@ typedef int (*store_device_cb)(void *ud, const struct store_device *d);
 int store_device_list(struct store *st, int state, const char *text, int64_t offset,
                       int64_t limit, store_device_cb cb, void *ud, int64_t *total);
 /* The same, ordered by one of these (ties broken by ClientId), ascending or
- * descending. */
+ * descending.  ClientIds and thing names sort in natural order. */
 enum store_device_sort {
   STORE_SORT_CLIENT_ID = 0,
   STORE_SORT_THING_NAME = 1,
@@ -163,6 +163,14 @@ enum store_device_sort {
   STORE_SORT_CERT_NOT_AFTER = 5, /* the active certificate's not-after; devices without
                                     one (or with an unknown not-after) last either way */
 };
+/* Natural order of two byte strings: runs of digits compare as numbers
+ * ("leaf-2" < "leaf-10"), everything else byte by byte; equal numbers with
+ * more leading zeros after fewer ("a1" < "a01"), so only equal strings
+ * compare equal.  <0, 0, >0.  The registry's connection has it as the
+ * collation NATSORT (store_natural_register). */
+int store_natural_cmp(const void *a, int alen, const void *b, int blen);
+/* Registers it on the registry's connection (store_open does). */
+int store_natural_register(struct store *st);
 int store_device_list_sorted(struct store *st, int state, const char *text, int sort, bool desc,
                              int64_t offset, int64_t limit, store_device_cb cb, void *ud,
                              int64_t *total);
@@ -347,6 +355,21 @@ struct store_audit {
 };
 int store_audit(struct store *st, int64_t now, const char *actor, const char *action,
                 const char *client_id, const char *detail);
+/* An audit row a peer can make the gateway write again and again (a
+ * refused leaf retrying): the first of each (actor, action, ClientId,
+ * detail) is written at once; repeats within STORE_AUDIT_REPEAT_S of it are
+ * only counted, and written as one row, "repeated N more times in S s:
+ * <detail>", when that interval is over (store_audit_flush, or the next
+ * repeat after it).  STORE_AUDIT_REPEAT_SLOTS identities are followed at
+ * once; one more evicts the oldest (its count written first).  The rows
+ * stay append-only. */
+#define STORE_AUDIT_REPEAT_S 600
+#define STORE_AUDIT_REPEAT_SLOTS 512
+int store_audit_repeat(struct store *st, int64_t now, const char *actor, const char *action,
+                       const char *client_id, const char *detail);
+/* Writes the counts of the intervals that are over (all of them with
+ * all = true, e.g. at shutdown).  Called from the upkeep. */
+int store_audit_flush(struct store *st, int64_t now, bool all);
 typedef int (*store_audit_cb)(void *ud, const struct store_audit *a);
 /* Paged, newest first; client_id filter (NULL = all). */
 int store_audit_list(struct store *st, const char *client_id, int64_t offset, int64_t limit,

@@ -10,6 +10,66 @@
 
 #include <string.h>
 
+/* ---- natural order (the NATSORT collation) -------------------------------- */
+
+static bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+int store_natural_cmp(const void *a, int alen, const void *b, int blen)
+{
+  const unsigned char *x = a, *y = b;
+  int i = 0, j = 0, zeros = 0;
+
+  while (i < alen && j < blen) {
+    if (is_digit(x[i]) && is_digit(y[j])) {
+      int si, sj, ni, nj;
+      /* A run of digits is a number: its value counts, not its first digit.
+       * Leading zeros are skipped (and only break a tie at the end), so a
+       * number of any length compares without overflow: more significant
+       * digits is larger, the same count compares digit by digit. */
+      for (si = i; si < alen && x[si] == '0'; si++)
+        ;
+      for (sj = j; sj < blen && y[sj] == '0'; sj++)
+        ;
+      for (ni = si; ni < alen && is_digit(x[ni]); ni++)
+        ;
+      for (nj = sj; nj < blen && is_digit(y[nj]); nj++)
+        ;
+      if (ni - si != nj - sj)
+        return ni - si < nj - sj ? -1 : 1;
+      for (int k = 0; k < ni - si; k++)
+        if (x[si + k] != y[sj + k])
+          return x[si + k] < y[sj + k] ? -1 : 1;
+      if (!zeros && si - i != sj - j)
+        zeros = si - i < sj - j ? -1 : 1;
+      i = ni;
+      j = nj;
+      continue;
+    }
+    if (x[i] != y[j])
+      return x[i] < y[j] ? -1 : 1;
+    i++;
+    j++;
+  }
+  if (alen - i != blen - j)
+    return alen - i < blen - j ? -1 : 1;
+  /* Equal as numbers ("a01", "a1"): fewer leading zeros first, so that only
+   * equal strings compare equal and a paged listing has one order. */
+  return zeros;
+}
+
+static int collate_natural(void *ud, int alen, const void *a, int blen, const void *b)
+{
+  (void)ud;
+  return store_natural_cmp(a, alen, b, blen);
+}
+
+int store_natural_register(struct store *st)
+{
+  int rc = sqlite3_create_collation_v2(st->db, "NATSORT", SQLITE_UTF8, NULL, collate_natural,
+                                       NULL);
+  return rc == SQLITE_OK ? STORE_OK : store_sqlite_fail(st, rc);
+}
+
 #define DEV_COLS                                                                     \
   "id, client_id, thing_name, state, bound_addr, first_seen, last_seen, last_error, " \
   "retry_at, attempts, lan_security, "                                               \
@@ -339,17 +399,23 @@ int store_device_list_where(struct store *st, const struct store_device_filter *
   static const char count_sql[] = "SELECT count(*) FROM devices" DEV_FILTER;
 #define PAGE_SQL(order)                                                                            \
   "SELECT " DEV_COLS " FROM devices" DEV_FILTER " ORDER BY " order " LIMIT :limit OFFSET :offset"
-  /* One fixed statement per order: nothing from the caller goes into SQL. */
+  /* One fixed statement per order: nothing from the caller goes into SQL.
+   * ClientIds and thing names in natural order ("leaf-2" before "leaf-10"),
+   * a total order (only equal strings tie; ClientIds are unique), so the
+   * pages follow one another. */
+#define BY_ID "client_id COLLATE NATSORT"
   static const char *const page_sqls[][2] = {
-      {PAGE_SQL("client_id"), PAGE_SQL("client_id DESC")},
-      {PAGE_SQL("thing_name, client_id"), PAGE_SQL("thing_name DESC, client_id DESC")},
-      {PAGE_SQL("state, client_id"), PAGE_SQL("state DESC, client_id DESC")},
-      {PAGE_SQL("last_seen, client_id"), PAGE_SQL("last_seen DESC, client_id DESC")},
-      {PAGE_SQL("first_seen, client_id"), PAGE_SQL("first_seen DESC, client_id DESC")},
-      {PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER ", client_id"),
-       PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER " DESC, client_id DESC")},
+      {PAGE_SQL(BY_ID), PAGE_SQL(BY_ID " DESC")},
+      {PAGE_SQL("thing_name COLLATE NATSORT, " BY_ID),
+       PAGE_SQL("thing_name COLLATE NATSORT DESC, " BY_ID " DESC")},
+      {PAGE_SQL("state, " BY_ID), PAGE_SQL("state DESC, " BY_ID " DESC")},
+      {PAGE_SQL("last_seen, " BY_ID), PAGE_SQL("last_seen DESC, " BY_ID " DESC")},
+      {PAGE_SQL("first_seen, " BY_ID), PAGE_SQL("first_seen DESC, " BY_ID " DESC")},
+      {PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER ", " BY_ID),
+       PAGE_SQL(DEV_CERT_NOT_AFTER " IS NULL, " DEV_CERT_NOT_AFTER " DESC, " BY_ID " DESC")},
   };
 #undef PAGE_SQL
+#undef BY_ID
   struct store_device_filter filter = {
       .state = where->state,
       .text = where->text && *where->text ? where->text : NULL,
