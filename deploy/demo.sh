@@ -12,10 +12,20 @@
 #     leaf every 10 s,
 #   - the dashboard and REST API on http://127.0.0.1:8080/ (the token is
 #     printed).
-# Ctrl-C stops everything it started.  State (certificates, logs, config) is in
+# Ctrl-C (or SIGINT/SIGTERM to this script's PID: kill, timeout, a supervisor)
+# stops everything it started, in order: the leaves and the watcher, then the
+# gateway (its graceful stop), then the broker; a second signal during the stop
+# kills what is left at once.  State (certificates, logs, config) is in
 # ./demo-state and is reused by the next run.
 #
-# Usage: deploy/demo.sh            LEAVES=N to change the fleet size (default 20)
+# Usage: deploy/demo.sh
+#   LEAVES=N          the fleet size (default 20)
+#   DEMO_SECONDS=N    stop by itself after N seconds (default 0: until a signal)
+#   DEMO_STATE=DIR    the state directory (default ./demo-state)
+#   DEMO_BUILD_DIR=D  use the fleetgw and fleetgw-leafsim already built in D
+#                     (no build; default: build them in ./build-demo)
+#   DEMO_PLAIN=1      plain UDP instead of DTLS
+#   BROKER_PORT, GW_PORT, DTLS_PORT, WEB_PORT   the ports (18883, 1884, 8884, 8080)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -25,9 +35,15 @@ GW_PORT=${GW_PORT:-1884}
 DTLS_PORT=${DTLS_PORT:-8884}
 DEMO_PLAIN=${DEMO_PLAIN:-0}
 WEB_PORT=${WEB_PORT:-8080}
-STATE="$ROOT/demo-state"
+DEMO_SECONDS=${DEMO_SECONDS:-0}
+DEMO_BUILD_DIR=${DEMO_BUILD_DIR:-}
+STATE=${DEMO_STATE:-$ROOT/demo-state}
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
+
+# Until the first process is started a signal simply ends the script.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 PACKAGES="build-essential cmake pkg-config libuv1-dev libwebsockets-dev libssl-dev \
   libsqlite3-dev libcjson-dev mosquitto mosquitto-clients openssl sqlite3 curl"
@@ -38,14 +54,40 @@ done
 if [ -n "$missing" ]; then
   echo "== installing:$missing"
   $SUDO apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
-echo "== building fleetgw"
-cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-demo -j"$(nproc)" --target fleetgw fleetgw-leafsim >/dev/null
-FLEETGW="$ROOT/build-demo/fleetgw"
-LEAFSIM="$ROOT/build-demo/tests/leaf/fleetgw-leafsim"
+if [ -n "$DEMO_BUILD_DIR" ]; then
+  BUILD=$(cd "$DEMO_BUILD_DIR" && pwd)
+else
+  echo "== building fleetgw"
+  BUILD="$ROOT/build-demo"
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$BUILD" -j"$(nproc)" --target fleetgw fleetgw-leafsim >/dev/null
+fi
+FLEETGW="$BUILD/fleetgw"
+LEAFSIM="$BUILD/tests/leaf/fleetgw-leafsim"
+for b in "$FLEETGW" "$LEAFSIM"; do
+  [ -x "$b" ] || { echo "demo: $b is missing" >&2; exit 1; }
+done
+
+# listening PORT: a TCP socket listens on PORT (read from /proc, so that the
+# check makes no connection for the broker to log as a failed handshake).  A
+# port someone else listens on would make this run talk to another run's
+# processes: refuse to start instead.
+listening() {
+  local f files=()
+  for f in /proc/net/tcp /proc/net/tcp6; do [ ! -r "$f" ] || files+=("$f"); done
+  awk -v p="$(printf '%04X' "$1")" '$4 == "0A" && substr($2, index($2, ":") + 1) == p { f = 1 }
+    END { exit !f }' "${files[@]}"
+}
+for p in "$BROKER_PORT" "$WEB_PORT"; do
+  if listening "$p"; then
+    echo "demo: 127.0.0.1:$p is in use (another demo?); set BROKER_PORT/WEB_PORT" >&2
+    exit 1
+  fi
+done
 
 mkdir -p "$STATE"
 cd "$STATE"
@@ -76,19 +118,30 @@ fi
 # watcher's) and the gateway's local CA (the leaves').
 cat ca.crt localca.crt > client-cas.pem
 
+# mosquitto started by root switches to the user named here ("should not be
+# run as root" otherwise).  As root it runs as the mosquitto user, with its
+# certificate, key and CA bundle copied to a directory of its own (the state
+# directory may be one it cannot enter); as anyone else, as that user.
+BROKER_DIR="$STATE"
+BROKER_USER=$(id -un)
+if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
+  BROKER_DIR=$(mktemp -d /tmp/fleetgw-demo-broker.XXXXXX)
+  install -o mosquitto -g root -m 0400 broker.crt broker.key client-cas.pem "$BROKER_DIR/"
+  chown mosquitto "$BROKER_DIR"
+  BROKER_USER=mosquitto
+fi
 cat > mosquitto.conf <<EOF
-# Run as the demo's user (mosquitto started by root would switch to the
-# "mosquitto" user and could not read the demo's key files).
-user $(id -un)
+user $BROKER_USER
 listener $BROKER_PORT 127.0.0.1
-cafile $STATE/client-cas.pem
-certfile $STATE/broker.crt
-keyfile $STATE/broker.key
+cafile $BROKER_DIR/client-cas.pem
+certfile $BROKER_DIR/broker.crt
+keyfile $BROKER_DIR/broker.key
 require_certificate true
 use_identity_as_username true
 allow_anonymous true
 max_queued_messages 10000
-log_dest file $STATE/mosquitto.log
+# stderr, appended to $STATE/mosquitto.log by the demo
+log_dest stderr
 log_type error
 log_type warning
 log_type notice
@@ -139,30 +192,103 @@ cat > fleetgw.json <<EOF
 EOF
 "$FLEETGW" --config fleetgw.json --check-config
 
-pids=()
-cleanup() {
-  trap - INT TERM EXIT
-  echo
-  echo "== stopping"
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  echo "== stopped; logs in $STATE"
+# ---- the processes ------------------------------------------------------------
+# Each program runs in a session of its own (setsid, which execs in place, so
+# $! is the program's PID): Ctrl-C at the terminal reaches only this script,
+# which stops them in order.  Their output goes through filters (prefixes, the
+# gateway's log file) that ignore INT and TERM, so that nothing loses its
+# output while it stops; a filter ends when its program closes the pipe.
+BROKER_PID="" GW_PID="" SUB_PID="" LEAF_PID="" TICK_PID=""
+STOP=""     # the signal's exit status once one asked the demo to stop
+HURRY=""    # a second signal during the stop: SIGKILL what is left
+trap 'STOP=130' INT
+trap 'STOP=143' TERM
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# stop_proc NAME PID SECONDS: SIGTERM, then SIGKILL after SECONDS (or at once
+# after a second signal), then reap it.
+stop_proc() {
+  local name=$1 pid=$2 secs=$3 i
+  alive "$pid" || { [ -z "$pid" ] || wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for (( i = 0; i < secs * 10; i++ )); do
+    alive "$pid" || break
+    [ -z "$HURRY" ] || break
+    sleep 0.1
+  done
+  if alive "$pid"; then
+    echo "== $name (pid $pid) still running: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+
+STATES="case state when 0 then 'pending' when 1 then 'approved' when 2 then 'provisioning'\
+ when 3 then 'active' when 4 then 'failed' when 5 then 'blocked' when 6 then 'revoked'\
+ else state end"
+DEVICES_SQL="select client_id, thing_name, $STATES as state from devices order by id"
+
+cleanup() {
+  local rc=${1:-0}
+  trap 'HURRY=1' INT TERM
+  trap - EXIT
+  echo
+  echo "== stopping: leaves, then the gateway, then the broker"
+  alive "$TICK_PID" && kill "$TICK_PID" 2>/dev/null
+  [ -z "$TICK_PID" ] || wait "$TICK_PID" 2>/dev/null || true
+  stop_proc fleetgw-leafsim "$LEAF_PID" 10
+  stop_proc mosquitto_sub "$SUB_PID" 5
+  stop_proc fleetgw "$GW_PID" 15
+  stop_proc mosquitto "$BROKER_PID" 5
+  if [ "$BROKER_DIR" != "$STATE" ]; then rm -rf "$BROKER_DIR"; fi
+  if [ -f registry.db ] && command -v sqlite3 >/dev/null; then
+    echo "== the registry ($STATE/registry.db):"
+    sqlite3 -readonly registry.db "$DEVICES_SQL" 2>/dev/null | sed 's/^/[registry] /' | head -n 20 || true
+  fi
+  echo "== stopped; logs in $STATE"
+  exit "$rc"
+}
+trap 'cleanup $?' EXIT
+
+# tick SECONDS: sleeps, but returns as soon as a signal arrives.
+tick() {
+  sleep "$1" &
+  TICK_PID=$!
+  wait "$TICK_PID" 2>/dev/null || true
+  kill "$TICK_PID" 2>/dev/null || true   # still sleeping when a signal cut the wait
+  wait "$TICK_PID" 2>/dev/null || true
+  TICK_PID=""
+}
+check_stop() { if [ -n "$STOP" ]; then cleanup "$STOP"; fi; }
 
 ulimit -n 65536 2>/dev/null || true
-/usr/sbin/mosquitto -c mosquitto.conf &
-pids+=($!)
+setsid /usr/sbin/mosquitto -c mosquitto.conf 2>>mosquitto.log &
+BROKER_PID=$!
 for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/$BROKER_PORT) 2>/dev/null && break
-  sleep 0.1
+  listening "$BROKER_PORT" && break
+  alive "$BROKER_PID" || { echo "demo: mosquitto exited; see $STATE/mosquitto.log" >&2; exit 1; }
+  tick 0.1; check_stop
 done
+listening "$BROKER_PORT" || { echo "demo: mosquitto does not listen on $BROKER_PORT" >&2; exit 1; }
 
-log_from=$(( $(wc -l < fleetgw.log 2>/dev/null || echo 0) + 1 ))
-"$FLEETGW" --config fleetgw.json 2> >(tee -a fleetgw.log >&2) &
-pids+=($!)
-# This run's "ready:" line, not an earlier run's (the log is appended to).
-for _ in $(seq 100); do tail -n +"$log_from" fleetgw.log 2>/dev/null | grep -q "ready:" && break; sleep 0.1; done
+# The gateway's whole log goes to fleetgw.log; the terminal shows it without
+# the metrics lines (about 1,000 characters each, one every 10 s).
+echo "== fleetgw: log in $STATE/fleetgw.log (the metrics lines only there)"
+setsid "$FLEETGW" --config fleetgw.json \
+  2> >(trap '' INT TERM; tee -a fleetgw.log | grep --line-buffered -v ' metrics: metrics ' >&2) &
+GW_PID=$!
+# Ready means this run's gateway answers GET /api/v1/health (the port was free
+# before it started, and it is still running).
+ready=""
+for _ in $(seq 300); do
+  alive "$GW_PID" || { echo "demo: fleetgw exited; see $STATE/fleetgw.log" >&2; exit 1; }
+  if curl -fsS --max-time 1 "http://127.0.0.1:$WEB_PORT/api/v1/health" >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  tick 0.1; check_stop
+done
+[ -n "$ready" ] || { echo "demo: fleetgw not ready after 30 s; see $STATE/fleetgw.log" >&2; exit 1; }
 
 # A key for each leaf that has none yet, made through the API (shown once,
 # kept in leaf-psks.csv for the simulated leaves: a real leaf keeps it in its
@@ -181,27 +307,45 @@ if [ "$DEMO_PLAIN" != 1 ]; then
   fi
   LEAF_ARGS=(--gw "127.0.0.1:$DTLS_PORT" --dtls --psk-file "$STATE/leaf-psks.csv")
 fi
+check_stop
 
 TLS=(--cafile "$STATE/ca.crt" --cert "$STATE/gateway.crt" --key "$STATE/gateway.key")
 echo "== the broker sees (mosquitto_sub on fleet/+/telemetry):"
-mosquitto_sub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-watcher -t 'fleet/+/telemetry' -v \
-  | sed -u 's/^/[broker] /' &
-pids+=($!)
+setsid mosquitto_sub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-watcher \
+  -t 'fleet/+/telemetry' -v > >(trap '' INT TERM; exec sed -u 's/^/[broker] /') &
+SUB_PID=$!
 
-"$LEAFSIM" "${LEAF_ARGS[@]}" -n "$LEAVES" --prefix leaf- --rate 0.2 --qos 1 \
-  --topic 'fleet/%s/telemetry' --subscribe 'fleet/%s/cmd' | sed -u 's/^/[leaf]   /' &
-pids+=($!)
+setsid "$LEAFSIM" "${LEAF_ARGS[@]}" -n "$LEAVES" --prefix leaf- --rate 0.2 --qos 1 \
+  --topic 'fleet/%s/telemetry' --subscribe 'fleet/%s/cmd' \
+  > >(trap '' INT TERM; exec sed -u 's/^/[leaf]   /') &
+LEAF_PID=$!
 
 echo "== $LEAVES leaves; a command goes to one of them every 10 s. Ctrl-C stops the demo."
-echo "== registry: $STATE/registry.db (sqlite3 $STATE/registry.db 'select client_id, thing_name, state from devices')"
+echo "== registry: sqlite3 $STATE/registry.db \"$DEVICES_SQL\""
 echo "== dashboard: http://127.0.0.1:$WEB_PORT/   token: $(cat "$STATE/admin.token")"
+[ "$DEMO_SECONDS" = 0 ] || echo "== stopping by itself after $DEMO_SECONDS s"
 i=0
-while true; do
-  sleep 10
+started=$SECONDS
+next=$(( SECONDS + 10 ))
+while :; do
+  tick 1
+  check_stop
+  if [ "$DEMO_SECONDS" != 0 ] && (( SECONDS - started >= DEMO_SECONDS )); then
+    cleanup 0
+  fi
+  for p in "$BROKER_PID:mosquitto" "$GW_PID:fleetgw" "$LEAF_PID:fleetgw-leafsim"; do
+    if ! alive "${p%%:*}"; then
+      echo "demo: ${p#*:} exited; see the logs in $STATE" >&2
+      cleanup 1
+    fi
+  done
+  (( SECONDS >= next )) || continue
+  next=$(( SECONDS + 10 ))
   leaf="leaf-$((i % LEAVES))"
-  mosquitto_pub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-commander -q 1 \
-    -t "fleet/$leaf/cmd" -m "blink $i" || true
-  echo "[demo]   sent 'blink $i' to fleet/$leaf/cmd"
-  kill -USR1 "${pids[1]}" 2>/dev/null || true
+  if mosquitto_pub -h localhost -p "$BROKER_PORT" "${TLS[@]}" -i demo-commander -q 1 \
+       -t "fleet/$leaf/cmd" -m "blink $i"; then
+    echo "[demo]   sent 'blink $i' to fleet/$leaf/cmd"
+  fi
+  kill -USR1 "$GW_PID" 2>/dev/null || true
   i=$((i + 1))
 done

@@ -15,7 +15,7 @@ SUDO=""
 
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev \
   libuv1-dev libwebsockets-dev libssl-dev libsqlite3-dev libcjson-dev \
-  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3 \
+  mosquitto mosquitto-clients openssl python3 python3-pytest python3-paho-mqtt sqlite3 curl \
   chromium firefox-esr"
 missing=""
 for p in $PACKAGES; do
