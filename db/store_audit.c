@@ -2,13 +2,17 @@
  * store_audit.c - the append-only audit log and the admission allowlist.
  *
  * Audit rows are never updated; they are deleted only by the retention
- * (store_audit_prune), oldest first.  Free-text detail
+ * (store_audit_prune), oldest first.  Rows a peer can repeat at will go
+ * through store_audit_repeat, which counts repeats in memory and writes one
+ * row per interval.  Free-text detail
  * is cut to fit struct store_audit rather than refused: an audit write must
  * not fail because a message was long.
  */
 #include "store_int.h"
 
 #include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int store_audit(struct store *st, int64_t now, const char *actor, const char *action,
@@ -29,6 +33,100 @@ int store_audit(struct store *st, int64_t now, const char *actor, const char *ac
   store_bind_trunc_text(s, 4, client_id && *client_id ? client_id : NULL, STORE_MAX_CLIENT_ID);
   store_bind_trunc_text(s, 5, detail && *detail ? detail : NULL, STORE_MAX_DETAIL);
   return store_stmt_run(st, s);
+}
+
+/* ---- repeats ---- */
+
+struct store_audit_repeat {
+  uint64_t hash;             /* 0: the slot is free */
+  int64_t first;             /* the written row's time: the interval starts */
+  uint32_t count;            /* repeats since, not written yet */
+  char actor[STORE_MAX_ACTOR + 1];
+  char action[STORE_MAX_ACTION + 1];
+  char client_id[STORE_MAX_CLIENT_ID + 1];
+  char detail[384];          /* enough to tell reasons apart; the hash covers it all */
+};
+
+static uint64_t fnv(uint64_t h, const char *s)
+{
+  for (; s && *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return (h ^ 0xff) * 1099511628211ull; /* a separator, so "ab"+"c" != "a"+"bc" */
+}
+
+/* Writes slot r's count (if any) and frees it. */
+static int repeat_write(struct store *st, struct store_audit_repeat *r, int64_t now)
+{
+  char text[STORE_MAX_DETAIL + 1];
+  int err = STORE_OK;
+  if (r->count > 0) {
+    snprintf(text, sizeof text, "repeated %lu more times in %llds: %s", (unsigned long)r->count,
+             (long long)(now - r->first), r->detail);
+    err = store_audit(st, now, r->actor, r->action, r->client_id, text);
+  }
+  r->hash = 0;
+  r->count = 0;
+  return err;
+}
+
+int store_audit_repeat(struct store *st, int64_t now, const char *actor, const char *action,
+                       const char *client_id, const char *detail)
+{
+  uint64_t h = fnv(fnv(fnv(fnv(1469598103934665603ull, actor), action), client_id), detail);
+  struct store_audit_repeat *r, *free_slot = NULL, *oldest = NULL;
+
+  if (h == 0)
+    h = 1;
+  if (!st->repeats) {
+    st->repeats = calloc(STORE_AUDIT_REPEAT_SLOTS, sizeof *st->repeats);
+    if (!st->repeats) /* no memory to count: every row is written */
+      return store_audit(st, now, actor, action, client_id, detail);
+  }
+  for (size_t i = 0; i < STORE_AUDIT_REPEAT_SLOTS; i++) {
+    r = &st->repeats[i];
+    if (r->hash == h) {
+      if (now - r->first < STORE_AUDIT_REPEAT_S) {
+        r->count++;
+        return STORE_OK;
+      }
+      repeat_write(st, r, now); /* the interval is over: its count, then this one anew */
+      free_slot = r;
+      break;
+    }
+    if (!r->hash && !free_slot)
+      free_slot = r;
+    if (r->hash && (!oldest || r->first < oldest->first))
+      oldest = r;
+  }
+  if (!free_slot) {
+    repeat_write(st, oldest, now);
+    free_slot = oldest;
+  }
+  r = free_slot;
+  r->hash = h;
+  r->first = now;
+  r->count = 0;
+  snprintf(r->actor, sizeof r->actor, "%s", actor ? actor : "");
+  snprintf(r->action, sizeof r->action, "%s", action ? action : "");
+  snprintf(r->client_id, sizeof r->client_id, "%s", client_id ? client_id : "");
+  snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
+  return store_audit(st, now, actor, action, client_id, detail);
+}
+
+int store_audit_flush(struct store *st, int64_t now, bool all)
+{
+  int err = STORE_OK;
+  if (!st->repeats)
+    return STORE_OK;
+  for (size_t i = 0; i < STORE_AUDIT_REPEAT_SLOTS; i++) {
+    struct store_audit_repeat *r = &st->repeats[i];
+    if (r->hash && (all || now - r->first >= STORE_AUDIT_REPEAT_S)) {
+      int e = repeat_write(st, r, now);
+      if (e != STORE_OK)
+        err = e;
+    }
+  }
+  return err;
 }
 
 int store_audit_prune(struct store *st, int64_t max_rows, int64_t before, int64_t limit,

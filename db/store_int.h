@@ -48,6 +48,7 @@ struct store {
   struct store_stmt_slot cache[STORE_STMT_CACHE];
   size_t ncache;
   struct store_ckpt *ckpt;            /* the checkpoint thread, or NULL */
+  struct store_audit_repeat *repeats; /* store_audit_repeat's slots, or NULL */
   char errmsg[512];
 };
 

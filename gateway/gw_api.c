@@ -667,8 +667,8 @@ int api_metrics_prometheus(struct gw *gw, char **text)
   put(&b, "fleetgw_provisioning_runs_total{outcome=\"failed\"} %llu\n",
       (unsigned long long)m->provision_failed);
   family(&b, "fleetgw_uplink_reconnects_total", "counter",
-         "Upstream sessions that came up (first connects and reconnects).");
-  put(&b, "fleetgw_uplink_reconnects_total %llu\n", (unsigned long long)m->upstream_connects);
+         "Upstream sessions that came up again after a loss (a first connect is not one).");
+  put(&b, "fleetgw_uplink_reconnects_total %llu\n", (unsigned long long)m->upstream_reconnects);
   family(&b, "fleetgw_downlink_queued", "gauge",
          "Messages from the broker buffered in the gateway for leaves (asleep or busy); "
          "store and forward towards the cloud is fleetgw_outbox_messages.");

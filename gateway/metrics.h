@@ -48,6 +48,7 @@
   C(leaves_lost, "leaves lost (keep-alive or sleep timer, retries)")           \
   C(wills_published, "wills published for lost leaves")                        \
   C(upstream_connects, "upstream sessions that came up")                       \
+  C(upstream_reconnects, "upstream sessions that came up again (not their first time)") \
   C(upstream_failures, "upstream attempts failed or connections lost")         \
   C(upstream_given_up, "leaves told DISCONNECT: upstream gone for good")       \
   C(admission_refused, "CONNECTs refused by admission (policy, binding, blocked)")    \

@@ -48,6 +48,9 @@ static void prune_audit(struct upkeep *u, int64_t now)
   const struct gw_config *cfg = u->cfg;
   int64_t n = 0, days = (int64_t)cfg->registry.audit_max_days;
   int64_t before = days ? now - days * DAY_S : 0;
+  /* The repeats whose interval ended get their one row (store.h). */
+  if (store_audit_flush(u->store, now, false) != STORE_OK)
+    LOGD(MOD, "audit repeats not written: %s", store_errmsg(u->store));
   if (store_audit_prune(u->store, (int64_t)cfg->registry.audit_max_rows, before, UPKEEP_BATCH,
                         &n) != STORE_OK) {
     LOGD(MOD, "audit not pruned: %s", store_errmsg(u->store));

@@ -12,7 +12,8 @@ static int refuse(struct store *st, int64_t now, const char *client_id, char *re
                   const char *text)
 {
   snprintf(reason, cap, "%s", text);
-  store_audit(st, now, "gateway", "admission.refused", client_id, reason);
+  /* A refused leaf retries: one row per reason and interval (store.h). */
+  store_audit_repeat(st, now, "gateway", "admission.refused", client_id, reason);
   return ADMIT_REFUSED;
 }
 

@@ -34,6 +34,7 @@ struct sess_link {
   struct upstream *u;
   struct ob_lane *lane;          /* the leaf's outbox lane this link carries, or NULL */
   bool stopped;                  /* upstream_stop() called */
+  bool was_up;                   /* its upstream came up before */
   bool rot_refused;              /* a rotation reply topic was refused (SUBACK 0x80) */
   uint8_t rot_pending;           /* rotation SUBACKs still to come */
   uint16_t rot_pid[ROT_TOPICS];  /* their packet ids (never the session's) */
@@ -143,12 +144,14 @@ static void up_on_up(void *ud, bool session_present)
   uplink_back(l->r);
   l->rot_pending = 0;
   provision_link_up(l->r->env.prov, l->client_id);
+  if (l->was_up)
+    l->r->env.m->upstream_reconnects++;
+  l->was_up = true;
   if (l->lane)
     outbox_sink_up(l->lane, l, true);
   if (!l->s)
     return;
-  l->r->env.m->upstream_connects++;
-  sess_up_up(l->s, session_present);
+  sess_up_up(l->s, session_present); /* counts upstream_connects */
 }
 
 static void up_on_down(void *ud, enum upstream_reason why, int connack_rc, uint32_t retry_ms)

@@ -1043,6 +1043,93 @@ static int collect_allow(void *ud, const char *entry, int64_t added_at)
   return 0;
 }
 
+/* The details of a device's audit rows, oldest first, through a second
+ * connection (for the repeat counting). */
+static int details_of(const struct paths *p, const char *client_id, char out[][256], int max)
+{
+  sqlite3 *db = raw_open(p);
+  sqlite3_stmt *s = NULL;
+  int n = 0;
+  if (!db)
+    return -1;
+  if (sqlite3_prepare_v2(db, "SELECT coalesce(detail, '') FROM audit WHERE client_id = ? ORDER BY id",
+                         -1, &s, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(s, 1, client_id, -1, SQLITE_STATIC);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      if (n < max)
+        snprintf(out[n], 256, "%s", (const char *)sqlite3_column_text(s, 0));
+      n++;
+    }
+  }
+  sqlite3_finalize(s);
+  sqlite3_close(db);
+  return n;
+}
+
+/* A refused leaf retrying (store_audit_repeat): the first row at once, the
+ * repeats of the interval as one row when it is over (the next repeat, a
+ * flush, or the close), another reason apart; more identities than slots
+ * evict the oldest with its count written. */
+static void test_audit_repeat(void)
+{
+  struct paths p;
+  struct store *st;
+  char rows[8][256];
+  int n;
+
+  paths_for(&p, "audit-repeat");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  for (int i = 0; i < 100; i++)
+    ASSERT_EQ(store_audit_repeat(st, 1000 + i, "gateway", "admission.refused", "leaf-r",
+                                 "device is blocked"),
+              STORE_OK);
+  ASSERT_EQ(store_audit_repeat(st, 1010, "gateway", "admission.refused", "leaf-r",
+                               "ClientId bound to another address"),
+            STORE_OK);
+  n = details_of(&p, "leaf-r", rows, 8);
+  ASSERT_EQ(n, 2);
+  ASSERT_STR_EQ(rows[0], "device is blocked");
+  ASSERT_STR_EQ(rows[1], "ClientId bound to another address");
+  /* Not over yet: nothing to write. */
+  ASSERT_EQ(store_audit_flush(st, 1000 + STORE_AUDIT_REPEAT_S - 1, false), STORE_OK);
+  ASSERT_EQ(details_of(&p, "leaf-r", rows, 8), 2);
+  /* The next repeat after the interval: its count, then itself anew. */
+  ASSERT_EQ(store_audit_repeat(st, 1000 + STORE_AUDIT_REPEAT_S, "gateway", "admission.refused",
+                               "leaf-r", "device is blocked"),
+            STORE_OK);
+  n = details_of(&p, "leaf-r", rows, 8);
+  ASSERT_EQ(n, 4);
+  ASSERT_STR_EQ(rows[2], "repeated 99 more times in 600s: device is blocked");
+  ASSERT_STR_EQ(rows[3], "device is blocked");
+  /* The other reason's interval is over too: the flush writes nothing for
+   * it (no repeat), and frees its slot. */
+  ASSERT_EQ(store_audit_flush(st, 1010 + STORE_AUDIT_REPEAT_S, false), STORE_OK);
+  ASSERT_EQ(details_of(&p, "leaf-r", rows, 8), 4);
+  /* More identities than slots: the oldest goes, with its count. */
+  ASSERT_EQ(store_audit_repeat(st, 2000, "gateway", "admission.refused", "leaf-r",
+                               "device is blocked"),
+            STORE_OK); /* counted on the slot of 1600 */
+  for (int i = 0; i < STORE_AUDIT_REPEAT_SLOTS; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "other-%d", i);
+    ASSERT_EQ(store_audit_repeat(st, 2001, "gateway", "admission.refused", id, "x"), STORE_OK);
+  }
+  n = details_of(&p, "leaf-r", rows, 8);
+  ASSERT_EQ(n, 5);
+  ASSERT_TRUE(strncmp(rows[4], "repeated 1 more times in ", 25) == 0);
+  /* Repeats counted at the close are written by it. */
+  for (int i = 0; i < 3; i++)
+    ASSERT_EQ(store_audit_repeat(st, 2002, "gateway", "admission.refused", "other-7", "x"),
+              STORE_OK);
+  store_close(st);
+  n = details_of(&p, "other-7", rows, 8);
+  ASSERT_EQ(n, 2);
+  ASSERT_TRUE(strncmp(rows[1], "repeated 3 more times in ", 25) == 0);
+}
+
 static void test_audit_allowlist(void)
 {
   struct paths p;
@@ -1667,6 +1754,7 @@ int main(void)
   RUN(test_paging);
   RUN(test_lan_security_view);
   RUN(test_crash_resume);
+  RUN(test_audit_repeat);
   RUN(test_rotation_journal);
   RUN(test_migration_6_pending);
   RUN(test_token_sealed);
