@@ -35,24 +35,44 @@
 
 /* ---- error reporting ---------------------------------------------------- */
 
+/* True when errs holds an error for key: its lines start "<file>: <key>: ". */
+static bool key_has_error(const struct loader *ld, const char *key)
+{
+  size_t fl = strlen(ld->file), kl = strlen(key);
+  for (size_t i = 0; i < ld->errs->n; i++) {
+    const char *l = ld->errs->line[i];
+    if (strncmp(l, ld->file, fl) == 0 && strncmp(l + fl, ": ", 2) == 0 &&
+        strncmp(l + fl + 2, key, kl) == 0 && strncmp(l + fl + 2 + kl, ": ", 2) == 0)
+      return true;
+  }
+  return false;
+}
+
 int cfgi_fail(const struct loader *ld, const char *key, const char *fmt, ...)
 {
+  struct cfg_errors *e = ld->errs;
   va_list ap;
+  char *line;
   int n;
 
-  if (!ld->err || ld->errlen == 0)
+  if (key && key_has_error(ld, key))
     return -1;
+  if (e->n >= CFG_MAX_ERRORS) {
+    e->dropped++;
+    return -1;
+  }
+  line = e->line[e->n++];
   if (key)
-    n = snprintf(ld->err, ld->errlen, "%s: %s: ", ld->file, key);
+    n = snprintf(line, CFG_ERROR_LEN, "%s: %s: ", ld->file, key);
   else
-    n = snprintf(ld->err, ld->errlen, "%s: ", ld->file);
-  if (n >= 0 && (size_t)n < ld->errlen) {
+    n = snprintf(line, CFG_ERROR_LEN, "%s: ", ld->file);
+  if (n >= 0 && (size_t)n < CFG_ERROR_LEN) {
     va_start(ap, fmt);
-    vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+    vsnprintf(line + n, CFG_ERROR_LEN - (size_t)n, fmt, ap);
     va_end(ap);
   }
   /* The message must stay one line whatever the file or key contained. */
-  for (char *p = ld->err; *p; p++)
+  for (char *p = line; *p; p++)
     if ((unsigned char)*p < 0x20 || *p == 0x7f)
       *p = '?';
   return -1;
@@ -121,6 +141,7 @@ int cfgi_fail_expected(const struct loader *ld, const char *key, const char *wha
 
 int cfgi_fail_oom(const struct loader *ld)
 {
+  *ld->oom = true;
   return cfgi_fail(ld, NULL, "out of memory while loading the configuration");
 }
 
@@ -269,14 +290,16 @@ out:
 
 /* ---- public API --------------------------------------------------------- */
 
-int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
+int cfg_load_all(const char *path, struct gw_config **out, struct cfg_errors *errs)
 {
-  struct loader ld = {.file = path ? path : "(null)", .err = err, .errlen = errlen};
+  bool oom = false;
+  struct loader ld = {.file = path ? path : "(null)", .errs = errs, .oom = &oom};
   cJSON *root;
   int rc = -1;
 
-  if (err && errlen)
-    err[0] = '\0';
+  if (!errs)
+    return -1;
+  errs->n = errs->dropped = 0;
   if (!out || !path)
     return cfgi_fail(&ld, NULL, "cfg_load: no path or no output pointer");
   *out = NULL;
@@ -294,8 +317,12 @@ int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
   root = parse_file(&ld);
   if (!root)
     goto out;
-  if (cfgi_load_object(&ld, "", root, cfgi_top_keys, cfgi_n_top_keys) == 0 &&
-      cfgi_derive_defaults(&ld) == 0 && cfgi_check_rules(&ld) == 0)
+  /* Every key is looked at, then every rule, so that one run names all
+   * that is wrong; out of memory ends it at once. */
+  cfgi_load_object(&ld, "", root, cfgi_top_keys, cfgi_n_top_keys);
+  if (!oom && cfgi_derive_defaults(&ld) == 0)
+    cfgi_check_rules(&ld);
+  if (errs->n == 0)
     rc = 0;
   cJSON_Delete(root);
 out:
@@ -303,6 +330,28 @@ out:
     *out = ld.cfg;
   else
     cfg_free(ld.cfg);
+  return rc;
+}
+
+int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
+{
+  struct cfg_errors *errs = malloc(sizeof *errs);
+  int rc;
+
+  if (err && errlen)
+    err[0] = '\0';
+  if (!errs) {
+    if (err && errlen)
+      snprintf(err, errlen, "%s: out of memory while loading the configuration",
+               path ? path : "(null)");
+    if (out)
+      *out = NULL;
+    return -1;
+  }
+  rc = cfg_load_all(path, out, errs);
+  if (rc != 0 && err && errlen)
+    snprintf(err, errlen, "%s", errs->n ? errs->line[0] : "invalid configuration");
+  free(errs);
   return rc;
 }
 
@@ -430,3 +479,79 @@ int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, 
   return k < 0 || (size_t)k >= cap ? -1 : 0;
 }
 
+
+/* ---- reload (SIGHUP) ---------------------------------------------------- */
+
+/* The keys a running gateway takes a new value of (README.md, "Running it").
+ * Each is read where it is used, not copied at start:
+ *   log_level                  the log's threshold
+ *   admission.policy, .pattern, .bind_address, .plain_udp,
+ *   .plain_udp_clients         at each CONNECT (admission.c)
+ *   admission.allowlist        new entries are added to the registry (the
+ *                              registry's allowlist is also the API's, so an
+ *                              entry removed from the file stays there)
+ *   admission.pending_ttl_s, .max_pending   the upkeep and each new identity
+ *   lan.max_keepalive_s        at each CONNECT
+ *   outbox.rate_per_leaf, .rate_total       at each send (token buckets)
+ *   registry.audit_max_rows, .audit_max_days, .max_bytes, .min_free_bytes
+ *                              the upkeep's next pass
+ *   provisioning.expiry_warn_days           the upkeep's next pass
+ *   web.admin_token_env, .admin_token_file, .read_token_env, .read_token_file
+ *                              the tokens are read again from them
+ * Everything else (sockets, TLS contexts, the registry file, the limits
+ * sized at start such as the new-identity buckets) needs a restart. */
+static const char *const live_keys[] = {
+    "log_level",
+    "admission.policy",
+    "admission.pattern",
+    "admission.allowlist",
+    "admission.bind_address",
+    "admission.plain_udp",
+    "admission.plain_udp_clients",
+    "admission.pending_ttl_s",
+    "admission.max_pending",
+    "lan.max_keepalive_s",
+    "outbox.rate_per_leaf",
+    "outbox.rate_total",
+    "registry.audit_max_rows",
+    "registry.audit_max_days",
+    "registry.max_bytes",
+    "registry.min_free_bytes",
+    "provisioning.expiry_warn_days",
+    "web.admin_token_env",
+    "web.admin_token_file",
+    "web.read_token_env",
+    "web.read_token_file",
+};
+
+bool cfg_key_live(const char *path)
+{
+  if (!path)
+    return false;
+  for (size_t i = 0; i < sizeof live_keys / sizeof live_keys[0]; i++)
+    if (strcmp(live_keys[i], path) == 0)
+      return true;
+  return false;
+}
+
+size_t cfg_reload(struct gw_config *live, struct gw_config *fresh, char *applied, size_t acap,
+                  char *restart, size_t rcap)
+{
+  char *t;
+
+  if (!applied || !restart || acap == 0 || rcap == 0)
+    return 0;
+  applied[0] = restart[0] = '\0';
+  if (!live || !fresh)
+    return 0;
+  /* The tokens from the variables are taken as loaded now; the variables of
+   * a running process do not change, but the keys naming them may. */
+  t = live->web.admin_token;
+  live->web.admin_token = fresh->web.admin_token;
+  fresh->web.admin_token = t;
+  t = live->web.read_token;
+  live->web.read_token = fresh->web.read_token;
+  fresh->web.read_token = t;
+  return cfgi_reload_keys(live, fresh, "", cfgi_top_keys, cfgi_n_top_keys, applied, acap,
+                          restart, rcap);
+}

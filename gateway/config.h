@@ -213,9 +213,56 @@ struct gw_config {
 
 /* Load and validate.  On success returns 0 and *out (free with cfg_free).  On
  * failure returns -1 and writes one line into err[errlen] naming the file, the
- * key and the expectation. */
+ * key and the expectation: the first error of the file (cfg_load_all() has
+ * them all). */
 int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen);
 void cfg_free(struct gw_config *cfg);
+
+/* Every error of a file, not only the first: each key that fails is reported
+ * once (a key whose value was refused is not then reported again by a rule
+ * that finds it unset), in file order, then the rules that involve several
+ * keys.  At most CFG_MAX_ERRORS lines are kept; dropped counts the rest. */
+#define CFG_MAX_ERRORS 20
+#define CFG_ERROR_LEN 640
+struct cfg_errors {
+  size_t n;
+  size_t dropped;
+  char line[CFG_MAX_ERRORS][CFG_ERROR_LEN];
+};
+/* As cfg_load(), the errors into *errs (which may be large: not for a small
+ * stack).  Returns 0, or -1 with errs->n >= 1. */
+int cfg_load_all(const char *path, struct gw_config **out, struct cfg_errors *errs);
+
+/* Where the web files are found.  web.static_dir and web.openapi_file name
+ * them; when a key holds its default (the packaged layout under
+ * /usr/share/fleetgw) and that does not exist, the places next to the binary
+ * are tried, in this order:
+ *   1. the key's value;
+ *   2. <dir of the binary>/../share/fleetgw/web (openapi.json): an install
+ *      under another prefix (/usr/local, /opt/fleetgw);
+ *   3. <dir of the binary>/../web/static (../web/openapi.json): a build
+ *      directory inside the source tree (cmake -B build).
+ * A key set to anything else is used as it is (a missing one is an error of
+ * cfg_load).  Writes the path found into out[cap] and returns 0, or returns
+ * -1 with the places tried, separated by ", ", in tried[tcap]. */
+enum cfg_web_file { CFG_WEB_STATIC = 0, CFG_WEB_OPENAPI = 1 };
+int cfg_web_path(const struct gw_config *cfg, enum cfg_web_file which, char *out, size_t cap,
+                 char *tried, size_t tcap);
+
+/* SIGHUP: the keys whose new value takes effect in a running gateway.  Every
+ * other key needs a restart.  README.md ("Running it") lists the same keys;
+ * cfg_key_live() says whether path (e.g. "admission.policy") is one. */
+bool cfg_key_live(const char *path);
+/* Compares fresh (a newly loaded config of the same file) with live, the
+ * config the gateway runs with.  Every live key that differs is moved into
+ * live (the old value goes into fresh, which the caller then frees) and its
+ * path appended to applied[acap] (", "-separated); every other key that
+ * differs is appended to restart[rcap] and left as it was.  The secrets read
+ * from the environment (web.admin_token, web.read_token) are always moved.
+ * Returns the number of keys applied.  Call on the loop: nothing else may
+ * read live meanwhile. */
+size_t cfg_reload(struct gw_config *live, struct gw_config *fresh, char *applied, size_t acap,
+                  char *restart, size_t rcap);
 
 /* A warning is one line of at most CFG_WARNING_LEN - 1 characters. */
 #define CFG_WARNING_LEN 160

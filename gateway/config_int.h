@@ -65,8 +65,8 @@ struct key_spec {
 
 struct loader {
   const char *file;
-  char *err;
-  size_t errlen;
+  struct cfg_errors *errs;     /* every error (cfgi_fail appends) */
+  bool *oom;                   /* set by cfgi_fail_oom: stop at once */
   struct gw_config *cfg;
 };
 
@@ -75,6 +75,11 @@ struct loader {
  * the claim client id prefix. */
 #define PH_CLIENT_ID "{client_id}"
 #define PH_GATEWAY_ID "{gateway_id}"
+
+/* The packaged layout of the web files (the defaults of web.static_dir and
+ * web.openapi_file; cfg_web_path() looks elsewhere when they are absent). */
+#define CFG_DEFAULT_STATIC_DIR "/usr/share/fleetgw/web"
+#define CFG_DEFAULT_OPENAPI_FILE "/usr/share/fleetgw/openapi.json"
 
 /* The "expected ..." texts more than one part uses. */
 #define WHAT_FILE "a readable file"
@@ -101,8 +106,9 @@ extern const size_t cfgi_n_owned_fields;
 
 /* ---- config.c: errors ---- */
 
-/* Writes "<file>: <key>: <message>" (or "<file>: <message>" when key is
- * NULL) into the loader's error buffer, as one line; returns -1. */
+/* Appends "<file>: <key>: <message>" (or "<file>: <message>" when key is
+ * NULL) to the loader's errors, as one line, unless key already has an error
+ * (one error per key); returns -1. */
 int cfgi_fail(const struct loader *ld, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* "expected <what>, got <v>" plus " (<why>)" when why is not NULL. */
@@ -122,6 +128,12 @@ int cfgi_set_defaults(const struct loader *ld, const struct key_spec *specs, siz
 /* Applies the table specs to the JSON object obj found at prefix. */
 int cfgi_load_object(const struct loader *ld, const char *prefix, const cJSON *obj,
                      const struct key_spec *specs, size_t n);
+/* cfg_reload()'s walk: compares the keys of specs (at prefix) between live
+ * and fresh, moves the differing live ones (cfg_key_live) into live and
+ * lists the paths in applied or restart; returns how many it moved. */
+size_t cfgi_reload_keys(struct gw_config *live, struct gw_config *fresh, const char *prefix,
+                        const struct key_spec *specs, size_t n, char *applied, size_t acap,
+                        char *restart, size_t rcap);
 
 /* ---- config_rules.c ---- */
 

@@ -154,9 +154,9 @@ static const struct key_spec web_keys[] = {
     STR_KEY("tls_cert_file", web.tls_cert_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
     STR_KEY("tls_key_file", web.tls_key_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
     STR_KEY("static_dir", web.static_dir, cfgi_check_nonempty, "a directory path", false,
-            "/usr/share/fleetgw/web"),
+            CFG_DEFAULT_STATIC_DIR),
     STR_KEY("openapi_file", web.openapi_file, cfgi_check_nonempty, "a file path", false,
-            "/usr/share/fleetgw/openapi.json"),
+            CFG_DEFAULT_OPENAPI_FILE),
     UINT_KEY("max_body_bytes", web.max_body_bytes, 1024, 16777216, 65536),
 };
 

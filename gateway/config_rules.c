@@ -185,24 +185,25 @@ static int fail_missing(const struct loader *ld, const char *key, const char *wh
 static int upstream_rules(const struct loader *ld)
 {
   struct gw_config *cfg = ld->cfg;
+  int rc = 0;
 
   if (!cfg->upstream.host)
-    return fail_missing(ld, "upstream.host", "", WHAT_HOST);
+    rc = fail_missing(ld, "upstream.host", "", WHAT_HOST);
   if (cfg->upstream.tls && !cfg->upstream.ca_file)
-    return fail_missing(ld, "upstream.ca_file", " when upstream.tls is true", WHAT_FILE);
+    rc = fail_missing(ld, "upstream.ca_file", " when upstream.tls is true", WHAT_FILE);
 
   /* One certificate for every leaf, or one per leaf from a directory. */
   if (cfg->upstream.cert_dir && cfg->upstream.cert_file)
-    return cfgi_fail(ld, "upstream.cert_dir",
-                     "expected either upstream.cert_dir or upstream.cert_file, not both");
+    rc = cfgi_fail(ld, "upstream.cert_dir",
+                   "expected either upstream.cert_dir or upstream.cert_file, not both");
   if (cfg->upstream.cert_dir && cfg->upstream.key_file)
-    return cfgi_fail(ld, "upstream.key_file",
-                     "expected no upstream.key_file with upstream.cert_dir (keys are "
-                     "<dir>/<ClientId>.key)");
+    rc = cfgi_fail(ld, "upstream.key_file",
+                   "expected no upstream.key_file with upstream.cert_dir (keys are "
+                   "<dir>/<ClientId>.key)");
   if (cfg->upstream.cert_file && !cfg->upstream.key_file)
-    return fail_missing(ld, "upstream.key_file", " when upstream.cert_file is set", WHAT_FILE);
+    rc = fail_missing(ld, "upstream.key_file", " when upstream.cert_file is set", WHAT_FILE);
   if (cfg->upstream.key_file && !cfg->upstream.cert_file)
-    return fail_missing(ld, "upstream.cert_file", " when upstream.key_file is set", WHAT_FILE);
+    rc = fail_missing(ld, "upstream.cert_file", " when upstream.key_file is set", WHAT_FILE);
 
   if (cfg->upstream.password_env) {
     const char *pw = getenv(cfg->upstream.password_env);
@@ -219,7 +220,7 @@ static int upstream_rules(const struct loader *ld)
     if (!cfg->upstream.password)
       return cfgi_fail_oom(ld);
   }
-  return 0;
+  return rc;
 }
 
 /* *dst = the token in the variable name (the value of key), when name is set;
@@ -245,15 +246,19 @@ static int web_rules(const struct loader *ld)
 {
   struct gw_config *cfg = ld->cfg;
 
+  int rc = 0;
+
   if ((cfg->web.tls_cert_file == NULL) != (cfg->web.tls_key_file == NULL))
-    return fail_missing(ld, cfg->web.tls_cert_file ? "web.tls_key_file" : "web.tls_cert_file",
-                        " when the other of web.tls_cert_file/web.tls_key_file is set",
-                        WHAT_FILE);
+    rc = fail_missing(ld, cfg->web.tls_cert_file ? "web.tls_key_file" : "web.tls_cert_file",
+                      " when the other of web.tls_cert_file/web.tls_key_file is set",
+                      WHAT_FILE);
   if (token_from_env(ld, "web.admin_token_env", cfg->web.admin_token_env,
                      &cfg->web.admin_token) != 0)
-    return -1;
-  return token_from_env(ld, "web.read_token_env", cfg->web.read_token_env,
-                        &cfg->web.read_token);
+    rc = -1;
+  if (!*ld->oom && token_from_env(ld, "web.read_token_env", cfg->web.read_token_env,
+                                  &cfg->web.read_token) != 0)
+    rc = -1;
+  return rc;
 }
 
 static int provisioning_rules(const struct loader *ld)
@@ -351,19 +356,138 @@ static int lan_rules(const struct loader *ld)
   return 0;
 }
 
+/* ---- the files and directories the gateway will create or read --------- */
+
+/* The directory part of path into out ("." for a bare name). */
+static void dir_of(const char *path, char *out, size_t cap)
+{
+  const char *slash = strrchr(path, '/');
+  size_t n;
+
+  if (!slash) {
+    snprintf(out, cap, ".");
+    return;
+  }
+  n = slash == path ? 1 : (size_t)(slash - path);
+  if (n >= cap)
+    n = cap - 1;
+  memcpy(out, path, n);
+  out[n] = '\0';
+}
+
+/* A file the gateway creates when it is absent (the registry, its key, a
+ * local CA): when it exists it must be a readable and writable (as want_w
+ * says) file; when it does not, its directory must exist and be writable. */
+static int check_creatable(const struct loader *ld, const char *key, const char *path,
+                           bool want_w, const char *what)
+{
+  char dir[1024];
+  struct stat st;
+
+  if (!path)
+    return 0;
+  if (stat(path, &st) == 0) {
+    if (S_ISDIR(st.st_mode))
+      return cfgi_fail(ld, key, "expected %s, got \"%s\" (is a directory)", what, path);
+    if (access(path, want_w ? R_OK | W_OK : R_OK) != 0)
+      return cfgi_fail(ld, key, "expected %s, got \"%s\" (%s)", what, path, strerror(errno));
+    return 0;
+  }
+  if (errno != ENOENT)
+    return cfgi_fail(ld, key, "expected %s, got \"%s\" (%s)", what, path, strerror(errno));
+  dir_of(path, dir, sizeof dir);
+  if (stat(dir, &st) != 0)
+    return cfgi_fail(ld, key, "expected %s, got \"%s\" (directory %s: %s)", what, path, dir,
+                     strerror(errno));
+  if (!S_ISDIR(st.st_mode))
+    return cfgi_fail(ld, key, "expected %s, got \"%s\" (%s is not a directory)", what, path,
+                     dir);
+  if (access(dir, W_OK | X_OK) != 0)
+    return cfgi_fail(ld, key, "expected %s, got \"%s\" (directory %s: %s)", what, path, dir,
+                     strerror(errno));
+  return 0;
+}
+
+static const char WHAT_STATE_FILE[] =
+    "a file in an existing directory this process may write (created when absent)";
+
+/* What fails only when the gateway starts, checked now: the registry's
+ * directory, the local CA's files, the dashboard's directory. */
+static int path_rules(const struct loader *ld)
+{
+  const struct gw_config *cfg = ld->cfg;
+  char regdir[1024], keydir[1024];
+  int rc = 0;
+
+  if (check_creatable(ld, "registry.path", cfg->registry.path, true, WHAT_STATE_FILE) != 0)
+    rc = -1;
+  /* The key file beside the registry has been checked with it. */
+  dir_of(cfg->registry.path, regdir, sizeof regdir);
+  dir_of(cfg->registry.key_file, keydir, sizeof keydir);
+  if (strcmp(regdir, keydir) != 0 &&
+      check_creatable(ld, "registry.key_file", cfg->registry.key_file, false,
+                      WHAT_STATE_FILE) != 0)
+    rc = -1;
+
+  if (cfg->provisioning.backend == BACKEND_LOCAL_CA) {
+    static const char *const keys[2] = {"provisioning.local_ca.cert_file",
+                                        "provisioning.local_ca.key_file"};
+    const char *files[2] = {cfg->provisioning.local_ca.cert_file,
+                            cfg->provisioning.local_ca.key_file};
+    for (int i = 0; i < 2; i++) {
+      const char *why = NULL;
+      if (cfg->provisioning.local_ca.create) {
+        if (check_creatable(ld, keys[i], files[i], false, WHAT_STATE_FILE) != 0)
+          rc = -1;
+      } else if (!cfgi_check_readable_file(files[i], &why)) {
+        rc = cfgi_fail(ld, keys[i],
+                       "expected a readable file (provisioning.local_ca.create is false), got "
+                       "\"%s\" (%s)",
+                       files[i], why ? why : "empty");
+      }
+    }
+  }
+
+  /* A dashboard directory the operator names must be there; the default one
+   * may be missing (the places next to the binary are tried, and none found
+   * is a warning: the API works without the dashboard). */
+  if (cfg->web.enabled && strcmp(cfg->web.static_dir, CFG_DEFAULT_STATIC_DIR) != 0) {
+    const char *why = NULL;
+    if (!cfgi_check_dir(cfg->web.static_dir, &why))
+      rc = cfgi_fail(ld, "web.static_dir",
+                     "expected a directory holding the dashboard (index.html), got \"%s\" (%s)",
+                     cfg->web.static_dir, why ? why : "empty");
+  }
+  return rc;
+}
+
 int cfgi_check_rules(const struct loader *ld)
 {
   const struct gw_config *cfg = ld->cfg;
+  int rc = 0;
 
-  if (upstream_rules(ld) != 0 || web_rules(ld) != 0 || provisioning_rules(ld) != 0 ||
-      lan_rules(ld) != 0)
+  /* Each group reports what it finds and the next one still runs, so that
+   * --check-config names every error at once; out of memory stops. */
+  if (upstream_rules(ld) != 0)
+    rc = -1;
+  if (!*ld->oom && web_rules(ld) != 0)
+    rc = -1;
+  if (*ld->oom)
     return -1;
+  if (provisioning_rules(ld) != 0)
+    rc = -1;
+  if (lan_rules(ld) != 0)
+    rc = -1;
   if (cfg->upstream.backoff_cap_ms < cfg->upstream.backoff_base_ms)
-    return cfgi_fail(ld, "upstream.backoff_cap_ms",
-                     "expected an integer >= upstream.backoff_base_ms (%lu), got %lu",
-                     (unsigned long)cfg->upstream.backoff_base_ms,
-                     (unsigned long)cfg->upstream.backoff_cap_ms);
-  return check_token_files(ld);
+    rc = cfgi_fail(ld, "upstream.backoff_cap_ms",
+                   "expected an integer >= upstream.backoff_base_ms (%lu), got %lu",
+                   (unsigned long)cfg->upstream.backoff_base_ms,
+                   (unsigned long)cfg->upstream.backoff_cap_ms);
+  if (path_rules(ld) != 0)
+    rc = -1;
+  if (check_token_files(ld) != 0)
+    rc = -1;
+  return rc;
 }
 
 /* ---- warnings ----------------------------------------------------------- */
@@ -404,6 +528,81 @@ static bool no_new_id_limit(const struct gw_config *cfg)
 {
   return cfg->admission.new_ids_per_port == 0 && cfg->admission.new_ids_per_ip == 0 &&
          cfg->admission.new_ids_per_converter == 0 && cfg->admission.new_ids == 0;
+}
+
+/* ---- the web files ------------------------------------------------------ */
+
+/* The directory of the running binary into out, or -1. */
+static int exe_dir(char *out, size_t cap)
+{
+  char buf[1024];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  char *slash;
+
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  slash = strrchr(buf, '/');
+  if (!slash)
+    return -1;
+  *slash = '\0';
+  if ((size_t)snprintf(out, cap, "%s", buf) >= cap)
+    return -1;
+  return 0;
+}
+
+/* True when candidate holds what which needs: the dashboard's index.html,
+ * or the readable OpenAPI file. */
+static bool web_file_ok(enum cfg_web_file which, const char *candidate)
+{
+  char index[1100];
+  const char *why = NULL;
+
+  if (which == CFG_WEB_OPENAPI)
+    return cfgi_check_readable_file(candidate, &why);
+  if (!cfgi_check_dir(candidate, &why))
+    return false;
+  if ((size_t)snprintf(index, sizeof index, "%s/index.html", candidate) >= sizeof index)
+    return false;
+  return cfgi_check_readable_file(index, &why);
+}
+
+int cfg_web_path(const struct gw_config *cfg, enum cfg_web_file which, char *out, size_t cap,
+                 char *tried, size_t tcap)
+{
+  static const char *const beside[2][2] = {
+      {"/../share/fleetgw/web", "/../web/static"},
+      {"/../share/fleetgw/openapi.json", "/../web/openapi.json"},
+  };
+  const char *value = which == CFG_WEB_STATIC ? cfg->web.static_dir : cfg->web.openapi_file;
+  const char *def = which == CFG_WEB_STATIC ? CFG_DEFAULT_STATIC_DIR : CFG_DEFAULT_OPENAPI_FILE;
+  char dir[1024], cand[1100];
+  size_t used = 0;
+
+  if (!out || cap == 0 || !tried || tcap == 0)
+    return -1;
+  out[0] = tried[0] = '\0';
+  for (int i = 0; i < 3; i++) {
+    int k;
+    if (i == 0) {
+      snprintf(cand, sizeof cand, "%s", value);
+    } else {
+      /* Only the default is looked for elsewhere: a path the operator
+       * wrote is meant. */
+      if (strcmp(value, def) != 0 || exe_dir(dir, sizeof dir) != 0)
+        break;
+      snprintf(cand, sizeof cand, "%s%s", dir, beside[which][i - 1]);
+    }
+    if (web_file_ok(which, cand)) {
+      if ((size_t)snprintf(out, cap, "%s", cand) >= cap)
+        return -1;
+      return 0;
+    }
+    k = snprintf(tried + used, tcap - used, "%s%s", used ? ", " : "", cand);
+    if (k > 0 && (size_t)k < tcap - used)
+      used += (size_t)k;
+  }
+  return -1;
 }
 
 size_t cfg_warnings(const struct gw_config *cfg, char lines[][CFG_WARNING_LEN], size_t max)

@@ -357,6 +357,7 @@ int cfgi_load_object(const struct loader *ld, const char *prefix, const cJSON *o
   bool seen[32] = {false};
   char path[KEY_PATH_CAP];
   const cJSON *it;
+  int result = 0;
 
   if (!cJSON_IsObject(obj))
     return cfgi_fail_expected(ld, prefix, "an object", obj, NULL);
@@ -374,20 +375,29 @@ int cfgi_load_object(const struct loader *ld, const char *prefix, const cJSON *o
         break;
       }
     }
-    if (!ks)
-      return fail_unknown(ld, path, name, specs, n);
+    /* An error is recorded and the walk goes on with the next key, so that
+     * every wrong key is reported; out of memory stops it. */
+    if (!ks) {
+      result = fail_unknown(ld, path, name, specs, n);
+      continue;
+    }
     /* cJSON keeps both copies of a repeated key; silently taking one would
      * hide an editing mistake. */
     if (idx < sizeof seen / sizeof seen[0]) {
-      if (seen[idx])
-        return cfgi_fail(ld, path, "duplicate key");
+      if (seen[idx]) {
+        result = cfgi_fail(ld, path, "duplicate key");
+        continue;
+      }
       seen[idx] = true;
     }
     rc = load_value(ld, path, ks, it);
-    if (rc != 0)
-      return rc;
+    if (rc != 0) {
+      result = rc;
+      if (*ld->oom)
+        return rc;
+    }
   }
-  return 0;
+  return result;
 }
 
 /* ---- defaults ----------------------------------------------------------- */
@@ -431,3 +441,142 @@ int cfgi_set_defaults(const struct loader *ld, const struct key_spec *specs, siz
   return 0;
 }
 
+
+/* ---- reload (SIGHUP) ---------------------------------------------------- */
+
+static bool str_eq(const char *a, const char *b)
+{
+  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* True when key ks holds the same value in a and b (objects: not compared
+ * here, their keys are). */
+static bool same_value(const struct gw_config *a, const struct gw_config *b,
+                       const struct key_spec *ks)
+{
+  const void *pa = cfgi_field_at((struct gw_config *)a, ks->off);
+  const void *pb = cfgi_field_at((struct gw_config *)b, ks->off);
+  size_t na, nb;
+
+  switch (ks->kind) {
+  case K_UINT:
+  case K_ENUM:
+    return memcmp(pa, pb, ks->size) == 0;
+  case K_BOOL:
+    return memcmp(pa, pb, sizeof(bool)) == 0;
+  case K_STR:
+    return str_eq(*(char *const *)pa, *(char *const *)pb);
+  case K_OBJECT:
+    return true;
+  case K_PREDEFINED:
+  case K_STRLIST:
+  case K_PARAMS:
+    break;
+  }
+  na = *cfgi_count_at((struct gw_config *)a, ks);
+  nb = *cfgi_count_at((struct gw_config *)b, ks);
+  if (na != nb)
+    return false;
+  for (size_t i = 0; i < na; i++) {
+    if (ks->kind == K_STRLIST) {
+      if (!str_eq((*(char **const *)pa)[i], (*(char **const *)pb)[i]))
+        return false;
+    } else if (ks->kind == K_PREDEFINED) {
+      const struct cfg_predefined *x = *(struct cfg_predefined *const *)pa;
+      const struct cfg_predefined *y = *(struct cfg_predefined *const *)pb;
+      if (x[i].id != y[i].id || !str_eq(x[i].topic, y[i].topic))
+        return false;
+    } else {
+      const struct cfg_param *x = *(struct cfg_param *const *)pa;
+      const struct cfg_param *y = *(struct cfg_param *const *)pb;
+      if (!str_eq(x[i].key, y[i].key) || !str_eq(x[i].value, y[i].value))
+        return false;
+    }
+  }
+  return true;
+}
+
+/* Swaps n bytes at a and b. */
+static void swap_bytes(void *a, void *b, size_t n)
+{
+  unsigned char t[sizeof(uint64_t)];
+  while (n > 0) {
+    size_t k = n < sizeof t ? n : sizeof t;
+    memcpy(t, a, k);
+    memcpy(a, b, k);
+    memcpy(b, t, k);
+    a = (unsigned char *)a + k;
+    b = (unsigned char *)b + k;
+    n -= k;
+  }
+}
+
+/* Swaps the value of key ks between a and b (with its count for lists). */
+static void swap_value(struct gw_config *a, struct gw_config *b, const struct key_spec *ks)
+{
+  void *pa = cfgi_field_at(a, ks->off), *pb = cfgi_field_at(b, ks->off);
+
+  switch (ks->kind) {
+  case K_UINT:
+  case K_ENUM:
+    swap_bytes(pa, pb, ks->size);
+    break;
+  case K_BOOL:
+    swap_bytes(pa, pb, sizeof(bool));
+    break;
+  case K_STR:
+    swap_bytes(pa, pb, sizeof(char *));
+    break;
+  case K_PREDEFINED:
+  case K_STRLIST:
+  case K_PARAMS:
+    swap_bytes(pa, pb, sizeof(void *));
+    swap_bytes(cfgi_count_at(a, ks), cfgi_count_at(b, ks), sizeof(size_t));
+    break;
+  case K_OBJECT:
+    break;
+  }
+}
+
+/* Appends ", path" (or "path" first) to list[cap], cut to fit. */
+static void list_add(char *list, size_t cap, const char *path)
+{
+  size_t n = strlen(list);
+  if (n > 0 && n + 2 < cap) {
+    memcpy(list + n, ", ", 2);
+    n += 2;
+    list[n] = '\0';
+  }
+  for (const char *c = path; *c && n + 1 < cap; c++)
+    list[n++] = *c;
+  list[n] = '\0';
+}
+
+size_t cfgi_reload_keys(struct gw_config *live, struct gw_config *fresh, const char *prefix,
+                        const struct key_spec *specs, size_t n, char *applied, size_t acap,
+                        char *restart, size_t rcap)
+{
+  char path[KEY_PATH_CAP];
+  size_t moved = 0;
+
+  for (size_t i = 0; i < n; i++) {
+    const struct key_spec *ks = &specs[i];
+
+    cfgi_join_path(path, sizeof path, prefix, ks->name);
+    if (ks->kind == K_OBJECT) {
+      moved += cfgi_reload_keys(live, fresh, path, ks->sub, ks->n_sub, applied, acap, restart,
+                                rcap);
+      continue;
+    }
+    if (same_value(live, fresh, ks))
+      continue;
+    if (cfg_key_live(path)) {
+      swap_value(live, fresh, ks);
+      list_add(applied, acap, path);
+      moved++;
+    } else {
+      list_add(restart, rcap, path);
+    }
+  }
+  return moved;
+}

@@ -273,6 +273,17 @@ void gw_free(struct gw *gw)
   free(gw);
 }
 
+int gw_reload(struct gw *gw)
+{
+  if (!gw || gw->stopping)
+    return -1;
+  if (admit_seed_allowlist(gw->store, gw->cfg, (int64_t)time(NULL)) != STORE_OK) {
+    LOGW(MOD, "reload: cannot add admission.allowlist entries: %s", store_errmsg(gw->store));
+    return -1;
+  }
+  return 0;
+}
+
 void gw_log_metrics(struct gw *gw)
 {
   char buf[16384]; /* the whole table, ~3 KB today: room to grow */

@@ -22,6 +22,11 @@ int gw_start(struct gw *gw);
 void gw_stop(struct gw *gw, void (*done)(void *), void *ud);
 /* Frees the gateway after done() ran. */
 void gw_free(struct gw *gw);
+/* After cfg_reload() changed the gateway's config in place (SIGHUP): takes
+ * up what is not read where it is used, the admission.allowlist entries
+ * (added to the registry's allowlist).  Returns 0, or -1 with the reason
+ * logged. */
+int gw_reload(struct gw *gw);
 /* Logs one line "metrics {json}" at INFO. */
 void gw_log_metrics(struct gw *gw);
 

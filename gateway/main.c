@@ -38,14 +38,17 @@ static const char usage[] =
     "  -V, --version       show the version and exit\n"
     "\n"
     "Signals: SIGINT/SIGTERM stop gracefully (leaves and upstream sessions get\n"
-    "DISCONNECT); SIGUSR1 logs the metrics as one JSON line.\n";
+    "DISCONNECT); SIGUSR1 logs the metrics as one JSON line; SIGHUP reloads the\n"
+    "configuration (log level, admission, web tokens, some limits; README.md).\n";
 
 struct app {
   uv_loop_t *loop;
   struct gw *gw;
   struct web *web;
+  struct gw_config *cfg;      /* what the gateway runs with (SIGHUP changes it in place) */
+  const char *path;           /* --config */
   int stops_pending;          /* gateway and web */
-  uv_signal_t sigint, sigterm, sigusr1;
+  uv_signal_t sigint, sigterm, sigusr1, sighup;
   uv_timer_t stop_timer;
   int stopping;
   int forced;
@@ -103,6 +106,7 @@ static void stopped(void *ud)
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
   uv_close((uv_handle_t *)&app->sigusr1, NULL);
+  uv_close((uv_handle_t *)&app->sighup, NULL);
   uv_close((uv_handle_t *)&app->stop_timer, NULL);
 }
 
@@ -115,11 +119,20 @@ static void stop_timeout_cb(uv_timer_t *t)
   uv_stop(app->loop);
 }
 
+static void reload(struct app *app);
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
   struct app *app = h->data;
   if (signum == SIGUSR1) {
     gw_log_metrics(app->gw);
+    return;
+  }
+  if (signum == SIGHUP) {
+    if (app->stopping)
+      LOGI("main", "SIGHUP received while stopping: ignored");
+    else
+      reload(app);
     return;
   }
   if (app->stopping) {
@@ -193,21 +206,65 @@ static char *admin_token(const struct gw_config *cfg)
   return strdup(hex);
 }
 
-static int start_web(struct app *app, const struct gw_config *cfg)
+/* Wipes and frees a token. */
+static void free_token(char *t)
 {
-  struct web_opts o;
-  char *admin, *readonly = NULL;
-  int rc;
+  if (t) {
+    memset(t, 0, strlen(t));
+    free(t);
+  }
+}
 
-  admin = admin_token(cfg);
-  if (!admin) {
+/* The web tokens from their sources: *admin (required) and *readonly (may
+ * be NULL).  Returns 0, or -1 with the reason logged. */
+static int web_tokens(const struct gw_config *cfg, char **admin, char **readonly)
+{
+  *readonly = NULL;
+  *admin = admin_token(cfg);
+  if (!*admin) {
     LOGE("main", "web: no admin token (web.admin_token_env or web.admin_token_file)");
     return -1;
   }
   if (cfg->web.read_token)
-    readonly = strdup(cfg->web.read_token);
+    *readonly = strdup(cfg->web.read_token);
   else if (cfg->web.read_token_file)
-    readonly = read_token(cfg->web.read_token_file);
+    *readonly = read_token(cfg->web.read_token_file);
+  return 0;
+}
+
+/* Where the dashboard and the OpenAPI file are served from, said loudly:
+ * a missing dashboard would otherwise be a silent 404 (cfg_web_path()).
+ * out[0] gets the dashboard's directory, out[1] the OpenAPI file. */
+static void web_files(const struct gw_config *cfg, char out[2][1100])
+{
+  static const char *const what[2] = {"dashboard (index.html)", "OpenAPI document"};
+  static const char *const url[2] = {"GET /", "GET /api/v1/openapi.json"};
+  static const char *const key[2] = {"web.static_dir", "web.openapi_file"};
+  const char *value[2] = {cfg->web.static_dir, cfg->web.openapi_file};
+  char tried[2048];
+
+  for (int i = 0; i < 2; i++) {
+    if (cfg_web_path(cfg, (enum cfg_web_file)i, out[i], sizeof out[i], tried, sizeof tried) ==
+        0) {
+      LOGI("main", "web: %s served from %s", what[i], out[i]);
+      continue;
+    }
+    LOGW("main", "web: NO %s: tried %s; %s answers 404 (set %s)", what[i], tried, url[i],
+         key[i]);
+    snprintf(out[i], sizeof out[i], "%s", value[i]);
+  }
+}
+
+static int start_web(struct app *app, const struct gw_config *cfg)
+{
+  struct web_opts o;
+  char *admin, *readonly = NULL;
+  char files[2][1100];
+  int rc;
+
+  if (web_tokens(cfg, &admin, &readonly) != 0)
+    return -1;
+  web_files(cfg, files);
   memset(&o, 0, sizeof o);
   o.bind = cfg->web.bind;
   o.port = cfg->web.port;
@@ -217,18 +274,84 @@ static int start_web(struct app *app, const struct gw_config *cfg)
   o.open_metrics = cfg->web.open_metrics;
   o.tls_cert_file = cfg->web.tls_cert_file;
   o.tls_key_file = cfg->web.tls_key_file;
-  o.static_dir = cfg->web.static_dir;
-  o.openapi_file = cfg->web.openapi_file;
+  o.static_dir = files[0];
+  o.openapi_file = files[1];
   o.max_body = cfg->web.max_body_bytes;
   rc = web_start(app->loop, &o, app->gw, &app->web);
   /* web_start copies what it keeps; wipe ours. */
-  memset(admin, 0, strlen(admin));
-  free(admin);
-  if (readonly) {
-    memset(readonly, 0, strlen(readonly));
-    free(readonly);
-  }
+  free_token(admin);
+  free_token(readonly);
   return rc;
+}
+
+/* Logs every error of errs, each prefixed with head. */
+static void log_config_errors(const struct cfg_errors *errs, const char *head)
+{
+  for (size_t i = 0; i < errs->n; i++)
+    LOGE("config", "%s%s", head, errs->line[i]);
+  if (errs->dropped)
+    LOGE("config", "%s%zu more errors not shown", head, errs->dropped);
+}
+
+/* The web tokens again from their sources, after a reload.  Returns "" when
+ * there is no web API, else what the log line says about them. */
+static const char *reload_tokens(struct app *app)
+{
+  char *admin, *readonly;
+  bool changed = false;
+  int rc;
+
+  if (!app->web)
+    return "";
+  if (web_tokens(app->cfg, &admin, &readonly) != 0)
+    return "; web tokens NOT reloaded (the old ones stay)";
+  rc = web_set_tokens(app->web, admin, readonly, &changed);
+  free_token(admin);
+  free_token(readonly);
+  if (rc != 0)
+    return "; web tokens NOT reloaded (the old ones stay)";
+  return changed ? "; web tokens reloaded (changed)" : "; web tokens reloaded (unchanged)";
+}
+
+/* SIGHUP: the whole file is read and checked again; when it is valid, the
+ * keys that can change in a running gateway take their new values
+ * (cfg_reload()) and the others are named as needing a restart; when it is
+ * not, the gateway goes on with what it had. */
+static void reload(struct app *app)
+{
+  struct cfg_errors *errs = malloc(sizeof *errs);
+  struct gw_config *fresh = NULL;
+  char applied[2048], restart[2048], warn[8][CFG_WARNING_LEN];
+  const char *tokens;
+  size_t n, n_warn;
+
+  if (!errs) {
+    LOGE("main", "SIGHUP: out of memory: the configuration is not reloaded");
+    return;
+  }
+  if (cfg_load_all(app->path, &fresh, errs) != 0) {
+    LOGE("main", "SIGHUP: %s is invalid (%zu errors): still running with the configuration "
+         "loaded before", app->path, errs->n + errs->dropped);
+    log_config_errors(errs, "SIGHUP: ");
+    free(errs);
+    return;
+  }
+  free(errs);
+  n = cfg_reload(app->cfg, fresh, applied, sizeof applied, restart, sizeof restart);
+  cfg_free(fresh); /* now holds the old values */
+  log_set_level((enum log_level)app->cfg->log_level);
+  if (gw_reload(app->gw) != 0)
+    LOGW("main", "SIGHUP: admission.allowlist not fully applied");
+  tokens = reload_tokens(app);
+  LOGI("main", "SIGHUP: configuration reloaded from %s: %zu keys applied%s%s%s%s", app->path,
+       n, n ? " (" : "", n ? applied : "", n ? ")" : "", tokens);
+  if (restart[0])
+    LOGW("main", "SIGHUP: changed but needing a restart (still the old values): %s", restart);
+  else
+    LOGI("main", "SIGHUP: no changed key needs a restart");
+  n_warn = cfg_warnings(app->cfg, warn, 8);
+  for (size_t i = 0; i < n_warn; i++)
+    LOGW("config", "%s", warn[i]);
 }
 
 int main(int argc, char **argv)
@@ -243,7 +366,7 @@ int main(int argc, char **argv)
   const char *path = NULL;
   int check = 0, c, rc;
   struct gw_config *cfg = NULL;
-  char err[1024];
+  struct cfg_errors *errs;
   struct app app;
 
   while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
@@ -273,14 +396,33 @@ int main(int argc, char **argv)
     fprintf(stderr, "fleetgw: --config FILE is required\n%s", usage);
     return 2;
   }
-  if (cfg_load(path, &cfg, err, sizeof err) != 0) {
-    fprintf(stderr, "fleetgw: invalid configuration: %s\n", err);
+  errs = malloc(sizeof *errs);
+  if (!errs) {
+    fprintf(stderr, "fleetgw: out of memory\n");
     return 1;
   }
+  if (cfg_load_all(path, &cfg, errs) != 0) {
+    for (size_t i = 0; i < errs->n; i++)
+      fprintf(stderr, "fleetgw: invalid configuration: %s\n", errs->line[i]);
+    if (errs->dropped)
+      fprintf(stderr, "fleetgw: invalid configuration: %zu more errors not shown\n",
+              errs->dropped);
+    free(errs);
+    return 1;
+  }
+  free(errs);
   char warn[8][CFG_WARNING_LEN];
   size_t n_warn = cfg_warnings(cfg, warn, 8);
   for (size_t i = 0; check && i < n_warn; i++)
     fprintf(stderr, "fleetgw: warning: %s: %s\n", path, warn[i]);
+  if (check && cfg->web.enabled) {
+    char found[1100], tried[2048];
+    if (cfg_web_path(cfg, CFG_WEB_STATIC, found, sizeof found, tried, sizeof tried) != 0)
+      fprintf(stderr,
+              "fleetgw: warning: %s: web.static_dir: no dashboard (no index.html in %s): GET / "
+              "will answer 404\n",
+              path, tried);
+  }
   if (check) {
     printf("%s: configuration is valid\n", path);
     cfg_free(cfg);
@@ -294,6 +436,8 @@ int main(int argc, char **argv)
 
   memset(&app, 0, sizeof app);
   app.loop = uv_default_loop();
+  app.cfg = cfg;
+  app.path = path;
   if (gw_new(app.loop, cfg, &app.gw) != 0) {
     cfg_free(cfg);
     return 1;
@@ -301,11 +445,14 @@ int main(int argc, char **argv)
   uv_signal_init(app.loop, &app.sigint);
   uv_signal_init(app.loop, &app.sigterm);
   uv_signal_init(app.loop, &app.sigusr1);
+  uv_signal_init(app.loop, &app.sighup);
   uv_timer_init(app.loop, &app.stop_timer);
-  app.sigint.data = app.sigterm.data = app.sigusr1.data = app.stop_timer.data = &app;
+  app.sigint.data = app.sigterm.data = app.sigusr1.data = app.sighup.data = &app;
+  app.stop_timer.data = &app;
   uv_signal_start(&app.sigint, signal_cb, SIGINT);
   uv_signal_start(&app.sigterm, signal_cb, SIGTERM);
   uv_signal_start(&app.sigusr1, signal_cb, SIGUSR1);
+  uv_signal_start(&app.sighup, signal_cb, SIGHUP);
 
   LOGI("main", "fleetgw %s starting (config %s)", FLEETGW_VERSION, path);
   rc = gw_start(app.gw);

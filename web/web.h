@@ -33,6 +33,12 @@ struct web_opts {
 int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struct web **out);
 /* The port actually bound (useful with port 0). */
 int web_port(const struct web *w);
+/* Replaces the tokens (SIGHUP): admin is required (at least 8 characters),
+ * read may be NULL (no read-only token).  Requests from then on are checked
+ * against the new ones; the old ones are wiped.  Returns 0, or -1 (nothing
+ * changed) when admin is missing or memory runs out.  *changed (may be NULL)
+ * says whether either token differs from before. */
+int web_set_tokens(struct web *w, const char *admin, const char *read, bool *changed);
 /* Closes every connection and the listener; done(ud) runs when all of
  * libwebsockets' handles on the loop are closed. */
 void web_stop(struct web *w, void (*done)(void *), void *ud);

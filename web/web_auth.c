@@ -4,7 +4,10 @@
  */
 #include "web_int.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include "secret.h"
 
 #include <openssl/crypto.h>
 
@@ -44,4 +47,39 @@ enum web_role web_auth_request(const struct web *w, struct lws *wsi)
   OPENSSL_cleanse(header, sizeof header);
   OPENSSL_cleanse(token, sizeof token);
   return role;
+}
+
+/* True when the two optional secrets differ (a NULL and a string differ). */
+static bool token_differs(const char *a, const char *b)
+{
+  if (!a || !b)
+    return a != b;
+  return !web_ct_equal(a, strlen(a), b, strlen(b));
+}
+
+int web_set_tokens(struct web *w, const char *admin, const char *read, bool *changed)
+{
+  char *a, *r = NULL;
+
+  if (changed)
+    *changed = false;
+  if (!w || !admin || strlen(admin) < 8)
+    return -1;
+  a = strdup(admin);
+  if (!a)
+    return -1;
+  if (read && *read) {
+    r = strdup(read);
+    if (!r) {
+      secret_free(a);
+      return -1;
+    }
+  }
+  if (changed)
+    *changed = token_differs(w->admin_token, a) || token_differs(w->read_token, r);
+  secret_free(w->admin_token);
+  secret_free(w->read_token);
+  w->admin_token = a;
+  w->read_token = r;
+  return 0;
 }

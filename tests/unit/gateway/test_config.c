@@ -884,8 +884,16 @@ static void test_example_file(void)
   ASSERT_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(up, "ca_file")),
                 "/etc/fleetgw/ca.pem");
 
-  /* Point ca_file at an existing file and load the rewritten copy. */
+  /* Point ca_file at an existing file, the registry (whose directory, the
+   * state directory systemd creates, does not exist here) into /tmp, and
+   * load the rewritten copy. */
   ASSERT_TRUE(cJSON_ReplaceItemInObjectCaseSensitive(up, "ca_file", cJSON_CreateString(g_ca)));
+  ASSERT_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(root, "registry"), "path")),
+                "/var/lib/fleetgw/registry.db");
+  ASSERT_TRUE(cJSON_ReplaceItemInObjectCaseSensitive(
+      cJSON_GetObjectItemCaseSensitive(root, "registry"), "path",
+      cJSON_CreateString("/tmp/fleetgw-example-registry.db")));
   text = cJSON_Print(root);
   cJSON_Delete(root);
   ASSERT_TRUE(text != NULL);
