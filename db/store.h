@@ -343,6 +343,21 @@ typedef int (*store_run_cb)(void *ud, const struct store_run *r);
 /* Every unfinished run (on start-up, to resume or abandon each). */
 int store_run_list_open(struct store *st, store_run_cb cb, void *ud);
 
+/* ---- backup ------------------------------------------------------------- */
+
+/* A consistent copy of the registry at src_path, taken while the gateway may
+ * be writing it (SQLite's online backup, through a read-only connection of
+ * its own), to dest, with the key file copied to "<dest>.key"; both created
+ * 0600 and never over an existing file; the copy passes quick_check.  err
+ * holds the reason otherwise (nothing is left behind). */
+struct store_backup_info {
+  int64_t pages;       /* pages copied */
+  int64_t steps;       /* backup steps */
+  int64_t waits;       /* steps that waited for a writer */
+};
+int store_backup(const char *src_path, const char *key_file, const char *dest,
+                 struct store_backup_info *info, char *err, size_t cap);
+
 /* ---- audit -------------------------------------------------------------- */
 
 struct store_audit {
