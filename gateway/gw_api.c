@@ -45,6 +45,13 @@ static void live_counts(struct gw *gw, struct metrics *m, uint64_t *links)
   upkeep_count(&gw->upkeep, m);
 }
 
+void api_msg_totals(struct gw *gw, uint64_t *msgs_in, uint64_t *msgs_out)
+{
+  *msgs_in = gw->m.publish_in_qos_m1 + gw->m.publish_in_qos0 + gw->m.publish_in_qos1 +
+             gw->m.publish_in_qos2;
+  *msgs_out = gw->m.publish_out_qos0 + gw->m.publish_out_qos1;
+}
+
 int api_status(struct gw *gw, struct api_status *out)
 {
   struct metrics live;
@@ -69,9 +76,7 @@ int api_status(struct gw *gw, struct api_status *out)
                                                 : (live.upstreams_up == 0 ? "down" : "degraded")));
   out->provisioning_in_flight = provision_in_flight(gw->prov);
   out->db_bytes = store_size_bytes(gw->store);
-  out->msgs_in = gw->m.publish_in_qos_m1 + gw->m.publish_in_qos0 + gw->m.publish_in_qos1 +
-                 gw->m.publish_in_qos2;
-  out->msgs_out = gw->m.publish_out_qos0 + gw->m.publish_out_qos1;
+  api_msg_totals(gw, &out->msgs_in, &out->msgs_out);
   fill_outbox(gw, NULL, &out->outbox);
   out->expiry_warn_days = gw->cfg->provisioning.expiry_warn_days;
   out->certs_expiring = gw->upkeep.certs.expiring;
@@ -145,6 +150,13 @@ static void fill_device(struct gw *gw, const struct store_device *d, struct api_
     out->queued = si.queued;
     sess_each_sub(s, count_sub, &n);
     out->subscriptions = n;
+    out->rate_in = si.rate_in;
+    out->rate_out = si.rate_out;
+    if (si.has_last_pub)
+      out->last_message_at = now_s() - (int64_t)(si.last_pub_age_ms / 1000u);
+    out->has_keepalive = true;
+    out->keepalive_s = si.keepalive_s;
+    out->reconnects = si.reconnects;
   }
   fill_outbox(gw, d->client_id, &out->outbox);
   memset(&c, 0, sizeof c);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "log.h"
 #include "secret.h"
@@ -320,6 +321,40 @@ static void stop_poll(uv_timer_t *t)
   uv_close((uv_handle_t *)t, stop_timer_closed);
 }
 
+/* ---- the message history (web_int.h: struct web_hist) ------------------- */
+
+static void hist_read(struct web *w)
+{
+  uint64_t in, out;
+  api_msg_totals(w->gw, &in, &out);
+  web_hist_add(&w->hist, (int64_t)time(NULL), in, out);
+}
+
+static void hist_tick(uv_timer_t *t)
+{
+  hist_read(t->data);
+}
+
+static void hist_start(struct web *w)
+{
+  hist_read(w); /* primes: the first sample comes WEB_HIST_STEP_S later */
+  uv_timer_init(w->loop, &w->hist_timer);
+  w->hist_timer.data = w;
+  uv_timer_start(&w->hist_timer, hist_tick, WEB_HIST_STEP_S * 1000, WEB_HIST_STEP_S * 1000);
+  w->hist_on = true;
+}
+
+/* Its close completes at the end of this loop iteration, before stop_poll
+ * (and so free_web) can run. */
+static void hist_stop(struct web *w)
+{
+  if (!w->hist_on)
+    return;
+  uv_timer_stop(&w->hist_timer);
+  uv_close((uv_handle_t *)&w->hist_timer, NULL);
+  w->hist_on = false;
+}
+
 /* destroying: lws already began destroying the context itself (it does so
  * when lws_create_context fails half way on a foreign loop). */
 static void begin_stop(struct web *w, bool destroying, void (*done)(void *), void *ud)
@@ -330,6 +365,7 @@ static void begin_stop(struct web *w, bool destroying, void (*done)(void *), voi
 
   /* The gateway must not call into clients whose sockets are going away. */
   web_ws_detach_all(w);
+  hist_stop(w);
   if (!destroying && w->ctx)
     lws_context_destroy(w->ctx);
 
@@ -425,6 +461,7 @@ int web_start(uv_loop_t *loop, const struct web_opts *opts, struct gw *gw, struc
     begin_stop(w, true, NULL, NULL);
     return -1;
   }
+  hist_start(w);
   LOGI(MOD, "listening on %s://%s:%d/", info.ssl_cert_filepath ? "https" : "http",
        w->bind ? w->bind : "*", w->port);
   *out = w;

@@ -256,6 +256,16 @@ cJSON *web_device_json(const struct api_device *d)
   web_json_num(o, "msgs_refused", (double)d->msgs_refused, &ok);
   web_json_num(o, "queued", d->queued, &ok);
   web_json_num(o, "subscriptions", d->subscriptions, &ok);
+  /* Rates to 1/100 message per second; null where there is no session. */
+  web_json_num(o, "rate_in", (double)(int64_t)(d->rate_in * 100 + 0.5) / 100, &ok);
+  web_json_num(o, "rate_out", (double)(int64_t)(d->rate_out * 100 + 0.5) / 100, &ok);
+  if (!(d->last_message_at > 0
+            ? cJSON_AddNumberToObject(o, "last_message_at", (double)d->last_message_at)
+            : cJSON_AddNullToObject(o, "last_message_at")) ||
+      !(d->has_keepalive ? cJSON_AddNumberToObject(o, "keepalive_s", d->keepalive_s)
+                         : cJSON_AddNullToObject(o, "keepalive_s")))
+    ok = false;
+  web_json_num(o, "reconnects", d->reconnects, &ok);
   web_outbox_json(o, &d->outbox, false, &ok);
   if (!ok) {
     cJSON_Delete(o);
@@ -448,6 +458,37 @@ int web_h_status(struct lws *wsi, struct web *w, struct web_http_conn *c, const 
                 : cJSON_AddNullToObject(ce, "ca_not_after")))
         ok = false;
     }
+  }
+  if (!ok) {
+    cJSON_Delete(o);
+    return web_reply_error(wsi, w, c, 500, "internal", "out of memory");
+  }
+  return web_reply_json(wsi, w, c, 200, o);
+}
+
+/* The last hour's message counts, oldest first: {"step_s": 10, "items":
+ * [{"at", "in", "out"}, ...]}, at most WEB_HIST_LEN items. */
+int web_h_status_history(struct lws *wsi, struct web *w, struct web_http_conn *c,
+                         const char *arg)
+{
+  bool ok = true;
+  cJSON *o = cJSON_CreateObject(), *items = o ? cJSON_AddArrayToObject(o, "items") : NULL;
+
+  if (!items)
+    ok = false;
+  else
+    web_json_num(o, "step_s", WEB_HIST_STEP_S, &ok);
+  for (uint32_t i = 0; ok && i < w->hist.n; i++) {
+    const struct web_hist_sample *s = web_hist_get(&w->hist, i);
+    cJSON *it = cJSON_CreateObject();
+    if (!it || !cJSON_AddItemToArray(items, it)) {
+      cJSON_Delete(it);
+      ok = false;
+      break;
+    }
+    web_json_num(it, "at", (double)s->at, &ok);
+    web_json_num(it, "in", s->in, &ok);
+    web_json_num(it, "out", s->out, &ok);
   }
   if (!ok) {
     cJSON_Delete(o);

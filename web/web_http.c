@@ -202,6 +202,7 @@ const struct web_route web_routes[] = {
   {GET_HEAD, "/metrics", WEB_AUTH_METRICS, web_h_metrics, NULL, false, false},
   {GET_HEAD, API "/health", WEB_AUTH_HEALTH, web_h_health, NULL, false, false},
   {GET_HEAD, API "/status", WEB_AUTH_READ, web_h_status, NULL, false, false},
+  {GET_HEAD, API "/status/history", WEB_AUTH_READ, web_h_status_history, NULL, false, false},
   {GET_HEAD, API "/devices", WEB_AUTH_READ, web_h_devices, NULL, false, false},
   {GET_HEAD, API "/devices/{clientId}/certificate", WEB_AUTH_READ, web_h_device_cert, NO_DEVICE,
    false, false},

@@ -185,6 +185,31 @@ enum web_admit web_conn_check(const struct web_conn_table *t, const struct socka
 enum web_admit web_conn_admit(struct web_conn_table *t, const struct sockaddr *sa, int *slot);
 void web_conn_release(struct web_conn_table *t, int slot);
 
+/* The gateway's message counts over the last hour (GET
+ * /api/v1/status/history), so that the dashboard's chart does not start
+ * empty: every WEB_HIST_STEP_S web.c's timer adds one sample, the messages
+ * in and out since the one before; the last WEB_HIST_LEN are kept, in a
+ * fixed ring.  No allocation. */
+#define WEB_HIST_STEP_S 10
+#define WEB_HIST_LEN 360            /* one hour */
+struct web_hist_sample {
+  int64_t at;                  /* unix s, the end of its interval */
+  uint32_t in, out;            /* messages in that interval */
+};
+struct web_hist {
+  struct web_hist_sample s[WEB_HIST_LEN];
+  uint32_t head;               /* the slot the next sample goes to */
+  uint32_t n;                  /* samples held, <= WEB_HIST_LEN */
+  bool primed;                 /* last_in/last_out hold a reading */
+  uint64_t last_in, last_out;  /* the counters at the last reading */
+};
+/* Reads the counters (in, out: totals since the start) at unix time at.
+ * The first reading only primes; a counter that went down is taken as
+ * starting again from 0. */
+void web_hist_add(struct web_hist *h, int64_t at, uint64_t in, uint64_t out);
+/* The i-th oldest sample, i < h->n (NULL otherwise). */
+const struct web_hist_sample *web_hist_get(const struct web_hist *h, uint32_t i);
+
 /* ---- shared between the web/ files (need libwebsockets) ---------------- */
 
 #ifndef WEB_UTIL_ONLY
@@ -281,6 +306,9 @@ struct web {
   struct web_conn_table conn_table;
   struct web_conn conns[WEB_CONN_MAX];
   struct web_stats stats;
+  struct web_hist hist;           /* sampled by hist_timer (web.c) */
+  uv_timer_t hist_timer;
+  bool hist_on;                   /* hist_timer is initialised and not closed */
 
   /* Stopping: lws closes its libuv handles asynchronously, so a timer of
    * ours watches for the last of them before done() runs. */
@@ -434,7 +462,7 @@ void web_route_find(const char *path, unsigned method, struct web_route_hit *hit
 enum web_auth web_route_auth(const struct web *w, const struct web_route *rt);
 
 /* web_api.c, web_psk.c and web_outbox.c: the handlers the table names. */
-web_handler web_h_health, web_h_status, web_h_devices, web_h_device, web_h_device_cert,
+web_handler web_h_health, web_h_status, web_h_status_history, web_h_devices, web_h_device, web_h_device_cert,
     web_h_approve, web_h_block, web_h_unblock, web_h_reprovision, web_h_rotate, web_h_release,
     web_h_decommission, web_h_psk_create, web_h_psk_rotate, web_h_psk_revoke, web_h_psks_bulk,
     web_h_outbox_discard, web_h_allowlist_get, web_h_allowlist_post, web_h_allowlist_delete, web_h_certs, web_h_audit,

@@ -871,3 +871,34 @@ void web_conn_release(struct web_conn_table *t, int slot)
   if (t->total)
     t->total--;
 }
+
+/* ---- the message history ------------------------------------------------- */
+
+static uint32_t delta32(uint64_t now, uint64_t before)
+{
+  uint64_t d = now >= before ? now - before : now;
+  return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+void web_hist_add(struct web_hist *h, int64_t at, uint64_t in, uint64_t out)
+{
+  if (h->primed) {
+    struct web_hist_sample *s = &h->s[h->head];
+    s->at = at;
+    s->in = delta32(in, h->last_in);
+    s->out = delta32(out, h->last_out);
+    h->head = (h->head + 1) % WEB_HIST_LEN;
+    if (h->n < WEB_HIST_LEN)
+      h->n++;
+  }
+  h->primed = true;
+  h->last_in = in;
+  h->last_out = out;
+}
+
+const struct web_hist_sample *web_hist_get(const struct web_hist *h, uint32_t i)
+{
+  if (i >= h->n)
+    return NULL;
+  return &h->s[(h->head + WEB_HIST_LEN - h->n + i) % WEB_HIST_LEN];
+}

@@ -72,6 +72,9 @@ struct api_status {
   int64_t ca_not_after;       /* the local CA's, 0 without one */
 };
 int api_status(struct gw *gw, struct api_status *out);
+/* Only the message counters of the status (msgs_in, msgs_out), cheaply:
+ * no registry query.  For the dashboard's history, sampled every 10 s. */
+void api_msg_totals(struct gw *gw, uint64_t *msgs_in, uint64_t *msgs_out);
 
 /* ---- devices ------------------------------------------------------------- */
 
@@ -103,6 +106,12 @@ struct api_device {
   uint32_t queued;            /* messages buffered for it */
   uint32_t subscriptions;     /* number of subscriptions */
   struct api_outbox outbox;   /* its QoS 1/2 messages waiting for the cloud */
+  /* Of its live session record (all 0 without one): */
+  double rate_in, rate_out;   /* publishes from it / to it per second, the last minute */
+  int64_t last_message_at;    /* unix s of its last publish; 0 none since the start */
+  bool has_keepalive;         /* a session record (keepalive_s is meaningful) */
+  uint16_t keepalive_s;       /* its keep-alive, or its sleep duration while asleep */
+  uint32_t reconnects;        /* CONNECTs after its first since the start (not wake-ups) */
 };
 typedef int (*api_device_cb)(void *ud, const struct api_device *d);
 

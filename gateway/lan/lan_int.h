@@ -123,6 +123,18 @@ struct pending_sub {
 
 enum inflight { INF_NONE = 0, INF_REGACK, INF_PUBACK };
 
+/* A leaf's publishes over the last minute, for the API's rate: counts per
+ * SESS_RATE_SLOT_MS in a fixed ring (no allocation, O(1) per message). */
+#define SESS_RATE_SLOTS 6
+#define SESS_RATE_SLOT_MS 10000u
+struct sess_rate {
+  uint64_t slot;                /* the slot (loop ms / SESS_RATE_SLOT_MS) last counted in */
+  uint32_t n[SESS_RATE_SLOTS];
+};
+void sess_rate_count(struct sess_rate *r, uint64_t now_ms);
+/* Messages per second over the last 50..60 s. */
+double sess_rate_get(const struct sess_rate *r, uint64_t now_ms);
+
 struct session {
   struct leaves *lv;
   struct session *next_by_id;   /* hash chains */
@@ -185,6 +197,10 @@ struct session {
   uint64_t msgs_in;             /* publishes from the leaf */
   uint64_t msgs_out;            /* publishes to the leaf */
   uint64_t msgs_refused;        /* publishes the broker refused */
+  struct sess_rate rate_in;     /* of msgs_in, msgs_out */
+  struct sess_rate rate_out;
+  uint64_t last_pub_in;         /* loop ms of the leaf's last publish; 0 none */
+  uint32_t connects;            /* CONNECTs (not wake-ups) since the record was made */
 
   bool dirty;                   /* to be written to the registry (sess_store.c) */
   bool restored;                /* restored at start-up, the leaf not heard since */

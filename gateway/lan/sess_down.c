@@ -256,6 +256,7 @@ void sess_pump(struct session *s)
       sess_send_inflight(s, false);
       lv->m->publish_out_qos0++;
       s->msgs_out++;
+      sess_rate_count(&s->rate_out, uv_now(lv->loop));
       finish_inflight(s);
       continue;
     }
@@ -265,6 +266,7 @@ void sess_pump(struct session *s)
     s->inf_deadline = uv_now(lv->loop) + lv->cfg->lan.t_retry_ms;
     lv->m->publish_out_qos1++;
     s->msgs_out++;
+    sess_rate_count(&s->rate_out, uv_now(lv->loop));
     sess_send_inflight(s, false);
     sess_arm(s);
     return;

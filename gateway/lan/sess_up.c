@@ -307,6 +307,8 @@ void sess_on_publish(struct session *s, const struct mqttsn_publish *p)
   struct uppending *u;
 
   s->msgs_in++;
+  s->last_pub_in = uv_now(lv->loop);
+  sess_rate_count(&s->rate_in, s->last_pub_in);
   switch (p->flags.qos) {
   case 0: lv->m->publish_in_qos0++; break;
   case 1: lv->m->publish_in_qos1++; break;

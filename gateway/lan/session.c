@@ -223,6 +223,8 @@ void sess_on_connect(struct session *s, const struct sockaddr *from, uint8_t via
   bool clean = c->flags.clean_session && s->state != SESS_ASLEEP && s->state != SESS_AWAKE;
 
   lv->m->connects++;
+  if (s->state != SESS_ASLEEP && s->state != SESS_AWAKE && s->connects < UINT32_MAX)
+    s->connects++;
   s->restored = false;
   leaves_bind_addr(lv, s, from, via);
   s->last_rx = uv_now(lv->loop);
@@ -662,6 +664,32 @@ void sess_each_sub(const struct session *s, sess_sub_cb cb, void *ud)
       return;
 }
 
+void sess_rate_count(struct sess_rate *r, uint64_t now_ms)
+{
+  uint64_t slot = now_ms / SESS_RATE_SLOT_MS;
+  if (slot > r->slot) {
+    uint64_t gone = slot - r->slot;
+    for (uint64_t k = 1; k <= gone && k <= SESS_RATE_SLOTS; k++)
+      r->n[(r->slot + k) % SESS_RATE_SLOTS] = 0;
+    r->slot = slot;
+  }
+  if (r->n[slot % SESS_RATE_SLOTS] < UINT32_MAX)
+    r->n[slot % SESS_RATE_SLOTS]++;
+}
+
+double sess_rate_get(const struct sess_rate *r, uint64_t now_ms)
+{
+  uint64_t cur = now_ms / SESS_RATE_SLOT_MS, sum = 0;
+  for (uint64_t k = 0; k < SESS_RATE_SLOTS && k <= cur; k++) {
+    uint64_t sl = cur - k;
+    if (sl <= r->slot && r->slot - sl < SESS_RATE_SLOTS)
+      sum += r->n[sl % SESS_RATE_SLOTS];
+  }
+  /* The current slot is under way: divide by the time actually covered. */
+  return (double)sum * 1000.0 /
+         (double)((SESS_RATE_SLOTS - 1) * SESS_RATE_SLOT_MS + now_ms % SESS_RATE_SLOT_MS + 1);
+}
+
 void sess_get_info(const struct session *s, struct sess_info *out)
 {
   memset(out, 0, sizeof *out);
@@ -673,6 +701,15 @@ void sess_get_info(const struct session *s, struct sess_info *out)
   out->msgs_out = s->msgs_out;
   out->msgs_refused = s->msgs_refused;
   out->queued = s->q_len;
+  {
+    uint64_t now = uv_now(s->lv->loop);
+    out->rate_in = sess_rate_get(&s->rate_in, now);
+    out->rate_out = sess_rate_get(&s->rate_out, now);
+    out->has_last_pub = s->last_pub_in != 0;
+    out->last_pub_age_ms = s->last_pub_in && now > s->last_pub_in ? now - s->last_pub_in : 0;
+  }
+  out->keepalive_s = s->keepalive;
+  out->reconnects = s->connects > 1 ? s->connects - 1 : 0;
   out->has_upstream = s->link != NULL;
   out->upstream_up = s->up_is_up;
 }

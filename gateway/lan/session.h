@@ -118,6 +118,11 @@ struct sess_info {
   uint64_t msgs_in, msgs_out;
   uint64_t msgs_refused;       /* publishes the broker refused (dropped) */
   uint32_t queued;             /* downlink messages waiting for the leaf */
+  double rate_in, rate_out;    /* publishes per second over the last minute */
+  bool has_last_pub;
+  uint64_t last_pub_age_ms;    /* since the leaf's last publish */
+  uint16_t keepalive_s;        /* the keep-alive (or sleep duration) in force */
+  uint32_t reconnects;         /* CONNECTs after the first (wake-ups not counted) */
   bool has_upstream;
   bool upstream_up;
 };

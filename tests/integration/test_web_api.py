@@ -34,7 +34,8 @@ CERT_ACTIVE, CERT_ORPHANED, CERT_SUPERSEDED, CERT_INACTIVE = 1, 2, 3, 4
 DEVICE_KEYS = {"client_id", "thing_name", "state", "session", "bound_addr", "address",
                "first_seen", "last_seen", "last_error", "attempts", "certificate",
                "expires_in_days", "lan_security", "psk", "msgs_in", "msgs_out", "msgs_refused",
-               "queued", "subscriptions", "outbox"}
+               "queued", "subscriptions", "rate_in", "rate_out", "last_message_at",
+               "keepalive_s", "reconnects", "outbox"}
 CERT_KEYS = {"cert_id", "client_id", "status", "not_after", "fingerprint", "reason", "created_at"}
 AUDIT_KEYS = {"id", "at", "actor", "action", "client_id", "detail"}
 
@@ -531,6 +532,52 @@ def test_device_list_filters_and_paging(wg):
     assert r.status == 400 and json.loads(r.body)["error"] == "bad_request"
 
 
+def test_device_lists_sort_client_ids_and_thing_names_naturally(wg):
+    # leaf-10 after leaf-9, not after leaf-1; thing names the same way.
+    for cid in ("nat-10", "nat-2", "nat-1", "nat-100", "nat-9"):
+        wg.pending_leaf(cid)
+    want = ["nat-1", "nat-2", "nat-9", "nat-10", "nat-100"]
+
+    def ids_of(query):
+        page = conforms(wg.api.get("/api/v1/devices?" + query), "/api/v1/devices", "GET", 200)
+        return [d["client_id"] for d in page["items"]]
+    assert ids_of("q=nat-") == want
+    assert ids_of("q=nat-&sort=client_id") == want
+    assert ids_of("q=nat-&sort=-client_id") == want[::-1]
+    # Pages of 2 follow one another in the same order.
+    items, total = all_pages(wg.api, "/api/v1/devices", 2, q="nat-")
+    assert total == 5 and [d["client_id"] for d in items] == want
+    items, total = all_pages(wg.api, "/api/v1/devices", 2, q="nat-", sort="-client_id")
+    assert [d["client_id"] for d in items] == want[::-1]
+    # Thing names: provisioned leaves get thing-<ClientId>.
+    for cid in ("th-10", "th-2"):
+        wg.active_leaf(cid)
+    assert ids_of("q=thing-th-&sort=thing_name") == ["th-2", "th-10"]
+    assert ids_of("q=thing-th-&sort=-thing_name") == ["th-10", "th-2"]
+
+
+def test_status_history_keeps_the_last_hour(wg):
+    r = wg.api.get("/api/v1/status/history")
+    h = conforms(r, "/api/v1/status/history", "GET", 200)
+    assert h["step_s"] == 10 and len(h["items"]) <= 1
+    lf = wg.active_leaf("hist-1")
+    tid = lf.register("fleet/hist-1/t")
+    for i in range(4):
+        assert lf.publish(tid, b"%d" % i, qos=1) == sn.RC_ACCEPTED
+    # One sample every 10 s: the publishes show in the next one or two.
+    assert wait_until(lambda: sum(x["in"] for x in wg.api.ok(
+        "GET", "/api/v1/status/history")["items"]) >= 4, 25)
+    h = conforms(wg.api.get("/api/v1/status/history"), "/api/v1/status/history", "GET", 200)
+    ats = [x["at"] for x in h["items"]]
+    assert ats == sorted(ats) and all(b - a >= 9 for a, b in zip(ats, ats[1:]))
+    assert ats[-1] <= time.time() + 1
+    # Read-only and no other method.
+    assert wg.api.get("/api/v1/status/history", token=READ).status == 200
+    conforms(wg.api.get("/api/v1/status/history", token=None), "/api/v1/status/history", "GET",
+             401)
+    assert wg.api.post("/api/v1/status/history", {}).status == 405
+
+
 def test_device_detail_subscriptions_and_certificate(wg):
     wg.pending_leaf("det-p")
     lf = wg.active_leaf("det-1")
@@ -550,6 +597,19 @@ def test_device_detail_subscriptions_and_certificate(wg):
     assert d["first_seen"] <= d["last_seen"] <= time.time() + 5
     listed = wg.api.ok("GET", "/api/v1/devices?q=det-1")["items"][0]
     assert listed["subscriptions"] == 1
+    # Its session: the rate over the last minute, the last publish, the
+    # keep-alive it asked for, and one more reconnect after a new CONNECT.
+    assert 0 < d["rate_in"] <= 3 and d["rate_out"] == 0
+    assert time.time() - 5 <= d["last_message_at"] <= time.time() + 1
+    assert d["keepalive_s"] == 60
+    before = d["reconnects"]
+    lf.disconnect()
+    assert lf.connect(keepalive=45) == sn.RC_ACCEPTED
+    d = conforms(wg.api.get("/api/v1/devices/det-1"), "/api/v1/devices/{clientId}", "GET", 200)
+    assert d["reconnects"] == before + 1 and d["keepalive_s"] == 45
+    # A device without a session record has none of them.
+    p = conforms(wg.api.get("/api/v1/devices/det-p"), "/api/v1/devices/{clientId}", "GET", 200)
+    assert p["last_message_at"] is None and p["rate_in"] == 0
     # The certificate: PEM, the one the registry holds, the one in the object.
     r = wg.api.get("/api/v1/devices/det-1/certificate")
     conforms(r, "/api/v1/devices/{clientId}/certificate", "GET", 200)

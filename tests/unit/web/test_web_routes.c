@@ -87,6 +87,8 @@ static const struct {
   {WEB_HEAD, "/api/v1/health", web_h_health, WEB_AUTH_READ, NULL},
   {WEB_GET, "/api/v1/status", web_h_status, WEB_AUTH_READ, NULL},
   {WEB_HEAD, "/api/v1/status", web_h_status, WEB_AUTH_READ, NULL},
+  {WEB_GET, "/api/v1/status/history", web_h_status_history, WEB_AUTH_READ, NULL},
+  {WEB_HEAD, "/api/v1/status/history", web_h_status_history, WEB_AUTH_READ, NULL},
   {WEB_GET, "/api/v1/devices", web_h_devices, WEB_AUTH_READ, NULL},
   {WEB_GET, "/api/v1/devices/dev-1", web_h_device, WEB_AUTH_READ, "dev-1"},
   {WEB_HEAD, "/api/v1/devices/dev-1", web_h_device, WEB_AUTH_READ, "dev-1"},
@@ -217,6 +219,7 @@ static void test_wrong_method(void)
     unsigned allowed;
     const char *allow; /* the Allow header */
   } cases[] = {
+    {WEB_POST, "/api/v1/status/history", GET_HEAD, "GET, HEAD"},
     {WEB_PUT, "/api/v1/status", GET_HEAD, "GET, HEAD"},
     {WEB_POST, "/api/v1/status", GET_HEAD, "GET, HEAD"},
     {WEB_POST, "/api/v1/health", GET_HEAD, "GET, HEAD"},

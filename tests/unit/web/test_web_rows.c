@@ -52,6 +52,13 @@ static void device_fill(struct api_device *d)
   d->msgs_refused = 2;
   d->queued = 1;
   d->subscriptions = 4;
+  /* Its session's rates (rounded to 1/100), last publish, keep-alive. */
+  d->rate_in = 0.256;
+  d->rate_out = 1.0 / 3;
+  d->last_message_at = 1764454790;
+  d->has_keepalive = true;
+  d->keepalive_s = 60;
+  d->reconnects = 5;
   /* Its outbox: three messages waiting for the cloud, one of them sent. */
   d->outbox.enabled = true;
   d->outbox.messages = 3;
@@ -63,6 +70,13 @@ static void device_fill(struct api_device *d)
   d->outbox.refused_full = 1;
   d->outbox.expired = 2;
 }
+
+/* The session fields of device_fill, and of a zeroed struct. */
+#define SESSION_FILLED                                                                             \
+  "\"rate_in\":0.26,\"rate_out\":0.33,\"last_message_at\":1764454790,\"keepalive_s\":60,"       \
+  "\"reconnects\":5,"
+#define SESSION_NONE                                                                               \
+  "\"rate_in\":0,\"rate_out\":0,\"last_message_at\":null,\"keepalive_s\":null,\"reconnects\":0,"
 
 /* The outbox of device_fill, and of a zeroed struct. */
 #define OUTBOX_FILLED                                                                              \
@@ -89,7 +103,7 @@ static void test_device_without_certificate(void)
               "\"address\":\"10.0.0.7:50000\",\"first_seen\":1764451200,"
               "\"last_seen\":1764454800,\"last_error\":\"\",\"attempts\":2,"
               "\"certificate\":null,\"expires_in_days\":null,\"lan_security\":\"dtls-psk\",\"psk\":true,\"msgs_in\":12,"
-              "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
+              "\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4," SESSION_FILLED
               OUTBOX_FILLED "}");
 }
 
@@ -114,7 +128,7 @@ static void test_device_with_certificate(void)
               "\"certificate\":{\"cert_id\":\"3f2a9c\",\"fingerprint\":"
               "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\","
               "\"not_after\":4102444800,\"status\":\"active\"},\"expires_in_days\":-3,"
-              "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4,"
+              "\"lan_security\":\"plain\",\"psk\":false,\"msgs_in\":12,\"msgs_out\":3,\"msgs_refused\":2,\"queued\":1,\"subscriptions\":4," SESSION_FILLED
               OUTBOX_FILLED "}");
 }
 
@@ -135,7 +149,7 @@ static void test_device_empty(void)
               "\"session\":\"none\",\"bound_addr\":\"\",\"address\":\"\",\"first_seen\":0,"
               "\"last_seen\":0,\"last_error\":\"\",\"attempts\":0,\"certificate\":null,"
               "\"expires_in_days\":null,"
-              "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
+              "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0," SESSION_NONE
               OUTBOX_ZERO("null") "}");
 }
 
@@ -160,7 +174,7 @@ static void test_device_odd_client_id(void)
                  "\"address\":\"\",\"first_seen\":0,\"last_seen\":0,"
                  "\"last_error\":\"bad \\\"claim\\\"\\n\",\"attempts\":0,\"certificate\":null,"
               "\"expires_in_days\":null,"
-                 "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0,"
+                 "\"lan_security\":null,\"psk\":false,\"msgs_in\":0,\"msgs_out\":0,\"msgs_refused\":0,\"queued\":0,\"subscriptions\":0," SESSION_NONE
                  OUTBOX_ZERO("0") "}");
 }
 

@@ -510,6 +510,41 @@ static void test_log_text(void)
   }
 }
 
+/* The message history: the first reading primes, each later one adds the
+ * counts since the one before; a counter that went down starts again; the
+ * ring keeps the last WEB_HIST_LEN, oldest first. */
+static void test_hist(void)
+{
+  static struct web_hist h;
+  const struct web_hist_sample *s;
+
+  memset(&h, 0, sizeof h);
+  ASSERT_TRUE(web_hist_get(&h, 0) == NULL);
+  web_hist_add(&h, 1000, 50, 7);
+  ASSERT_EQ(h.n, 0);
+  web_hist_add(&h, 1010, 80, 7);
+  web_hist_add(&h, 1020, 5, 9); /* in went down: 5 since 0 */
+  ASSERT_EQ(h.n, 2);
+  s = web_hist_get(&h, 0);
+  ASSERT_TRUE(s && s->at == 1010 && s->in == 30 && s->out == 0);
+  s = web_hist_get(&h, 1);
+  ASSERT_TRUE(s && s->at == 1020 && s->in == 5 && s->out == 2);
+  ASSERT_TRUE(web_hist_get(&h, 2) == NULL);
+  /* More than the ring holds: the oldest go. */
+  for (uint64_t i = 1; i <= WEB_HIST_LEN + 5; i++)
+    web_hist_add(&h, (int64_t)(1020 + i * 10), 5 + i * 3, 9 + i);
+  ASSERT_EQ(h.n, WEB_HIST_LEN);
+  s = web_hist_get(&h, 0);
+  ASSERT_TRUE(s && s->at == 1020 + 6 * 10 && s->in == 3 && s->out == 1);
+  s = web_hist_get(&h, WEB_HIST_LEN - 1);
+  ASSERT_TRUE(s && s->at == (int64_t)(1020 + (WEB_HIST_LEN + 5) * 10));
+  ASSERT_TRUE(web_hist_get(&h, WEB_HIST_LEN) == NULL);
+  /* A jump past 32 bits is clamped, not wrapped. */
+  web_hist_add(&h, 99999, UINT64_C(1) << 40, 0);
+  s = web_hist_get(&h, WEB_HIST_LEN - 1);
+  ASSERT_TRUE(s && s->in == UINT32_MAX && s->out == 0);
+}
+
 int main(void)
 {
   RUN(test_path_match);
@@ -525,5 +560,6 @@ int main(void)
   RUN(test_hex);
   RUN(test_conn_table);
   RUN(test_log_text);
+  RUN(test_hist);
   return TEST_END();
 }
