@@ -2,18 +2,25 @@
 configuration, the systemd unit, the .deb, and the sd_notify readiness.
 
 A fresh Release build (no sanitizers, tests off) in a temporary directory,
-installed with DESTDIR into a staging tree, so nothing here depends on (or
-touches) the other build directories or the real /usr and /etc.
+configured with CMake's default prefix (/usr/local), installed with DESTDIR
+into a staging tree (with `--prefix /usr`, and once without), so nothing here
+depends on (or touches) the other build directories or the real /usr and
+/etc.  The .deb is made from that same build: its layout must be the
+package's own (/usr, /etc/fleetgw) whatever the build's prefix.
 
 Run with:  /usr/bin/python3 -m pytest tests/integration/test_install.py
 """
+import gzip
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -34,6 +41,11 @@ LAYOUT = {
     "usr/share/fleetgw/aws/rotation-hook.py": 0o644,
     "usr/share/fleetgw/aws/README.md": 0o644,
     "usr/lib/sysusers.d/fleetgw.conf": 0o644,
+    "usr/share/man/man8/fleetgw.8.gz": 0o644,
+    "usr/share/man/man5/fleetgw.json.5.gz": 0o644,
+    "usr/share/doc/fleetgw/README.md": 0o644,
+    "usr/share/doc/fleetgw/copyright": 0o644,
+    "usr/share/doc/fleetgw/changelog.gz": 0o644,
     "etc/fleetgw/fleetgw.json": 0o644,
     "lib/systemd/system/fleetgw.service": 0o644,
 }
@@ -61,8 +73,9 @@ def build(tmp_path_factory):
     """Configures, builds and installs once: returns (build dir, staging root)."""
     base = tmp_path_factory.mktemp("install")
     bdir, stage = base / "build", base / "stage"
+    # No CMAKE_INSTALL_PREFIX: the default, /usr/local (the package must not care).
     run(["cmake", "-S", str(REPO), "-B", str(bdir), "-DCMAKE_BUILD_TYPE=Release",
-         "-DCMAKE_INSTALL_PREFIX=/usr", "-DFLEETGW_TESTS=OFF", "-DFLEETGW_SANITIZE=OFF"])
+         "-DFLEETGW_TESTS=OFF", "-DFLEETGW_SANITIZE=OFF"])
     run(["cmake", "--build", str(bdir), "-j", str(os.cpu_count() or 2)])
     run(["cmake", "--install", ".", "--prefix", "/usr"], cwd=bdir,
         env=dict(os.environ, DESTDIR=str(stage)))
@@ -107,6 +120,72 @@ def test_installed_config_points_at_the_layout(build):
     assert cfg["upstream"]["ca_file"] == "/etc/fleetgw/ca.pem"
 
 
+def test_installed_config_is_safe(build):
+    """Until the operator sets them, the LAN sockets and the web server listen
+    on loopback only, and a new leaf needs an operator's approval."""
+    _, stage = build
+    cfg = json.loads((stage / "etc/fleetgw/fleetgw.json").read_text())
+    assert cfg["lan"]["bind"] == "127.0.0.1"
+    assert cfg["lan"]["dtls"]["bind"] == "127.0.0.1"
+    assert cfg["web"]["bind"] == "127.0.0.1"
+    assert cfg["admission"]["policy"] == "approve"
+    assert cfg["web"]["open_metrics"] is False
+
+
+def test_other_prefix_is_rewritten(build, tmp_path):
+    """`cmake --install` with the build's own prefix (/usr/local here): the
+    files under it, and the unit and the configuration name that prefix."""
+    bdir, _ = build
+    stage = tmp_path / "stage"
+    run(["cmake", "--install", "."], cwd=bdir, env=dict(os.environ, DESTDIR=str(stage)))
+    for rel in ("usr/local/bin/fleetgw", "usr/local/etc/fleetgw/fleetgw.json",
+                "usr/local/lib/sysusers.d/fleetgw.conf", "usr/local/share/fleetgw/openapi.json",
+                "usr/local/share/man/man8/fleetgw.8.gz", "lib/systemd/system/fleetgw.service"):
+        assert (stage / rel).is_file(), rel
+    assert not (stage / "etc").exists()
+    unit = (stage / "lib/systemd/system/fleetgw.service").read_text()
+    assert "ExecStart=/usr/local/bin/fleetgw --config /usr/local/etc/fleetgw/fleetgw.json" in unit
+    cfg = json.loads((stage / "usr/local/etc/fleetgw/fleetgw.json").read_text())
+    assert cfg["web"]["static_dir"] == "/usr/local/share/fleetgw/web"
+    assert cfg["upstream"]["ca_file"] == "/usr/local/etc/fleetgw/ca.pem"
+
+
+def test_man_pages(build):
+    """fleetgw(8) and fleetgw.json(5) render without a warning, and every key
+    the configuration page names is a key of README.md's tables."""
+    _, stage = build
+    pages = [stage / "usr/share/man/man8/fleetgw.8.gz",
+             stage / "usr/share/man/man5/fleetgw.json.5.gz"]
+    texts = [gzip.decompress(p.read_bytes()).decode() for p in pages]
+    assert texts[0] == (REPO / "docs/man/fleetgw.8").read_text()
+    assert texts[1] == (REPO / "docs/man/fleetgw.json.5").read_text()
+    if shutil.which("groff"):
+        for t in texts:
+            r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z"], input=t,
+                               capture_output=True, text=True,
+                               env=dict(os.environ, LC_ALL="C.UTF-8"))
+            assert r.returncode == 0 and not r.stderr, r.stderr
+    readme = (REPO / "README.md").read_text()
+    keys = set(re.findall(r"^\| `([a-z_.]+)` \|", readme, re.M))
+    # Each object's paragraph (".TP", ".B object", text): every bold word is a
+    # key of that object, or of one of its sub-objects (lan.dtls.bind, ...).
+    objects = texts[1].split(".SH OBJECTS")[1].split(".SH EXAMPLE")[0]
+    for para in objects.split(".TP\n")[1:]:
+        lines = para.splitlines()
+        obj = lines[0].split()[1]
+        assert obj in keys, obj
+        for line in lines[1:]:
+            if not line.startswith((".B ", ".BR ")):
+                continue
+            for word in re.findall(r"[a-z][a-z_]+", re.sub(r'\\\(dq.*?\\\(dq|"[^"]*"', "", line[3:])):
+                assert any(k == f"{obj}.{word}" or
+                           (k.startswith(obj + ".") and k.endswith("." + word)) for k in keys), \
+                    f"fleetgw.json(5) names {obj} ... {word}, which README.md's tables do not have"
+    # The version in both pages and the changelog is the project's.
+    assert f'"fleetgw {_project_version()}"' in texts[0]
+    assert f'"fleetgw {_project_version()}"' in texts[1]
+
+
 def test_check_config(build, tmp_path):
     _, stage = build
     fleetgw = str(stage / "usr/bin/fleetgw")
@@ -123,6 +202,11 @@ def test_check_config(build, tmp_path):
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     cfg = json.loads(installed.read_text())
     cfg["upstream"]["ca_file"] = str(ca)
+    # The state directory is systemd's (StateDirectory=): here, a temporary one.
+    cfg["registry"]["path"] = str(tmp_path / "registry.db")
+    cfg["web"]["admin_token_file"] = str(tmp_path / "admin.token")
+    cfg["provisioning"]["local_ca"].update(cert_file=str(tmp_path / "ca.crt"),
+                                           key_file=str(tmp_path / "ca.key"))
     copy = tmp_path / "fleetgw.json"
     copy.write_text(json.dumps(cfg))
     r = run([fleetgw, "--config", str(copy), "--check-config"])
@@ -218,6 +302,27 @@ def test_deb(build, tmp_path):
         assert owner == "root/root", f"/{rel}: {owner}"
     for name in WEB_FILES:
         assert f"/usr/share/fleetgw/web/{name}" in entries
+    # The package's layout, although the build's prefix is /usr/local.
+    assert not [e for e in entries if e.startswith("/usr/local")], listing
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True)
+    files = tarfile.open(fileobj=io.BytesIO(tar.stdout))
+    assert files.extractfile("./etc/fleetgw/fleetgw.json").read() == \
+        (REPO / "deploy/fleetgw.example.json").read_bytes()
+    assert files.extractfile("./lib/systemd/system/fleetgw.service").read() == \
+        (REPO / "deploy/fleetgw.service").read_bytes()
+    copyright_ = files.extractfile("./usr/share/doc/fleetgw/copyright").read().decode()
+    assert copyright_.startswith("Format: https://www.debian.org/doc/packaging-manuals/"
+                                 "copyright-format/1.0/")
+    assert "License: MIT" in copyright_
+    changelog = gzip.decompress(
+        files.extractfile("./usr/share/doc/fleetgw/changelog.gz").read()).decode()
+    assert changelog.startswith(f"fleetgw ({_project_version()}) "), changelog
+
+    # The control fields an operator and apt look at.
+    fields = run(["dpkg-deb", "-f", deb, "Maintainer", "Homepage", "Recommends"]).stdout
+    assert "Maintainer: " in fields and "localhost" not in fields, fields
+    assert "Homepage: https://" in fields, fields
+    assert "Recommends: sqlite3" in fields, fields
 
 
 def _project_version():
