@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("BUILD_DIR", REPO / "build"))
 LEAVES = 3
@@ -29,15 +31,6 @@ pytestmark = pytest.mark.skipif(
     or not (BUILD_DIR / "tests/leaf/fleetgw-leafsim").exists()
     or not shutil.which("curl") or not shutil.which("mosquitto_sub"),
     reason="needs BUILD_DIR's fleetgw and fleetgw-leafsim, curl and mosquitto-clients")
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def descendants(pid):
