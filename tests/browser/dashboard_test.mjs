@@ -152,6 +152,73 @@ async function checkOutbox(page, id, count) {
     .catch(() => fail('Escape did not close the device panel'));
 }
 
+// The device panel (issue 14): the certificate's id shown once when it is
+// its fingerprint (local-ca); the session's rate, last message, keep-alive
+// and reconnects; times with their zone; Block asks first, and Cancel
+// leaves the device as it was.
+async function checkPanel(page, id) {
+  const info = await page.$eval('#dev-body', (b) => {
+    const dts = [...b.querySelectorAll('dt')].map((x) => x.textContent.trim());
+    const f = (k) => { const e = b.querySelector('[data-field="' + k + '"]'); return e ? e.textContent.trim() : null; };
+    return { dts, id: f('cert-id'), fp: f('cert-fp'), keepalive: f('keepalive'), reconnects: f('reconnects'),
+      last: f('last-message'), msgsIn: f('msgs-in') };
+  });
+  if (!info.dts.includes('Id / fingerprint') || info.fp !== null || info.dts.includes('Fingerprint')) {
+    fail('the panel of ' + id + ' does not show its certificate id (= fingerprint) once: ' + JSON.stringify(info.dts));
+  }
+  if (!info.keepalive || !/^\d+ (s|min|h)/.test(info.keepalive)) fail('no keep-alive in the panel: ' + info.keepalive);
+  if (!info.reconnects || !/^\d+$/.test(info.reconnects)) fail('no reconnect count in the panel: ' + info.reconnects);
+  // It has not published (yet): "none since the start", else a time with its zone.
+  if (!info.last || !(info.last === 'none since the start' || /\d\d:\d\d:\d\d \S+ \(/.test(info.last))) {
+    fail('the last message time has no time zone (or is missing): ' + info.last);
+  }
+  const firstSeen = await page.$eval('#dev-body', (b) => {
+    const dt = [...b.querySelectorAll('dt')].find((x) => x.textContent.trim() === 'First seen');
+    return dt ? dt.nextElementSibling.textContent.trim() : '';
+  });
+  if (!/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+$/.test(firstSeen)) fail('"First seen" without its zone: ' + firstSeen);
+  if (!info.msgsIn || !/^\d/.test(info.msgsIn)) fail('no messages in the panel: ' + info.msgsIn);
+  const block = page.locator('#dev-body [data-action="block"]');
+  if ((await block.count()) !== 1) fail('the panel of an active device has no Block button');
+  await block.click();
+  await page.locator('#confirm-dialog[open]').waitFor({ state: 'visible', timeout: 5000 })
+    .catch(() => fail('Block asked for no confirmation'));
+  const text = await page.textContent('#confirm-text');
+  if (!text.includes(id)) fail('the Block confirmation does not name the device: ' + text);
+  await page.click('#confirm-dialog button[value="cancel"]');
+  await page.waitForTimeout(500);
+  const state = await page.$eval('#dev-body .panel-status', (e) => e.textContent);
+  if (!state.includes('active')) fail('a cancelled Block changed the device: ' + state);
+  log('panel of ' + id + ': keep-alive ' + info.keepalive + ', reconnects ' + info.reconnects + ', last ' + info.last);
+}
+
+// The chart is drawn from the gateway's history right after a reload, not
+// only from the polls that follow (one sample per 10 s): wait until the
+// gateway holds a sample, reload, and look before the first poll could
+// add one.
+async function checkChartAfterReload(page) {
+  const n = await page.evaluate(async () => {
+    for (let i = 0; i < 30; i++) {
+      const r = await fetch('api/v1/status/history', {
+        headers: { Authorization: 'Bearer ' + sessionStorage.getItem('fleetgw.token') } });
+      const j = await r.json();
+      if (j.items.length >= 2) return j.items.length;
+      await new Promise((res) => setTimeout(res, 1000));
+    }
+    return 0;
+  });
+  if (n < 2) fail('the gateway kept no message history in 30 s');
+  await page.reload();
+  await page.waitForFunction((want) => {
+    const l = document.querySelector('#rate-chart .line-in');
+    return l && Number(l.dataset.points) >= want;
+  }, n, { timeout: 5000, polling: 100 }).catch(() => fail('the chart did not draw the ' + n + ' samples of the history after a reload'));
+  // The audit log's times carry their zone too.
+  const t = await page.locator('#audit-rows td').first().textContent({ timeout: 5000 }).catch(() => '');
+  if (!/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+$/.test(t.trim())) fail('an audit time without its zone: ' + t);
+  log('the chart drew ' + n + ' samples of history after a reload');
+}
+
 async function main() {
   if (!opt.url || !opt.token || !opt.pending) {
     fail('usage: --url URL --token TOKEN --pending CLIENT_ID [--active ID,ID] [--screenshot FILE]');
@@ -274,14 +341,15 @@ async function main() {
     await page.locator('#device-dialog[open] .panel-status').waitFor({ state: 'visible', timeout: 10000 })
       .catch(() => fail('the device panel did not open'));
     const panel = await page.textContent('#dev-body');
-    if (!panel.includes('Not after') || !panel.includes('Fingerprint')) fail('the device panel shows no certificate');
+    if (!panel.includes('Not after') || !/fingerprint/i.test(panel)) fail('the device panel shows no certificate');
+    await checkPanel(page, opt.pending);
     await page.screenshot({ path: opt.screenshot.replace(/\.png$/, '') + '-device.png' });
     // Rotate its certificate from the panel: asks first, then the panel shows
     // the new certificate's id.
     {
       const idOf = () => page.$eval('#dev-body', (b) => {
         const dts = [...b.querySelectorAll('dt')];
-        const dt = dts.find((x) => x.textContent.trim() === 'Id');
+        const dt = dts.find((x) => /^Id( \/ fingerprint)?$/.test(x.textContent.trim()));
         return dt && dt.nextElementSibling ? dt.nextElementSibling.textContent.trim() : null;
       });
       const before = await idOf();
@@ -326,6 +394,8 @@ async function main() {
 
     if (opt.outboxDevice) await checkOutbox(page, opt.outboxDevice, opt.outboxCount);
     if (opt.pskDevice) await createKeyOnce(page, opt.pskDevice);
+
+    await checkChartAfterReload(page);
 
     // Let the rate chart collect a few samples (one per 2 s poll) for the
     // screenshot; not a failure if it has fewer.

@@ -551,8 +551,23 @@ def run_scenario(page, url, problems):
     page.wait_visible("#device-dialog[open] .panel-status", timeout=10,
                       why="the device panel did not open")
     panel = page.text("#dev-body") or ""
-    if "Not after" not in panel or "Fingerprint" not in panel:
+    if "Not after" not in panel or "fingerprint" not in panel.lower():
         raise Failure("the device panel shows no certificate")
+    # issue 14: the id that is the fingerprint once; the session's figures;
+    # Block asks first.
+    if page.call("() => [...document.querySelectorAll('#dev-body dt')].filter("
+                 "(d) => d.textContent.trim() === 'Fingerprint').length") != 0:
+        raise Failure("the panel shows the certificate id and fingerprint twice")
+    for field in ("keepalive", "reconnects", "last-message"):
+        if not page.text('#dev-body [data-field="%s"]' % field):
+            raise Failure("the device panel has no %s" % field)
+    page.click('#dev-body [data-action="block"]')
+    page.wait_visible("#confirm-dialog[open]", timeout=5, why="Block asked for no confirmation")
+    page.click('#confirm-dialog button[value="cancel"]')
+    page.wait("(v) => !(%s)(document.querySelector('#confirm-dialog'))" % VISIBLE, True,
+              timeout=5, why="Cancel did not close the confirmation")
+    if "active" not in (page.text("#dev-body .panel-status") or ""):
+        raise Failure("a cancelled Block changed the device")
     page.screenshot(build_dir() / "dashboard-firefox-device.png", full_page=False)
     page.actions({"type": "key", "id": "keyboard",
                   "actions": [{"type": "keyDown", "value": "\ue00c"},

@@ -6,7 +6,7 @@ import { api, apiUrl, ApiError, getToken, setToken, onUnauthorized, enc } from '
 import { RateChart, fmtRate } from './chart.js';
 import { EventStream } from './events.js';
 import {
-  h, clear, $, $$, fmtTime, fmtDate, fmtAgo, fmtDuration, daysLeft, fmtUptime, fmtBytes, fmtInt,
+  h, clear, $, $$, fmtTime, fmtDate, fmtAgo, tzName, fmtDuration, daysLeft, fmtUptime, fmtBytes, fmtInt,
   debounce, badge, lanBadge,
 } from './util.js';
 
@@ -129,6 +129,7 @@ function start() {
   ui.topStatus.hidden = false;
   st.running = true;
   probeRole();
+  loadHistory();
   pollStatus();
   loadDevices();
   loadPending();
@@ -165,6 +166,17 @@ function stop() {
 /* ------------------------------------------------------------------------ */
 /* Overview: status counts, uplink, messages per second                     */
 /* ------------------------------------------------------------------------ */
+
+// The last hour's counts kept by the gateway, so the chart does not start
+// empty after a reload.
+async function loadHistory() {
+  try {
+    const r = await api.get('status/history');
+    st.chart.load(r.items, r.step_s);
+  } catch (e) {
+    // An older gateway without the history: the chart fills as it polls.
+  }
+}
 
 async function pollStatus() {
   clearTimeout(st.statusTimer);
@@ -279,7 +291,7 @@ function sorted(items) {
     const x = f(a);
     const y = f(b);
     const c = typeof x === 'number' ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
-    return c * dir || a.client_id.localeCompare(b.client_id);
+    return c * dir || a.client_id.localeCompare(b.client_id, undefined, { numeric: true });
   });
 }
 
@@ -457,7 +469,11 @@ wirePager($('#device-pager'), st.devices, loadDevices);
 
 const COMMANDS = {
   approve: { label: 'Approve', method: 'post', done: 'approved' },
-  block: { label: 'Block', method: 'post', done: 'blocked' },
+  block: {
+    label: 'Block', method: 'post', done: 'blocked',
+    confirm: (id) => 'Block ' + id + '? Its session is closed and it cannot connect until it is ' +
+      'unblocked.',
+  },
   unblock: { label: 'Unblock', method: 'post', done: 'unblocked' },
   reprovision: {
     label: 'Reprovision', method: 'post', done: 'will be provisioned again at its next connect',
@@ -470,7 +486,11 @@ const COMMANDS = {
     confirm: (id) => 'Rotate the certificate of ' + id + '? It gets a new certificate for the same ' +
       'thing; its connection switches to it, and the old one is listed for deactivation.',
   },
-  release: { label: 'Release binding', method: 'post', done: 'binding released' },
+  release: {
+    label: 'Release binding', method: 'post', done: 'binding released',
+    confirm: (id) => 'Release the address binding of ' + id + '? The next device to connect ' +
+      'with this ClientId, from any address, is bound to it.',
+  },
   decommission: {
     label: 'Decommission', method: 'del', done: 'decommissioned',
     confirm: (id) => 'Decommission ' + id + '? Its sessions are closed, its certificate becomes ' +
@@ -821,6 +841,10 @@ ui.deviceDialog.addEventListener('click', (e) => {
   }
 });
 
+function sameId(c) {
+  return !!c.cert_id && !!c.fingerprint && c.cert_id.toLowerCase() === c.fingerprint.toLowerCase();
+}
+
 function dl(pairs) {
   return h('dl', { class: 'kv' }, pairs.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
 }
@@ -902,8 +926,11 @@ async function renderDevicePanel(clientId) {
       ['Current address', h('span', { class: 'mono' }, d.address || '–')],
     ])),
     h('section', {}, h('h3', {}, 'Certificate'), c ? dl([
-      ['Id', h('span', { class: 'mono wrap-any' }, c.cert_id || '–')],
-      ['Fingerprint', h('span', { class: 'mono wrap-any' }, c.fingerprint || '–')],
+      // local-ca uses the fingerprint as the id: shown once then.
+      sameId(c) ? ['Id / fingerprint', h('span', { class: 'mono wrap-any', 'data-field': 'cert-id' }, c.cert_id)]
+        : ['Id', h('span', { class: 'mono wrap-any', 'data-field': 'cert-id' }, c.cert_id || '–')],
+      sameId(c) ? null : ['Fingerprint', h('span', { class: 'mono wrap-any', 'data-field': 'cert-fp' },
+        c.fingerprint || '–')],
       ['Not after', h('span', { class: left !== null ? expiryClass(left) : '' },
         fmtTime(c.not_after) + (left === null ? '' : left < 0 ? ' (expired)' : ' (' + left + ' days)'))],
       ['Status', c.status || '–'],
@@ -912,9 +939,18 @@ async function renderDevicePanel(clientId) {
     ]) : h('p', { class: 'muted' }, 'No active certificate.')),
     pskSection(d),
     outboxSection(d),
-    h('section', {}, h('h3', {}, 'Counters'), dl([
-      ['Messages in', fmtInt(d.msgs_in)],
-      ['Messages out', fmtInt(d.msgs_out)],
+    h('section', { id: 'session-section' }, h('h3', {}, 'Session'), dl([
+      ['Messages in', h('span', { 'data-field': 'msgs-in' }, fmtInt(d.msgs_in) +
+        (d.rate_in ? ' · ' + fmtRate(d.rate_in) + '/s' : ''))],
+      ['Messages out', h('span', { 'data-field': 'msgs-out' }, fmtInt(d.msgs_out) +
+        (d.rate_out ? ' · ' + fmtRate(d.rate_out) + '/s' : ''))],
+      ['Last message', h('span', { 'data-field': 'last-message', title: 'its last publish' },
+        d.last_message_at ? fmtTime(d.last_message_at) + ' (' + fmtAgo(d.last_message_at) + ')' : 'none since the start')],
+      ['Keep-alive', h('span', { 'data-field': 'keepalive' },
+        d.keepalive_s === null || d.keepalive_s === undefined ? '–'
+          : fmtDuration(d.keepalive_s) + (d.session === 'asleep' ? ' (asleep for)' : ''))],
+      ['Reconnects', h('span', { 'data-field': 'reconnects', title: 'since the gateway started; waking up is not one' },
+        fmtInt(d.reconnects))],
       ['Queued', fmtInt(d.queued)],
     ]))));
   body.appendChild(h('section', {}, h('h3', {}, 'Subscriptions (' + subs.length + ')'),
@@ -950,7 +986,8 @@ function addToFeed(evt) {
   const [kind, cid, text] = describe(evt);
   const t = evt.at ? new Date(evt.at) : new Date();
   const li = h('li', { class: 'feed-item feed-' + kind, 'data-client-id': cid || undefined },
-    h('time', { datetime: t.toISOString() }, t.toLocaleTimeString([], { hour12: false })),
+    h('time', { datetime: t.toISOString(), title: fmtTime(t.getTime() / 1000) },
+      t.toLocaleTimeString([], { hour12: false }) + ' ' + tzName(t)),
     h('span', { class: 'feed-kind' }, kind),
     cid ? h('button', { type: 'button', class: 'linkish mono', onclick: () => openDevice(cid) }, cid) : null,
     h('span', { class: 'feed-text' }, text));

@@ -1,6 +1,7 @@
-// chart.js - a small hand-drawn SVG line chart of messages per second.
-// Rates come from the deltas of the status counters msgs_in / msgs_out
-// between two polls, divided by the time between them.
+// chart.js - a small hand-drawn SVG line chart of messages per second over
+// the last hour.  It starts from the gateway's history (GET status/history,
+// one count per 10 s) and goes on with the deltas of the status counters
+// msgs_in / msgs_out, one sample per 10 s.
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const W = 480;
@@ -33,35 +34,61 @@ function fmtRate(v) {
 }
 
 export class RateChart {
-  constructor(svg, { points = 60, intervalS = 2 } = {}) {
+  // spanS: the width of the chart in seconds; intervalS: one sample per
+  // interval (the gateway's history has one every 10 s).
+  constructor(svg, { spanS = 3600, intervalS = 10 } = {}) {
     this.svg = svg;
-    this.points = points;
+    this.spanS = spanS;
     this.intervalS = intervalS;
-    this.samples = []; // {in, out}
-    this.last = null;  // {t, in, out}
+    this.samples = []; // {t: wall ms, in, out}, oldest first
+    this.last = null;  // {t, in, out}: the counters at the last push
+    this.lastDrawn = null; // the counters the newest sample was measured from
     this.draw();
   }
 
-  // Feeds one status sample; returns the current rates or null for the first.
-  push(msgsIn, msgsOut, tMs = performance.now()) {
+  // The gateway's history (GET status/history): counts per stepS seconds,
+  // oldest first.  Replaces what the chart holds; the live pushes go on
+  // from there.
+  load(items, stepS, nowMs = Date.now()) {
+    const step = stepS || this.intervalS;
+    this.samples = (items || []).map((x) => ({ t: x.at * 1000, in: x.in / step, out: x.out / step }));
+    this.trim(nowMs);
+    this.draw(nowMs);
+  }
+
+  trim(nowMs) {
+    while (this.samples.length && this.samples[0].t < nowMs - this.spanS * 1000) this.samples.shift();
+  }
+
+  // Feeds the status counters; returns the rates since the previous push
+  // (null for the first).  A sample joins the chart once per interval.
+  push(msgsIn, msgsOut, tMs = Date.now()) {
     const prev = this.last;
-    // Extra status fetches (after events) come between the regular polls:
-    // keep one sample per interval so the x axis stays true.
-    if (prev && tMs - prev.t < this.intervalS * 750) return null;
+    if (prev && tMs - prev.t < 1000) return null;
+    if (!prev || !this.lastDrawn) this.lastDrawn = { t: tMs, in: msgsIn, out: msgsOut };
     this.last = { t: tMs, in: msgsIn, out: msgsOut };
     if (!prev) return null;
     const dt = (tMs - prev.t) / 1000;
     // A counter that went down means the gateway restarted: skip one sample
     // rather than draw a negative rate.
-    if (dt <= 0 || msgsIn < prev.in || msgsOut < prev.out) return null;
+    if (dt <= 0 || msgsIn < prev.in || msgsOut < prev.out) {
+      this.lastDrawn = this.last;
+      return null;
+    }
     const s = { in: (msgsIn - prev.in) / dt, out: (msgsOut - prev.out) / dt };
-    this.samples.push(s);
-    if (this.samples.length > this.points) this.samples.shift();
-    this.draw();
+    const base = this.lastDrawn;
+    const since = (tMs - base.t) / 1000;
+    const newest = this.samples.length ? this.samples[this.samples.length - 1].t : 0;
+    if (since >= this.intervalS && tMs - newest >= this.intervalS * 750) {
+      this.samples.push({ t: tMs, in: (msgsIn - base.in) / since, out: (msgsOut - base.out) / since });
+      this.lastDrawn = this.last;
+      this.trim(tMs);
+      this.draw(tMs);
+    }
     return s;
   }
 
-  draw() {
+  draw(nowMs = Date.now()) {
     const svg = this.svg;
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const max = niceMax(Math.max(0, ...this.samples.map((s) => Math.max(s.in, s.out))));
@@ -70,7 +97,8 @@ export class RateChart {
     const y0 = H - PAD_B;
     const y1 = PAD_T;
     const ys = (v) => y0 - (v / max) * (y0 - y1);
-    const xs = (i) => x1 - (this.points - 1 - i) * ((x1 - x0) / (this.points - 1));
+    // Time runs left to right; "now" is the right edge.
+    const xs = (t) => Math.max(x0, x1 - ((nowMs - t) / (this.spanS * 1000)) * (x1 - x0));
 
     // Grid and y labels: 0, half, max.
     for (const f of [0, 0.5, 1]) {
@@ -80,9 +108,9 @@ export class RateChart {
       t.textContent = fmtRate(max * f).replace(/\.0+$/, '');
       svg.appendChild(t);
     }
-    const span = this.points * this.intervalS;
+    const span = this.spanS;
     const lbl = el('text', { x: x0, y: H - 4, class: 'tick' });
-    lbl.textContent = '−' + (span >= 60 ? span / 60 + ' min' : span + ' s');
+    lbl.textContent = '−' + (span >= 3600 ? span / 3600 + ' h' : span >= 60 ? span / 60 + ' min' : span + ' s');
     svg.appendChild(lbl);
     const now = el('text', { x: x1, y: H - 4, class: 'tick', 'text-anchor': 'end' });
     now.textContent = 'now';
@@ -94,16 +122,17 @@ export class RateChart {
       svg.appendChild(t);
       return;
     }
-    // Samples are right-aligned: the newest sits at "now".
-    const off = this.points - this.samples.length;
+    const first = this.samples[0];
+    const lastS = this.samples[this.samples.length - 1];
     for (const key of ['in', 'out']) {
-      const pts = this.samples.map((s, i) => xs(off + i).toFixed(1) + ',' + ys(s[key]).toFixed(1));
+      const pts = this.samples.map((s) => xs(s.t).toFixed(1) + ',' + ys(s[key]).toFixed(1));
       if (key === 'in' && pts.length > 1) {
-        const area = 'M' + xs(off).toFixed(1) + ',' + y0 + ' L' + pts.join(' L') +
-          ' L' + xs(off + this.samples.length - 1).toFixed(1) + ',' + y0 + ' Z';
+        const area = 'M' + xs(first.t).toFixed(1) + ',' + y0 + ' L' + pts.join(' L') +
+          ' L' + xs(lastS.t).toFixed(1) + ',' + y0 + ' Z';
         svg.appendChild(el('path', { d: area, class: 'area-in' }));
       }
-      svg.appendChild(el('polyline', { points: pts.join(' '), class: 'line-' + key }));
+      svg.appendChild(el('polyline', { points: pts.join(' '), class: 'line-' + key,
+        'data-points': this.samples.length }));
     }
   }
 }

@@ -28,17 +28,35 @@ export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel
 
 const pad = (n) => String(n).padStart(2, '0');
 
-// Unix seconds -> "2025-03-04 13:05:09" in local time; "–" for none.
+// The browser's time zone at that moment, short: "CET", "UTC", "GMT+5:30".
+export function tzName(d = new Date()) {
+  try {
+    const p = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' }).formatToParts(d);
+    const z = p.find((x) => x.type === 'timeZoneName');
+    if (z) return z.value;
+  } catch (e) {
+    // No Intl: the offset below.
+  }
+  const m = -d.getTimezoneOffset();
+  return 'UTC' + (m < 0 ? '−' : '+') + pad(Math.floor(Math.abs(m) / 60)) + ':' + pad(Math.abs(m) % 60);
+}
+
+function localDate(d) {
+  return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate());
+}
+
+// Unix seconds -> "2025-03-04 13:05:09 CET" in local time, with its zone;
+// "–" for none.
 export function fmtTime(sec) {
   if (!sec) return '–';
   const d = new Date(sec * 1000);
-  return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
-    pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
+  return localDate(d) + ' ' + pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' +
+    pad(d.getSeconds()) + ' ' + tzName(d);
 }
 
 export function fmtDate(sec) {
   if (!sec) return '–';
-  return fmtTime(sec).slice(0, 10);
+  return localDate(new Date(sec * 1000));
 }
 
 // A length of time in seconds: "12 s", "5 min", "3 h", "4 d".
