@@ -818,7 +818,8 @@ static void test_provisioning_sections(void)
 }
 
 /* deploy/fleetgw.example.json must be valid, use only known keys, mention
- * every key, and hold the defaults.  Its ca_file does not exist here, so a
+ * every key, and hold the defaults (but the listen addresses, kept on
+ * loopback in the shipped file).  Its ca_file does not exist here, so a
  * copy with ca_file pointing to a temp file is loaded. */
 static void test_example_file(void)
 {
