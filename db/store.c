@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #define BUSY_TIMEOUT_MS 5000
+#define STORE_WAL_KEEP_BYTES "1048576"
 
 /* ---- open / close ---- */
 
@@ -62,7 +63,12 @@ static int set_pragmas(struct store *st, const struct store_opts *opts)
   sqlite3_finalize(s);
   if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0)
     return store_fail(st, STORE_IO, "cannot enable WAL mode (journal_mode is '%s')", mode);
-  return store_exec(st, sync_sql[sync]);
+  if ((err = store_exec(st, sync_sql[sync])) != STORE_OK)
+    return err;
+  /* A burst (an outage's outbox, a fleet provisioning) can grow the -wal
+   * file far past what the checkpoints keep it at; when a checkpoint lets
+   * it start over, it is cut back to this (docs/outbox.md §9). */
+  return store_exec(st, "PRAGMA journal_size_limit = " STORE_WAL_KEEP_BYTES);
 }
 
 /* Reads a meta value's presence: the key check written on first open. */

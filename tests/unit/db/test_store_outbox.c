@@ -823,6 +823,42 @@ static long long churn(struct store *st, const char *wal, int n, int k)
   return wal_max;
 }
 
+/* A burst grows the WAL far past the checkpoint threshold; once a
+ * checkpoint lets it start over it is cut back to 1 MB
+ * (journal_size_limit), not kept at the burst's size. */
+static void test_wal_cut_back_after_a_burst(void)
+{
+  static uint8_t payload[4096];
+  struct paths p;
+  char wal[340];
+  struct store *st;
+  long long big;
+
+  paths_for(&p, "walcut");
+  snprintf(wal, sizeof wal, "%s-wal", p.db);
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  make_devices(st);
+  ASSERT_EQ(store_begin(st), STORE_OK);
+  for (int i = 0; i < 2000; i++) {
+    struct store_outbox_msg m = {.topic = "t/burst", .topic_len = 7, .payload = payload,
+                                 .len = sizeof payload, .qos = 1, .created_ms = i};
+    ASSERT_EQ(store_outbox_add(st, "leaf-a", &m), STORE_OK);
+  }
+  ASSERT_EQ(store_commit(st), STORE_OK);
+  big = file_size(wal);
+  ASSERT_TRUE(big > 8LL * 1024 * 1024);
+  /* Small commits after it: SQLite's checkpoint copies the burst back, and
+   * the next write starts the WAL over. */
+  churn(st, wal, 50, 1);
+  fprintf(stderr, "  WAL %lld bytes after the burst, %lld after 50 small commits\n", big,
+          file_size(wal));
+  ASSERT_TRUE(file_size(wal) <= 1024LL * 1024 + 64 * 1024);
+  store_close(st);
+}
+
 /* The checkpoint thread (db/store_ckpt.c): many commits leave the WAL
  * bounded by what the threshold allows, the checkpoints ran on the thread,
  * and a close stops it and leaves no WAL behind; a cap at the threshold
@@ -920,6 +956,7 @@ int main(void)
   RUN(test_migration_from_3);
   RUN(test_batch);
   RUN(test_checkpoint_thread);
+  RUN(test_wal_cut_back_after_a_burst);
   RUN(test_add_dev_cache);
 
   remove_dir(g_dir);
