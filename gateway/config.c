@@ -491,6 +491,9 @@ int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, 
  *                              registry's allowlist is also the API's, so an
  *                              entry removed from the file stays there)
  *   admission.pending_ttl_s, .max_pending   the upkeep and each new identity
+ *   admission.new_ids*         the buckets' limits (leaves_set_newid via
+ *                              gw_reload); admission.sources_tracked, the
+ *                              table's size, stays
  *   lan.max_keepalive_s        at each CONNECT
  *   outbox.rate_per_leaf, .rate_total       at each send (token buckets)
  *   registry.audit_max_rows, .audit_max_days, .max_bytes, .min_free_bytes
@@ -499,7 +502,8 @@ int cfg_claim_client_id(const struct gw_config *cfg, unsigned index, char *out, 
  *   web.admin_token_env, .admin_token_file, .read_token_env, .read_token_file
  *                              the tokens are read again from them
  * Everything else (sockets, TLS contexts, the registry file, the limits
- * sized at start such as the new-identity buckets) needs a restart. */
+ * sized at start such as the new-identity table and the converter list)
+ * needs a restart. */
 static const char *const live_keys[] = {
     "log_level",
     "admission.policy",
@@ -510,6 +514,14 @@ static const char *const live_keys[] = {
     "admission.plain_udp_clients",
     "admission.pending_ttl_s",
     "admission.max_pending",
+    "admission.new_ids",
+    "admission.new_ids_window_s",
+    "admission.new_ids_per_port",
+    "admission.new_ids_per_port_window_s",
+    "admission.new_ids_per_ip",
+    "admission.new_ids_per_ip_window_s",
+    "admission.new_ids_per_converter",
+    "admission.new_ids_per_converter_window_s",
     "lan.max_keepalive_s",
     "outbox.rate_per_leaf",
     "outbox.rate_total",

@@ -277,6 +277,10 @@ int gw_reload(struct gw *gw)
 {
   if (!gw || gw->stopping)
     return -1;
+  {
+    struct newid_opts o = newid_opts(gw->cfg);
+    leaves_set_newid(gw->lan, &o);
+  }
   if (admit_seed_allowlist(gw->store, gw->cfg, (int64_t)time(NULL)) != STORE_OK) {
     LOGW(MOD, "reload: cannot add admission.allowlist entries: %s", store_errmsg(gw->store));
     return -1;

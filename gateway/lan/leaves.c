@@ -771,6 +771,11 @@ void leaves_count(const struct leaves *lv, struct metrics *m, uint64_t *links, u
     *queued = nq;
 }
 
+void leaves_set_newid(struct leaves *lv, const struct newid_opts *o)
+{
+  newid_set_limits(&lv->newid, o);
+}
+
 void leaves_on_provisioned(struct leaves *lv, const char *client_id, bool ok)
 {
   struct session *s = leaves_find(lv, client_id);

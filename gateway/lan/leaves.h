@@ -72,6 +72,9 @@ struct session *leaves_find(struct leaves *lv, const char *client_id);
 void leaves_count(const struct leaves *lv, struct metrics *m, uint64_t *links, uint64_t *queued);
 /* The device's provisioning run ended (ok: it has its certificate now): its
  * waiting session, if any, goes on. */
+/* The new-identity limits of a configuration reload (newid.h; the
+ * number of sources tracked stays). */
+void leaves_set_newid(struct leaves *lv, const struct newid_opts *o);
 void leaves_on_provisioned(struct leaves *lv, const char *client_id, bool ok);
 /* The device's DTLS key changed or was revoked: every DTLS association
  * that authenticated as client_id is closed (its session ends as lost), so

@@ -95,6 +95,19 @@ int newid_init(struct newid *n, const struct newid_opts *o, uint64_t now_ms)
   return 0;
 }
 
+void newid_set_limits(struct newid *n, const struct newid_opts *o)
+{
+  /* The slots keep pointers to these limits: they count against the new
+   * values from the next take, and refill() caps what a bucket holds at the
+   * new count.  The table's size stays. */
+  n->o.per_port = o->per_port;
+  n->o.per_ip = o->per_ip;
+  n->o.per_converter = o->per_converter;
+  n->o.global = o->global;
+  if (n->global_tokens > o->global.count)
+    n->global_tokens = o->global.count;
+}
+
 void newid_free(struct newid *n)
 {
   free(n->slots);

@@ -60,6 +60,8 @@ enum newid_result {
 
 /* Returns 0, or -1 when out of memory. */
 int newid_init(struct newid *n, const struct newid_opts *o, uint64_t now_ms);
+/* New limits (a configuration reload); the table's size (slots) stays. */
+void newid_set_limits(struct newid *n, const struct newid_opts *o);
 void newid_free(struct newid *n);
 /* May `from` present a new identity at now_ms?  converter: its IP is a
  * listed protocol converter.  Takes one token from each bucket when all

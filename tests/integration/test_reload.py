@@ -37,13 +37,13 @@ def write_token(path, token):
     os.chmod(path, 0o600)
 
 
-def start(gateway, broker, tmp_path, **over):
+def start(gateway, broker, tmp_path, limits=None, **over):
     tok = tmp_path / "admin.token"
     write_token(tok, TOKEN_A)
     port = free_port()
     web = {"enabled": True, "bind": LOOPBACK, "port": port, "admin_token_file": str(tok)}
     gw = gateway(broker, log_level="info", web=web,
-                 admission={"policy": "open", "pattern": "*"}, **over)
+                 admission=dict({"policy": "open", "pattern": "*"}, **(limits or {})), **over)
     assert wait_until(lambda: http_status(port, TOKEN_A) == 200, 10)
     return gw, port, tok
 
@@ -140,3 +140,24 @@ def test_burst_of_sighups(gateway, broker, tmp_path):
     assert "no changed key needs a restart" in gw.log_text()
     assert http_status(port, TOKEN_A) == 200
     assert leaf.register("reload/d") > 0
+
+
+def test_sighup_reloads_the_new_identity_limits(gateway, broker, tmp_path):
+    """admission.new_ids_per_ip lowered by SIGHUP: the address's bucket is
+    capped at the new count at once, new ClientIds beyond it are throttled,
+    a known one still connects."""
+    gw, port, tok = start(gateway, broker, tmp_path,
+                          limits={"new_ids_per_ip": 50, "new_ids_per_port": 0, "new_ids": 0})
+    first = gw.leaf("nid-1")
+    assert first.connect() == sn.RC_ACCEPTED
+    assert gw.leaf("nid-2").connect() == sn.RC_ACCEPTED
+    rewrite(gw, admission={"new_ids_per_ip": 1})
+    mark = len(gw.log_text())
+    hup_and_wait(gw, "SIGHUP: configuration reloaded")
+    assert "admission.new_ids_per_ip" in gw.log_text()[mark:]
+    # The address's bucket held 48 of 50: now at most 1, so one more new
+    # ClientId passes and the next is throttled ("congestion").
+    assert gw.leaf("nid-3").connect() == sn.RC_ACCEPTED
+    assert gw.leaf("nid-4").connect() == sn.RC_CONGESTION
+    assert first.connect() == sn.RC_ACCEPTED  # known: no new identity
+    assert gw.alive()

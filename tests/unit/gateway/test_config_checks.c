@@ -289,7 +289,8 @@ static void test_reload(void)
   ASSERT_TRUE(cfg_key_live("admission.policy"));
   ASSERT_TRUE(cfg_key_live("web.admin_token_file"));
   ASSERT_TRUE(!cfg_key_live("lan.port"));
-  ASSERT_TRUE(!cfg_key_live("admission.new_ids"));
+  ASSERT_TRUE(cfg_key_live("admission.new_ids"));
+  ASSERT_TRUE(!cfg_key_live("admission.sources_tracked"));
   ASSERT_TRUE(!cfg_key_live(NULL));
 
   write_fmt(path, sizeof path,
@@ -300,13 +301,13 @@ static void test_reload(void)
   write_fmt(path, sizeof path,
             "{" UP ", \"log_level\": \"debug\", \"lan\": {\"port\": 1999},"
             " \"admission\": {\"policy\": \"allowlist\", \"allowlist\": [\"a\", \"b*\"],"
-            " \"new_ids\": 7}, \"outbox\": {\"rate_total\": 50}}");
+            " \"sources_tracked\": 70}, \"outbox\": {\"rate_total\": 50}}");
   ASSERT_EQ(cfg_load_all(path, &fresh, errs), 0);
   unlink(path);
   if (live && fresh) {
     ASSERT_EQ(cfg_reload(live, fresh, applied, sizeof applied, restart, sizeof restart), 4);
     ASSERT_STR_EQ(applied, "log_level, outbox.rate_total, admission.policy, admission.allowlist");
-    ASSERT_STR_EQ(restart, "lan.port, admission.new_ids");
+    ASSERT_STR_EQ(restart, "lan.port, admission.sources_tracked");
     ASSERT_EQ(live->log_level, 3);
     ASSERT_EQ(live->admission.policy, POLICY_ALLOWLIST);
     ASSERT_EQ(live->admission.n_allowlist, 2);
@@ -314,7 +315,7 @@ static void test_reload(void)
       ASSERT_STR_EQ(live->admission.allowlist[1], "b*");
     ASSERT_EQ(live->outbox.rate_total, 50);
     ASSERT_EQ(live->lan.port, 1884);      /* needs a restart: unchanged */
-    ASSERT_EQ(live->admission.new_ids, 30);
+    ASSERT_EQ(live->admission.sources_tracked, 4096);
     ASSERT_EQ(fresh->admission.n_allowlist, 1); /* the old values, freed with it */
     ASSERT_EQ(fresh->log_level, 2);
     /* The same file again: nothing changes. */

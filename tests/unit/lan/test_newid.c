@@ -102,6 +102,35 @@ static void test_table_is_bounded_and_forgets_full_buckets(void)
   newid_free(&n);
 }
 
+/* A configuration reload's new limits (newid_set_limits): the buckets
+ * already there count against them from the next take, a lower count caps
+ * what a bucket holds, and 0 turns a limit off. */
+static void test_set_limits(void)
+{
+  struct newid n;
+  struct newid_opts o = defaults;
+  ASSERT_EQ(newid_init(&n, &defaults, 0), 0);
+  for (uint16_t p = 1; p <= 2; p++) {
+    struct sockaddr_in a = addr("127.0.0.9", p);
+    ASSERT_EQ(newid_take(&n, SA(a), false, 0), NEWID_OK);
+  }
+  /* 3 per IP became 1 (the IP's bucket, 1 left of 3, stays at 1); the
+   * global 10 became 2 (its 8 left are capped at 2). */
+  o.per_ip.count = 1;
+  o.global.count = 2;
+  newid_set_limits(&n, &o);
+  struct sockaddr_in c = addr("127.0.0.9", 3), d = addr("127.0.0.9", 4);
+  struct sockaddr_in b = addr("127.0.0.10", 1), e = addr("127.0.0.11", 1);
+  ASSERT_EQ(newid_take(&n, SA(c), false, 0), NEWID_OK);
+  ASSERT_EQ(newid_take(&n, SA(d), false, 0), NEWID_IP);
+  ASSERT_EQ(newid_take(&n, SA(b), false, 0), NEWID_OK);
+  ASSERT_EQ(newid_take(&n, SA(e), false, 0), NEWID_GLOBAL);
+  o.global.count = 0; /* off */
+  newid_set_limits(&n, &o);
+  ASSERT_EQ(newid_take(&n, SA(e), false, 0), NEWID_OK);
+  newid_free(&n);
+}
+
 static void test_limits_off(void)
 {
   struct newid_opts o = {.slots = 4};
@@ -121,5 +150,6 @@ int main(void)
   RUN(test_global_limit);
   RUN(test_table_is_bounded_and_forgets_full_buckets);
   RUN(test_limits_off);
+  RUN(test_set_limits);
   return TEST_END();
 }
