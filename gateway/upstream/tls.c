@@ -28,17 +28,47 @@
 /* A memory BIO that held more than this is replaced once drained. */
 #define BIO_SHRINK_AT 1024
 
+/* The last resumable session of one client identity against one server
+ * (host and ALPN).  Every connection of that identity offers it, so after
+ * the first full handshake the others resume: they skip the certificate
+ * exchange and verification, and share the one parsed copy of the server's
+ * certificate chain that the session holds instead of each parsing its own
+ * (about 6 KiB a connection).  The key keeps a session from being offered
+ * to another server, and the slot's owner (the context's default
+ * certificate, or one tls_identity) keeps it from being offered under
+ * another client certificate: the broker would take the resumed connection
+ * for the identity of the session. */
+struct sess_slot {
+  SSL_SESSION *sess;  /* NULL until a handshake gave a resumable session */
+  char *key;          /* "host\nalpn" the session was made for */
+  bool off;           /* a resumption failed here: full handshakes from now on */
+};
+
 struct tls_ctx {
   SSL_CTX *ssl_ctx;
+  struct sess_slot slot; /* for connections with the context's certificate */
+  bool has_cert;         /* the context has a default client certificate */
+};
+
+struct tls_identity {
+  X509 *cert;
+  EVP_PKEY *key;
+  int refs;
+  struct sess_slot slot;
 };
 
 struct tls_conn {
   SSL *ssl;
+  struct sess_slot *slot;       /* where its sessions go, or NULL (no resumption) */
+  struct tls_identity *id;      /* holds a reference while slot is the identity's */
+  char *slot_key;               /* "host\nalpn" of this connection */
   BIO *rbio;          /* ciphertext from the peer; owned by ssl */
   BIO *wbio;          /* ciphertext to the peer; owned by ssl */
   size_t rbio_hwm;    /* largest fill of each BIO since it was created */
   size_t wbio_hwm;
   bool established;
+  const SSL_SESSION *offered;   /* the slot's session it offered (compared, never used) */
+  bool got_data;                /* read application data at least once */
   char err[TLS_ERR_LEN];
 };
 
@@ -74,6 +104,33 @@ static void set_err(char *buf, size_t len, const char *what, const char *file)
   append_openssl_errors(buf, len);
 }
 
+static void slot_clear(struct sess_slot *s)
+{
+  SSL_SESSION_free(s->sess);
+  free(s->key);
+  s->sess = NULL;
+  s->key = NULL;
+}
+
+/* OpenSSL hands over each new resumable session (after the handshake in
+ * TLS 1.2, with each NewSessionTicket in TLS 1.3): keep the newest in the
+ * connection's slot.  Returns 1 when the reference was kept. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+  struct tls_conn *c = SSL_get_app_data(ssl);
+  char *key;
+
+  if (!c || !c->slot || !c->slot_key || c->slot->off)
+    return 0;
+  key = strdup(c->slot_key);
+  if (!key)
+    return 0; /* no resumption then; the connection itself is unaffected */
+  slot_clear(c->slot);
+  c->slot->sess = sess;
+  c->slot->key = key;
+  return 1;
+}
+
 struct tls_ctx *tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
                             char *err, size_t errlen)
 {
@@ -107,6 +164,11 @@ struct tls_ctx *tls_ctx_new(const char *ca_file, const char *cert_file, const ch
    * lets a peer make us redo handshakes (TLS 1.3 has none anyway). */
   SSL_CTX_set_options(ctx->ssl_ctx, SSL_OP_NO_RENEGOTIATION);
   SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
+  /* Client-side resumption with our own one-session slots (struct
+   * sess_slot), not OpenSSL's internal cache. */
+  SSL_CTX_set_session_cache_mode(ctx->ssl_ctx,
+                                 SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx->ssl_ctx, new_session_cb);
   if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, ca_file, NULL) != 1) {
     set_err(err, errlen, "cannot load CA file", ca_file);
     goto out_free_ssl_ctx;
@@ -124,6 +186,7 @@ struct tls_ctx *tls_ctx_new(const char *ca_file, const char *cert_file, const ch
       set_err(err, errlen, "key does not match certificate", cert_file);
       goto out_free_ssl_ctx;
     }
+    ctx->has_cert = true;
   }
   return ctx;
 
@@ -138,6 +201,7 @@ void tls_ctx_free(struct tls_ctx *ctx)
 {
   if (!ctx)
     return;
+  slot_clear(&ctx->slot);
   SSL_CTX_free(ctx->ssl_ctx);
   free(ctx);
 }
@@ -222,9 +286,31 @@ static int setup_client_cert(struct tls_conn *c, const char *cert_file, const ch
   return 0;
 }
 
-struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char *alpn,
-                              const char *cert_file, const char *key_file, char *err,
-                              size_t errlen)
+/* Makes c offer its slot's session when it was made for the same server,
+ * and file the sessions it gets there.  Without memory for the key the
+ * connection just does a full handshake. */
+static void use_slot(struct tls_conn *c, struct sess_slot *slot, const char *host,
+                     const char *alpn)
+{
+  size_t hl = strlen(host), al = alpn ? strlen(alpn) : 0;
+  char *key = malloc(hl + al + 2);
+
+  if (!key)
+    return;
+  memcpy(key, host, hl);
+  key[hl] = '\n';
+  memcpy(key + hl + 1, alpn ? alpn : "", al);
+  key[hl + 1 + al] = '\0';
+  c->slot = slot;
+  c->slot_key = key;
+  if (!slot->off && slot->sess && slot->key && strcmp(slot->key, key) == 0 &&
+      SSL_SESSION_is_resumable(slot->sess) && SSL_set_session(c->ssl, slot->sess) == 1)
+    c->offered = slot->sess;
+  ERR_clear_error();
+}
+
+static struct tls_conn *conn_new(struct tls_ctx *ctx, const char *host, const char *alpn,
+                                 char *err, size_t errlen)
 {
   struct tls_conn *c;
 
@@ -245,6 +331,7 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char 
     set_err(err, errlen, "SSL_new failed", NULL);
     goto out_free_conn;
   }
+  SSL_set_app_data(c->ssl, c);
   c->rbio = new_mem_bio();
   c->wbio = new_mem_bio();
   if (!c->rbio || !c->wbio) {
@@ -259,8 +346,6 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char 
     goto out_free_ssl;
   if (alpn && setup_alpn(c, alpn, err, errlen) < 0)
     goto out_free_ssl;
-  if ((cert_file || key_file) && setup_client_cert(c, cert_file, key_file, err, errlen) < 0)
-    goto out_free_ssl;
   return c;
 
 out_free_ssl:
@@ -270,11 +355,25 @@ out_free_conn:
   return NULL;
 }
 
-struct tls_identity {
-  X509 *cert;
-  EVP_PKEY *key;
-  int refs;
-};
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char *alpn,
+                              const char *cert_file, const char *key_file, char *err,
+                              size_t errlen)
+{
+  struct tls_conn *c = conn_new(ctx, host, alpn, err, errlen);
+
+  if (!c)
+    return NULL;
+  if (cert_file || key_file) {
+    /* A certificate of its own, read from files: no slot to share. */
+    if (setup_client_cert(c, cert_file, key_file, err, errlen) < 0) {
+      tls_conn_free(c);
+      return NULL;
+    }
+    return c;
+  }
+  use_slot(c, &ctx->slot, host, alpn);
+  return c;
+}
 
 struct tls_identity *tls_identity_new(const char *cert_pem, const char *key_pem, char *err,
                                       size_t errlen)
@@ -333,6 +432,7 @@ void tls_identity_unref(struct tls_identity *id)
 {
   if (!id || --id->refs > 0)
     return;
+  slot_clear(&id->slot);
   X509_free(id->cert);
   EVP_PKEY_free(id->key);
   free(id);
@@ -341,15 +441,23 @@ void tls_identity_unref(struct tls_identity *id)
 struct tls_conn *tls_conn_new_identity(struct tls_ctx *ctx, const char *host, const char *alpn,
                                        struct tls_identity *id, char *err, size_t errlen)
 {
-  struct tls_conn *c = tls_conn_new(ctx, host, alpn, NULL, NULL, err, errlen);
-  if (!c || !id)
-    return c;
+  struct tls_conn *c;
+
+  if (!id)
+    return tls_conn_new(ctx, host, alpn, NULL, NULL, err, errlen);
+  c = conn_new(ctx, host, alpn, err, errlen);
+  if (!c)
+    return NULL;
   if (SSL_use_certificate(c->ssl, id->cert) != 1 || SSL_use_PrivateKey(c->ssl, id->key) != 1 ||
       SSL_check_private_key(c->ssl) != 1) {
     set_err(err, errlen, "cannot use the client identity", NULL);
     tls_conn_free(c);
     return NULL;
   }
+  /* The slot lives in the identity: keep it alive as long as c. */
+  tls_identity_ref(id);
+  c->id = id;
+  use_slot(c, &id->slot, host, alpn);
   return c;
 }
 
@@ -357,7 +465,9 @@ void tls_conn_free(struct tls_conn *c)
 {
   if (!c)
     return;
-  SSL_free(c->ssl);
+  SSL_free(c->ssl); /* may still file a session through new_session_cb: before the slot goes */
+  free(c->slot_key);
+  tls_identity_unref(c->id);
   free(c);
 }
 
@@ -439,6 +549,17 @@ static void note_wbio_fill(struct tls_conn *c)
     c->wbio_hwm = p;
 }
 
+/* A connection that offered its slot's session failed before any data
+ * came: in TLS 1.3 the server's refusal may come after the client's half
+ * of the handshake, as an alert in place of the first record. */
+static void resume_failed(struct tls_conn *c)
+{
+  if (!c->offered || c->got_data || !c->slot)
+    return;
+  slot_clear(c->slot);
+  c->slot->off = true;
+}
+
 int tls_handshake(struct tls_conn *c)
 {
   int ret;
@@ -453,6 +574,12 @@ int tls_handshake(struct tls_conn *c)
     return TLS_OK;
   }
   ret = map_ssl_error(c, ret, TLS_ERR_HANDSHAKE, "TLS handshake failed");
+  /* A handshake that offered the slot's session and failed: the session
+   * may be the trouble (an OpenSSL server that verifies clients without a
+   * session id context fails every resumption), so this slot does full
+   * handshakes from now on. */
+  if (ret != TLS_WANT_IO)
+    resume_failed(c);
   /* A close_notify during the handshake is a failed handshake too. */
   return ret == TLS_ERR_CLOSED ? TLS_ERR_HANDSHAKE : ret;
 }
@@ -502,9 +629,12 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
   if (ret == 1) {
     if (!c->established && SSL_is_init_finished(c->ssl))
       c->established = true;
+    c->got_data = true;
     return (int)got;
   }
   ret = map_ssl_error(c, 0, TLS_ERR_PROTOCOL, "TLS read failed");
+  if (ret != TLS_WANT_IO && ret != TLS_ERR_CLOSED)
+    resume_failed(c);
   if (ret == TLS_WANT_IO && c->established && !SSL_has_pending(c->ssl))
     release_idle_buffers(c);
   return ret;
@@ -556,3 +686,4 @@ void tls_shutdown(struct tls_conn *c)
 }
 
 const char *tls_last_error(const struct tls_conn *c) { return c->err; }
+

@@ -15,7 +15,8 @@ Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls,outbox selects some):
   qos1     QoS 1 with one publish in flight per leaf: throughput and round
            trip, direct vs relayed; added latency at 5,000 msg/s
   memory   fleetgw RSS with 0 leaves vs BENCH_LEAVES leaves, each with its
-           own upstream TLS session (client certificate)
+           own upstream TLS session (client certificate); the same with plain
+           TCP upstreams gives the breakdown (TLS state / the rest)
   flood    BENCH_FLOOD_IDS made-up ClientIds from many sources (admission
            "open", the default new-identity limits, the local CA issuing
            certificates) while a known leaf reconnects: certificates minted,
@@ -548,19 +549,19 @@ def section_qos1(b, broker, gw):
     ]
 
 
-def section_memory(b, workdir, certs):
-    n = env_int("BENCH_LEAVES", 1000)
-    print("\n== memory: fleetgw RSS with 0 vs %d leaves, each with its own upstream TLS session"
-          % n)
-    broker = Broker(workdir, tls=True, certs=certs)
-    gw = Gateway(b.fleetgw, workdir, broker, certs, name="fleetgw-tls")
+def memory_run(b, workdir, certs, n, tls):
+    """fleetgw's VmRSS with 0 and with n connected leaves, each with its own
+    upstream session to a TLS mosquitto (client certificates) or a plain one."""
+    broker = Broker(workdir, tls=tls, certs=certs if tls else None)
+    name = "fleetgw-tls" if tls else "fleetgw-plain-mem"
+    gw = Gateway(b.fleetgw, workdir, broker, certs if tls else None, name=name)
     leafsim = None
     try:
         time.sleep(1.0)
         rss0 = rss_kib(gw.pid)
         cmd = b.leafsim_cmd(gw, n, "mem-", "--connect-rate", 0, "--keepalive", 300)
         show(cmd)
-        leafsim = Proc(cmd, workdir / "leafsim-mem.log")
+        leafsim = Proc(cmd, workdir / ("leafsim-mem-%s.log" % ("tls" if tls else "plain")))
         t0 = time.monotonic()
 
         def all_up():
@@ -581,21 +582,43 @@ def section_memory(b, workdir, certs):
             leafsim.stop()
         gw.stop()
         broker.stop()
-    per_leaf = (rss1 - rss0) / n
-    print("   RSS %d KiB idle -> %d KiB with %d leaves active and %d upstream TLS sessions up "
-          "(peak %d KiB): %.1f KiB per leaf; all up after %.1f s (TLS connect of all: %.0f ms)"
-          % (rss0, rss1, m["leaves_active"], m["upstreams_up"], hwm, per_leaf, t_up,
-             st["connect_last_ms"]), flush=True)
     if not up:
         print("   WARNING: not every leaf came up: %r" % m)
-    b.results["memory"] = {"leaves": n, "rss_idle_kib": rss0, "rss_kib": rss1, "hwm_kib": hwm,
-                           "kib_per_leaf": per_leaf, "leaves_active": m["leaves_active"],
-                           "upstreams_up": m["upstreams_up"], "leafsim": st}
+    return {"rss_idle_kib": rss0, "rss_kib": rss1, "hwm_kib": hwm,
+            "kib_per_leaf": (rss1 - rss0) / n, "t_up_s": t_up,
+            "leaves_active": m["leaves_active"], "upstreams_up": m["upstreams_up"],
+            "leafsim": st}
+
+
+def section_memory(b, workdir, certs):
+    n = env_int("BENCH_LEAVES", 1000)
+    print("\n== memory: fleetgw RSS with 0 vs %d leaves, each with its own upstream TLS session"
+          % n)
+    r = memory_run(b, workdir, certs, n, tls=True)
+    print("   RSS %d KiB idle -> %d KiB with %d leaves active and %d upstream TLS sessions up "
+          "(peak %d KiB): %.1f KiB per leaf; all up after %.1f s (TLS connect of all: %.0f ms)"
+          % (r["rss_idle_kib"], r["rss_kib"], r["leaves_active"], r["upstreams_up"],
+             r["hwm_kib"], r["kib_per_leaf"], r["t_up_s"], r["leafsim"]["connect_last_ms"]),
+          flush=True)
+    # The breakdown: the same leaves with plain TCP upstreams measure what a
+    # leaf costs without TLS (its LAN session, relay link, upstream session
+    # and queues, outbox lane, topic tables, libuv handles, socket); the
+    # difference is the TLS state (OpenSSL's SSL, record-layer ciphers, the
+    # session and ticket, the server certificate when not resumed).
+    p = memory_run(b, workdir, certs, n, tls=False)
+    tls_part = r["kib_per_leaf"] - p["kib_per_leaf"]
+    print("   breakdown per leaf: %.1f KiB without TLS (session, relay link, upstream, "
+          "queues, topic tables, libuv) + %.1f KiB TLS state = %.1f KiB"
+          % (p["kib_per_leaf"], tls_part, r["kib_per_leaf"]), flush=True)
+    b.results["memory"] = dict(r, leaves=n, plain=p, tls_kib_per_leaf=tls_part)
     b.rows += [
-        ("memory per connected leaf (TLS upstream), %d leaves" % n, "%.1f KiB" % per_leaf,
-         "<= 32 KiB", "VmRSS(%d leaves) - VmRSS(0) over %d" % (n, n)),
-        ("connect %d leaves over TLS upstream" % n, "%.0f ms" % st["connect_last_ms"], "",
-         "fleetgw-leafsim -n %d (TLS broker)" % n),
+        ("memory per connected leaf (TLS upstream), %d leaves" % n,
+         "%.1f KiB" % r["kib_per_leaf"], "<= 16 KiB", "VmRSS(%d leaves) - VmRSS(0) over %d"
+         % (n, n)),
+        ("... of which TLS state / the rest", "%.1f / %.1f KiB" % (tls_part, p["kib_per_leaf"]),
+         "", "the same run with plain TCP upstreams"),
+        ("connect %d leaves over TLS upstream" % n, "%.0f ms" % r["leafsim"]["connect_last_ms"],
+         "", "fleetgw-leafsim -n %d (TLS broker)" % n),
     ]
 
 

@@ -16,7 +16,8 @@
  * ALPN, client certificates (context default, per connection from files, or
  * an in-memory identity) and a server requiring one, close_notify both ways,
  * garbage from the peer before and after the handshake, renegotiation
- * refused, and the constructors' argument errors.
+ * refused, session resumption (offered to the same host only, kept apart
+ * per client identity), and the constructors' argument errors.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -210,6 +211,21 @@ static int sni_cb(SSL *ssl, int *al, void *arg)
   return SSL_TLSEXT_ERR_OK;
 }
 
+/* The server's SSL for the next connection, on sv->ctx. */
+static bool server_ssl(struct server *sv)
+{
+  sv->ssl = SSL_new(sv->ctx);
+  sv->rbio = BIO_new(BIO_s_mem());
+  sv->wbio = BIO_new(BIO_s_mem());
+  if (!sv->ssl || !sv->rbio || !sv->wbio)
+    return false;
+  BIO_set_mem_eof_return(sv->rbio, -1);
+  BIO_set_mem_eof_return(sv->wbio, -1);
+  SSL_set_bio(sv->ssl, sv->rbio, sv->wbio);
+  SSL_set_accept_state(sv->ssl);
+  return true;
+}
+
 static bool server_init(struct server *sv, const struct server_opts *o)
 {
   memset(sv, 0, sizeof *sv);
@@ -232,19 +248,12 @@ static bool server_init(struct server *sv, const struct server_opts *o)
     X509_STORE_add_cert(st, g_cert[ID_CA]);
     SSL_CTX_set_verify(sv->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
   }
+  /* Needed for resumption with client verification (mosquitto sets one). */
+  SSL_CTX_set_session_id_context(sv->ctx, (const unsigned char *)"t", 1);
   SSL_CTX_set_alpn_select_cb(sv->ctx, alpn_cb, sv);
   SSL_CTX_set_tlsext_servername_callback(sv->ctx, sni_cb);
   SSL_CTX_set_tlsext_servername_arg(sv->ctx, sv);
-  sv->ssl = SSL_new(sv->ctx);
-  sv->rbio = BIO_new(BIO_s_mem());
-  sv->wbio = BIO_new(BIO_s_mem());
-  if (!sv->ssl || !sv->rbio || !sv->wbio)
-    return false;
-  BIO_set_mem_eof_return(sv->rbio, -1);
-  BIO_set_mem_eof_return(sv->wbio, -1);
-  SSL_set_bio(sv->ssl, sv->rbio, sv->wbio);
-  SSL_set_accept_state(sv->ssl);
-  return true;
+  return server_ssl(sv);
 }
 
 static void server_free(struct server *sv)
@@ -871,6 +880,95 @@ static void test_renegotiation_refused(void)
   tls_ctx_free(ctx);
 }
 
+/* A new server SSL on the same SSL_CTX (same ticket keys), as a broker
+ * taking the next connection. */
+static bool server_next(struct server *sv)
+{
+  SSL_free(sv->ssl);
+  sv->done = sv->failed = false;
+  return server_ssl(sv);
+}
+
+/* A handshake, then data from the server, so that the client reads the
+ * TLS 1.3 session tickets; returns whether the server resumed. */
+static int resumed_conn(struct server *sv, struct tls_conn *c)
+{
+  uint8_t buf[64];
+  int reused;
+
+  ASSERT_EQ(handshake(c, sv), TLS_OK);
+  reused = SSL_session_reused(sv->ssl);
+  ASSERT_EQ(server_send(sv, c, "x"), 1);
+  ASSERT_EQ(tls_read(c, buf, sizeof buf), 1);
+  return reused;
+}
+
+/* Ends c with close_notify: OpenSSL does not offer again the session of a
+ * connection freed without one. */
+static void close_clean(struct tls_conn *c)
+{
+  tls_shutdown(c);
+  tls_conn_free(c);
+}
+
+static void test_session_resumption(void)
+{
+  struct tls_ctx *ctx = client_ctx();
+  struct server sv;
+  struct server_opts so = {.require_client_cert = true};
+  struct tls_identity *id = tls_identity_new(g_client_crt_pem, g_client_key_pem, NULL, 0);
+  struct tls_identity *id2 = tls_identity_new(g_client_crt_pem, g_client_key_pem, NULL, 0);
+  char err[256] = "";
+  struct tls_conn *c, *c2;
+
+  ASSERT_TRUE(id && id2 && ctx);
+  if (!id || !id2 || !ctx)
+    goto out_ids;
+  ASSERT_TRUE(server_init(&sv, &so));
+  /* The first connection of an identity: a full handshake. */
+  c = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_TRUE(c != NULL);
+  ASSERT_EQ(resumed_conn(&sv, c), 0);
+  close_clean(c);
+  /* The next ones resume, two at once too (one session offered by both),
+   * and the server still knows the client's certificate. */
+  ASSERT_TRUE(server_next(&sv));
+  c = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c), 1);
+  ASSERT_TRUE(SSL_get0_peer_certificate(sv.ssl) != NULL);
+  ASSERT_TRUE(server_next(&sv));
+  c2 = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c2), 1);
+  close_clean(c2);
+  /* The identity's slot outlives the caller's reference while c lives. */
+  tls_identity_ref(id);
+  tls_identity_unref(id);
+  /* Another identity (even with the same certificate) does not get it. */
+  ASSERT_TRUE(server_next(&sv));
+  c2 = tls_conn_new_identity(ctx, "localhost", NULL, id2, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c2), 0);
+  close_clean(c2);
+  /* Nor another host name for the same server. */
+  ASSERT_TRUE(server_next(&sv));
+  c2 = tls_conn_new_identity(ctx, "127.0.0.1", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c2), 0);
+  close_clean(c2);
+  close_clean(c);
+  /* A server that does not know the ticket (other keys): a full
+   * handshake, verified as ever. */
+  server_free(&sv);
+  ASSERT_TRUE(server_init(&sv, &so));
+  c = tls_conn_new_identity(ctx, "127.0.0.1", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c), 0);
+  ASSERT_EQ(SSL_get_verify_result(sv.ssl), X509_V_OK);
+  close_clean(c);
+  server_free(&sv);
+out_ids:
+  tls_identity_unref(id);
+  tls_identity_unref(id2);
+  tls_ctx_free(ctx);
+}
+
 static void test_constructor_errors(void)
 {
   char err[512], missing[160];
@@ -941,6 +1039,7 @@ int main(void)
   RUN(test_close_notify);
   RUN(test_garbage_from_the_peer);
   RUN(test_renegotiation_refused);
+  RUN(test_session_resumption);
   RUN(test_constructor_errors);
 
   status = TEST_END();
