@@ -138,7 +138,9 @@ def test_short_topic_name_publish(broker, gateway, broker_client):
     assert lf.publish("ab", b"short-1", qos=1) == sn.RC_ACCEPTED
     assert lf.publish("ab", b"short-0", qos=0) is None
     got = bc.wait_messages(2, topic="ab")
-    assert [m.payload for m in got] == [b"short-1", b"short-0"]
+    # Both arrive; their order across QoS levels is not promised (the QoS 1
+    # one goes through the outbox, docs/outbox.md §3).
+    assert sorted(m.payload for m in got) == [b"short-0", b"short-1"]
 
 
 def test_predefined_topic_publish(broker, gateway, broker_client):
