@@ -84,7 +84,10 @@ int store_audit_repeat(struct store *st, int64_t now, const char *actor, const c
   }
   for (size_t i = 0; i < STORE_AUDIT_REPEAT_SLOTS; i++) {
     r = &st->repeats[i];
-    if (r->hash == h) {
+    /* The hash finds the slot; ClientId and action must match too (only
+     * the detail, kept cut short, is trusted to the hash). */
+    if (r->hash == h && strcmp(r->client_id, client_id ? client_id : "") == 0 &&
+        strcmp(r->action, action ? action : "") == 0) {
       if (now - r->first < STORE_AUDIT_REPEAT_S) {
         r->count++;
         return STORE_OK;

@@ -400,8 +400,7 @@ int api_device_rotate(struct gw *gw, const char *client_id, const char *actor, c
   /* provision_rotate audits rotate.started with the actor. */
   switch (provision_rotate(gw->prov, client_id, actor ? actor : "operator", reason, cap)) {
   case PROVISION_ROTATE_OK:
-    LOGI(MOD, "%s: rotation asked for by %s", client_id, actor ? actor : "operator");
-    return API_OK;
+    return API_OK; /* logged and audited by the provisioner */
   case PROVISION_ROTATE_NOTFOUND:
     return API_CONFLICT; /* the device exists: it is its certificate that does not */
   case PROVISION_ROTATE_CONFLICT:

@@ -50,9 +50,10 @@ int64_t pv_now_s(void)
   return (int64_t)time(NULL);
 }
 
-void pv_crash_now(const char *where)
+void pv_crash_now(const struct provisioner *p, const char *where)
 {
-  LOGW(MOD, "test hook FLEETGW_TEST_CRASH_AFTER=%s: killing the process", where);
+  LOGW(MOD, "test hook FLEETGW_TEST_CRASH_%s=%s: killing the process",
+       p->crash_rotation ? "ROTATION" : "AFTER", where);
   raise(SIGKILL);
 }
 
@@ -317,7 +318,7 @@ static void prepare_done(uv_work_t *w, int status)
     }
     j->have_key = true;
     if (pv_crash_armed(j, CRASH_KEY_READY))
-      pv_crash_now("key_ready");
+      pv_crash_now(p, "key_ready");
   }
   j->next_step = p->ca ? J_LOCAL_FINISH : J_SEND_CSR;
   pv_kick(p);
@@ -354,7 +355,7 @@ static void local_register(struct job *j)
     return;
   }
   if (pv_crash_armed(j, CRASH_REGISTERED))
-    pv_crash_now("registered");
+    pv_crash_now(p, "registered");
   pv_finish_ok(j);
 }
 
@@ -381,7 +382,7 @@ static void local_finish(struct job *j)
   pv_notify(p, j->client_id, "cert_issued");
   store_audit(p->st, pv_now_s(), "gateway", "cert.issued", j->client_id, fp);
   if (pv_crash_armed(j, CRASH_CERT_RECEIVED))
-    pv_crash_now("cert_received");
+    pv_crash_now(p, "cert_received");
   local_register(j);
 }
 
@@ -578,7 +579,7 @@ static void finish_rotation(struct job *j, bool ok, const char *reason)
   pv_notify(p, j->client_id, "rotated");
   LOGI(MOD, "%s: %s", j->client_id, detail);
   if (pv_crash_armed(j, CRASH_DONE))
-    pv_crash_now("done");
+    pv_crash_now(p, "done");
   snprintf(client, sizeof client, "%s", j->client_id);
   job_free(j);
   if (p->due_more)
@@ -721,11 +722,6 @@ void provision_set_link(struct provisioner *p, const struct provision_link_ops *
 {
   p->link = ops;
   p->link_ud = ud;
-}
-
-size_t provision_rotating(const struct provisioner *p)
-{
-  return p->nrotating;
 }
 
 /* ---- public ------------------------------------------------------------- */

@@ -136,8 +136,6 @@ void provision_link_ready(struct provisioner *p, const char *client_id, bool ok)
 void provision_link_down(struct provisioner *p, const char *client_id);
 bool provision_link_message(struct provisioner *p, const char *client_id, const char *topic,
                             size_t topic_len, const uint8_t *payload, size_t len);
-/* Rotation runs in flight (for status pages). */
-size_t provision_rotating(const struct provisioner *p);
 
 /* Runs in flight or queued, for status pages. */
 size_t provision_in_flight(const struct provisioner *p);

@@ -184,7 +184,7 @@ static void on_cert_accepted(struct job *j, const char *json, size_t len)
   LOGI(MOD, "%s: certificate %.12s... issued", j->client_id, r.certificate_id);
   prov_cert_reply_clear(&r);
   if (pv_crash_armed(j, CRASH_CERT_RECEIVED))
-    pv_crash_now("cert_received");
+    pv_crash_now(p, "cert_received");
   j->next_step = J_SEND_REGISTER;
   backoff_reset(&j->retry);
   return;
@@ -226,7 +226,7 @@ static void on_register_accepted(struct job *j, const char *json, size_t len)
   pv_notify(p, j->client_id, "registered");
   prov_register_reply_clear(&r);
   if (pv_crash_armed(j, CRASH_REGISTERED))
-    pv_crash_now("registered");
+    pv_crash_now(p, "registered");
   pv_finish_ok(j);
 }
 
@@ -403,7 +403,7 @@ static void claim_on_message(void *ud, const char *topic, size_t tlen, const uin
     return;
   }
   if (p->crash_on_reply)
-    pv_crash_now(op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
+    pv_crash_now(p, op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
   if (!answers(j, op, topic, tlen, &acc)) {
     LOGW(MOD, "claim connection %u: reply on %.*s does not answer the request in flight",
          c->index, (int)tlen, topic);
@@ -587,7 +587,7 @@ bool provision_link_message(struct provisioner *p, const char *client_id, const 
   }
   op = j->link_op;
   if (p->crash_on_reply)
-    pv_crash_now(op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
+    pv_crash_now(p, op == J_SEND_REGISTER ? "register_sent" : "csr_sent");
   if (!answers(j, op, topic, topic_len, &acc)) {
     LOGW(MOD, "%s: rotation reply on %.*s does not answer the request in flight", client_id,
          (int)topic_len, topic);

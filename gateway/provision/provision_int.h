@@ -126,7 +126,7 @@ struct provisioner {
 
 int64_t pv_now_s(void);
 /* The test hook FLEETGW_TEST_CRASH_AFTER (provision.h): SIGKILL now. */
-void pv_crash_now(const char *where);
+void pv_crash_now(const struct provisioner *p, const char *where);
 /* Tells the observer (provision_observe) about a step. */
 void pv_notify(struct provisioner *p, const char *client_id, const char *step);
 /* Runs every job that can go on now. */

@@ -755,8 +755,8 @@ def registry_db(path):
 def registry_certs(path, client_id=None):
     """Certificates (with their device's ClientId and thing name), oldest
     first; one device's when client_id is given."""
-    q = ("SELECT d.client_id, d.thing_name, c.cert_id, c.status, c.fingerprint, c.reason"
-         " FROM certificates c JOIN devices d ON d.id = c.device_id")
+    q = ("SELECT d.client_id, d.thing_name, c.cert_id, c.status, c.fingerprint, c.reason,"
+         " c.not_after FROM certificates c JOIN devices d ON d.id = c.device_id")
     with registry_db(path) as con:
         if client_id:
             return con.execute(q + " WHERE d.client_id = ? ORDER BY c.id", (client_id,)).fetchall()

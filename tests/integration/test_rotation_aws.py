@@ -28,6 +28,7 @@ from conftest import LOOPBACK, connect_until_accepted, find_metric, free_port, r
     wait_until
 from test_outbox import Link
 from test_provisioning_aws import REPO, Observer, Sim, aws_gateway, pki  # noqa: F401
+from test_rotation import certs_of, statuses
 from webclient import Api
 
 ROT_TEMPLATE = REPO / "deploy" / "aws" / "rotation-template.json"
@@ -56,18 +57,10 @@ def rot_gateway(gateway, sim, pki, tmp_path, env=None, rotation=True, **kw):
                      **kw)
     gw.api = Api(port, ADMIN)
     gw.api.wait_up(10, gw.proc)
+    gw.reg = tmp_path / "reg.db"  # aws_gateway's registry
     return gw
 
 
-def certs_of(reg, cid):
-    with registry_db(reg) as con:
-        return [dict(r) for r in con.execute(
-            "SELECT c.cert_id, c.status, c.reason FROM certificates c JOIN devices d"
-            " ON d.id = c.device_id WHERE d.client_id = ? ORDER BY c.id", (cid,))]
-
-
-def statuses(reg, cid):
-    return [r["status"] for r in certs_of(reg, cid)]
 
 
 def thing(sim, name):
@@ -99,20 +92,10 @@ def publish_seen(lf, sim, pki, cid, payload):
         obs.close()
 
 
-@pytest.fixture
-def reg_path(tmp_path):
-    return tmp_path / "reg.db"
-
-
-def setup_gw(gw, tmp_path):
-    gw.reg = tmp_path / "reg.db"
-    return gw
-
-
 def test_rotation_over_the_device_connection(gateway, pki, tmp_path):
     sim = rot_sim(pki, tmp_path)
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path), tmp_path)
+        gw = rot_gateway(gateway, sim, pki, tmp_path)
         lf = active_leaf(gw, "leaf-r")
         old = certs_of(gw.reg, "leaf-r")[0]["cert_id"]
         assert wait_until(lambda: sim.state()["clients"].get("fleetgw-leaf-r", {})
@@ -151,9 +134,9 @@ def test_rotation_over_the_device_connection(gateway, pki, tmp_path):
 def test_sigkill_at_each_rotation_step(gateway, pki, tmp_path, point):
     sim = rot_sim(pki, tmp_path, "--token-ttl-ms", "8000")
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path,
+        gw = rot_gateway(gateway, sim, pki, tmp_path,
                                   env={"FLEETGW_TEST_CRASH_ROTATION": point},
-                                  provisioning={"aws": {"token_ttl_s": 8}}), tmp_path)
+                                  provisioning={"aws": {"token_ttl_s": 8}})
         lf = active_leaf(gw, "leaf-k")
         rotate(gw, "leaf-k")
         assert wait_until(lambda: not gw.alive(), 20), "the test hook did not fire"
@@ -188,7 +171,7 @@ def test_sigkill_at_each_rotation_step(gateway, pki, tmp_path, point):
 def test_the_hook_refusing_leaves_the_old_certificate(gateway, pki, tmp_path):
     sim = rot_sim(pki, tmp_path, hook="deny")
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path), tmp_path)
+        gw = rot_gateway(gateway, sim, pki, tmp_path)
         lf = active_leaf(gw, "leaf-h")
         old = certs_of(gw.reg, "leaf-h")[0]["cert_id"]
         rotate(gw, "leaf-h")
@@ -209,8 +192,8 @@ def test_rotation_waits_for_the_uplink(gateway, pki, tmp_path):
     sim = rot_sim(pki, tmp_path)
     link = Link(sim.port)
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path,
-                                  upstream={"port": link.port, "backoff_cap_ms": 500}), tmp_path)
+        gw = rot_gateway(gateway, sim, pki, tmp_path,
+                                  upstream={"port": link.port, "backoff_cap_ms": 500})
         lf = active_leaf(gw, "leaf-w")
         assert wait_until(lambda: "fleetgw-leaf-w" in sim.state()["clients"], 10)
         link.cut()
@@ -234,8 +217,8 @@ def test_due_rotation_when_the_cloud_certificate_expires_soon(gateway, pki, tmp_
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
     sim = rot_sim(pki, tmp_path, "--not-after", soon)
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path,
-                                  provisioning={"rotate_before_days": 2}), tmp_path)
+        gw = rot_gateway(gateway, sim, pki, tmp_path,
+                                  provisioning={"rotate_before_days": 2})
         lf = active_leaf(gw, "leaf-d")
         assert wait_until(lambda: statuses(gw.reg, "leaf-d") == [CERT_SUPERSEDED, CERT_ACTIVE],
                           30), certs_of(gw.reg, "leaf-d")
@@ -253,10 +236,40 @@ def test_due_rotation_when_the_cloud_certificate_expires_soon(gateway, pki, tmp_
 def test_no_rotation_template_no_rotation(gateway, pki, tmp_path):
     sim = rot_sim(pki, tmp_path)
     try:
-        gw = setup_gw(rot_gateway(gateway, sim, pki, tmp_path, rotation=False), tmp_path)
+        gw = rot_gateway(gateway, sim, pki, tmp_path, rotation=False)
         active_leaf(gw, "leaf-n")
         r = gw.api.post("/api/v1/devices/leaf-n/rotate")
         assert r.status == 409 and "rotation_template" in r.text, r
         assert statuses(gw.reg, "leaf-n") == [CERT_ACTIVE]
+    finally:
+        sim.stop()
+
+
+def test_a_device_policy_without_the_rotation_topics_fails_the_rotation(gateway, pki, tmp_path):
+    """AWS answers a SUBSCRIBE its policy denies by closing the connection
+    (docs/protocol-notes.md §4.7): after a few such losses in the middle of
+    the rotation it fails, naming the policy, and the leaf goes on with its
+    old certificate."""
+    import json
+    from test_provisioning_aws import DEVICE_POLICY
+    doc = json.loads(DEVICE_POLICY.read_text())
+    doc["Statement"] = [st for st in doc["Statement"] if "$aws" not in json.dumps(st)]
+    old_policy = tmp_path / "device-policy-before-rotation.json"
+    old_policy.write_text(json.dumps(doc))
+    sim = rot_sim(pki, tmp_path, "--device-policy", str(old_policy))
+    try:
+        gw = rot_gateway(gateway, sim, pki, tmp_path, upstream={"backoff_cap_ms": 500})
+        lf = active_leaf(gw, "leaf-p")
+        old = certs_of(gw.reg, "leaf-p")[0]["cert_id"]
+        rotate(gw, "leaf-p")
+        assert wait_until(lambda: find_metric(gw.metrics(), "rotations_failed") == 1, 60)
+        assert [(r["cert_id"], r["status"]) for r in certs_of(gw.reg, "leaf-p")] == \
+            [(old, CERT_ACTIVE)]
+        with registry_db(gw.reg) as con:
+            a = con.execute("SELECT detail FROM audit WHERE action = 'rotate.failed'").fetchone()
+        assert a and "policy" in a[0], a
+        assert sim.state()["counters"]["certs_issued"] == 1
+        assert sim.state()["counters"]["policy_violations"] >= 1
+        publish_seen(lf, sim, pki, "leaf-p", b"old-policy")
     finally:
         sim.stop()
