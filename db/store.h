@@ -448,12 +448,20 @@ struct store_outbox_stats {
 int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m);
 /* Deletes message seq; STORE_OK when it was already gone. */
 int store_outbox_delete(struct store *st, int64_t seq);
-/* store_outbox_add with the device's row id cached by the caller in
- * *device_id (0: not known yet).  The INSERT checks that the row still
- * exists with that ClientId; when not, the id is looked up again once, so a
- * device deleted and created again is found and a deleted one is refused
- * (STORE_NOTFOUND, *device_id 0). */
-int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *client_id,
+/* A device's row id as a caller caches it: valid while no devices row has
+ * been deleted since (by this gateway or, seen through PRAGMA data_version,
+ * by any other connection), so a deleted id given to another device is
+ * never used for the old one.  Zero it to start. */
+struct store_devref {
+  int64_t id;    /* 0: not known */
+  uint64_t gen;  /* the store's device generation when id was looked up */
+};
+/* store_outbox_add with the device's row id cached by the caller in *ref.
+ * The id is looked up by ClientId when *ref is not current; the INSERT is
+ * then a plain one-row insert (no device lookup per message).  A device
+ * deleted and created again is found, a deleted one is refused
+ * (STORE_NOTFOUND, ref->id 0). */
+int store_outbox_add_dev(struct store *st, struct store_devref *ref, const char *client_id,
                          struct store_outbox_msg *m);
 /* Deletes the messages first..last (seqs, both included) in one statement;
  * the caller names only runs of seqs it means to delete, every one. */

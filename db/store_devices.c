@@ -339,9 +339,13 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
       "last_seen < ?2 AND NOT EXISTS (SELECT 1 FROM psks WHERE psks.device_id = devices.id) "
       "ORDER BY last_seen LIMIT ?3)";
   *deleted = 0;
+  int err;
   if (state != DEV_PENDING || limit <= 0)
     return store_fail(st, STORE_INVAL, "only pending devices are pruned");
-  return store_delete_rows(st, sql, state, seen_before, limit, deleted);
+  err = store_delete_rows(st, sql, state, seen_before, limit, deleted);
+  if (*deleted > 0)
+    store_devices_changed(st);
+  return err;
 }
 
 /* The not-after of the device's active certificate, NULL without one: a

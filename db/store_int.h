@@ -49,8 +49,22 @@ struct store {
   size_t ncache;
   struct store_ckpt *ckpt;            /* the checkpoint thread, or NULL */
   struct store_audit_repeat *repeats; /* store_audit_repeat's slots, or NULL */
+  /* The generation of device row ids that callers cache (struct
+   * store_devref): bumped whenever a devices row may have gone, by this
+   * connection (every DELETE FROM devices must call store_devices_changed)
+   * or by another one (PRAGMA data_version moved, checked at most once a
+   * transaction: inside BEGIN IMMEDIATE no other connection commits). */
+  uint64_t dev_gen;
+  uint64_t tx_serial;                 /* outer transactions begun */
+  uint64_t dv_tx;                     /* tx_serial when data_version was last read */
+  int64_t data_version;
   char errmsg[512];
 };
+
+/* Invalidates every cached struct store_devref (a devices row was deleted). */
+void store_devices_changed(struct store *st);
+/* Brings dev_gen up to date with other connections' commits (see above). */
+int store_devices_sync(struct store *st);
 
 /* ---- errors (store.c) ---- */
 

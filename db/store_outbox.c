@@ -11,9 +11,9 @@
  *
  * store_outbox_add_dev and store_outbox_delete_range are on the gateway's
  * hot path (every message, batched by the caller in store_begin/commit):
- * one cached statement each, the device's row id kept by the caller and
- * checked inside the INSERT, a run of consecutive seqs deleted by one
- * statement, no allocation.
+ * one cached statement each, the device's row id kept by the caller (a
+ * struct store_devref, trusted while no device has been deleted since), a
+ * run of consecutive seqs deleted by one statement, no allocation.
  * The deletes that must say what they removed use DELETE ... RETURNING, so
  * the count and the removal are one statement, not a read then a write.
  *
@@ -37,16 +37,17 @@ static int check_client_id(struct store *st, const char *client_id)
   return store_check_str(st, client_id, STORE_MAX_CLIENT_ID, true, "client id");
 }
 
-int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *client_id,
+int store_outbox_add_dev(struct store *st, struct store_devref *ref, const char *client_id,
                          struct store_outbox_msg *m)
 {
-  /* The cached row id is checked in the INSERT itself: the row must still
-   * be there and still carry the ClientId, since a deleted device's id may
-   * be given to another one (devices.id is not AUTOINCREMENT).  A rowid
-   * lookup and one compare instead of a search of the client_id index. */
-  static const char sql[] =
-      "INSERT INTO outbox(device_id, topic, payload, qos, retain, created_ms) "
-      "SELECT id, ?2, ?3, ?4, ?5, ?6 FROM devices WHERE id = ?1 AND client_id = ?7";
+  /* A plain one-row INSERT: SQLite checks the foreign key before it writes
+   * and needs no statement journal, which an INSERT ... SELECT (a device
+   * lookup per message) did, at twice the cost of the insert itself.  The
+   * cached id is trusted only while the store's device generation is the
+   * one it was looked up in (store_int.h): a deleted device's id may be
+   * given to another one (devices.id is not AUTOINCREMENT). */
+  static const char sql[] = "INSERT INTO outbox(device_id, topic, payload, qos, retain, created_ms) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
   sqlite3_stmt *s;
   int err = check_client_id(st, client_id);
 
@@ -58,16 +59,22 @@ int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *clien
     return store_fail(st, STORE_INVAL, "outbox topic must be 1..65535 bytes");
   if (!m->payload && m->len > 0)
     return store_fail(st, STORE_INVAL, "outbox payload is NULL with length %zu", m->len);
-  /* At most twice: with the cached id, then, when it is stale, with the
-   * device that has the ClientId now (deleted and created again). */
-  for (int fresh = *device_id <= 0;; fresh = 1) {
-    if (*device_id <= 0 && (err = store_device_rowid(st, client_id, device_id)) != STORE_OK) {
-      *device_id = 0;
-      return err;
+  if ((err = store_devices_sync(st)) != STORE_OK)
+    return err;
+  /* At most twice: with the cached id, then, when the row turns out gone
+   * all the same, with the device that has the ClientId now. */
+  for (int fresh = 0;; fresh = 1) {
+    if (ref->id <= 0 || ref->gen != st->dev_gen) {
+      ref->id = 0;
+      if ((err = store_device_rowid(st, client_id, &ref->id)) != STORE_OK) {
+        ref->id = 0;
+        return err;
+      }
+      ref->gen = st->dev_gen;
     }
     if ((err = store_stmt(st, sql, &s)) != STORE_OK)
       return err;
-    sqlite3_bind_int64(s, 1, *device_id);
+    sqlite3_bind_int64(s, 1, ref->id);
     /* The topic with its explicit length: what the leaf sent, byte for byte. */
     sqlite3_bind_text64(s, 2, m->topic, m->topic_len, SQLITE_STATIC, SQLITE_UTF8);
     /* An empty payload is a zero-length blob, not NULL (payload is NOT NULL,
@@ -79,12 +86,14 @@ int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *clien
     sqlite3_bind_int(s, 4, m->qos);
     sqlite3_bind_int(s, 5, m->retain ? 1 : 0);
     sqlite3_bind_int64(s, 6, m->created_ms);
-    sqlite3_bind_text(s, 7, client_id, -1, SQLITE_STATIC);
-    if ((err = store_stmt_run(st, s)) != STORE_OK)
-      return err;
-    if (sqlite3_changes(st->db) > 0)
+    if ((err = store_stmt_run(st, s)) == STORE_OK)
       break;
-    *device_id = 0; /* stale */
+    /* The one-row INSERT fails on the foreign key before it writes, so the
+     * transaction goes on: the device went some way the generation did not
+     * see; look it up again. */
+    if (sqlite3_extended_errcode(st->db) != SQLITE_CONSTRAINT_FOREIGNKEY)
+      return err;
+    ref->id = 0;
     if (fresh)
       return store_fail(st, STORE_NOTFOUND, "no device '%s'", client_id);
   }
@@ -94,8 +103,8 @@ int store_outbox_add_dev(struct store *st, int64_t *device_id, const char *clien
 
 int store_outbox_add(struct store *st, const char *client_id, struct store_outbox_msg *m)
 {
-  int64_t device_id = 0;
-  return store_outbox_add_dev(st, &device_id, client_id, m);
+  struct store_devref ref = {0, 0};
+  return store_outbox_add_dev(st, &ref, client_id, m);
 }
 
 int store_outbox_delete_range(struct store *st, int64_t first, int64_t last)

@@ -266,19 +266,67 @@ int store_tx_end(struct store *st, struct store_tx *tx, int rc)
 
 /* The caller's transactions nest: the outermost is BEGIN IMMEDIATE, inner
  * ones are savepoints, so an inner rollback undoes only its own part. */
+/* BEGIN and COMMIT of the outer transaction run as cached statements: the
+ * outbox's group commit begins and commits hundreds of times a second, and
+ * sqlite3_exec would parse them every time. */
+static int exec_cached(struct store *st, const char *sql)
+{
+  sqlite3_stmt *s;
+  int err = store_stmt(st, sql, &s);
+  return err != STORE_OK ? err : store_stmt_run(st, s);
+}
+
 int store_begin(struct store *st)
 {
+  static const char begin_sql[] = "BEGIN IMMEDIATE";
   int err;
   if (st->depth > 0 && sqlite3_get_autocommit(st->db))
     st->depth = 0; /* SQLite rolled the transaction back on its own (e.g. disk full). */
-  err = store_exec(st, st->depth == 0 ? "BEGIN IMMEDIATE" : "SAVEPOINT store_user");
-  if (err == STORE_OK)
+  err = st->depth == 0 ? exec_cached(st, begin_sql) : store_exec(st, "SAVEPOINT store_user");
+  if (err == STORE_OK) {
+    if (st->depth == 0)
+      st->tx_serial++;
     st->depth++;
+  }
   return err;
+}
+
+void store_devices_changed(struct store *st)
+{
+  st->dev_gen++;
+}
+
+int store_devices_sync(struct store *st)
+{
+  static const char sql[] = "PRAGMA data_version";
+  sqlite3_stmt *s;
+  int rc, err;
+  int64_t v;
+
+  /* Read once per transaction; outside one, every time. */
+  if (st->depth > 0 && st->dv_tx == st->tx_serial)
+    return STORE_OK;
+  if ((err = store_stmt(st, sql, &s)) != STORE_OK)
+    return err;
+  rc = sqlite3_step(s);
+  if (rc != SQLITE_ROW) {
+    err = store_sqlite_fail(st, rc);
+    store_stmt_done(s);
+    return err;
+  }
+  v = sqlite3_column_int64(s, 0);
+  store_stmt_done(s);
+  if (v != st->data_version) {
+    st->data_version = v;
+    st->dev_gen++;
+  }
+  st->dv_tx = st->tx_serial;
+  return STORE_OK;
 }
 
 int store_commit(struct store *st)
 {
+  static const char commit_sql[] = "COMMIT";
   int err;
   if (st->depth == 0)
     return store_fail(st, STORE_INVAL, "commit without begin");
@@ -286,7 +334,7 @@ int store_commit(struct store *st)
     st->depth = 0;
     return store_fail(st, STORE_IO, "transaction was rolled back by SQLite");
   }
-  err = store_exec(st, st->depth == 1 ? "COMMIT" : "RELEASE store_user");
+  err = st->depth == 1 ? exec_cached(st, commit_sql) : store_exec(st, "RELEASE store_user");
   if (err == STORE_OK)
     st->depth--;
   return err;

@@ -349,8 +349,14 @@ int cfg_load(const char *path, struct gw_config **out, char *err, size_t errlen)
     return -1;
   }
   rc = cfg_load_all(path, out, errs);
-  if (rc != 0 && err && errlen)
-    snprintf(err, errlen, "%s", errs->n ? errs->line[0] : "invalid configuration");
+  if (rc != 0 && err && errlen) {
+    /* The first error, cut to errlen: the caller's buffer is a summary. */
+    const char *first = errs->n ? errs->line[0] : "invalid configuration";
+    size_t len = strnlen(first, errlen - 1);
+
+    memcpy(err, first, len);
+    err[len] = '\0';
+  }
   free(errs);
   return rc;
 }

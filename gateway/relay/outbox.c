@@ -50,7 +50,8 @@ struct ob_msg {
 struct ob_lane {
   struct ob_lane *next_hash;
   struct ob_lane *next_wait;    /* the ring of lanes waiting for a rate */
-  bool waiting;
+  struct ob_lane *next_pump;    /* lanes to pump once a commit's leaves are answered */
+  bool waiting, to_pump;
   struct outbox *ob;
   void *sink;
   bool sink_up;
@@ -68,7 +69,7 @@ struct ob_lane {
   uint64_t tokens_at;
   bool want_sink;               /* need_sink pending */
   struct outbox_info st;        /* counters (messages/bytes/... filled on read) */
-  int64_t device_id;            /* the registry's row id, 0 until known (store_outbox_add_dev) */
+  struct store_devref device;   /* the registry's row id, as store_outbox_add_dev keeps it */
   char client_id[];
 };
 
@@ -468,6 +469,7 @@ static void commit(struct outbox *ob)
 {
   struct store *st = ob->env.store;
   struct ob_msg *list = ob->staged, *m, *next;
+  struct ob_lane *pumps = NULL, **pumps_tail = &pumps; /* in the order of the commit */
   bool ok = true;
   size_t n_dels = ob->n_dels;
 
@@ -482,7 +484,7 @@ static void commit(struct outbox *ob)
       struct store_outbox_msg sm = {.topic = (const char *)m->data, .topic_len = m->topic_len,
                                     .payload = m->data + m->topic_len, .len = m->len, .qos = 1,
                                     .retain = m->retain, .created_ms = m->created_ms};
-      int rc = store_outbox_add_dev(st, &m->lane->device_id, m->lane->client_id, &sm);
+      int rc = store_outbox_add_dev(st, &m->lane->device, m->lane->client_id, &sm);
       if (rc == STORE_NOTFOUND) {
         m->seq = -1; /* the device is gone: this one is refused, the others go on */
         continue;
@@ -536,6 +538,21 @@ static void commit(struct outbox *ob)
       }
       free(m);
     }
+    if (!l->to_pump) {
+      l->to_pump = true;
+      *pumps_tail = l;
+      pumps_tail = &l->next_pump;
+    }
+  }
+  /* Every leaf of the commit has its answer (PUBACK) before the first of
+   * these messages goes upstream: the answers do not wait behind the
+   * publishes, which the broker's own acknowledgement then follows.  Lanes
+   * live until outbox_free, so the list cannot hold a freed one. */
+  while (pumps) {
+    struct ob_lane *l = pumps;
+    pumps = l->next_pump;
+    l->next_pump = NULL;
+    l->to_pump = false;
     pump(l, UINT32_MAX);
   }
 }

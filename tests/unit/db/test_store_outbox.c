@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "store_int.h" /* store_exec, for the foreign-key fallback */
 
 static char g_dir[256];
 
@@ -730,16 +731,18 @@ static void test_batch(void)
   store_close(st);
 }
 
-/* store_outbox_add_dev: the cached row id is used while its row still has
- * the ClientId; a deleted device is refused (and the cache cleared), one
- * created again is found, and an id given to another device in between
- * never puts the message in that device's outbox. */
+/* store_outbox_add_dev: the cached row id is used while no device has been
+ * deleted since; a device deleted by another connection is refused (and
+ * the cache cleared), one created again is found, an id given to another
+ * device in between never puts the message in that device's outbox, and a
+ * prune by this connection makes every cached id be looked up again. */
 static void test_add_dev_cache(void)
 {
   struct paths p;
   struct store *st;
   struct store_outbox_stats os;
-  int64_t id = 0, first;
+  struct store_devref ref = {0, 0}, old;
+  int64_t first, pruned = 0;
   struct store_outbox_msg m = {.topic = "t", .topic_len = 1, .qos = 1};
 
   paths_for(&p, "adddev");
@@ -748,40 +751,84 @@ static void test_add_dev_cache(void)
   if (!st)
     return;
   make_devices(st);
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
-  ASSERT_TRUE(id > 0);
-  first = id;
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
-  ASSERT_EQ(id, first);
-  /* Deleted: refused, the cache cleared. */
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_TRUE(ref.id > 0);
+  first = ref.id;
+  old = ref;
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(ref.id, first);
+  ASSERT_EQ(ref.gen, old.gen);
+  /* Deleted by another connection: refused, the cache cleared. */
   sqlite3 *raw = raw_open(&p);
   ASSERT_TRUE(raw != NULL);
   ASSERT_EQ(raw_exec(raw, "PRAGMA foreign_keys = ON; "
                           "DELETE FROM devices WHERE client_id = 'leaf-a'"), SQLITE_OK);
   sqlite3_close(raw);
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_NOTFOUND);
-  ASSERT_EQ(id, 0);
-  /* Another device may now hold the old id: the cached id is refused by
-   * the ClientId check, not used for it. */
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_NOTFOUND);
+  ASSERT_EQ(ref.id, 0);
+  /* Another device may now hold the old id: the cached id, from before the
+   * deletion, is looked up again, not used for it. */
   ASSERT_EQ(store_device_create(st, "leaf-z", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
-  id = first;
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_NOTFOUND);
+  ref = old;
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_NOTFOUND);
   ASSERT_EQ(store_outbox_stats(st, "leaf-z", &os), STORE_OK);
   ASSERT_EQ(os.count, 0);
   /* Created again: the stale id is replaced by the new row's. */
   ASSERT_EQ(store_device_create(st, "leaf-a", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
-  id = first;
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
-  ASSERT_TRUE(id > 0);
+  ref = old;
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_TRUE(ref.id > 0);
+  ASSERT_TRUE(ref.gen != old.gen);
   ASSERT_EQ(store_outbox_stats(st, "leaf-a", &os), STORE_OK);
   ASSERT_EQ(os.count, 1);
+  /* A prune by this connection (a pending device) invalidates the cache:
+   * the next add looks the id up again and still finds leaf-a. */
+  old = ref;
+  ASSERT_EQ(store_device_create(st, "leaf-pending", DEV_PENDING, NULL, 1, NULL), STORE_OK);
+  ASSERT_EQ(store_device_prune(st, DEV_PENDING, 2, 10, &pruned), STORE_OK);
+  ASSERT_EQ(pruned, 1);
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(ref.id, old.id);
+  ASSERT_TRUE(ref.gen != old.gen);
   /* A run of seqs deleted in one statement; its ends included. */
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
-  ASSERT_EQ(store_outbox_add_dev(st, &id, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
   ASSERT_EQ(store_outbox_delete_range(st, m.seq - 2, m.seq - 1), STORE_OK);
   ASSERT_EQ(store_outbox_stats(st, "leaf-a", &os), STORE_OK);
+  ASSERT_EQ(os.count, 2);
+  ASSERT_EQ(os.last_seq, m.seq);
+  store_close(st);
+}
+
+/* A cached id whose row is gone while the generation did not move (the
+ * defensive path: the foreign key refuses the INSERT, and the transaction
+ * goes on).  Inside one transaction of ours, data_version is read once, so
+ * a row deleted through our own connection without store_devices_changed
+ * is what reaches it. */
+static void test_add_dev_fk_fallback(void)
+{
+  struct paths p;
+  struct store *st;
+  struct store_outbox_stats os;
+  struct store_devref ref = {0, 0};
+  struct store_outbox_msg m = {.topic = "t", .topic_len = 1, .qos = 1};
+
+  paths_for(&p, "adddevfk");
+  st = open_store(&p);
+  ASSERT_TRUE(st != NULL);
+  if (!st)
+    return;
+  make_devices(st);
+  ASSERT_EQ(store_begin(st), STORE_OK);
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
+  ASSERT_EQ(store_exec(st, "DELETE FROM devices WHERE client_id = 'leaf-a'"), STORE_OK);
+  ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_NOTFOUND);
+  ASSERT_EQ(ref.id, 0);
+  /* The other device's message in the same transaction still goes in. */
+  ASSERT_EQ(store_outbox_add_dev(st, &(struct store_devref){0, 0}, "leaf-b", &m), STORE_OK);
+  ASSERT_EQ(store_commit(st), STORE_OK);
+  ASSERT_EQ(store_outbox_stats(st, "leaf-b", &os), STORE_OK);
   ASSERT_EQ(os.count, 1);
-  ASSERT_EQ(os.first_seq, m.seq);
   store_close(st);
 }
 
@@ -958,6 +1005,7 @@ int main(void)
   RUN(test_checkpoint_thread);
   RUN(test_wal_cut_back_after_a_burst);
   RUN(test_add_dev_cache);
+  RUN(test_add_dev_fk_fallback);
 
   remove_dir(g_dir);
   return TEST_END();
