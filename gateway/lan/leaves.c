@@ -633,6 +633,7 @@ int leaves_start(struct leaves *lv)
     LOGE(MOD, "cannot bind UDP %s:%u: %s", cfg->lan.bind, cfg->lan.port, uv_strerror(rc));
     return rc;
   }
+  udp_count_errors(lv->udp, &lv->m->send_errors);
   if (cfg->lan.dtls.enabled && (rc = start_dtls(lv)) != 0)
     return rc;
   if ((rc = sess_persist_restore(lv)) != 0)

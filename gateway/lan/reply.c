@@ -13,6 +13,11 @@
 
 #define MOD "lan"
 
+void sess_up_flush(void)
+{
+  udp_flush_all();
+}
+
 int leaves_send(struct leaves *lv, const struct sockaddr *to, uint8_t via,
                 const struct mqttsn_msg *msg)
 {

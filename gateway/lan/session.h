@@ -95,6 +95,10 @@ void sess_up_message(struct session *s, const char *topic, size_t topic_len,
 /* The broker acknowledged the publish token, or with the outbox: it is on
  * disk (s may be NULL: see above). */
 void sess_up_acked(struct session *s, void *token);
+/* Sends the leaves' answers batched so far (the LAN sends its datagrams in
+ * one system call at the end of the loop turn): for a caller that has just
+ * answered many leaves and goes on with slower work in the same turn. */
+void sess_up_flush(void);
 /* The broker refused the publish token (it closed the connection after it,
  * again and again): the leaf gets PUBACK "not supported" and its later
  * messages go on (s may be NULL). */

@@ -3,9 +3,11 @@
  *
  * Receives datagrams (with recvmmsg batching where libuv offers it) and hands
  * each one, with its source address, to the owner's callback; sends
- * datagrams, first with uv_udp_try_send (no allocation, no extra loop turn)
- * and, only if the kernel's send buffer is full, through a queued uv_udp_send
- * with a copy of the bytes.  It knows nothing about MQTT-SN.
+ * datagrams in batches: copied into the socket's batch, they go out in one
+ * sendmmsg at the end of the loop turn's callbacks (or when the batch is
+ * full, or on udp_flush), and only if the kernel's send buffer is full
+ * through a queued uv_udp_send with a copy of the bytes.  Order is kept.
+ * It knows nothing about MQTT-SN.
  */
 #ifndef FLEETGW_UDP_H
 #define FLEETGW_UDP_H
@@ -23,10 +25,19 @@ typedef void (*udp_recv_cb)(void *ud, const struct sockaddr *from, const uint8_t
  * Returns 0 or a negative libuv error. */
 int udp_open(uv_loop_t *loop, const char *bind_ip, uint16_t port, uint32_t rcvbuf,
              udp_recv_cb cb, void *ud, struct udp **out);
-/* Sends one datagram.  Returns 0 or a negative libuv error (the caller counts
- * it; UDP gives no delivery guarantee anyway): UV_ENOBUFS when the copies
- * queued behind a full kernel buffer already hold 4 MiB. */
+/* Sends one datagram (the bytes are copied: data may be reused at once).
+ * Returns 0 or a negative libuv error (the caller counts it; UDP gives no
+ * delivery guarantee anyway): UV_ENOBUFS when the copies queued behind a
+ * full kernel buffer already hold 4 MiB.  A failure found when the batch
+ * goes out is counted in the udp_count_errors counter and logged. */
 int udp_send(struct udp *lan, const struct sockaddr *to, const uint8_t *data, size_t len);
+/* Sends lan's batch now (without waiting for the end of the loop turn). */
+void udp_flush(struct udp *lan);
+/* Sends the batch of every socket that has one: for a caller that has just
+ * answered many leaves and is about to do slower work in the same turn. */
+void udp_flush_all(void);
+/* The counter to bump for a datagram refused when its batch went out. */
+void udp_count_errors(struct udp *lan, uint64_t *counter);
 /* Closes the socket; done(ud) runs once the handle is closed and freed. */
 void udp_close(struct udp *lan, void (*done)(void *), void *ud);
 /* The bound port (useful with port 0). */

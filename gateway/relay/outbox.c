@@ -548,6 +548,8 @@ static void commit(struct outbox *ob)
    * these messages goes upstream: the answers do not wait behind the
    * publishes, which the broker's own acknowledgement then follows.  Lanes
    * live until outbox_free, so the list cannot hold a freed one. */
+  if (list && ob->env.answered)
+    ob->env.answered(ob->env.ud);
   while (pumps) {
     struct ob_lane *l = pumps;
     pumps = l->next_pump;

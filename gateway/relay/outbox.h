@@ -67,6 +67,10 @@ struct outbox_env {
    * was lost with a failed commit (!ok).  owner is NULL once the owner
    * detached (outbox_detach). */
   void (*stored)(void *ud, void *owner, void *token, bool ok);
+  /* Every stored() of one commit has been called, and the commit's
+   * messages go upstream next (optional: the owner sends the answers it
+   * batched, so they do not wait behind the publishes). */
+  void (*answered)(void *ud);
   /* A lane holds messages and has no sink: open one for client_id (after a
    * restart, or after a leaf with a backlog went without a graceful end). */
   void (*need_sink)(void *ud, const char *client_id);

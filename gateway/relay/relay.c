@@ -546,6 +546,12 @@ static int ob_send(void *ud, void *sink, struct ob_msg *m, const char *topic, si
              : -1;
 }
 
+static void ob_answered(void *ud)
+{
+  (void)ud;
+  sess_up_flush();
+}
+
 static void ob_stored(void *ud, void *owner, void *token, bool ok)
 {
   struct sess_link *l = owner;
@@ -678,7 +684,7 @@ int relay_new(const struct relay_env *env, struct relay **out)
   if (env->cfg->outbox.enabled) {
     struct outbox_env oe = {.loop = env->loop, .cfg = env->cfg, .store = env->store,
                             .m = env->m, .drain = env->drain, .send = ob_send,
-                            .stored = ob_stored, .need_sink = ob_need_sink, .idle = ob_idle,
+                            .stored = ob_stored, .answered = ob_answered, .need_sink = ob_need_sink, .idle = ob_idle,
                             .ud = r};
     if (outbox_new(&oe, &r->ob) != 0) {
       free(r);
