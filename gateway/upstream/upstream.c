@@ -125,6 +125,7 @@ static void send_queue(struct upstream *u)
   while (m && uconn_up(u)) {
     struct mqtt_publish p;
     struct wreq *w;
+    uint8_t small[SMALL_PACKET];
     int n;
 
     if (m->sent) {
@@ -136,15 +137,24 @@ static void send_queue(struct upstream *u)
       return; /* write_cb resumes */
     fill_publish(m, &p);
     n = mqtt_encode_publish(&p, NULL, 0);
-    w = n > 0 ? uconn_wreq_new((size_t)n) : NULL;
-    if (!w) {
-      uconn_abort(c, UPSTREAM_R_TCP, 0);
-      return;
-    }
-    mqtt_encode_publish(&p, w->data, (size_t)n);
-    if (uconn_send(u, c, w) < 0) {
-      uconn_abort(c, UPSTREAM_R_TCP, 0);
-      return;
+    if (n > 0 && (size_t)n <= sizeof small) {
+      /* The common small packet: encoded on the stack, no allocation. */
+      mqtt_encode_publish(&p, small, (size_t)n);
+      if (uconn_send_bytes(u, c, small, (size_t)n) < 0) {
+        uconn_abort(c, UPSTREAM_R_TCP, 0);
+        return;
+      }
+    } else {
+      w = n > 0 ? uconn_wreq_new((size_t)n) : NULL;
+      if (!w) {
+        uconn_abort(c, UPSTREAM_R_TCP, 0);
+        return;
+      }
+      mqtt_encode_publish(&p, w->data, (size_t)n);
+      if (uconn_send(u, c, w) < 0) {
+        uconn_abort(c, UPSTREAM_R_TCP, 0);
+        return;
+      }
     }
     if (m->qos == 0) {
       struct omsg *next = m->next;
@@ -683,6 +693,21 @@ int upstream_publish(struct upstream *u, const char *topic, size_t topic_len,
     return UPSTREAM_EINVAL;
   if (u->nqueued >= u->o.max_queue)
     return UPSTREAM_EFULL;
+  if (qos == 0 && uconn_up(u) && (!u->qtail || u->qtail->sent) &&
+      uv_stream_get_write_queue_size((uv_stream_t *)&u->conn->tcp) <= WRITE_HIGH_WATER) {
+    /* QoS 0 with nothing waiting before it: straight to the wire, with no
+     * queue entry (it would leave the queue as soon as written). */
+    uint8_t small[SMALL_PACKET];
+    int n;
+    p.packet_id = 0;
+    n = mqtt_encode_publish(&p, NULL, 0);
+    if (n > 0 && (size_t)n <= sizeof small) {
+      mqtt_encode_publish(&p, small, (size_t)n);
+      if (uconn_send_bytes(u, u->conn, small, (size_t)n) < 0)
+        uconn_abort(u->conn, UPSTREAM_R_TCP, 0);
+      return UPSTREAM_OK;
+    }
+  }
   m = malloc(sizeof *m + topic_len + len);
   if (!m)
     return UPSTREAM_ENOMEM;

@@ -253,22 +253,49 @@ int uconn_send(struct upstream *u, struct conn *c, struct wreq *w)
   return uconn_flush_tls(c);
 }
 
+int uconn_send_bytes(struct upstream *u, struct conn *c, const uint8_t *data, size_t len)
+{
+  uv_stream_t *st = (uv_stream_t *)&c->tcp;
+  struct wreq *w;
+  int r;
+
+  u->last_tx = uv_now(u->loop);
+  if (c->tls) {
+    if (tls_write(c->tls, data, len) < 0) {
+      LOGW(MOD, "%s: %s", u->o.client_id, tls_last_error(c->tls));
+      return UV_EPROTO;
+    }
+    return uconn_flush_tls(c);
+  }
+  if (uv_stream_get_write_queue_size(st) == 0) {
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    r = uv_try_write(st, &b, 1);
+    if (r == (int)len)
+      return 0;
+    if (r > 0) {
+      data += r;
+      len -= (size_t)r;
+    }
+    /* UV_EAGAIN, or an error: write_raw's uv_write reports it through
+     * write_cb, where a lost connection gets its proper reason. */
+  }
+  if (!(w = uconn_wreq_new(len)))
+    return UV_ENOMEM;
+  memcpy(w->data, data, len);
+  /* Nothing queued now would make write_raw try again: it queues. */
+  return write_raw(c, w);
+}
+
 /* Encodes and sends a fixed-size packet: PUBACK/PUBREC/PUBREL/PUBCOMP when
  * id != 0, else PINGREQ/DISCONNECT. */
 int uconn_send_small(struct upstream *u, struct conn *c, enum mqtt_type type, uint16_t id)
 {
-  struct wreq *w = uconn_wreq_new(4);
-  int n;
+  uint8_t b[4];
+  int n = id ? mqtt_encode_ack(type, id, b, sizeof b) : mqtt_encode_simple(type, b, sizeof b);
 
-  if (!w)
-    return UV_ENOMEM;
-  n = id ? mqtt_encode_ack(type, id, w->data, 4) : mqtt_encode_simple(type, w->data, 4);
-  if (n < 0) {
-    uconn_wreq_free(w);
+  if (n < 0)
     return UV_EINVAL;
-  }
-  w->len = (size_t)n;
-  return uconn_send(u, c, w);
+  return uconn_send_bytes(u, c, b, (size_t)n);
 }
 
 /* Sends a small packet and drops the connection if that fails. */

@@ -121,6 +121,8 @@ struct wreq {
 #define TLS_FEED_CHUNK 4096u
 /* Stop taking messages off the queue while libuv holds this much unsent. */
 #define WRITE_HIGH_WATER (64u * 1024u)
+/* Packets up to this size are encoded on the stack and sent from there. */
+#define SMALL_PACKET 512
 /* How long a graceful stop waits for DISCONNECT to be flushed. */
 #define GRACEFUL_FLUSH_MS 2000u
 
@@ -175,6 +177,11 @@ void uconn_abort(struct conn *c, enum upstream_reason why, int connack_rc);
 void uconn_discard(struct upstream *u, struct conn *c);
 /* Sends one encoded MQTT packet (plaintext in w); takes ownership of w. */
 int uconn_send(struct upstream *u, struct conn *c, struct wreq *w);
+/* Sends an encoded MQTT packet from the caller's buffer, which may be
+ * reused at once: over TLS it is encrypted straight from it; over TCP it
+ * is written directly when nothing is queued, and only what the socket did
+ * not take is copied into a request.  No allocation in the common case. */
+int uconn_send_bytes(struct upstream *u, struct conn *c, const uint8_t *data, size_t len);
 /* A write request of len bytes, and its release (wiped when it held a
  * password). */
 struct wreq *uconn_wreq_new(size_t len);
