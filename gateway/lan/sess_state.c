@@ -125,7 +125,12 @@ void sess_arm(struct session *s)
     s->timer_due = 0;
     return;
   }
-  if (s->timer_due == d && uv_is_active((uv_handle_t *)&s->timer))
+  /* Lazily: a timer already due at or before d stays as it is.  When it
+   * fires the callback checks every deadline against the clock and arms
+   * again for the next one, so a deadline that moved later (the keep-alive
+   * after every message, the retry after an acknowledgement) costs one
+   * early wake-up per period, not a timer-heap update per message. */
+  if (s->timer_due != 0 && s->timer_due <= d && uv_is_active((uv_handle_t *)&s->timer))
     return;
   now = uv_now(s->lv->loop);
   s->timer_due = d;
