@@ -14,6 +14,8 @@ Sections (BENCH_ONLY=qos0,connect,qos1,memory,flood,dtls,outbox selects some):
            last CONNACK)
   qos1     QoS 1 with one publish in flight per leaf: throughput and round
            trip, direct vs relayed; added latency at 5,000 msg/s
+           (BENCH_OUTBOX=0: the gateway of qos0/connect/qos1 runs with
+           outbox.enabled false, PUBACK after the broker's)
   memory   fleetgw RSS with 0 leaves vs BENCH_LEAVES leaves, each with its
            own upstream TLS session (client certificate); the same with plain
            TCP upstreams gives the breakdown (TLS state / the rest)
@@ -748,8 +750,13 @@ def main():
     try:
         if only & {"qos0", "connect", "qos1"}:
             broker = Broker(work)
-            gw = Gateway(b.fleetgw, work, broker)
-            print("mosquitto (plain) on %d, fleetgw on udp %s" % (broker.port, gw.addr))
+            # BENCH_OUTBOX=0: the relay with outbox.enabled false (QoS 1
+            # PUBACK after the broker's), to compare with the default.
+            ob = os.environ.get("BENCH_OUTBOX", "1") != "0"
+            gw = Gateway(b.fleetgw, work, broker,
+                         extra=None if ob else {"outbox": {"enabled": False}})
+            print("mosquitto (plain) on %d, fleetgw on udp %s%s"
+                  % (broker.port, gw.addr, "" if ob else " (outbox.enabled false)"))
             if "qos0" in only:
                 section_qos0(b, broker, gw)
             if "connect" in only:
