@@ -1,15 +1,18 @@
 /*
  * tls.c - TLS client over memory BIOs (see tls.h).
  *
- * Each tls_conn owns an SSL with two BIO_s_mem: OpenSSL reads ciphertext
- * from `rbio` (filled by tls_feed) and writes ciphertext into `wbio`
+ * Each tls_conn owns an SSL with one BIO of our own (cbio_method) for
+ * both directions: OpenSSL reads ciphertext from the tls_conn's input
+ * buffer (filled by tls_feed) and writes ciphertext into its output buffer
  * (drained by tls_take_output).  OpenSSL never sees a socket, so the same
  * code runs under libuv or in a unit test.
  *
  * Memory: the gateway keeps thousands of these alive, mostly idle.
  * SSL_MODE_RELEASE_BUFFERS lets OpenSSL free its record buffers between
- * records, and a memory BIO whose buffer grew past BIO_SHRINK_AT is replaced
- * by a fresh one as soon as it is empty, because BUF_MEM never shrinks.
+ * records, and both ciphertext buffers are freed as soon as they are empty
+ * (a BIO_s_mem keeps its largest size for ever: about 2 KiB a connection
+ * after the handshake).  The error text is allocated on the first error
+ * only.
  */
 #include "tls.h"
 
@@ -25,8 +28,6 @@
 
 
 #define TLS_ERR_LEN 256
-/* A memory BIO that held more than this is replaced once drained. */
-#define BIO_SHRINK_AT 1024
 
 /* The last resumable session of one client identity against one server
  * (host and ALPN).  Every connection of that identity offers it, so after
@@ -57,19 +58,28 @@ struct tls_identity {
   struct sess_slot slot;
 };
 
+/* Ciphertext waiting in one direction: bytes [off, len) of data.  data is
+ * NULL whenever the buffer is empty.  It comes from OpenSSL's allocator
+ * (CRYPTO_set_mem_functions, which the unit test uses to make it fail). */
+struct cbuf {
+  uint8_t *data;
+  size_t off, len, cap;
+};
+
 struct tls_conn {
   SSL *ssl;
   struct sess_slot *slot;       /* where its sessions go, or NULL (no resumption) */
   struct tls_identity *id;      /* holds a reference while slot is the identity's */
-  char *slot_key;               /* "host\nalpn" of this connection */
-  BIO *rbio;          /* ciphertext from the peer; owned by ssl */
-  BIO *wbio;          /* ciphertext to the peer; owned by ssl */
-  size_t rbio_hwm;    /* largest fill of each BIO since it was created */
-  size_t wbio_hwm;
-  bool established;
   const SSL_SESSION *offered;   /* the slot's session it offered (compared, never used) */
+  struct cbuf in;               /* from the peer, for OpenSSL to read */
+  struct cbuf out;              /* from OpenSSL, for the peer */
+  char *err;                    /* TLS_ERR_LEN bytes once an error was recorded */
+  bool established;
   bool got_data;                /* read application data at least once */
-  char err[TLS_ERR_LEN];
+  bool oom;                     /* the BIO could not buffer output */
+  bool err_lost;                /* an error came without memory for its text */
+  bool has_key;                 /* key holds "host\nalpn" (resumption is on) */
+  char key[];                   /* "host\nalpn" of this connection */
 };
 
 /* Appends OpenSSL's error queue to buf (after what is there already) and
@@ -112,17 +122,164 @@ static void slot_clear(struct sess_slot *s)
   s->key = NULL;
 }
 
+/* ---- the BIO: ciphertext buffers that are freed when empty ---------------- */
+
+static void cbuf_free(struct cbuf *b)
+{
+  OPENSSL_free(b->data);
+  memset(b, 0, sizeof *b);
+}
+
+static size_t cbuf_avail(const struct cbuf *b) { return b->len - b->off; }
+
+/* Appends n bytes; false when out of memory (b unchanged). */
+static bool cbuf_append(struct cbuf *b, const uint8_t *p, size_t n)
+{
+  if (n > b->cap - b->len && b->off > 0) {
+    memmove(b->data, b->data + b->off, b->len - b->off);
+    b->len -= b->off;
+    b->off = 0;
+  }
+  if (n > b->cap - b->len) {
+    size_t need = b->len + n, cap = b->cap * 2;
+    if (need < b->len)
+      return false;
+    if (cap < need)
+      cap = need;
+    uint8_t *d = OPENSSL_realloc(b->data, cap);
+    if (!d)
+      return false;
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return true;
+}
+
+/* Moves up to n bytes out; an emptied buffer is freed. */
+static size_t cbuf_take(struct cbuf *b, uint8_t *p, size_t n)
+{
+  size_t k = cbuf_avail(b);
+
+  if (k > n)
+    k = n;
+  if (k > 0)
+    memcpy(p, b->data + b->off, k);
+  b->off += k;
+  if (b->off == b->len)
+    cbuf_free(b);
+  return k;
+}
+
+static int cbio_read(BIO *bio, char *buf, size_t len, size_t *got)
+{
+  struct tls_conn *c = BIO_get_data(bio);
+
+  BIO_clear_retry_flags(bio);
+  if (!c || cbuf_avail(&c->in) == 0) {
+    /* Empty means "no data yet", not end of file. */
+    BIO_set_retry_read(bio);
+    *got = 0;
+    return 0;
+  }
+  *got = cbuf_take(&c->in, (uint8_t *)buf, len);
+  return 1;
+}
+
+static int cbio_write(BIO *bio, const char *buf, size_t len, size_t *put)
+{
+  struct tls_conn *c = BIO_get_data(bio);
+
+  BIO_clear_retry_flags(bio);
+  *put = 0;
+  if (!c)
+    return 0;
+  if (!cbuf_append(&c->out, (const uint8_t *)buf, len)) {
+    c->oom = true; /* not retryable: the call fails, and says why */
+    return 0;
+  }
+  *put = len;
+  return 1;
+}
+
+static long cbio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+  struct tls_conn *c = BIO_get_data(bio);
+
+  (void)num;
+  (void)ptr;
+  switch (cmd) {
+  case BIO_CTRL_PENDING:
+    return c ? (long)cbuf_avail(&c->in) : 0;
+  case BIO_CTRL_WPENDING:
+    return c ? (long)cbuf_avail(&c->out) : 0;
+  case BIO_CTRL_FLUSH:
+    return 1;
+  default:
+    return 0; /* BIO_CTRL_EOF (never), kTLS, push/pop...: not supported */
+  }
+}
+
+static int cbio_create(BIO *bio)
+{
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+static BIO_METHOD *g_cbio_method;
+static int g_cbio_type;
+static CRYPTO_ONCE g_cbio_once = CRYPTO_ONCE_STATIC_INIT;
+
+/* One method for the process, never freed (like OpenSSL's own static
+ * methods): BIOs may outlive any one tls_ctx. */
+static void cbio_method_init(void)
+{
+  int idx = BIO_get_new_index();
+  BIO_METHOD *m;
+
+  if (idx == -1)
+    return;
+  m = BIO_meth_new(idx | BIO_TYPE_SOURCE_SINK, "fleetgw tls_conn");
+  if (!m)
+    return;
+  if (BIO_meth_set_read_ex(m, cbio_read) != 1 || BIO_meth_set_write_ex(m, cbio_write) != 1 ||
+      BIO_meth_set_ctrl(m, cbio_ctrl) != 1 || BIO_meth_set_create(m, cbio_create) != 1) {
+    BIO_meth_free(m);
+    return;
+  }
+  g_cbio_type = idx | BIO_TYPE_SOURCE_SINK;
+  g_cbio_method = m;
+}
+
+static const BIO_METHOD *cbio_method(void)
+{
+  if (!CRYPTO_THREAD_run_once(&g_cbio_once, cbio_method_init))
+    return NULL;
+  return g_cbio_method;
+}
+
+/* The tls_conn of an SSL made by conn_new (NULL while it is being freed). */
+static struct tls_conn *conn_of(const SSL *ssl)
+{
+  BIO *b = SSL_get_rbio(ssl);
+
+  if (!b || !g_cbio_method || BIO_method_type(b) != g_cbio_type)
+    return NULL;
+  return BIO_get_data(b);
+}
+
 /* OpenSSL hands over each new resumable session (after the handshake in
  * TLS 1.2, with each NewSessionTicket in TLS 1.3): keep the newest in the
  * connection's slot.  Returns 1 when the reference was kept. */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
-  struct tls_conn *c = SSL_get_app_data(ssl);
+  struct tls_conn *c = conn_of(ssl);
   char *key;
 
-  if (!c || !c->slot || !c->slot_key || c->slot->off)
+  if (!c || !c->slot || !c->has_key || c->slot->off)
     return 0;
-  key = strdup(c->slot_key);
+  key = strdup(c->key);
   if (!key)
     return 0; /* no resumption then; the connection itself is unaffected */
   slot_clear(c->slot);
@@ -206,15 +363,6 @@ void tls_ctx_free(struct tls_ctx *ctx)
   free(ctx);
 }
 
-static BIO *new_mem_bio(void)
-{
-  BIO *b = BIO_new(BIO_s_mem());
-  /* An empty read BIO means "no data yet", not end of file. */
-  if (b)
-    BIO_set_mem_eof_return(b, -1);
-  return b;
-}
-
 static bool is_ip_literal(const char *host)
 {
   unsigned char addr[16];
@@ -287,23 +435,12 @@ static int setup_client_cert(struct tls_conn *c, const char *cert_file, const ch
 }
 
 /* Makes c offer its slot's session when it was made for the same server,
- * and file the sessions it gets there.  Without memory for the key the
- * connection just does a full handshake. */
-static void use_slot(struct tls_conn *c, struct sess_slot *slot, const char *host,
-                     const char *alpn)
+ * and file the sessions it gets there. */
+static void use_slot(struct tls_conn *c, struct sess_slot *slot)
 {
-  size_t hl = strlen(host), al = alpn ? strlen(alpn) : 0;
-  char *key = malloc(hl + al + 2);
-
-  if (!key)
-    return;
-  memcpy(key, host, hl);
-  key[hl] = '\n';
-  memcpy(key + hl + 1, alpn ? alpn : "", al);
-  key[hl + 1 + al] = '\0';
   c->slot = slot;
-  c->slot_key = key;
-  if (!slot->off && slot->sess && slot->key && strcmp(slot->key, key) == 0 &&
+  c->has_key = true;
+  if (!slot->off && slot->sess && slot->key && strcmp(slot->key, c->key) == 0 &&
       SSL_SESSION_is_resumable(slot->sess) && SSL_set_session(c->ssl, slot->sess) == 1)
     c->offered = slot->sess;
   ERR_clear_error();
@@ -313,6 +450,9 @@ static struct tls_conn *conn_new(struct tls_ctx *ctx, const char *host, const ch
                                  char *err, size_t errlen)
 {
   struct tls_conn *c;
+  const BIO_METHOD *meth;
+  BIO *bio;
+  size_t hl, al;
 
   if (err && errlen)
     err[0] = '\0';
@@ -321,26 +461,30 @@ static struct tls_conn *conn_new(struct tls_ctx *ctx, const char *host, const ch
     return NULL;
   }
   ERR_clear_error();
-  c = calloc(1, sizeof *c);
+  hl = strlen(host);
+  al = alpn ? strlen(alpn) : 0;
+  /* The key lives in the same allocation as the connection. */
+  c = calloc(1, sizeof *c + hl + al + 2);
   if (!c) {
     set_err(err, errlen, "out of memory", NULL);
     return NULL;
   }
+  memcpy(c->key, host, hl);
+  c->key[hl] = '\n';
+  memcpy(c->key + hl + 1, alpn ? alpn : "", al);
   c->ssl = SSL_new(ctx->ssl_ctx);
   if (!c->ssl) {
     set_err(err, errlen, "SSL_new failed", NULL);
     goto out_free_conn;
   }
-  SSL_set_app_data(c->ssl, c);
-  c->rbio = new_mem_bio();
-  c->wbio = new_mem_bio();
-  if (!c->rbio || !c->wbio) {
-    BIO_free(c->rbio);
-    BIO_free(c->wbio);
+  meth = cbio_method();
+  bio = meth ? BIO_new(meth) : NULL;
+  if (!bio) {
     set_err(err, errlen, "out of memory (BIO)", NULL);
     goto out_free_ssl;
   }
-  SSL_set_bio(c->ssl, c->rbio, c->wbio); /* the SSL owns both from here */
+  BIO_set_data(bio, c);
+  SSL_set_bio(c->ssl, bio, bio); /* the SSL owns it from here, one reference for both */
   SSL_set_connect_state(c->ssl);
   if (setup_peer_name(c, host, err, errlen) < 0)
     goto out_free_ssl;
@@ -371,7 +515,7 @@ struct tls_conn *tls_conn_new(struct tls_ctx *ctx, const char *host, const char 
     }
     return c;
   }
-  use_slot(c, &ctx->slot, host, alpn);
+  use_slot(c, &ctx->slot);
   return c;
 }
 
@@ -457,7 +601,7 @@ struct tls_conn *tls_conn_new_identity(struct tls_ctx *ctx, const char *host, co
   /* The slot lives in the identity: keep it alive as long as c. */
   tls_identity_ref(id);
   c->id = id;
-  use_slot(c, &id->slot, host, alpn);
+  use_slot(c, &id->slot);
   return c;
 }
 
@@ -466,23 +610,52 @@ void tls_conn_free(struct tls_conn *c)
   if (!c)
     return;
   SSL_free(c->ssl); /* may still file a session through new_session_cb: before the slot goes */
-  free(c->slot_key);
+  cbuf_free(&c->in);
+  cbuf_free(&c->out);
+  free(c->err);
   tls_identity_unref(c->id);
   free(c);
 }
 
-/* Records the reason of a failure: the verification result when the chain
- * or the name was rejected, then OpenSSL's error queue. */
+/* The connection's error text, allocated on first use (NULL without
+ * memory: the error is then reported without its text). */
+static char *err_buf(struct tls_conn *c)
+{
+  if (!c->err)
+    c->err = malloc(TLS_ERR_LEN);
+  if (!c->err)
+    c->err_lost = true;
+  return c->err;
+}
+
+static void conn_err(struct tls_conn *c, const char *text)
+{
+  char *e = err_buf(c);
+
+  if (e)
+    snprintf(e, TLS_ERR_LEN, "%s", text);
+}
+
+/* Records the reason of a failure: out of memory in our BIO, the
+ * verification result when the chain or the name was rejected, then
+ * OpenSSL's error queue. */
 static void record_failure(struct tls_conn *c, const char *what)
 {
   long vr = SSL_get_verify_result(c->ssl);
+  char *e = err_buf(c);
 
-  if (vr != X509_V_OK)
-    snprintf(c->err, sizeof c->err, "%s: certificate verify failed: %s", what,
+  if (!e) {
+    ERR_clear_error();
+    return;
+  }
+  if (c->oom)
+    snprintf(e, TLS_ERR_LEN, "%s: out of memory buffering ciphertext", what);
+  else if (vr != X509_V_OK)
+    snprintf(e, TLS_ERR_LEN, "%s: certificate verify failed: %s", what,
              X509_verify_cert_error_string(vr));
   else
-    snprintf(c->err, sizeof c->err, "%s", what);
-  append_openssl_errors(c->err, sizeof c->err);
+    snprintf(e, TLS_ERR_LEN, "%s", what);
+  append_openssl_errors(e, TLS_ERR_LEN);
 }
 
 /* Maps an SSL_get_error() result after a failed call. */
@@ -490,45 +663,19 @@ static int map_ssl_error(struct tls_conn *c, int ret, int fatal_code, const char
 {
   int e = SSL_get_error(c->ssl, ret);
 
+  if (c->oom)
+    e = SSL_ERROR_SSL; /* our BIO could not take the output: fatal */
   switch (e) {
   case SSL_ERROR_WANT_READ:
   case SSL_ERROR_WANT_WRITE:
     return TLS_WANT_IO;
   case SSL_ERROR_ZERO_RETURN:
-    snprintf(c->err, sizeof c->err, "peer sent close_notify");
+    conn_err(c, "peer sent close_notify");
     return TLS_ERR_CLOSED;
   default:
     record_failure(c, what);
     return fatal_code;
   }
-}
-
-/* Replaces a drained BIO that once grew large: BUF_MEM never gives memory
- * back, and an idle connection should not keep the high-water mark of its
- * largest message.  Failing to allocate the new BIO is harmless (the old
- * one is kept). */
-static void maybe_shrink_rbio(struct tls_conn *c)
-{
-  if (c->rbio_hwm <= BIO_SHRINK_AT || BIO_ctrl_pending(c->rbio) != 0)
-    return;
-  BIO *b = new_mem_bio();
-  if (!b)
-    return;
-  SSL_set0_rbio(c->ssl, b); /* frees the old one */
-  c->rbio = b;
-  c->rbio_hwm = 0;
-}
-
-static void maybe_shrink_wbio(struct tls_conn *c)
-{
-  if (c->wbio_hwm <= BIO_SHRINK_AT || BIO_ctrl_pending(c->wbio) != 0)
-    return;
-  BIO *b = new_mem_bio();
-  if (!b)
-    return;
-  SSL_set0_wbio(c->ssl, b);
-  c->wbio = b;
-  c->wbio_hwm = 0;
 }
 
 /* Called when everything received has been consumed.  SSL_MODE_RELEASE_BUFFERS
@@ -539,22 +686,15 @@ static void maybe_shrink_wbio(struct tls_conn *c)
 static void release_idle_buffers(struct tls_conn *c)
 {
   (void)SSL_free_buffers(c->ssl);
-  maybe_shrink_rbio(c);
-}
-
-static void note_wbio_fill(struct tls_conn *c)
-{
-  size_t p = BIO_ctrl_pending(c->wbio);
-  if (p > c->wbio_hwm)
-    c->wbio_hwm = p;
 }
 
 /* A connection that offered its slot's session failed before any data
  * came: in TLS 1.3 the server's refusal may come after the client's half
- * of the handshake, as an alert in place of the first record. */
+ * of the handshake, as an alert in place of the first record.  (Running
+ * out of memory says nothing about the session.) */
 static void resume_failed(struct tls_conn *c)
 {
-  if (!c->offered || c->got_data || !c->slot)
+  if (!c->offered || c->got_data || !c->slot || c->oom)
     return;
   slot_clear(c->slot);
   c->slot->off = true;
@@ -568,8 +708,7 @@ int tls_handshake(struct tls_conn *c)
     return TLS_OK;
   ERR_clear_error();
   ret = SSL_do_handshake(c->ssl);
-  note_wbio_fill(c);
-  if (ret == 1) {
+  if (ret == 1 && !c->oom) {
     c->established = true;
     return TLS_OK;
   }
@@ -588,20 +727,10 @@ bool tls_is_established(const struct tls_conn *c) { return c->established; }
 
 int tls_feed(struct tls_conn *c, const uint8_t *data, size_t len)
 {
-  while (len > 0) {
-    int chunk = len > INT_MAX ? INT_MAX : (int)len;
-    int k = BIO_write(c->rbio, data, chunk);
-    if (k <= 0) {
-      snprintf(c->err, sizeof c->err, "out of memory buffering ciphertext");
-      ERR_clear_error();
-      return TLS_ERR_NOMEM;
-    }
-    data += k;
-    len -= (size_t)k;
+  if (len > 0 && !cbuf_append(&c->in, data, len)) {
+    conn_err(c, "out of memory buffering ciphertext");
+    return TLS_ERR_NOMEM;
   }
-  size_t p = BIO_ctrl_pending(c->rbio);
-  if (p > c->rbio_hwm)
-    c->rbio_hwm = p;
   return TLS_OK;
 }
 
@@ -618,15 +747,14 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
    * would allocate its 16 KiB record buffer before finding that out and
    * keep it (SSL_MODE_RELEASE_BUFFERS frees it only after a record was
    * consumed).  Skipping the call keeps idle connections small. */
-  if (c->established && !SSL_has_pending(c->ssl) && BIO_ctrl_pending(c->rbio) == 0) {
+  if (c->established && !SSL_has_pending(c->ssl) && cbuf_avail(&c->in) == 0) {
     release_idle_buffers(c);
     return TLS_WANT_IO;
   }
   ERR_clear_error();
   ret = SSL_read_ex(c->ssl, buf, cap, &got);
   /* Reading may produce output too (TLS 1.3 key update, alerts). */
-  note_wbio_fill(c);
-  if (ret == 1) {
+  if (ret == 1 && !c->oom) {
     if (!c->established && SSL_is_init_finished(c->ssl))
       c->established = true;
     c->got_data = true;
@@ -647,12 +775,13 @@ int tls_write(struct tls_conn *c, const uint8_t *data, size_t len)
   ERR_clear_error();
   while (done < len) {
     size_t wrote = 0;
-    /* Memory BIOs never push back, so a write completes unless the
-     * connection failed. */
+    /* Our BIO never pushes back, so a write completes unless the
+     * connection failed or there was no memory for the output. */
     int ret = SSL_write_ex(c->ssl, data + done, len - done, &wrote);
-    note_wbio_fill(c);
-    if (ret != 1) {
+    if (ret != 1 || c->oom) {
       ret = map_ssl_error(c, 0, TLS_ERR_PROTOCOL, "TLS write failed");
+      if (c->oom)
+        return TLS_ERR_NOMEM;
       return ret == TLS_WANT_IO ? TLS_ERR_PROTOCOL : ret;
     }
     done += wrote;
@@ -660,18 +789,11 @@ int tls_write(struct tls_conn *c, const uint8_t *data, size_t len)
   return TLS_OK;
 }
 
-size_t tls_pending_output(const struct tls_conn *c) { return BIO_ctrl_pending(c->wbio); }
+size_t tls_pending_output(const struct tls_conn *c) { return cbuf_avail(&c->out); }
 
 size_t tls_take_output(struct tls_conn *c, uint8_t *buf, size_t cap)
 {
-  size_t got = 0;
-
-  if (cap == 0 || BIO_ctrl_pending(c->wbio) == 0)
-    return 0;
-  if (BIO_read_ex(c->wbio, buf, cap, &got) != 1)
-    got = 0;
-  maybe_shrink_wbio(c);
-  return got;
+  return cbuf_take(&c->out, buf, cap);
 }
 
 void tls_shutdown(struct tls_conn *c)
@@ -681,9 +803,12 @@ void tls_shutdown(struct tls_conn *c)
     return;
   ERR_clear_error();
   (void)SSL_shutdown(c->ssl);
-  note_wbio_fill(c);
   ERR_clear_error();
 }
 
-const char *tls_last_error(const struct tls_conn *c) { return c->err; }
-
+const char *tls_last_error(const struct tls_conn *c)
+{
+  if (c->err)
+    return c->err;
+  return c->err_lost ? "out of memory (no room for the error text)" : "";
+}

@@ -11,7 +11,8 @@
  *   rogue   signed by ca2, for DNS:localhost
  *   client  signed by ca, clientAuth, CN fleetgw-client
  *
- * Covered: handshake and data both ways (also large writes), TLS 1.2 as the
+ * Covered: handshake and data both ways (also large writes, and ciphertext
+ * moved in odd pieces, and no memory to buffer it), TLS 1.2 as the
  * minimum, an untrusted chain, host name and IP mismatch, SNI for names only,
  * ALPN, client certificates (context default, per connection from files, or
  * an in-memory identity) and a server requiring one, close_notify both ways,
@@ -39,6 +40,33 @@ static char *g_client_crt_pem, *g_client_key_pem;
 enum { ID_CA, ID_CA2, ID_SERVER, ID_ROGUE, ID_CLIENT, N_ID };
 static EVP_PKEY *g_key[N_ID];
 static X509 *g_cert[N_ID];
+
+/* OpenSSL's allocator (tls.c buffers ciphertext with it too): a request of
+ * a size in [g_fail_min, g_fail_max] fails. */
+static size_t g_fail_min, g_fail_max;
+
+static bool fail_now(size_t n) { return g_fail_max && n >= g_fail_min && n <= g_fail_max; }
+
+static void *t_malloc(size_t n, const char *file, int line)
+{
+  (void)file;
+  (void)line;
+  return fail_now(n) ? NULL : malloc(n);
+}
+
+static void *t_realloc(void *p, size_t n, const char *file, int line)
+{
+  (void)file;
+  (void)line;
+  return fail_now(n) ? NULL : realloc(p, n);
+}
+
+static void t_free(void *p, const char *file, int line)
+{
+  (void)file;
+  (void)line;
+  free(p);
+}
 
 /* ---- certificates --------------------------------------------------------- */
 
@@ -478,6 +506,141 @@ out:
   tls_ctx_free(ctx);
   free(big);
   free(got);
+}
+
+/* Ciphertext moved in odd pieces: the client's output taken a few bytes at
+ * a time, the server's fed one byte at a time, records split across feeds
+ * and several records fed before one is read.  Nothing stays buffered. */
+static void test_ciphertext_in_pieces(void)
+{
+  struct tls_ctx *ctx = client_ctx();
+  struct server sv;
+  struct server_opts so = {0};
+  char err[256] = "";
+  struct tls_conn *c;
+  uint8_t buf[4096], piece[7];
+  size_t w = 0, have = 0;
+  int n, rc = TLS_WANT_IO;
+
+  ASSERT_TRUE(server_init(&sv, &so));
+  c = tls_conn_new(ctx, "localhost", NULL, NULL, NULL, err, sizeof err);
+  ASSERT_TRUE(c != NULL);
+  if (!c || !ctx)
+    goto out;
+  /* No error yet: an empty text, not NULL. */
+  ASSERT_STR_EQ(tls_last_error(c), "");
+  for (int i = 0; i < 20 && !(rc == TLS_OK && sv.done); i++) {
+    size_t k;
+    int m;
+    rc = tls_handshake(c);
+    ASSERT_TRUE(rc == TLS_OK || rc == TLS_WANT_IO);
+    while ((k = tls_take_output(c, piece, 1 + (size_t)i % sizeof piece)) > 0)
+      BIO_write(sv.rbio, piece, (int)k);
+    ASSERT_EQ(tls_pending_output(c), 0);
+    server_step(&sv);
+    while ((m = BIO_read(sv.wbio, piece, 1)) > 0)
+      ASSERT_EQ(tls_feed(c, piece, 1), TLS_OK);
+  }
+  ASSERT_EQ(rc, TLS_OK);
+  ASSERT_TRUE(sv.done);
+
+  /* Three records from the server, fed whole, then all read. */
+  ASSERT_TRUE(SSL_write_ex(sv.ssl, "one", 3, &w) == 1);
+  ASSERT_TRUE(SSL_write_ex(sv.ssl, "two", 3, &w) == 1);
+  ASSERT_TRUE(SSL_write_ex(sv.ssl, "three", 5, &w) == 1);
+  to_client(&sv, c);
+  while ((n = tls_read(c, buf + have, sizeof buf - have)) > 0)
+    have += (size_t)n;
+  ASSERT_EQ(n, TLS_WANT_IO);
+  ASSERT_EQ(have, 11);
+  ASSERT_MEM_EQ(buf, "onetwothree", 11);
+
+  /* A record split across feeds, with a read in between: the first part
+   * stays buffered, more is appended behind what was already read. */
+  ASSERT_TRUE(SSL_write_ex(sv.ssl, "split record", 12, &w) == 1);
+  ASSERT_TRUE(SSL_write_ex(sv.ssl, "and another", 11, &w) == 1);
+  {
+    int k = BIO_read(sv.wbio, buf, sizeof buf);
+    ASSERT_TRUE(k > 20);
+    ASSERT_EQ(tls_feed(c, buf, 3), TLS_OK);   /* part of the header */
+    ASSERT_EQ(tls_read(c, buf + 2048, 64), TLS_WANT_IO);
+    ASSERT_EQ(tls_feed(c, buf + 3, 10), TLS_OK);
+    ASSERT_EQ(tls_read(c, buf + 2048, 64), TLS_WANT_IO);
+    ASSERT_EQ(tls_feed(c, buf + 13, (size_t)k - 13), TLS_OK);
+    n = tls_read(c, buf + 2048, 64);
+    ASSERT_EQ(n, 12);
+    ASSERT_MEM_EQ(buf + 2048, "split record", 12);
+    n = tls_read(c, buf + 2048, 64);
+    ASSERT_EQ(n, 11);
+    ASSERT_MEM_EQ(buf + 2048, "and another", 11);
+    ASSERT_EQ(tls_read(c, buf + 2048, 64), TLS_WANT_IO);
+  }
+
+  /* Client output in pieces smaller than a record. */
+  ASSERT_EQ(tls_write(c, (const uint8_t *)"hello there", 11), TLS_OK);
+  {
+    size_t k, total = tls_pending_output(c), moved = 0;
+    ASSERT_TRUE(total > 11);
+    while ((k = tls_take_output(c, piece, 5)) > 0) {
+      BIO_write(sv.rbio, piece, (int)k);
+      moved += k;
+    }
+    ASSERT_EQ(moved, total);
+    ASSERT_EQ(tls_pending_output(c), 0);
+    ASSERT_EQ(tls_take_output(c, piece, sizeof piece), 0);
+  }
+  n = server_recv(&sv, buf, sizeof buf);
+  ASSERT_EQ(n, 11);
+  ASSERT_MEM_EQ(buf, "hello there", 11);
+  ASSERT_STR_EQ(tls_last_error(c), "");
+out:
+  pair_close(&sv, c);
+  tls_ctx_free(ctx);
+}
+
+/* No memory to buffer ciphertext: tls_feed fails and leaves the connection
+ * as it was; a write whose output cannot be buffered fails for good (the
+ * record is lost), with the reason. */
+static void test_out_of_memory(void)
+{
+  struct tls_ctx *ctx = client_ctx();
+  struct server sv;
+  struct server_opts so = {0};
+  struct tls_conn *c = NULL;
+  enum { FEED = 12345, WRITE = 5000 };
+  uint8_t *junk = calloc(1, FEED), buf[64];
+
+  ASSERT_TRUE(junk != NULL);
+  if (!ctx || !junk)
+    goto out_ctx;
+  ASSERT_EQ(pair_open(&sv, &c, ctx, &so, "localhost"), TLS_OK);
+  if (!c)
+    goto out;
+  /* Read the session tickets: nothing is buffered now. */
+  ASSERT_EQ(tls_read(c, buf, sizeof buf), TLS_WANT_IO);
+  g_fail_min = g_fail_max = FEED;
+  ASSERT_EQ(tls_feed(c, junk, FEED), TLS_ERR_NOMEM);
+  g_fail_max = 0;
+  ASSERT_TRUE(strstr(tls_last_error(c), "out of memory") != NULL);
+  /* Nothing was buffered: the connection still works. */
+  ASSERT_EQ(server_send(&sv, c, "still here"), 10);
+  ASSERT_EQ(tls_read(c, buf, sizeof buf), 10);
+  ASSERT_MEM_EQ(buf, "still here", 10);
+
+  /* One record of WRITE bytes plus at most 256 of overhead (header, type,
+   * tag): far from the size of OpenSSL's own buffers. */
+  g_fail_min = WRITE;
+  g_fail_max = WRITE + 256;
+  ASSERT_EQ(tls_write(c, junk, WRITE), TLS_ERR_NOMEM);
+  g_fail_max = 0;
+  ASSERT_TRUE(strstr(tls_last_error(c), "out of memory") != NULL);
+  ASSERT_TRUE(tls_write(c, junk, 10) < 0);
+  ASSERT_TRUE(tls_read(c, buf, sizeof buf) < 0 || tls_read(c, buf, sizeof buf) == TLS_WANT_IO);
+out:
+  pair_close(&sv, c);
+out_ctx:
+  free(junk);
+  tls_ctx_free(ctx);
 }
 
 static void test_tls12_accepted_older_refused(void)
@@ -1018,6 +1181,11 @@ int main(void)
   char cmd[128];
   int status;
 
+  /* Before OpenSSL allocates anything. */
+  if (!CRYPTO_set_mem_functions(t_malloc, t_realloc, t_free)) {
+    fprintf(stderr, "cannot set OpenSSL's allocator\n");
+    return 1;
+  }
   if (!mkdtemp(tmpl)) {
     perror("mkdtemp");
     return 1;
@@ -1031,6 +1199,8 @@ int main(void)
 
   RUN(test_handshake_and_data);
   RUN(test_large_data_both_ways);
+  RUN(test_ciphertext_in_pieces);
+  RUN(test_out_of_memory);
   RUN(test_tls12_accepted_older_refused);
   RUN(test_untrusted_server);
   RUN(test_host_name_checked);
