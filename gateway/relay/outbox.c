@@ -14,7 +14,7 @@
  * current sink (closing == 0), so a message never overtakes an older one
  * that is still out on another connection.
  */
-#include "outbox.h"
+#include "outbox_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,82 +27,9 @@
 #include "metrics.h"
 #include "store.h"
 
-#define MOD "outbox"
 #define TICK_MS 10            /* pacing of lanes waiting for a rate */
 #define SWEEP_MS 5000         /* TTL sweep */
 #define MAX_TOPIC 65535
-
-enum ob_state { OB_STAGED = 1, OB_READY, OB_INFLIGHT };
-
-struct ob_msg {
-  struct ob_msg *next;
-  struct ob_lane *lane;
-  void *owner, *token;          /* while staged */
-  int64_t seq;                  /* 0 while staged */
-  int64_t created_ms;
-  uint32_t len;                 /* payload bytes */
-  uint16_t topic_len;
-  uint8_t state;
-  bool retain;
-  uint8_t data[];               /* topic, then payload */
-};
-
-struct ob_lane {
-  struct ob_lane *next_hash;
-  struct ob_lane *next_wait;    /* the ring of lanes waiting for a rate */
-  struct ob_lane *next_pump;    /* lanes to pump once a commit's leaves are answered */
-  bool waiting, to_pump;
-  struct outbox *ob;
-  void *sink;
-  bool sink_up;
-  uint32_t closing;             /* in flight on a previous sink */
-  struct ob_msg *ready, *ready_tail;
-  uint32_t n_ready;
-  struct ob_msg *inflight, *inflight_tail;
-  uint32_t n_inflight;
-  uint32_t n_staged;
-  bool spilled;                 /* stored messages after loaded_seq are only on disk */
-  int64_t loaded_seq;           /* the last seq read into memory (or kept there) */
-  int64_t disk_oldest_ms;       /* created_ms of the first spilled one, as far as known */
-  uint64_t count, bytes;        /* staged + stored + in flight */
-  double tokens;                /* rate_per_leaf bucket */
-  uint64_t tokens_at;
-  bool want_sink;               /* need_sink pending */
-  struct outbox_info st;        /* counters (messages/bytes/... filled on read) */
-  struct store_devref device;   /* the registry's row id, as store_outbox_add_dev keeps it */
-  char client_id[];
-};
-
-struct outbox {
-  struct outbox_env env;
-  const struct gw_config *cfg;
-  struct metrics *m;
-  struct ob_lane **buckets;
-  size_t nbuckets, nlanes;
-  struct ob_msg *staged, *staged_tail;
-  uint32_t n_staged;
-  int64_t *dels;                /* seqs acknowledged, deleted at the next commit */
-  size_t n_dels, cap_dels;
-  uint64_t count, bytes;
-  struct ob_lane *wait_head, *wait_tail;
-  double tokens;                /* rate_total bucket */
-  uint64_t tokens_at;
-  uv_timer_t commit_timer, tick_timer, sweep_timer;
-  bool commit_armed, tick_armed, started, stopping;
-  bool need_sinks;              /* a lane wants a sink (asked on the next commit timer) */
-};
-
-static int64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t msg_size(const struct ob_msg *m)
-{
-  return (uint64_t)m->topic_len + m->len;
-}
 
 /* ---- lanes -------------------------------------------------------------- */
 
@@ -135,7 +62,7 @@ static int grow(struct outbox *ob)
   return 0;
 }
 
-static struct ob_lane *find_lane(const struct outbox *ob, const char *id)
+struct ob_lane *ob_find_lane(const struct outbox *ob, const char *id)
 {
   if (!ob->nbuckets)
     return NULL;
@@ -147,7 +74,7 @@ static struct ob_lane *find_lane(const struct outbox *ob, const char *id)
 
 struct ob_lane *outbox_lane(struct outbox *ob, const char *client_id)
 {
-  struct ob_lane *l = find_lane(ob, client_id);
+  struct ob_lane *l = ob_find_lane(ob, client_id);
   size_t n;
   if (l)
     return l;
@@ -180,11 +107,10 @@ void *outbox_sink(const struct ob_lane *l)
 
 /* ---- bookkeeping -------------------------------------------------------- */
 
-static void queue_delete(struct outbox *ob, int64_t seq);
 static void arm_commit(struct outbox *ob, uint64_t ms);
 
 /* A message leaves the lane's count (delivered, refused, dropped, expired). */
-static void gone(struct ob_lane *l, uint64_t size)
+void ob_gone(struct ob_lane *l, uint64_t size)
 {
   struct outbox *ob = l->ob;
   l->count--;
@@ -194,7 +120,7 @@ static void gone(struct ob_lane *l, uint64_t size)
 }
 
 /* n messages of bytes bytes in all left the lane's disk part at once. */
-static void gone_n(struct ob_lane *l, int64_t n, int64_t bytes)
+void ob_gone_n(struct ob_lane *l, int64_t n, int64_t bytes)
 {
   l->count -= (uint64_t)n;
   l->bytes -= (uint64_t)bytes;
@@ -202,7 +128,7 @@ static void gone_n(struct ob_lane *l, int64_t n, int64_t bytes)
   l->ob->bytes -= (uint64_t)bytes;
 }
 
-static void check_idle(struct ob_lane *l)
+void ob_check_idle(struct ob_lane *l)
 {
   if (l->count == 0 && l->sink && l->ob->env.idle)
     l->ob->env.idle(l->ob->env.ud, l->sink);
@@ -235,7 +161,7 @@ static void ready_insert(struct ob_lane *l, struct ob_msg *m)
   l->n_ready++;
 }
 
-static struct ob_msg *ready_pop(struct ob_lane *l)
+struct ob_msg *ob_ready_pop(struct ob_lane *l)
 {
   struct ob_msg *m = l->ready;
   if (!m)
@@ -382,7 +308,7 @@ static void pump(struct ob_lane *l, uint32_t max)
     if (ob->env.send(ob->env.ud, l->sink, m, (const char *)m->data, m->topic_len,
                      m->data + m->topic_len, m->len, m->retain) != 0)
       return; /* the upstream is full: the next ack pumps again */
-    ready_pop(l);
+    ob_ready_pop(l);
     m->state = OB_INFLIGHT;
     if (l->inflight_tail)
       l->inflight_tail->next = m;
@@ -420,7 +346,7 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- commit ------------------------------------------------------------- */
 
-static void queue_delete(struct outbox *ob, int64_t seq)
+void ob_queue_delete(struct outbox *ob, int64_t seq)
 {
   if (ob->n_dels == ob->cap_dels) {
     size_t cap = ob->cap_dels ? ob->cap_dels * 2 : 256;
@@ -465,7 +391,7 @@ static int delete_queued(struct outbox *ob)
   return rc;
 }
 
-static void commit(struct outbox *ob)
+void ob_commit(struct outbox *ob)
 {
   struct store *st = ob->env.store;
   struct ob_msg *list = ob->staged, *m, *next;
@@ -520,10 +446,10 @@ static void commit(struct outbox *ob)
       ob->env.stored(ob->env.ud, m->owner, m->token, taken);
     m->owner = m->token = NULL;
     if (!taken) {
-      gone(l, msg_size(m));
+      ob_gone(l, ob_msg_size(m));
       l->st.refused_full++; /* not taken: counted with the refusals */
       free(m);
-      check_idle(l);
+      ob_check_idle(l);
       continue;
     }
     l->st.stored++;
@@ -575,7 +501,7 @@ static void on_commit_timer(uv_timer_t *t)
 {
   struct outbox *ob = t->data;
   ob->commit_armed = false;
-  commit(ob);
+  ob_commit(ob);
   if (ob->need_sinks && !ob->stopping)
     ask_sinks(ob);
 }
@@ -596,10 +522,10 @@ static void arm_commit(struct outbox *ob, uint64_t ms)
 static bool drop_oldest(struct ob_lane *l)
 {
   struct outbox *ob = l->ob;
-  struct ob_msg *m = ready_pop(l);
+  struct ob_msg *m = ob_ready_pop(l);
   if (m) {
-    queue_delete(ob, m->seq);
-    gone(l, msg_size(m));
+    ob_queue_delete(ob, m->seq);
+    ob_gone(l, ob_msg_size(m));
     free(m);
   } else if (l->spilled) {
     int64_t seq = 0, bytes = 0;
@@ -610,7 +536,7 @@ static bool drop_oldest(struct ob_lane *l)
     }
     if (rc != STORE_OK)
       return false;
-    gone(l, (uint64_t)bytes);
+    ob_gone(l, (uint64_t)bytes);
   } else {
     return false;
   }
@@ -657,7 +583,7 @@ int outbox_put(struct ob_lane *l, void *owner, const char *topic, size_t topic_l
   m->owner = owner;
   m->token = token;
   m->retain = retain;
-  m->created_ms = wall_ms();
+  m->created_ms = ob_wall_ms();
   m->state = OB_STAGED;
   if (ob->staged_tail)
     ob->staged_tail->next = m;
@@ -681,13 +607,13 @@ void outbox_acked(struct ob_msg *m)
   struct ob_lane *l = m->lane;
   struct outbox *ob = l->ob;
   inflight_take(l, m);
-  queue_delete(ob, m->seq);
-  gone(l, msg_size(m));
+  ob_queue_delete(ob, m->seq);
+  ob_gone(l, ob_msg_size(m));
   l->st.delivered++;
   ob->m->outbox_delivered++;
   free(m);
   pump(l, UINT32_MAX);
-  check_idle(l);
+  ob_check_idle(l);
 }
 
 void outbox_returned(struct ob_msg *m)
@@ -704,8 +630,8 @@ void outbox_refused(struct ob_msg *m)
   struct outbox *ob = l->ob;
   static struct log_ratelimit rl;
   inflight_take(l, m);
-  queue_delete(ob, m->seq);
-  gone(l, msg_size(m));
+  ob_queue_delete(ob, m->seq);
+  ob_gone(l, ob_msg_size(m));
   l->st.cloud_refused++;
   ob->m->publish_refused++;
   log_ratelimited(&rl, LOG_WARN, MOD,
@@ -714,7 +640,7 @@ void outbox_refused(struct ob_msg *m)
                   l->client_id, (int)m->topic_len, (const char *)m->data);
   free(m);
   pump(l, UINT32_MAX);
-  check_idle(l);
+  ob_check_idle(l);
 }
 
 /* ---- sinks -------------------------------------------------------------- */
@@ -754,154 +680,6 @@ void outbox_sink_up(struct ob_lane *l, void *sink, bool up)
   l->sink_up = up;
   if (up)
     pump(l, UINT32_MAX);
-}
-
-/* ---- figures and the operator ------------------------------------------- */
-
-static int64_t lane_oldest(const struct ob_lane *l)
-{
-  int64_t o = 0;
-  if (l->inflight)
-    o = l->inflight->created_ms;
-  if (l->ready && (!o || l->ready->created_ms < o))
-    o = l->ready->created_ms;
-  if (l->spilled && l->disk_oldest_ms && (!o || l->disk_oldest_ms < o))
-    o = l->disk_oldest_ms;
-  if (!o && l->n_staged) {
-    for (const struct ob_msg *m = l->ob->staged; m; m = m->next)
-      if (m->lane == l)
-        return m->created_ms;
-  }
-  return o;
-}
-
-static int64_t age_s(int64_t since_ms)
-{
-  int64_t now = wall_ms();
-  if (!since_ms)
-    return -1;
-  return now > since_ms ? (now - since_ms) / 1000 : 0;
-}
-
-void outbox_info(struct outbox *ob, const char *client_id, struct outbox_info *out)
-{
-  memset(out, 0, sizeof *out);
-  out->oldest_age_s = -1;
-  if (client_id) {
-    const struct ob_lane *l = find_lane(ob, client_id);
-    if (!l)
-      return;
-    *out = l->st;
-    out->messages = l->count;
-    out->bytes = l->bytes;
-    out->in_flight = l->n_inflight;
-    out->oldest_ms = lane_oldest(l);
-    out->oldest_age_s = age_s(out->oldest_ms);
-    return;
-  }
-  out->messages = ob->count;
-  out->bytes = ob->bytes;
-  /* Lanes live as long as the outbox, so their counters sum to the totals. */
-  for (size_t i = 0; i < ob->nbuckets; i++) {
-    for (const struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash) {
-      int64_t o;
-      out->stored += l->st.stored;
-      out->delivered += l->st.delivered;
-      out->refused_full += l->st.refused_full;
-      out->dropped += l->st.dropped;
-      out->expired += l->st.expired;
-      out->cloud_refused += l->st.cloud_refused;
-      out->discarded += l->st.discarded;
-      if (!l->count)
-        continue;
-      out->lanes++;
-      out->in_flight += l->n_inflight;
-      o = lane_oldest(l);
-      if (o && (!out->oldest_ms || o < out->oldest_ms))
-        out->oldest_ms = o;
-    }
-  }
-  out->oldest_age_s = age_s(out->oldest_ms);
-}
-
-int outbox_discard(struct outbox *ob, const char *client_id, uint64_t *n)
-{
-  struct ob_lane *l = find_lane(ob, client_id);
-  struct ob_msg *m;
-  int64_t dn = 0, dbytes = 0;
-  *n = 0;
-  if (!l)
-    return 0;
-  while ((m = ready_pop(l))) {
-    queue_delete(ob, m->seq);
-    gone(l, msg_size(m));
-    free(m);
-    (*n)++;
-  }
-  if (l->spilled) {
-    if (store_outbox_discard(ob->env.store, client_id, l->loaded_seq, INT64_MAX, &dn, &dbytes) !=
-        STORE_OK) {
-      l->st.discarded += *n; /* those from memory went all the same */
-      commit(ob);
-      return -1;
-    }
-    l->spilled = false;
-    gone_n(l, dn, dbytes);
-    *n += (uint64_t)dn;
-  }
-  l->st.discarded += *n;
-  /* Gone from disk before the operator is told (and the audit says so). */
-  commit(ob);
-  check_idle(l);
-  return ob->n_dels == 0 ? 0 : -1;
-}
-
-/* ---- expiry ------------------------------------------------------------- */
-
-static void expire_lane(struct ob_lane *l, int64_t cutoff)
-{
-  struct outbox *ob = l->ob;
-  uint64_t n = 0;
-  while (l->ready && l->ready->created_ms < cutoff) {
-    struct ob_msg *m = ready_pop(l);
-    queue_delete(ob, m->seq);
-    gone(l, msg_size(m));
-    free(m);
-    n++;
-  }
-  if (!l->ready && l->spilled && l->disk_oldest_ms < cutoff) {
-    int64_t dn = 0, dbytes = 0;
-    if (store_outbox_discard(ob->env.store, l->client_id, l->loaded_seq, cutoff, &dn, &dbytes) ==
-        STORE_OK) {
-      gone_n(l, dn, dbytes);
-      n += (uint64_t)dn;
-      l->disk_oldest_ms = cutoff;
-    }
-  }
-  if (n) {
-    static struct log_ratelimit rl;
-    l->st.expired += n;
-    ob->m->outbox_expired += n;
-    log_ratelimited(&rl, LOG_WARN, MOD, "%s: %llu messages older than outbox.ttl_s deleted",
-                    l->client_id, (unsigned long long)n);
-    check_idle(l);
-  }
-}
-
-static void on_sweep(uv_timer_t *t)
-{
-  struct outbox *ob = t->data;
-  int64_t cutoff;
-  if (!ob->cfg->outbox.ttl_s)
-    return;
-  cutoff = wall_ms() - (int64_t)ob->cfg->outbox.ttl_s * 1000;
-  for (size_t i = 0; i < ob->nbuckets; i++)
-    for (struct ob_lane *l = ob->buckets[i]; l; l = l->next_hash)
-      if (l->count) {
-        int64_t o = lane_oldest(l);
-        if (o && o < cutoff)
-          expire_lane(l, cutoff);
-      }
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -961,7 +739,7 @@ int outbox_start(struct outbox *ob)
     LOGI(MOD, "%llu stored messages of %u leaves to deliver (oldest taken %llds ago)",
          (unsigned long long)t.messages, t.lanes,
          (long long)t.oldest_age_s);
-  uv_timer_start(&ob->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+  uv_timer_start(&ob->sweep_timer, ob_on_sweep, SWEEP_MS, SWEEP_MS);
   ob->need_sinks = true;
   ask_sinks(ob);
   return 0;
@@ -978,7 +756,7 @@ void outbox_stop(struct outbox *ob)
   if (!ob->started || ob->stopping)
     return;
   ob->stopping = true; /* nothing more is taken or sent */
-  commit(ob);
+  ob_commit(ob);
   uv_timer_t *timers[] = {&ob->commit_timer, &ob->tick_timer, &ob->sweep_timer};
   for (size_t i = 0; i < 3; i++) {
     uv_timer_stop(timers[i]);
@@ -1002,7 +780,7 @@ void outbox_free(struct outbox *ob)
     return;
   /* The acknowledgements that came in while the upstreams closed. */
   if (ob->started)
-    commit(ob);
+    ob_commit(ob);
   for (size_t i = 0; i < ob->nbuckets; i++) {
     struct ob_lane *l = ob->buckets[i], *n;
     for (; l; l = n) {
