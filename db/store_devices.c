@@ -338,8 +338,9 @@ int store_device_prune(struct store *st, int state, int64_t seen_before, int64_t
       "DELETE FROM devices WHERE id IN (SELECT id FROM devices WHERE state = ?1 AND "
       "last_seen < ?2 AND NOT EXISTS (SELECT 1 FROM psks WHERE psks.device_id = devices.id) "
       "ORDER BY last_seen LIMIT ?3)";
-  *deleted = 0;
   int err;
+
+  *deleted = 0;
   if (state != DEV_PENDING || limit <= 0)
     return store_fail(st, STORE_INVAL, "only pending devices are pruned");
   err = store_delete_rows(st, sql, state, seen_before, limit, deleted);

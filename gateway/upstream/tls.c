@@ -739,6 +739,8 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
   size_t got = 0;
   int ret;
 
+  if (c->oom)
+    return TLS_ERR_NOMEM; /* output was lost: the connection is dead */
   if (cap == 0)
     return TLS_WANT_IO;
   if (cap > INT_MAX)

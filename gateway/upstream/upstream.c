@@ -115,6 +115,26 @@ static void fill_publish(const struct omsg *m, struct mqtt_publish *p)
   };
 }
 
+/* Encodes p and sends it on c: a packet of up to SMALL_PACKET bytes from the
+ * stack (no allocation), a larger one through a write request. */
+static int send_publish(struct upstream *u, struct conn *c, const struct mqtt_publish *p)
+{
+  uint8_t small[SMALL_PACKET];
+  struct wreq *w;
+  int n = mqtt_encode_publish(p, NULL, 0);
+
+  if (n <= 0)
+    return UV_EINVAL;
+  if ((size_t)n <= sizeof small) {
+    mqtt_encode_publish(p, small, (size_t)n);
+    return uconn_send_bytes(u, c, small, (size_t)n);
+  }
+  if (!(w = uconn_wreq_new((size_t)n)))
+    return UV_ENOMEM;
+  mqtt_encode_publish(p, w->data, (size_t)n);
+  return uconn_send(u, c, w);
+}
+
 /* Writes every message not yet written on this connection, in order.  QoS 0
  * messages leave the queue once written; QoS 1 ones stay until PUBACK. */
 static void send_queue(struct upstream *u)
@@ -124,9 +144,6 @@ static void send_queue(struct upstream *u)
 
   while (m && uconn_up(u)) {
     struct mqtt_publish p;
-    struct wreq *w;
-    uint8_t small[SMALL_PACKET];
-    int n;
 
     if (m->sent) {
       prev = m;
@@ -136,25 +153,9 @@ static void send_queue(struct upstream *u)
     if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HIGH_WATER)
       return; /* write_cb resumes */
     fill_publish(m, &p);
-    n = mqtt_encode_publish(&p, NULL, 0);
-    if (n > 0 && (size_t)n <= sizeof small) {
-      /* The common small packet: encoded on the stack, no allocation. */
-      mqtt_encode_publish(&p, small, (size_t)n);
-      if (uconn_send_bytes(u, c, small, (size_t)n) < 0) {
-        uconn_abort(c, UPSTREAM_R_TCP, 0);
-        return;
-      }
-    } else {
-      w = n > 0 ? uconn_wreq_new((size_t)n) : NULL;
-      if (!w) {
-        uconn_abort(c, UPSTREAM_R_TCP, 0);
-        return;
-      }
-      mqtt_encode_publish(&p, w->data, (size_t)n);
-      if (uconn_send(u, c, w) < 0) {
-        uconn_abort(c, UPSTREAM_R_TCP, 0);
-        return;
-      }
+    if (send_publish(u, c, &p) < 0) {
+      uconn_abort(c, UPSTREAM_R_TCP, 0);
+      return;
     }
     if (m->qos == 0) {
       struct omsg *next = m->next;
@@ -696,17 +697,12 @@ int upstream_publish(struct upstream *u, const char *topic, size_t topic_len,
   if (qos == 0 && uconn_up(u) && (!u->qtail || u->qtail->sent) &&
       uv_stream_get_write_queue_size((uv_stream_t *)&u->conn->tcp) <= WRITE_HIGH_WATER) {
     /* QoS 0 with nothing waiting before it: straight to the wire, with no
-     * queue entry (it would leave the queue as soon as written). */
-    uint8_t small[SMALL_PACKET];
-    int n;
+     * queue entry (it would leave the queue as soon as written).  A failed
+     * write drops the connection, and the message with it: QoS 0. */
     p.packet_id = 0;
-    n = mqtt_encode_publish(&p, NULL, 0);
-    if (n > 0 && (size_t)n <= sizeof small) {
-      mqtt_encode_publish(&p, small, (size_t)n);
-      if (uconn_send_bytes(u, u->conn, small, (size_t)n) < 0)
-        uconn_abort(u->conn, UPSTREAM_R_TCP, 0);
-      return UPSTREAM_OK;
-    }
+    if (send_publish(u, u->conn, &p) < 0)
+      uconn_abort(u->conn, UPSTREAM_R_TCP, 0);
+    return UPSTREAM_OK;
   }
   m = malloc(sizeof *m + topic_len + len);
   if (!m)

@@ -185,33 +185,47 @@ static void write_cb(uv_write_t *req, int status)
  * small packet, a socket with room) then costs one write(2) and no request,
  * callback or poll re-arm (libuv re-arms the descriptor with epoll_ctl after
  * every completed uv_write, which cost as much as the write itself). */
-static int write_raw(struct conn *c, struct wreq *w)
+/* What a direct write took of data: 0 when earlier writes are queued, the
+ * socket has no room, or it failed (uv_write then reports the error through
+ * write_cb, where a lost connection gets its proper reason). */
+static size_t write_direct(struct conn *c, const uint8_t *data, size_t len)
 {
   uv_stream_t *st = (uv_stream_t *)&c->tcp;
-  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   int r;
 
-  if (uv_stream_get_write_queue_size(st) == 0) {
-    r = uv_try_write(st, &b, 1);
-    if (r == (int)w->len) {
-      uconn_wreq_free(w);
-      return 0;
-    }
-    if (r > 0) {
-      /* Partly written: queue the rest. */
-      memmove(w->data, w->data + r, w->len - (size_t)r);
-      if (w->wipe)
-        memset(w->data + (w->len - (size_t)r), 0, (size_t)r);
-      w->len -= (size_t)r;
-      b = uv_buf_init((char *)w->data, (unsigned)w->len);
-    }
-    /* UV_EAGAIN, or an error: uv_write reports errors through write_cb,
-     * where a lost connection gets its proper reason. */
-  }
-  r = uv_write(&w->req, st, &b, 1, write_cb);
+  if (uv_stream_get_write_queue_size(st) != 0)
+    return 0;
+  r = uv_try_write(st, &b, 1);
+  return r > 0 ? (size_t)r : 0;
+}
+
+/* Queues w behind libuv's earlier writes; takes ownership of w. */
+static int write_queued(struct conn *c, struct wreq *w)
+{
+  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb);
   if (r < 0)
     uconn_wreq_free(w);
   return r;
+}
+
+static int write_raw(struct conn *c, struct wreq *w)
+{
+  size_t n = write_direct(c, w->data, w->len);
+
+  if (n == w->len) {
+    uconn_wreq_free(w);
+    return 0;
+  }
+  if (n > 0) {
+    /* Partly written: queue the rest. */
+    memmove(w->data, w->data + n, w->len - n);
+    if (w->wipe)
+      memset(w->data + (w->len - n), 0, n);
+    w->len -= n;
+  }
+  return write_queued(c, w);
 }
 
 /* Moves all pending TLS output to the socket. */
@@ -241,23 +255,19 @@ int uconn_send(struct upstream *u, struct conn *c, struct wreq *w)
 {
   int r;
 
-  u->last_tx = uv_now(u->loop);
-  if (!c->tls)
+  if (!c->tls) {
+    u->last_tx = uv_now(u->loop);
     return write_raw(c, w);
-  r = tls_write(c->tls, w->data, w->len);
-  uconn_wreq_free(w);
-  if (r < 0) {
-    LOGW(MOD, "%s: %s", u->o.client_id, tls_last_error(c->tls));
-    return UV_EPROTO;
   }
-  return uconn_flush_tls(c);
+  r = uconn_send_bytes(u, c, w->data, w->len);
+  uconn_wreq_free(w);
+  return r;
 }
 
 int uconn_send_bytes(struct upstream *u, struct conn *c, const uint8_t *data, size_t len)
 {
-  uv_stream_t *st = (uv_stream_t *)&c->tcp;
   struct wreq *w;
-  int r;
+  size_t n;
 
   u->last_tx = uv_now(u->loop);
   if (c->tls) {
@@ -267,23 +277,14 @@ int uconn_send_bytes(struct upstream *u, struct conn *c, const uint8_t *data, si
     }
     return uconn_flush_tls(c);
   }
-  if (uv_stream_get_write_queue_size(st) == 0) {
-    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-    r = uv_try_write(st, &b, 1);
-    if (r == (int)len)
-      return 0;
-    if (r > 0) {
-      data += r;
-      len -= (size_t)r;
-    }
-    /* UV_EAGAIN, or an error: write_raw's uv_write reports it through
-     * write_cb, where a lost connection gets its proper reason. */
-  }
-  if (!(w = uconn_wreq_new(len)))
+  n = write_direct(c, data, len);
+  if (n == len)
+    return 0;
+  /* Only what the socket did not take is copied, behind libuv's queue. */
+  if (!(w = uconn_wreq_new(len - n)))
     return UV_ENOMEM;
-  memcpy(w->data, data, len);
-  /* Nothing queued now would make write_raw try again: it queues. */
-  return write_raw(c, w);
+  memcpy(w->data, data + n, len - n);
+  return write_queued(c, w);
 }
 
 /* Encodes and sends a fixed-size packet: PUBACK/PUBREC/PUBREL/PUBCOMP when

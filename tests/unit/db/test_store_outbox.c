@@ -132,6 +132,19 @@ static void make_devices(struct store *st)
   ASSERT_EQ(store_device_create(st, "leaf-b", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
 }
 
+/* A fresh registry named name with leaf-a and leaf-b in it; NULL (the
+ * failure counted) when it cannot be opened. */
+static struct store *open_with_devices(struct paths *p, const char *name)
+{
+  struct store *st;
+  paths_for(p, name);
+  st = open_store(p);
+  ASSERT_TRUE(st != NULL);
+  if (st)
+    make_devices(st);
+  return st;
+}
+
 /* ---- order, seq ---- */
 
 static void test_order(void)
@@ -141,12 +154,8 @@ static void test_order(void)
   int64_t a[5], b[5];
   struct seen sa = {0}, sb = {0};
 
-  paths_for(&p, "order");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "order")))
     return;
-  make_devices(st);
   for (int i = 0; i < 5; i++) {
     char t[32];
     snprintf(t, sizeof t, "a/%d", i);
@@ -179,12 +188,8 @@ static void test_seq_never_reused(void)
   int64_t s1, s2, s3, s4;
   struct store_outbox_stats stats;
 
-  paths_for(&p, "seq");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "seq")))
     return;
-  make_devices(st);
   s1 = add(st, "leaf-a", "t", "1", 1);
   s2 = add(st, "leaf-a", "t", "2", 2);
   ASSERT_EQ(store_outbox_delete(st, s1), STORE_OK);
@@ -218,12 +223,8 @@ static void test_load(void)
   struct store *st;
   int64_t seq[10];
 
-  paths_for(&p, "load");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "load")))
     return;
-  make_devices(st);
   for (int i = 0; i < 10; i++)
     seq[i] = add(st, "leaf-a", "t", "p", 1000 + i);
   {
@@ -266,12 +267,8 @@ static void test_load_reenter(void)
   struct store *st;
   struct store_outbox_stats stats;
 
-  paths_for(&p, "reenter");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "reenter")))
     return;
-  make_devices(st);
   for (int i = 0; i < 5; i++)
     add(st, "leaf-a", "t", "p", i);
   ASSERT_EQ(store_outbox_load(st, "leaf-a", 0, -1, delete_each, st), STORE_OK);
@@ -315,12 +312,8 @@ static void test_stats(void)
   struct clients c = {0};
   int64_t a1, a2, b1;
 
-  paths_for(&p, "stats");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "stats")))
     return;
-  make_devices(st);
   ASSERT_EQ(store_device_create(st, "leaf-c", DEV_ACTIVE, NULL, 1, NULL), STORE_OK);
   a1 = add(st, "leaf-a", "ab", "12345", 500);   /* 7 bytes */
   b1 = add(st, "leaf-b", "b/\xc3\xa9", "", 300); /* é is 2 bytes: 4 bytes */
@@ -374,12 +367,8 @@ static void test_discard(void)
   struct store_outbox_stats s;
   int64_t seq[6], n = 0, bytes = 0, one = 0, size = 0;
 
-  paths_for(&p, "discard");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "discard")))
     return;
-  make_devices(st);
   for (int i = 0; i < 6; i++)
     seq[i] = add(st, "leaf-a", "tt", "pppp", 100 * (i + 1)); /* 6 bytes each, 100..600 */
   add(st, "leaf-b", "tt", "pppp", 1);
@@ -429,12 +418,8 @@ static void test_refused(void)
   struct store_outbox_stats s;
   char *big;
 
-  paths_for(&p, "refused");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "refused")))
     return;
-  make_devices(st);
   ASSERT_EQ(store_outbox_add(st, "nobody", &m), STORE_NOTFOUND);
   ASSERT_EQ(store_outbox_add(st, "", &m), STORE_INVAL);
   m.qos = 0;
@@ -478,12 +463,8 @@ static void test_payloads(void)
                                .qos = 2, .retain = true, .created_ms = 77};
   int64_t empty_seq;
 
-  paths_for(&p, "payloads");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "payloads")))
     return;
-  make_devices(st);
   ASSERT_EQ(store_outbox_add(st, "leaf-a", &m), STORE_OK);
   empty_seq = m.seq;
   {
@@ -544,12 +525,8 @@ static void test_raw_checks(void)
   struct store *st;
   sqlite3 *db;
 
-  paths_for(&p, "raw");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "raw")))
     return;
-  make_devices(st);
   add(st, "leaf-a", "t", "p", 1);
   store_close(st);
   db = raw_open(&p);
@@ -656,12 +633,8 @@ static void test_batch(void)
   double t0, t1, t2, t3;
 
   m.topic_len = strlen(m.topic);
-  paths_for(&p, "batch");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "batch")))
     return;
-  make_devices(st);
 
   /* Rolled back: none of them is left. */
   ASSERT_EQ(store_begin(st), STORE_OK);
@@ -745,12 +718,8 @@ static void test_add_dev_cache(void)
   int64_t first, pruned = 0;
   struct store_outbox_msg m = {.topic = "t", .topic_len = 1, .qos = 1};
 
-  paths_for(&p, "adddev");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "adddev")))
     return;
-  make_devices(st);
   ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
   ASSERT_TRUE(ref.id > 0);
   first = ref.id;
@@ -813,12 +782,8 @@ static void test_add_dev_fk_fallback(void)
   struct store_devref ref = {0, 0};
   struct store_outbox_msg m = {.topic = "t", .topic_len = 1, .qos = 1};
 
-  paths_for(&p, "adddevfk");
-  st = open_store(&p);
-  ASSERT_TRUE(st != NULL);
-  if (!st)
+  if (!(st = open_with_devices(&p, "adddevfk")))
     return;
-  make_devices(st);
   ASSERT_EQ(store_begin(st), STORE_OK);
   ASSERT_EQ(store_outbox_add_dev(st, &ref, "leaf-a", &m), STORE_OK);
   ASSERT_EQ(store_exec(st, "DELETE FROM devices WHERE client_id = 'leaf-a'"), STORE_OK);
