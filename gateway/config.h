@@ -81,6 +81,7 @@ struct gw_config {
     char *host;                /* "upstream.host": required */
     uint16_t port;             /* "upstream.port": 8883 with TLS, 1883 without */
     bool tls;                  /* "upstream.tls" */
+    int tls_max_version;       /* "upstream.tls_max_version": 0 "1.2", 1 "1.3" */
     char *ca_file;             /* "upstream.ca_file": required when tls */
     char *cert_file;           /* "upstream.cert_file": one client cert for all leaves */
     char *key_file;            /* "upstream.key_file" */

@@ -17,6 +17,7 @@ static const char *const log_level_names[] = {"error", "warn", "info", "debug", 
 static const char *const policy_names[] = {"open", "allowlist", "approve", NULL};
 static const char *const backend_names[] = {"none", "local-ca", "aws", NULL};
 static const char *const sync_names[] = {"off", "normal", "full", NULL};
+static const char *const tls_version_names[] = {"1.2", "1.3", NULL};
 static const char *const method_names[] = {"csr", "create-keys", NULL};
 static const char *const plain_udp_names[] = {"allow", "listed", "off", NULL};
 static const char *const when_full_names[] = {"reject", "drop-oldest", NULL};
@@ -108,6 +109,7 @@ static const struct key_spec upstream_keys[] = {
     {.name = "port", .kind = K_UINT, FIELD(upstream.port), .min = 1, .max = 65535, .def = 0,
      .doc_default = "`8883` with TLS, `1883` without"},
     BOOL_KEY("tls", upstream.tls, true),
+    ENUM_KEY("tls_max_version", upstream.tls_max_version, tls_version_names, 1 /* "1.3" */),
     STR_KEY("ca_file", upstream.ca_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
     STR_KEY("cert_file", upstream.cert_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),
     STR_KEY("key_file", upstream.key_file, cfgi_check_readable_file, WHAT_FILE, true, NULL),

@@ -172,6 +172,11 @@ int gw_new(uv_loop_t *loop, const struct gw_config *cfg, struct gw **out)
       LOGE(MOD, "TLS setup failed: %s", err);
       goto fail_free;
     }
+    if (tls_ctx_set_max_version(gw->tls, cfg->upstream.tls_max_version == 0 ? 12 : 13) !=
+        TLS_OK) {
+      LOGE(MOD, "TLS setup failed: cannot set the newest TLS version");
+      goto fail_tls;
+    }
   }
   if (open_registry(gw) != 0)
     goto fail_tls;
@@ -288,10 +293,22 @@ int gw_reload(struct gw *gw)
   return 0;
 }
 
+void gw_sync_counters(struct gw *gw)
+{
+  struct tls_stats ts = {0, 0};
+  if (gw->tls)
+    tls_ctx_stats(gw->tls, &ts);
+  gw->m.upstream_tls_full = ts.full;
+  gw->m.upstream_tls_resumed = ts.resumed;
+}
+
 void gw_log_metrics(struct gw *gw)
 {
   char buf[16384]; /* the whole table, ~3 KB today: room to grow */
-  struct metrics m = gw->m;
+  struct metrics m;
+
+  gw_sync_counters(gw);
+  m = gw->m;
   leaves_count(gw->lan, &m, NULL, NULL);
   relay_count(gw->relay, &m);
   upkeep_count(&gw->upkeep, &m);

@@ -642,6 +642,7 @@ int api_metrics_prometheus(struct gw *gw, char **text)
   *text = NULL;
   if (!b.p)
     return API_ERROR;
+  gw_sync_counters(gw);
   live_counts(gw, &live, &links);
 
   family(&b, "fleetgw_leaf_sessions", "gauge", "Live leaf sessions by state.");

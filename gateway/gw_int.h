@@ -56,5 +56,8 @@ struct gw {
  * and key2: value2 (when not NULL)} to every subscriber (gw_api.h). */
 void gw_emit(void *gw, const char *type, const char *client_id, const char *key,
              const char *value, const char *key2, const char *value2);
+/* Copies the counters that live in lower modules (the TLS context's
+ * handshakes) into gw->m, before it is read. */
+void gw_sync_counters(struct gw *gw);
 
 #endif

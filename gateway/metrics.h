@@ -50,6 +50,8 @@
   C(upstream_connects, "upstream sessions that came up")                       \
   C(upstream_reconnects, "upstream sessions that came up again (not their first time)") \
   C(upstream_failures, "upstream attempts failed or connections lost")         \
+  C(upstream_tls_full, "upstream TLS handshakes in full (the broker's certificate verified)") \
+  C(upstream_tls_resumed, "upstream TLS handshakes that resumed a session")    \
   C(upstream_given_up, "leaves told DISCONNECT: upstream gone for good")       \
   C(admission_refused, "CONNECTs refused by admission (policy, binding, blocked)")    \
   C(admission_pending, "CONNECTs from leaves waiting for approval")             \

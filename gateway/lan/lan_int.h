@@ -141,9 +141,14 @@ struct session {
   struct session *next_by_addr;
   bool in_addr_table;
 
-  char client_id[256];
   uint8_t id_len;
-  struct sockaddr_storage addr;
+  /* The leaf's address: IPv4 or IPv6 only (28 bytes, not a 128-byte
+   * sockaddr_storage in each of thousands of sessions). */
+  union {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } addr;
   uint8_t via;                  /* enum lan_via of addr */
   uint8_t sec;                  /* enum admit_sec: how the leaf that CONNECTed proved it */
   enum sess_state state;
@@ -205,6 +210,7 @@ struct session {
   bool dirty;                   /* to be written to the registry (sess_store.c) */
   bool restored;                /* restored at start-up, the leaf not heard since */
   struct session *next_dirty;
+  char client_id[];             /* id_len bytes and a NUL, allocated with the session */
 };
 
 struct leaves {

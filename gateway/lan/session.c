@@ -45,7 +45,11 @@ static void go_lost(struct session *s, const char *why);
 
 struct session *sess_new(struct leaves *lv, const char *id, size_t len)
 {
-  struct session *s = calloc(1, sizeof *s);
+  struct session *s;
+
+  if (len > 255)
+    return NULL;
+  s = calloc(1, sizeof *s + len + 1);
   if (!s)
     return NULL;
   s->lv = lv;

@@ -57,7 +57,9 @@ static void dispatch(struct pacer *p)
       return;
     }
     p->head = s->next;
-    if (!p->head)
+    if (p->head)
+      p->head->prev = NULL;
+    else
       p->tail = NULL;
     s->next = NULL;
     s->waiting = false;
@@ -74,6 +76,7 @@ void pacer_wait(struct pacer *p, struct pacer_slot *s)
     return;
   s->waiting = true;
   s->next = NULL;
+  s->prev = p->tail;
   if (p->tail)
     p->tail->next = s;
   else
@@ -86,17 +89,16 @@ void pacer_wait(struct pacer *p, struct pacer_slot *s)
 void pacer_done(struct pacer *p, struct pacer_slot *s)
 {
   if (s->waiting) {
-    struct pacer_slot **pp = &p->head, *prev = NULL;
-    for (; *pp; prev = *pp, pp = &(*pp)->next) {
-      if (*pp == s) {
-        *pp = s->next;
-        if (p->tail == s)
-          p->tail = prev;
-        break;
-      }
-    }
+    if (s->prev)
+      s->prev->next = s->next;
+    else
+      p->head = s->next;
+    if (s->next)
+      s->next->prev = s->prev;
+    else
+      p->tail = s->prev;
     s->waiting = false;
-    s->next = NULL;
+    s->next = s->prev = NULL;
     p->waiting--;
   }
   if (s->holding) {

@@ -49,6 +49,7 @@ struct tls_ctx {
   SSL_CTX *ssl_ctx;
   struct sess_slot slot; /* for connections with the context's certificate */
   bool has_cert;         /* the context has a default client certificate */
+  struct tls_stats stats;
 };
 
 struct tls_identity {
@@ -68,6 +69,7 @@ struct cbuf {
 
 struct tls_conn {
   SSL *ssl;
+  struct tls_stats *stats;      /* its context's */
   struct sess_slot *slot;       /* where its sessions go, or NULL (no resumption) */
   struct tls_identity *id;      /* holds a reference while slot is the identity's */
   const SSL_SESSION *offered;   /* the slot's session it offered (compared, never used) */
@@ -354,6 +356,19 @@ out_free_ctx:
   return NULL;
 }
 
+int tls_ctx_set_max_version(struct tls_ctx *ctx, int version)
+{
+  int v = version == 12 ? TLS1_2_VERSION : version == 13 ? TLS1_3_VERSION : 0;
+  if (!v || SSL_CTX_set_max_proto_version(ctx->ssl_ctx, v) != 1)
+    return TLS_ERR_CONFIG;
+  return TLS_OK;
+}
+
+void tls_ctx_stats(const struct tls_ctx *ctx, struct tls_stats *out)
+{
+  *out = ctx->stats;
+}
+
 void tls_ctx_free(struct tls_ctx *ctx)
 {
   if (!ctx)
@@ -469,6 +484,7 @@ static struct tls_conn *conn_new(struct tls_ctx *ctx, const char *host, const ch
     set_err(err, errlen, "out of memory", NULL);
     return NULL;
   }
+  c->stats = &ctx->stats;
   memcpy(c->key, host, hl);
   c->key[hl] = '\n';
   memcpy(c->key + hl + 1, alpn ? alpn : "", al);
@@ -700,6 +716,15 @@ static void resume_failed(struct tls_conn *c)
   c->slot->off = true;
 }
 
+static void set_established(struct tls_conn *c)
+{
+  c->established = true;
+  if (SSL_session_reused(c->ssl))
+    c->stats->resumed++;
+  else
+    c->stats->full++;
+}
+
 int tls_handshake(struct tls_conn *c)
 {
   int ret;
@@ -709,7 +734,7 @@ int tls_handshake(struct tls_conn *c)
   ERR_clear_error();
   ret = SSL_do_handshake(c->ssl);
   if (ret == 1 && !c->oom) {
-    c->established = true;
+    set_established(c);
     return TLS_OK;
   }
   ret = map_ssl_error(c, ret, TLS_ERR_HANDSHAKE, "TLS handshake failed");
@@ -758,7 +783,7 @@ int tls_read(struct tls_conn *c, uint8_t *buf, size_t cap)
   /* Reading may produce output too (TLS 1.3 key update, alerts). */
   if (ret == 1 && !c->oom) {
     if (!c->established && SSL_is_init_finished(c->ssl))
-      c->established = true;
+      set_established(c);
     c->got_data = true;
     return (int)got;
   }

@@ -42,6 +42,18 @@ enum tls_err {
 struct tls_ctx *tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
                             char *err, size_t errlen);
 void tls_ctx_free(struct tls_ctx *ctx);
+/* The newest protocol version the context's connections offer: 13 (TLS 1.3,
+ * OpenSSL's own default) or 12 (TLS 1.2 only: less memory a connection and
+ * a cheaper resumption: docs/architecture.md §8).  Returns TLS_OK or TLS_ERR_CONFIG for
+ * any other value.  Takes effect for connections made after it. */
+int tls_ctx_set_max_version(struct tls_ctx *ctx, int version);
+
+/* Completed handshakes of the context's connections. */
+struct tls_stats {
+  uint64_t full;     /* a full handshake: the server's certificate verified */
+  uint64_t resumed;  /* a session resumed */
+};
+void tls_ctx_stats(const struct tls_ctx *ctx, struct tls_stats *out);
 
 /* host: the name to verify and to send as SNI.  alpn: NULL or a protocol
  * name.  cert_file/key_file: per-connection client certificate overriding the

@@ -122,26 +122,19 @@ void uconn_discard(struct upstream *u, struct conn *c)
 static struct conn *conn_new(struct upstream *u)
 {
   struct conn *c = calloc(1, sizeof *c);
-  size_t cap = u->o.max_packet < INBUF_SMALL ? u->o.max_packet : INBUF_SMALL;
 
   if (!c)
     return NULL;
-  c->inbuf = malloc(cap);
-  if (!c->inbuf)
-    goto out_free_conn;
-  if (uv_tcp_init(u->loop, &c->tcp) < 0)
-    goto out_free_inbuf;
-  mqtt_stream_init(&c->stream, c->inbuf, cap);
+  if (uv_tcp_init(u->loop, &c->tcp) < 0) {
+    free(c);
+    return NULL;
+  }
+  /* No input buffer until a packet arrives split across reads. */
+  mqtt_stream_init(&c->stream, NULL, 0);
   c->tcp.data = c;
   c->u = u;
   u->nconns++;
   return c;
-
-out_free_inbuf:
-  free(c->inbuf);
-out_free_conn:
-  free(c);
-  return NULL;
 }
 
 void uconn_wreq_free(struct wreq *w)
@@ -370,7 +363,8 @@ static int inbuf_reserve(struct upstream *u, struct conn *c, const uint8_t *data
     return 0; /* inside a packet whose size was already accepted */
   if (s->need == 0) {
     partial = s->have < 4 ? s->have : 4;
-    memcpy(hdr, s->buf, partial);
+    if (partial)
+      memcpy(hdr, s->buf, partial);
     h = partial;
   }
   while (h < 5 && h - partial < n) {
@@ -399,25 +393,51 @@ static int inbuf_reserve(struct upstream *u, struct conn *c, const uint8_t *data
   return 0;
 }
 
-/* Back to the small buffer between packets after a large one. */
-static void inbuf_shrink(struct upstream *u, struct conn *c)
+static bool stream_between(const struct mqtt_stream *s)
 {
-  struct mqtt_stream *s = &c->stream;
-  size_t small = u->o.max_packet < INBUF_SMALL ? u->o.max_packet : INBUF_SMALL;
-  bool between = (s->need == 0 && s->have == 0) || (s->need != 0 && s->have == s->need);
-  uint8_t *nb;
-
-  if (s->cap <= small || !between)
-    return;
-  nb = malloc(small);
-  if (!nb)
-    return;
-  free(c->inbuf);
-  c->inbuf = nb;
-  mqtt_stream_init(s, nb, small);
+  return (s->need == 0 && s->have == 0) || (s->need != 0 && s->have == s->need);
 }
 
-/* MQTT plaintext from the broker: frame and handle packets. */
+/* Between packets the stream needs no storage: the buffer is freed, so an
+ * idle connection holds none (thousands of them would hold 512 bytes each). */
+static void inbuf_release(struct conn *c)
+{
+  if (!c->inbuf || !stream_between(&c->stream))
+    return;
+  free(c->inbuf);
+  c->inbuf = NULL;
+  mqtt_stream_init(&c->stream, NULL, 0);
+}
+
+/* The stream is about to buffer a packet that did not come whole. */
+static int inbuf_small(struct upstream *u, struct conn *c)
+{
+  size_t small = u->o.max_packet < INBUF_SMALL ? u->o.max_packet : INBUF_SMALL;
+  if (c->inbuf)
+    return 0;
+  c->inbuf = malloc(small);
+  if (!c->inbuf)
+    return -1;
+  mqtt_stream_init(&c->stream, c->inbuf, small);
+  return 0;
+}
+
+/* The size of the packet that starts at data when its fixed header is all
+ * there (0 otherwise: incomplete, or malformed for the stream to report). */
+static uint64_t whole_packet_size(const uint8_t *data, size_t n)
+{
+  uint32_t rl;
+  int k;
+
+  if (n < 2)
+    return 0;
+  k = mqtt_varint_decode(data + 1, n - 1 < 4 ? n - 1 : 4, &rl);
+  return k > 0 ? 1 + (uint64_t)k + rl : 0;
+}
+
+/* MQTT plaintext from the broker: frame and handle packets.  A packet that
+ * is whole in data is handled where it is; only one split across reads is
+ * assembled in the stream's buffer. */
 static void process_plain(struct upstream *u, struct conn *c, const uint8_t *data, size_t n)
 {
   while (n > 0) {
@@ -425,7 +445,25 @@ static void process_plain(struct upstream *u, struct conn *c, const uint8_t *dat
     size_t plen;
     int used;
 
-    if (inbuf_reserve(u, c, data, n) < 0) {
+    if (stream_between(&c->stream)) {
+      uint64_t total = whole_packet_size(data, n);
+      inbuf_release(c);
+      if (total > u->o.max_packet) {
+        LOGW(MOD, "%s: bad packet from the broker: %s", u->o.client_id,
+             proto_strerror(PROTO_TOO_BIG));
+        uconn_abort(c, UPSTREAM_R_PROTOCOL, 0);
+        return;
+      }
+      if (total != 0 && total <= n) {
+        u->own->packet(u, c, data, (size_t)total);
+        if (!uconn_alive(u, c))
+          return;
+        data += total;
+        n -= (size_t)total;
+        continue;
+      }
+    }
+    if (inbuf_reserve(u, c, data, n) < 0 || inbuf_small(u, c) < 0) {
       LOGW(MOD, "%s: out of memory for an incoming packet", u->o.client_id);
       uconn_abort(c, UPSTREAM_R_TCP, 0);
       return;
@@ -444,7 +482,7 @@ static void process_plain(struct upstream *u, struct conn *c, const uint8_t *dat
         return;
     }
   }
-  inbuf_shrink(u, c);
+  inbuf_release(c);
 }
 
 /* Ciphertext from the broker: handshake, then decrypt and process. */

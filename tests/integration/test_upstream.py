@@ -103,3 +103,40 @@ def test_tls_cert_dir_per_client_id(mosquitto, gateway, broker_client, certs):
         rc = None
     assert rc != sn.RC_ACCEPTED
     assert "leaf-nocert" not in b.client_ids()
+
+
+def test_tls_max_version_and_handshake_counts(mosquitto, gateway, broker_client):
+    """upstream.tls_max_version: "1.2" still relays through a broker that
+    takes 1.2 and resumes the shared identity's session; a broker that wants
+    TLS 1.3 refuses it while the default ("1.3") gets through.  The metrics
+    count full and resumed handshakes."""
+    b = mosquitto(tls=True)
+    bc = broker_client(b)
+    bc.subscribe("fleet/v12/#", qos=1)
+    gw = gateway(b, upstream={"tls_max_version": "1.2"})
+    for cid in ("leaf-v1", "leaf-v2", "leaf-v3"):
+        lf = gw.connected_leaf(cid)
+        assert b.wait_connected(cid) == "gateway"
+        tid = lf.register("fleet/v12/" + cid)
+        assert lf.publish(tid, b"v12", qos=1) == sn.RC_ACCEPTED
+    assert len(bc.wait_messages(3)) == 3
+    m = gw.metrics()
+    # The first connection verifies the broker in full; the ones after it
+    # (each one started once the one before was up) resume its session.
+    assert m["upstream_tls_full"] == 1, m
+    assert m["upstream_tls_resumed"] == 2, m
+
+    b13 = mosquitto(tls=True, extra_conf="tls_version tlsv1.3\n")
+    old = gateway(b13, upstream={"tls_max_version": "1.2"}, outbox={"enabled": False},
+                  lan={"connack_timeout_ms": 1500})
+    lf = old.leaf("leaf-v12-refused")
+    assert lf.connect(timeout=6) == sn.RC_CONGESTION
+    m = old.metrics()
+    assert m["upstreams_up"] == 0 and m["upstream_failures"] >= 1, m
+    assert m["upstream_tls_full"] == 0 and m["upstream_tls_resumed"] == 0, m
+    assert "leaf-v12-refused" not in b13.client_ids()
+    new = gateway(b13)
+    new.connected_leaf("leaf-v13")
+    assert b13.wait_connected("leaf-v13") == "gateway"
+    m = new.metrics()
+    assert m["upstream_tls_full"] + m["upstream_tls_resumed"] == 1, m

@@ -1127,9 +1127,63 @@ static void test_session_resumption(void)
   ASSERT_EQ(SSL_get_verify_result(sv.ssl), X509_V_OK);
   close_clean(c);
   server_free(&sv);
+  /* The context counted them: full, resumed twice, then four full. */
+  {
+    struct tls_stats st;
+    tls_ctx_stats(ctx, &st);
+    ASSERT_EQ(st.full, 4u);
+    ASSERT_EQ(st.resumed, 2u);
+  }
 out_ids:
   tls_identity_unref(id);
   tls_identity_unref(id2);
+  tls_ctx_free(ctx);
+}
+
+/* tls_ctx_set_max_version(12): a TLS 1.3 server gets TLS 1.2, resumption
+ * still works (a TLS 1.2 ticket) and is counted; 13 goes back to TLS 1.3 for
+ * new connections; other values are refused. */
+static void test_max_version(void)
+{
+  struct tls_ctx *ctx = client_ctx();
+  struct server sv;
+  struct server_opts so = {.require_client_cert = true};
+  struct tls_identity *id = tls_identity_new(g_client_crt_pem, g_client_key_pem, NULL, 0);
+  struct tls_stats st;
+  char err[256] = "";
+  struct tls_conn *c;
+
+  ASSERT_TRUE(id && ctx);
+  if (!id || !ctx)
+    goto out;
+  ASSERT_EQ(tls_ctx_set_max_version(ctx, 11), TLS_ERR_CONFIG);
+  ASSERT_EQ(tls_ctx_set_max_version(ctx, 14), TLS_ERR_CONFIG);
+  ASSERT_EQ(tls_ctx_set_max_version(ctx, 12), TLS_OK);
+  ASSERT_TRUE(server_init(&sv, &so));
+  c = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c), 0);
+  ASSERT_EQ(SSL_version(sv.ssl), TLS1_2_VERSION);
+  close_clean(c);
+  ASSERT_TRUE(server_next(&sv));
+  c = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_EQ(resumed_conn(&sv, c), 1);
+  ASSERT_EQ(SSL_version(sv.ssl), TLS1_2_VERSION);
+  ASSERT_TRUE(SSL_get0_peer_certificate(sv.ssl) != NULL);
+  close_clean(c);
+  tls_ctx_stats(ctx, &st);
+  ASSERT_EQ(st.full, 1u);
+  ASSERT_EQ(st.resumed, 1u);
+  /* Back to 1.3: the TLS 1.2 session is not offered to a 1.3 handshake by
+   * OpenSSL, which does a full one. */
+  ASSERT_EQ(tls_ctx_set_max_version(ctx, 13), TLS_OK);
+  ASSERT_TRUE(server_next(&sv));
+  c = tls_conn_new_identity(ctx, "localhost", NULL, id, err, sizeof err);
+  ASSERT_EQ(handshake(c, &sv), TLS_OK);
+  ASSERT_EQ(SSL_version(sv.ssl), TLS1_3_VERSION);
+  close_clean(c);
+  server_free(&sv);
+out:
+  tls_identity_unref(id);
   tls_ctx_free(ctx);
 }
 
@@ -1203,6 +1257,7 @@ int main(void)
   RUN(test_ciphertext_in_pieces);
   RUN(test_out_of_memory);
   RUN(test_tls12_accepted_older_refused);
+  RUN(test_max_version);
   RUN(test_untrusted_server);
   RUN(test_host_name_checked);
   RUN(test_alpn);

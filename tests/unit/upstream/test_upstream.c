@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -231,6 +232,8 @@ struct probe {
   char topic[128];
   uint8_t payload[32768];
   size_t payload_len;
+  size_t lens[16];               /* each message's payload length and byte sum */
+  uint64_t sums[16];
   int qos;
   bool retain;
   uint16_t msg_id;
@@ -267,6 +270,12 @@ static void on_message(void *ud, const char *topic, size_t tlen, const uint8_t *
   p->payload_len = len < sizeof p->payload ? len : sizeof p->payload;
   if (len)
     memcpy(p->payload, payload, p->payload_len);
+  if (p->messages <= 16) {
+    p->lens[p->messages - 1] = len;
+    p->sums[p->messages - 1] = 0;
+    for (size_t i = 0; i < len; i++)
+      p->sums[p->messages - 1] += payload[i];
+  }
   p->qos = qos;
   p->retain = retain;
   p->msg_id = id;
@@ -833,6 +842,131 @@ static int read_packet(int fd, uint8_t *body, size_t cap, size_t *len)
   return b0;
 }
 
+
+/* ---- framing, against a scripted broker ---- */
+
+/* A QoS 0 PUBLISH of topic "f/t" with `len` bytes of `fill`, into out. */
+static size_t make_publish(uint8_t *out, size_t len, uint8_t fill)
+{
+  size_t rl = 2 + 3 + len, h = 0;
+  out[h++] = 0x30;
+  do {
+    uint8_t b = rl % 128;
+    rl /= 128;
+    out[h++] = rl ? (uint8_t)(b | 0x80) : b;
+  } while (rl);
+  out[h++] = 0;
+  out[h++] = 3;
+  memcpy(out + h, "f/t", 3);
+  h += 3;
+  memset(out + h, fill, len);
+  return h + len;
+}
+
+static bool got_payload(const struct probe *p, int n, size_t len, uint8_t fill)
+{
+  if (p->messages != n || p->payload_len != len || strcmp(p->topic, "f/t") != 0)
+    return false;
+  for (size_t i = 0; i < len; i++)
+    if (p->payload[i] != fill)
+      return false;
+  return true;
+}
+
+/* The broker's bytes cut at every kind of place: packets whole and several
+ * in one read, a fixed header split after its first byte and inside its
+ * Remaining Length, a packet larger than the small buffer split in its
+ * body, then one that declares more than max_packet (the connection is
+ * dropped as a protocol error).  The writes are separate segments: the
+ * test waits for each to be handled before the next. */
+static void test_framing(void)
+{
+  static struct probe a;
+  static uint8_t big[4096], buf[8192];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  int one = 1, lfd = socket(AF_INET, SOCK_STREAM, 0), fd = -1;
+  struct upstream_opts o = plain_opts("fgw-framing");
+  size_t n1, n2, n3, n4;
+  uint8_t p1[64], p2[64], p3[64];
+  ssize_t got;
+
+  ASSERT_TRUE(lfd >= 0);
+  if (lfd < 0)
+    return;
+  ASSERT_EQ(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  ASSERT_EQ(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+  o.port = ntohs(sa.sin_port);
+  o.max_packet = 2048;
+  ASSERT_EQ(start_probe(&a, &o), 0);
+  /* The kernel completes the connection in the backlog; the CONNECT is
+   * waiting once the loop has run. */
+  run_for(200);
+  fd = accept(lfd, NULL, NULL);
+  ASSERT_TRUE(fd >= 0);
+  if (fd < 0)
+    goto out;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  got = recv(fd, buf, sizeof buf, 0);
+  ASSERT_TRUE(got > 2 && buf[0] == 0x10);
+
+  /* CONNACK + a whole publish + the first byte of the next. */
+  n1 = make_publish(p1, 10, 'a');
+  n2 = make_publish(p2, 20, 'b');
+  memcpy(buf, "\x20\x02\x00\x00", 4);
+  memcpy(buf + 4, p1, n1);
+  buf[4 + n1] = p2[0];
+  ASSERT_EQ(send(fd, buf, 4 + n1 + 1, 0), (ssize_t)(4 + n1 + 1));
+  WAIT_FOR(a.up == 1 && a.messages == 1, STEP_MS);
+  ASSERT_EQ(a.up, 1);
+  ASSERT_TRUE(got_payload(&a, 1, 10, 'a'));
+  /* The rest of it. */
+  ASSERT_EQ(send(fd, p2 + 1, n2 - 1, 0), (ssize_t)(n2 - 1));
+  WAIT_FOR(a.messages == 2, STEP_MS);
+  ASSERT_TRUE(got_payload(&a, 2, 20, 'b'));
+
+  /* 1,500 bytes (larger than the 512-byte small buffer): the first byte of
+   * its two-byte Remaining Length, then half the body, then the rest
+   * followed by two whole small publishes in the same write. */
+  n3 = make_publish(big, 1500, 'c');
+  ASSERT_EQ(send(fd, big, 2, 0), 2);
+  run_for(50);
+  ASSERT_EQ(send(fd, big + 2, 700, 0), 700);
+  run_for(50);
+  ASSERT_EQ(a.messages, 2);
+  n4 = make_publish(p3, 5, 'd');
+  memcpy(buf, big + 702, n3 - 702);
+  memcpy(buf + n3 - 702, p3, n4);
+  memcpy(buf + n3 - 702 + n4, p1, n1);
+  ASSERT_EQ(send(fd, buf, n3 - 702 + n4 + n1, 0), (ssize_t)(n3 - 702 + n4 + n1));
+  WAIT_FOR(a.messages == 5, STEP_MS);
+  ASSERT_TRUE(got_payload(&a, 5, 10, 'a'));
+  ASSERT_EQ(a.lens[2], 1500u);
+  ASSERT_EQ(a.sums[2], 1500u * 'c');
+  ASSERT_EQ(a.lens[3], 5u);
+  ASSERT_EQ(a.sums[3], 5u * 'd');
+
+  /* Again a large one, whole in one write this time. */
+  ASSERT_EQ(send(fd, big, n3, 0), (ssize_t)n3);
+  WAIT_FOR(a.messages == 6, STEP_MS);
+  ASSERT_TRUE(got_payload(&a, 6, 1500, 'c'));
+
+  /* Remaining Length 4,000 > max_packet 2,048: dropped as a protocol error
+   * before its body comes. */
+  memcpy(buf, "\x30\xa0\x1f", 3);
+  ASSERT_EQ(send(fd, buf, 3, 0), 3);
+  WAIT_FOR(a.down == 1, STEP_MS);
+  ASSERT_EQ(a.down, 1);
+  ASSERT_EQ(a.last_why, UPSTREAM_R_PROTOCOL);
+  ASSERT_EQ(a.messages, 6);
+out:
+  if (fd >= 0)
+    close(fd);
+  close(lfd);
+  stop_probe(&a, false);
+}
+
 /* The script: CONNACK, take a QoS 1 PUBLISH without acknowledging it, drop
  * the connection; on the next connection expect the same PUBLISH again with
  * DUP=1 and the same packet id, acknowledge it, then wait for the close.
@@ -971,6 +1105,7 @@ int main(void)
   RUN(test_will);
   RUN(test_broker_restart);
   RUN(test_dup_resend);
+  RUN(test_framing);
   RUN(test_stop_from_callbacks);
 
   uv_close((uv_handle_t *)&g_tick, NULL);
