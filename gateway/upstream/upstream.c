@@ -294,7 +294,7 @@ static void timer_close_cb(uv_handle_t *h) { finish(h->data); }
  * its close callback frees the upstream. */
 static void closing_progress(struct upstream *u)
 {
-  if (u->state != U_CLOSING || u->timer_closing || u->nconns > 0 || u->gai_active)
+  if (u->state != U_CLOSING || u->timer_closing || u->nconns > 0 || u->gai)
     return;
   u->timer_closing = true;
   uv_close((uv_handle_t *)&u->timer, timer_close_cb);
@@ -380,7 +380,8 @@ static void timer_cb(uv_timer_t *t)
     LOGW(MOD, "%s: DNS for %s timed out", u->o.client_id, u->o.host);
     /* The request may already run in the thread pool; its late callback
      * is then discarded (or adopted by the next attempt). */
-    uv_cancel((uv_req_t *)&u->gai);
+    if (u->gai)
+      uv_cancel((uv_req_t *)u->gai);
     lost(u, UPSTREAM_R_TIMEOUT, 0);
     break;
   case U_CONNECTING:
@@ -629,7 +630,6 @@ int upstream_new(uv_loop_t *loop, const struct upstream_opts *opts,
   u->timer.data = u;
   u->own = &owner;
   u->slot.go = pace_go;
-  u->gai.data = u;
   /* Different upstreams, different jitter: mix the clock and the address. */
   seed = uv_hrtime() ^ ((uint64_t)(uintptr_t)u << 16);
   for (const char *p = u->o.client_id; *p; p++)
@@ -661,8 +661,8 @@ void upstream_stop(struct upstream *u, bool graceful)
   uconn_set_state(u, U_CLOSING);
   uv_timer_stop(&u->timer);
   pace_release(u);
-  if (u->gai_active)
-    uv_cancel((uv_req_t *)&u->gai);
+  if (u->gai)
+    uv_cancel((uv_req_t *)u->gai);
   LOGI(MOD, "%s: stopping (%s)", u->o.client_id, graceful ? "graceful" : "abrupt");
   if (c && !c->closing) {
     int r = -1;

@@ -662,20 +662,31 @@ static void start_resolve(struct upstream *u)
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
-  r = uv_getaddrinfo(u->loop, &u->gai, gai_cb, u->o.host, u->port_str, &hints);
+  /* Allocated for the request only: thousands of upstreams would each
+   * hold 160 bytes for a request made once a connection. */
+  u->gai = malloc(sizeof *u->gai);
+  if (!u->gai) {
+    LOGW(MOD, "%s: cannot resolve %s: out of memory", u->o.client_id, u->o.host);
+    u->own->lost(u, UPSTREAM_R_DNS, 0);
+    return;
+  }
+  u->gai->data = u;
+  r = uv_getaddrinfo(u->loop, u->gai, gai_cb, u->o.host, u->port_str, &hints);
   if (r < 0) {
+    free(u->gai);
+    u->gai = NULL;
     LOGW(MOD, "%s: cannot resolve %s: %s", u->o.client_id, u->o.host, uv_strerror(r));
     u->own->lost(u, UPSTREAM_R_DNS, 0);
     return;
   }
-  u->gai_active = true;
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
   struct upstream *u = req->data;
 
-  u->gai_active = false;
+  free(req);
+  u->gai = NULL;
   if (u->state != U_RESOLVING) {
     /* Stopped, or the attempt timed out meanwhile. */
     if (res)
@@ -711,6 +722,6 @@ void uconn_start_attempt(struct upstream *u)
   LOGD(MOD, "%s: connecting to %s:%u%s", u->o.client_id, u->o.host, u->o.port,
        u->o.tls ? " (TLS)" : "");
   /* A request left over from a timed-out attempt is adopted. */
-  if (!u->gai_active)
+  if (!u->gai)
     start_resolve(u);
 }

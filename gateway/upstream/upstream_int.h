@@ -76,8 +76,7 @@ struct upstream {
 
   uv_timer_t timer;            /* one timer, its meaning depends on state */
   bool timer_closing;
-  uv_getaddrinfo_t gai;
-  bool gai_active;             /* a DNS request is outstanding */
+  uv_getaddrinfo_t *gai;       /* while a DNS request is outstanding, else NULL */
   struct addrinfo *ai;         /* results being tried */
   struct addrinfo *ai_cur;
   struct conn *conn;           /* the current attempt, NULL if none */

@@ -253,7 +253,7 @@ class Broker(Proc):
 
 class Gateway(Proc):
     def __init__(self, binary, workdir, broker, certs=None, name="fleetgw", extra=None,
-                 lan_extra=None):
+                 lan_extra=None, up_extra=None):
         self.udp_port = free_port(socket.SOCK_DGRAM)
         up = {"host": LOOPBACK, "port": broker.port, "tls": broker.tls,
               "keepalive_s": 60, "connect_timeout_ms": 20000, "give_up_after_s": 60,
@@ -265,6 +265,7 @@ class Gateway(Proc):
         if broker.tls:
             up.update(ca_file=str(certs / "ca.crt"), cert_file=str(certs / "gateway.crt"),
                       key_file=str(certs / "gateway.key"))
+        up.update(up_extra or {})
         cfg = {
             # "info" because the SIGUSR1 metrics line is logged at info; the
             # gateway logs no line per packet at this level.
@@ -561,12 +562,14 @@ def section_qos1(b, broker, gw):
     ] + lat_rows
 
 
-def memory_run(b, workdir, certs, n, tls):
+def memory_run(b, workdir, certs, n, tls, tls_max="1.3"):
     """fleetgw's VmRSS with 0 and with n connected leaves, each with its own
-    upstream session to a TLS mosquitto (client certificates) or a plain one."""
+    upstream session to a TLS mosquitto (client certificates) or a plain one.
+    tls_max: upstream.tls_max_version."""
     broker = Broker(workdir, tls=tls, certs=certs if tls else None)
-    name = "fleetgw-tls" if tls else "fleetgw-plain-mem"
-    gw = Gateway(b.fleetgw, workdir, broker, certs if tls else None, name=name)
+    name = ("fleetgw-tls" + tls_max.replace(".", "")) if tls else "fleetgw-plain-mem"
+    gw = Gateway(b.fleetgw, workdir, broker, certs if tls else None, name=name,
+                 up_extra={"tls_max_version": tls_max} if tls else None)
     leafsim = None
     try:
         time.sleep(1.0)
@@ -603,6 +606,8 @@ def memory_run(b, workdir, certs, n, tls):
         print("   WARNING: not every leaf came up: %r" % m)
     return {"rss_idle_kib": rss0, "rss_kib": rss1, "hwm_kib": hwm,
             "kib_per_leaf": (rss1 - rss0) / n, "t_up_s": t_up,
+            "tls_full": m.get("upstream_tls_full", 0),
+            "tls_resumed": m.get("upstream_tls_resumed", 0),
             "broker_cpu_s": broker_cpu_s, "gw_cpu_s": gw_cpu_s,
             "leaves_active": m["leaves_active"], "upstreams_up": m["upstreams_up"],
             "leafsim": st}
@@ -619,8 +624,9 @@ def section_memory(b, workdir, certs):
              r["hwm_kib"], r["kib_per_leaf"], r["t_up_s"], r["leafsim"]["connect_last_ms"]),
           flush=True)
     print("   while they came up: broker CPU %.1f s (%.0f %% of a core), gateway CPU %.1f s "
-          "(%.0f %% of a core)" % (r["broker_cpu_s"], 100 * r["broker_cpu_s"] / r["t_up_s"],
-                                   r["gw_cpu_s"], 100 * r["gw_cpu_s"] / r["t_up_s"]),
+          "(%.0f %% of a core); TLS handshakes %d full, %d resumed"
+          % (r["broker_cpu_s"], 100 * r["broker_cpu_s"] / r["t_up_s"],
+             r["gw_cpu_s"], 100 * r["gw_cpu_s"] / r["t_up_s"], r["tls_full"], r["tls_resumed"]),
           flush=True)
     # The breakdown: the same leaves with plain TCP upstreams measure what a
     # leaf costs without TLS (its LAN session, relay link, upstream session
@@ -632,7 +638,20 @@ def section_memory(b, workdir, certs):
     print("   breakdown per leaf: %.1f KiB without TLS (session, relay link, upstream, "
           "queues, topic tables, libuv) + %.1f KiB TLS state = %.1f KiB"
           % (p["kib_per_leaf"], tls_part, r["kib_per_leaf"]), flush=True)
-    b.results["memory"] = dict(r, leaves=n, plain=p, tls_kib_per_leaf=tls_part)
+    print("   plain TCP upstreams: all up after %.1f s, broker CPU %.1f s, gateway CPU %.1f s"
+          % (p["t_up_s"], p["broker_cpu_s"], p["gw_cpu_s"]), flush=True)
+    # The same with upstream.tls_max_version "1.2": TLS 1.2 resumption has no
+    # key shares, no session copy per connection and frees its transcript.
+    r12 = None
+    if os.environ.get("BENCH_MEMORY_TLS12", "1") != "0":
+        r12 = memory_run(b, workdir, certs, n, tls=True, tls_max="1.2")
+        print("   with upstream.tls_max_version \"1.2\": %.1f KiB per leaf (TLS state %.1f KiB); "
+              "all up after %.1f s, broker CPU %.1f s (%.0f %% of a core), gateway CPU %.1f s; "
+              "TLS handshakes %d full, %d resumed"
+              % (r12["kib_per_leaf"], r12["kib_per_leaf"] - p["kib_per_leaf"], r12["t_up_s"],
+                 r12["broker_cpu_s"], 100 * r12["broker_cpu_s"] / r12["t_up_s"],
+                 r12["gw_cpu_s"], r12["tls_full"], r12["tls_resumed"]), flush=True)
+    b.results["memory"] = dict(r, leaves=n, plain=p, tls_kib_per_leaf=tls_part, tls12=r12)
     b.rows += [
         ("memory per connected leaf (TLS upstream), %d leaves" % n,
          "%.1f KiB" % r["kib_per_leaf"], "<= 16 KiB", "VmRSS(%d leaves) - VmRSS(0) over %d"
@@ -645,7 +664,18 @@ def section_memory(b, workdir, certs):
          "%.1f s; %.0f / %.0f %% of a core" % (r["t_up_s"], 100 * r["broker_cpu_s"] / r["t_up_s"],
                                               100 * r["gw_cpu_s"] / r["t_up_s"]),
          "<= 5 s (10,000) where the broker keeps up", "upstreams_up = N"),
+        ("... broker CPU a TLS connection (one-threaded: the floor of the above)",
+         "%.2f ms (%.1f s for %d)" % (1e3 * r["broker_cpu_s"] / n, r["broker_cpu_s"], n), "",
+         "/proc/<mosquitto>/stat"),
     ]
+    if r12:
+        b.rows += [
+            ("memory per leaf, upstream.tls_max_version 1.2", "%.1f KiB" % r12["kib_per_leaf"],
+             "<= 16 KiB", "the same, TLS 1.2 only"),
+            ("... all %d up; broker CPU a connection" % n,
+             "%.1f s; %.2f ms" % (r12["t_up_s"], 1e3 * r12["broker_cpu_s"] / n), "",
+             "upstreams_up = N"),
+        ]
 
 
 def sn_connect(client_id, duration=60):

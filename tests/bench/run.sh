@@ -9,6 +9,7 @@
 #
 # Environment (all optional):
 #   BENCH_LEAVES       leaves for the TLS memory run (default 1000)
+#   BENCH_MEMORY_TLS12=0  skip the memory run with upstream.tls_max_version "1.2"
 #   BENCH_QOS0_RATES   offered QoS 0 rates, msgs/s (default 10k..150k; stops early once
 #                      both paths lose messages)
 #   BENCH_QOS0_SECS    seconds per QoS 0 step (default 3)
