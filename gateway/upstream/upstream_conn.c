@@ -653,6 +653,12 @@ static void connect_current(struct upstream *u)
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
 
+static bool host_is_ip_literal(const char *host)
+{
+  unsigned char buf[sizeof(struct in6_addr)];
+  return uv_inet_pton(AF_INET, host, buf) == 0 || uv_inet_pton(AF_INET6, host, buf) == 0;
+}
+
 static void start_resolve(struct upstream *u)
 {
   struct addrinfo hints;
@@ -662,6 +668,19 @@ static void start_resolve(struct upstream *u)
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
+  /* An IP literal needs no resolver: getaddrinfo answers it at once, here,
+   * without a trip through libuv's thread pool for each of thousands of
+   * connections. */
+  if (host_is_ip_literal(u->o.host)) {
+    struct addrinfo *res = NULL;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    if (getaddrinfo(u->o.host, u->port_str, &hints, &res) == 0 && res) {
+      u->ai = u->ai_cur = res;
+      connect_current(u);
+      return;
+    }
+    hints.ai_flags = 0; /* let the resolver say what is wrong with it */
+  }
   /* Allocated for the request only: thousands of upstreams would each
    * hold 160 bytes for a request made once a connection. */
   u->gai = malloc(sizeof *u->gai);
