@@ -4,7 +4,8 @@
  * recorded; a ClientId that holds a PSK or has authenticated over DTLS is
  * refused over plain UDP without an audit row; the IP binding applies over
  * plain UDP only; admission.plain_udp's three settings; the refusal of a
- * DTLS identity naming another ClientId is audited.
+ * DTLS identity naming another ClientId is audited; a first sight's rows
+ * (device, LAN security, audit) go in together or not at all.
  */
 #include "test.h"
 
@@ -12,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "admission.h"
 #include "config.h"
@@ -148,6 +151,39 @@ static void test_identity_refusal_audited(void)
   }
 }
 
+/* A first sight writes its three rows in one transaction: when the second
+ * write fails (a trigger another connection put on the registry), neither the
+ * device nor its audit row is left, the registry's error is the reason, and
+ * the next admission (the trigger gone) works with one audit row. */
+static void test_first_sight_atomic(void)
+{
+  char db[300], reason[256];
+  sqlite3 *other = NULL;
+  struct store_device d;
+
+  snprintf(db, sizeof db, "%s/registry.db", g_dir);
+  ASSERT_EQ(sqlite3_open(db, &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other,
+                         "CREATE TRIGGER no_security BEFORE UPDATE OF lan_security ON devices "
+                         "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+                         NULL, NULL, NULL),
+            SQLITE_OK);
+  ASSERT_EQ(admit_check(g_st, g_cfg, "atomic-1", "127.0.0.1", ADMIT_SEC_PLAIN, NOW, NULL, &d,
+                        reason, sizeof reason),
+            ADMIT_ERROR);
+  ASSERT_TRUE(strstr(reason, "refused by the test") != NULL);
+  ASSERT_EQ(store_device_get(g_st, "atomic-1", &d), STORE_NOTFOUND);
+  ASSERT_EQ(audits("atomic-1", "admission.admitted"), 0);
+  ASSERT_EQ(sqlite3_exec(other, "DROP TRIGGER no_security", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  /* No transaction was left open: the next one goes through. */
+  ASSERT_EQ(admit("atomic-1", "127.0.0.1", ADMIT_SEC_PLAIN, &d), ADMIT_OK);
+  ASSERT_STR_EQ(security_of("atomic-1"), "plain");
+  ASSERT_EQ(audits("atomic-1", "admission.admitted"), 1);
+  ASSERT_EQ(store_begin(g_st), STORE_OK);
+  ASSERT_EQ(store_commit(g_st), STORE_OK);
+}
+
 static int setup(void)
 {
   char path[320], db[320], key[320], err[512];
@@ -184,6 +220,7 @@ int main(void)
   RUN(test_binding_plain_only);
   RUN(test_plain_udp_setting);
   RUN(test_identity_refusal_audited);
+  RUN(test_first_sight_atomic);
   store_close(g_st);
   cfg_free(g_cfg);
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
