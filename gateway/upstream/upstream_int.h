@@ -38,8 +38,10 @@ extern const char *const uconn_state_names[];
 /* One connection attempt: the TCP handle and everything tied to it. */
 struct conn {
   uv_tcp_t tcp;                /* tcp.data == this conn */
-  uv_connect_t creq;
-  uv_shutdown_t sreq;
+  union {                      /* never both in flight: a shutdown is only of an UP conn */
+    uv_connect_t creq;
+    uv_shutdown_t sreq;
+  };
   struct upstream *u;
   struct tls_conn *tls;        /* NULL for plain TCP */
   struct mqtt_stream stream;
