@@ -495,33 +495,54 @@ def section_qos1(b, broker, gw):
     n = env_int("BENCH_QOS1_LEAVES", 1000)
     secs = env_int("BENCH_QOS1_SECS", 5)
     print("\n== QoS 1, one publish in flight per leaf/connection, %d of them, %d s" % (n, secs))
-    sub = b.start_sub(broker, "q1d/#")
-    d = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--qos", 1, "--rate", 0,
-               "--duration", secs, "--topic", "q1d/%s", "--prefix", "direct-"], timeout=secs + 60)
-    d_got = b.stop_sub(sub)["received"]
-    print("   direct : %.0f msg/s acked, p50 %.2f ms, p99 %.2f ms (subscriber got %d of %d)"
-          % (d["acked"] / d["elapsed_s"], d["latency_us"]["p50"] / 1e3,
-             d["latency_us"]["p99"] / 1e3, d_got, d["acked"]), flush=True)
+    # BENCH_QOS1_ROUNDS interleaved rounds of direct then relayed (default 3):
+    # on a shared box one round's ratio swings; the median of the rounds'
+    # ratios is the figure.
+    rounds = max(1, env_int("BENCH_QOS1_ROUNDS", 3))
+    per_round = []
+    for k in range(rounds):
+        sub = b.start_sub(broker, "q1d/#")
+        d = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--qos", 1, "--rate", 0,
+                   "--duration", secs, "--topic", "q1d/%s", "--prefix", "direct-"],
+                  timeout=secs + 60)
+        d_got = b.stop_sub(sub)["received"]
+        print("   round %d direct : %.0f msg/s acked, p50 %.2f ms, p99 %.2f ms (subscriber got %d "
+              "of %d)" % (k + 1, d["acked"] / d["elapsed_s"], d["latency_us"]["p50"] / 1e3,
+                          d["latency_us"]["p99"] / 1e3, d_got, d["acked"]), flush=True)
 
-    sub = b.start_sub(broker, "q1r/#")
-    m0 = gw.metrics()
-    # Connects paced at 10,000/s (see the connect section); --rate far above
-    # what one-in-flight allows, so each leaf publishes again as soon as its
-    # PUBACK arrives.
-    r = b.run(b.leafsim_cmd(gw, n, "leaf-", "--qos", 1, "--rate", 100000, "--duration", secs,
-                            "--connect-rate", 10000, "--topic", "q1r/%s", "--retry-ms", 5000),
-              timeout=secs + 120)
-    m1 = gw.metrics()
-    r_got = b.stop_sub(sub)["received"]
-    # Acked per second over the publishing window (first publish to last ack).
-    r_rate = r["publish_rate"]
-    lost = r["publishes_sent"] - r["publishes_acked"]
-    print("   relayed: %.0f msg/s acked, p50 %.2f ms, p99 %.2f ms, unacked %d, retransmissions %d, "
-          "subscriber got %d of %d acked (uplink congestion %d)"
-          % (r_rate, r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3, lost,
-             r["retransmissions"], r_got, r["publishes_acked"],
-             m1["uplink_congestion"] - m0["uplink_congestion"]), flush=True)
-    d_rate = d["acked"] / d["elapsed_s"]
+        sub = b.start_sub(broker, "q1r/#")
+        m0 = gw.metrics()
+        # Connects paced at 10,000/s (see the connect section); --rate far
+        # above what one-in-flight allows, so each leaf publishes again as
+        # soon as its PUBACK arrives.
+        r = b.run(b.leafsim_cmd(gw, n, "leaf-", "--qos", 1, "--rate", 100000, "--duration", secs,
+                                "--connect-rate", 10000, "--topic", "q1r/%s", "--retry-ms", 5000),
+                  timeout=secs + 120)
+        m1 = gw.metrics()
+        r_got = b.stop_sub(sub)["received"]
+        # Acked per second over the publishing window (first publish to last ack).
+        r_rate = r["publish_rate"]
+        lost = r["publishes_sent"] - r["publishes_acked"]
+        d_rate = d["acked"] / d["elapsed_s"]
+        print("   round %d relayed: %.0f msg/s acked (%.2f of direct), p50 %.2f ms, p99 %.2f ms, "
+              "unacked %d, retransmissions %d, subscriber got %d of %d acked (uplink congestion "
+              "%d)" % (k + 1, r_rate, r_rate / d_rate if d_rate else 0,
+                       r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3, lost,
+                       r["retransmissions"], r_got, r["publishes_acked"],
+                       m1["uplink_congestion"] - m0["uplink_congestion"]), flush=True)
+        per_round.append({"d": d, "d_got": d_got, "r": r, "r_got": r_got, "lost": lost,
+                          "d_rate": d_rate, "r_rate": r_rate,
+                          "ratio": r_rate / d_rate if d_rate else 0})
+    # The round with the median ratio speaks for the section; lost is the
+    # worst of all rounds.
+    per_round.sort(key=lambda x: x["ratio"])
+    med = per_round[len(per_round) // 2]
+    d, d_got, r, r_got = med["d"], med["d_got"], med["r"], med["r_got"]
+    d_rate, r_rate = med["d_rate"], med["r_rate"]
+    lost = max(x["lost"] for x in per_round)
+    ratios = ", ".join("%.2f" % x["ratio"] for x in per_round)
+    print("   median of %d rounds: relayed / direct %.2f (rounds %s)" % (rounds, med["ratio"], ratios),
+          flush=True)
 
     # Latency at set loads (BENCH_QOS1_LAT_RATES, default 5,000 and 40,000
     # msg/s), spread over the leaves, each against direct at the same rate.
@@ -551,13 +572,15 @@ def section_qos1(b, broker, gw):
                          "p99 <= 1.2 x direct", "leafsim vs mqttload --rate %d" % rate))
     b.results["qos1"] = dict({"direct": d, "direct_sub_received": d_got, "relayed": r,
                               "relayed_sub_received": r_got, "relayed_rate": r_rate,
-                              "direct_rate": d_rate}, **lat)
+                              "direct_rate": d_rate,
+                              "round_ratios": [x["ratio"] for x in per_round]}, **lat)
     b.rows += [
         ("QoS 1 direct, %d connections" % n, "%.0f msg/s, p99 %.1f ms"
          % (d_rate, d["latency_us"]["p99"] / 1e3), "(reference)", "mqttload pub --qos 1"),
-        ("QoS 1 relayed, %d leaves" % n, "%.0f msg/s (%.0f %%), p50 %.1f ms, p99 %.1f ms, "
-         "unacked %d" % (r_rate, 100 * r_rate / d_rate if d_rate else 0,
-                         r["latency_us"]["p50"] / 1e3, r["latency_us"]["p99"] / 1e3, lost),
+        ("QoS 1 relayed, %d leaves" % n, "%.0f msg/s (%.0f %%, median of rounds %s), p50 %.1f "
+         "ms, p99 %.1f ms, unacked %d" % (r_rate, 100 * r_rate / d_rate if d_rate else 0, ratios,
+                                          r["latency_us"]["p50"] / 1e3,
+                                          r["latency_us"]["p99"] / 1e3, lost),
          ">= 95 %, 0 loss, p99 <= 100 ms", "fleetgw-leafsim --qos 1"),
     ] + lat_rows
 

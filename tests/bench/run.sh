@@ -16,6 +16,7 @@
 #   BENCH_QOS0_LEAVES  leaves / connections in the QoS 0 runs (default 100)
 #   BENCH_QOS1_LEAVES  leaves in the connect and QoS 1 runs (default 1000)
 #   BENCH_QOS1_SECS    seconds per QoS 1 run (default 5)
+#   BENCH_QOS1_ROUNDS  interleaved direct/relayed closed-loop rounds, the median ratio kept (default 3)
 #   BENCH_ONLY         comma list of sections: qos0,connect,qos1,memory,flood,dtls,outbox
 #                      (default all)
 #   BENCH_DTLS_LEAVES  leaves in the DTLS handshake and memory runs (default 2000)
