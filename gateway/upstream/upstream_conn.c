@@ -346,6 +346,19 @@ static void send_connect(struct upstream *u, struct conn *c)
 
 /* ---- connecting ---- */
 
+/* The size of the packet that starts at data when its fixed header is all
+ * there (0 otherwise: incomplete, or malformed for the stream to report). */
+static uint64_t whole_packet_size(const uint8_t *data, size_t n)
+{
+  uint32_t rl;
+  int k;
+
+  if (n < 2)
+    return 0;
+  k = mqtt_varint_decode(data + 1, n - 1 < 4 ? n - 1 : 4, &rl);
+  return k > 0 ? 1 + (uint64_t)k + rl : 0;
+}
+
 /* Grows the MQTT input buffer before feeding when the packet that starts
  * here is larger than the buffer but allowed (<= max_packet).  The header
  * may be split: bytes already buffered by the stream come first. */
@@ -354,10 +367,8 @@ static int inbuf_reserve(struct upstream *u, struct conn *c, const uint8_t *data
   struct mqtt_stream *s = &c->stream;
   uint8_t hdr[5];
   size_t h = 0, partial = 0;
-  uint32_t rl;
   uint64_t total;
   uint8_t *nb;
-  int k;
 
   if (s->need != 0 && s->have < s->need)
     return 0; /* inside a packet whose size was already accepted */
@@ -371,12 +382,9 @@ static int inbuf_reserve(struct upstream *u, struct conn *c, const uint8_t *data
     hdr[h] = data[h - partial];
     h++;
   }
-  if (h < 2)
-    return 0;
-  k = mqtt_varint_decode(hdr + 1, h - 1, &rl);
-  if (k < 0)
+  total = whole_packet_size(hdr, h);
+  if (total == 0)
     return 0; /* incomplete or malformed: the stream decides */
-  total = 1 + (uint64_t)k + rl;
   if (total <= s->cap || total > u->o.max_packet)
     return 0; /* fits, or the stream refuses it as too big */
   nb = malloc((size_t)total);
@@ -420,19 +428,6 @@ static int inbuf_small(struct upstream *u, struct conn *c)
     return -1;
   mqtt_stream_init(&c->stream, c->inbuf, small);
   return 0;
-}
-
-/* The size of the packet that starts at data when its fixed header is all
- * there (0 otherwise: incomplete, or malformed for the stream to report). */
-static uint64_t whole_packet_size(const uint8_t *data, size_t n)
-{
-  uint32_t rl;
-  int k;
-
-  if (n < 2)
-    return 0;
-  k = mqtt_varint_decode(data + 1, n - 1 < 4 ? n - 1 : 4, &rl);
-  return k > 0 ? 1 + (uint64_t)k + rl : 0;
 }
 
 /* MQTT plaintext from the broker: frame and handle packets.  A packet that
@@ -653,12 +648,6 @@ static void connect_current(struct upstream *u)
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
 
-static bool host_is_ip_literal(const char *host)
-{
-  unsigned char buf[sizeof(struct in6_addr)];
-  return uv_inet_pton(AF_INET, host, buf) == 0 || uv_inet_pton(AF_INET6, host, buf) == 0;
-}
-
 static void start_resolve(struct upstream *u)
 {
   struct addrinfo hints;
@@ -668,10 +657,11 @@ static void start_resolve(struct upstream *u)
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
-  /* An IP literal needs no resolver: getaddrinfo answers it at once, here,
-   * without a trip through libuv's thread pool for each of thousands of
-   * connections. */
-  if (host_is_ip_literal(u->o.host)) {
+  /* An IP literal needs no resolver: with AI_NUMERICHOST getaddrinfo
+   * answers it at once, here, without a trip through libuv's thread pool
+   * for each of thousands of connections (and refuses a name without any
+   * I/O: a name goes to the resolver below). */
+  {
     struct addrinfo *res = NULL;
     hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
     if (getaddrinfo(u->o.host, u->port_str, &hints, &res) == 0 && res) {
@@ -679,7 +669,7 @@ static void start_resolve(struct upstream *u)
       connect_current(u);
       return;
     }
-    hints.ai_flags = 0; /* let the resolver say what is wrong with it */
+    hints.ai_flags = 0;
   }
   /* Allocated for the request only: thousands of upstreams would each
    * hold 160 bytes for a request made once a connection. */

@@ -114,8 +114,9 @@ struct wreq {
 };
 
 #define MIN_MAX_PACKET 16u
-/* The MQTT input buffer kept between packets; larger packets get a buffer
- * of their exact size for as long as they take to arrive. */
+/* The MQTT input buffer for a packet whose fixed header arrived incomplete;
+ * a packet of known size split across reads gets a buffer of its exact size,
+ * and none is kept between packets (upstream_conn.c process_plain). */
 #define INBUF_SMALL 512u
 /* Ciphertext is fed to OpenSSL in slices so that its input BIO never grows
  * beyond this (BUF_MEM keeps its high-water mark). */
