@@ -23,10 +23,18 @@
 
 #include "log.h"
 
-/* With UV_UDP_RECVMMSG libuv splits one large buffer into datagram-sized
- * slots and reads up to this many datagrams in one system call. */
-#define LAN_SLOT 2048 /* > any MQTT-SN datagram we accept on a LAN (MTU-bound) */
-#define LAN_BATCH 32
+/* With UV_UDP_RECVMMSG libuv cuts the buffer it is given into slots of its
+ * own fixed size, 64 KiB (UV__UDP_DGRAM_MAXSIZE in libuv's src/unix/udp.c:
+ * the largest UDP payload), and reads at most 20 of them in one recvmmsg(2).
+ * A smaller buffer reads one datagram a system call.  So the buffer is 20
+ * slots: 1.25 MiB of address space, of which only the pages the datagrams
+ * land on (the first of each slot) are ever resident. */
+#define RECV_SLOT (64u * 1024u)
+#define RECV_SLOTS 20u
+/* The largest datagram taken from a LAN peer: > any MQTT-SN datagram on a
+ * LAN (MTU-bound; a DTLS peer fragments its handshake to the MTU).  Longer
+ * ones are dropped. */
+#define LAN_MAX_DATAGRAM 2048
 /* Datagrams queued when the kernel's send buffer is full: beyond these
  * bytes a send is refused (and counted by the caller), so a slow or
  * saturated interface cannot make the gateway hold unbounded copies. */
@@ -54,7 +62,8 @@ struct udp {
   struct iovec iov[SEND_BATCH];
   struct sockaddr_storage to[SEND_BATCH];
   uint8_t arena[SEND_ARENA];
-  char rbuf[LAN_SLOT * LAN_BATCH];
+  char *rbuf;                  /* RECV_SLOTS * RECV_SLOT bytes */
+  struct udp_rx_stats rx;
 };
 
 /* The loop is single-threaded and so is every socket on it: one list. */
@@ -79,7 +88,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
   (void)suggested;
   /* One buffer: libuv hands it back in recv_cb before asking again. */
   buf->base = lan->rbuf;
-  buf->len = sizeof lan->rbuf;
+  buf->len = RECV_SLOTS * RECV_SLOT;
 }
 
 static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *addr,
@@ -92,12 +101,19 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struc
     log_ratelimited(&rl, LOG_WARN, "lan", "receive error: %s", uv_strerror((int)nread));
     return;
   }
-  if (addr == NULL) /* nothing more to read, or the end of a recvmmsg batch */
+  if (addr == NULL) { /* nothing more to read, or the end of a recvmmsg batch */
+    if (flags & UV_UDP_MMSG_FREE)
+      lan->rx.reads++;
     return;
-  if (flags & UV_UDP_PARTIAL) {
+  }
+  if (!(flags & UV_UDP_MMSG_CHUNK))
+    lan->rx.reads++; /* read by recvmsg(2), one at a time */
+  lan->rx.datagrams++;
+  if ((flags & UV_UDP_PARTIAL) || nread > LAN_MAX_DATAGRAM) {
     static struct log_ratelimit rl;
-    log_ratelimited(&rl, LOG_WARN, "lan", "datagram larger than %d bytes truncated, dropped",
-                    LAN_SLOT);
+    lan->rx.too_long++;
+    log_ratelimited(&rl, LOG_WARN, "lan", "datagram longer than %d bytes dropped",
+                    LAN_MAX_DATAGRAM);
     return;
   }
   lan->cb(lan->ud, addr, (const uint8_t *)buf->base, (size_t)nread);
@@ -121,10 +137,17 @@ int udp_open(uv_loop_t *loop, const char *bind_ip, uint16_t port, uint32_t rcvbu
   lan = calloc(1, sizeof *lan);
   if (!lan)
     return UV_ENOMEM;
+  /* Not calloc: the pages no datagram lands on are never touched. */
+  lan->rbuf = malloc(RECV_SLOTS * RECV_SLOT);
+  if (!lan->rbuf) {
+    free(lan);
+    return UV_ENOMEM;
+  }
   lan->cb = cb;
   lan->ud = ud;
   rc = uv_udp_init_ex(loop, &lan->udp, (unsigned)family | UV_UDP_RECVMMSG);
   if (rc != 0) {
+    free(lan->rbuf);
     free(lan);
     return rc;
   }
@@ -354,6 +377,7 @@ static void close_cb(uv_handle_t *h)
     return;
   done = lan->done;
   ud = lan->done_ud;
+  free(lan->rbuf);
   free(lan);
   if (done)
     done(ud);
@@ -379,6 +403,11 @@ void udp_close(struct udp *lan, void (*done)(void *), void *ud)
   uv_udp_recv_stop(&lan->udp);
   udp_flush(lan); /* what was sent before the close goes out */
   close_handles(lan);
+}
+
+void udp_get_rx_stats(const struct udp *lan, struct udp_rx_stats *out)
+{
+  *out = lan->rx;
 }
 
 int udp_port(const struct udp *lan)

@@ -1,8 +1,9 @@
 /*
  * udp.h - the MQTT-SN UDP socket.
  *
- * Receives datagrams (with recvmmsg batching where libuv offers it) and hands
- * each one, with its source address, to the owner's callback; sends
+ * Receives datagrams, up to 20 in one recvmmsg(2), and hands each one, with
+ * its source address, to the owner's callback (one longer than 2048 bytes is
+ * dropped and counted); sends
  * datagrams in batches: copied into the socket's batch, they go out in one
  * sendmmsg at the end of the loop turn's callbacks (or when the batch is
  * full, or on udp_flush), and only if the kernel's send buffer is full
@@ -40,6 +41,14 @@ void udp_flush_all(void);
 void udp_count_errors(struct udp *lan, uint64_t *counter);
 /* Closes the socket; done(ud) runs once the handle is closed and freed. */
 void udp_close(struct udp *lan, void (*done)(void *), void *ud);
+/* What the socket has read: datagrams, the system calls that read them
+ * (recvmmsg batches) and the datagrams dropped as too long. */
+struct udp_rx_stats {
+  uint64_t datagrams;
+  uint64_t reads;
+  uint64_t too_long;
+};
+void udp_get_rx_stats(const struct udp *lan, struct udp_rx_stats *out);
 /* The bound port (useful with port 0). */
 int udp_port(const struct udp *lan);
 
