@@ -15,6 +15,7 @@
   C(datagrams_in, "UDP datagrams received")                                    \
   C(datagrams_out, "UDP datagrams sent")                                       \
   C(datagrams_malformed, "datagrams rejected by the MQTT-SN decoder")          \
+  C(datagrams_too_long, "datagrams over 2048 bytes dropped unread (LAN and DTLS)") \
   C(datagrams_unexpected, "well-formed messages not valid in the session state")\
   C(datagrams_unknown_client, "messages from an address with no session")      \
   C(send_errors, "UDP sends that failed")                                      \

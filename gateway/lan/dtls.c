@@ -785,6 +785,14 @@ int dtls_start(struct dtls *d)
   return 0;
 }
 
+uint64_t dtls_datagrams_too_long(const struct dtls *d)
+{
+  struct udp_rx_stats rx = {0, 0, 0};
+  if (d->udp)
+    udp_get_rx_stats(d->udp, &rx);
+  return rx.too_long;
+}
+
 int dtls_port(const struct dtls *d)
 {
   return d->udp ? udp_port(d->udp) : -1;

@@ -109,6 +109,8 @@ int dtls_new(const struct dtls_env *env, struct dtls **out, char *err, size_t er
 /* Binds the socket and starts the cookie secret's rotation. */
 int dtls_start(struct dtls *d);
 int dtls_port(const struct dtls *d);
+/* Datagrams dropped on the DTLS socket as longer than 2048 bytes. */
+uint64_t dtls_datagrams_too_long(const struct dtls *d);
 /* Encrypts one datagram to an established peer: 0, UV_ENOTCONN (no session
  * at that address) or UV_EMSGSIZE (larger than dtls_max_payload). */
 int dtls_send(struct dtls *d, const struct sockaddr *to, const uint8_t *data, size_t len);

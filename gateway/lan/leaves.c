@@ -755,6 +755,12 @@ void leaves_count(const struct leaves *lv, struct metrics *m, uint64_t *links, u
   uint64_t nl = 0, nq = 0;
   m->leaves_active = m->leaves_asleep = m->leaves_connecting = m->upstreams_up = 0;
   m->sessions = lv->nsessions;
+  {
+    struct udp_rx_stats rx = {0, 0, 0};
+    if (lv->udp)
+      udp_get_rx_stats(lv->udp, &rx);
+    m->datagrams_too_long = rx.too_long + (lv->dtls ? dtls_datagrams_too_long(lv->dtls) : 0);
+  }
   dtls_counters(lv, m);
   if (lv->m != m)
     dtls_counters(lv, lv->m);

@@ -49,6 +49,7 @@ METRICS_RE = re.compile(r"\bmetrics (\{.*\})\s*$")
 # harness key -> the gateway's metric name (gateway/metrics.h METRICS_MAP).
 METRIC = {
     "malformed": "datagrams_malformed",      # datagrams rejected by the MQTT-SN decoder
+    "too_long": "datagrams_too_long",        # datagrams over 2048 bytes, dropped unread
     "qos_m1_dropped": "qos_m1_dropped",      # QoS -1 publishes dropped (no proxy client)
     "sleep_dropped": "queue_dropped",        # messages for a leaf dropped: its queue was full
     "leaves_connected": "leaves_active",     # gauge: leaves connected and active

@@ -94,6 +94,7 @@ def test_malformed_burst_gateway_survives(broker, gateway, broker_client):
     bc = broker_client(broker)
     bc.subscribe("fleet/good", qos=1)
     before = gw.metric("malformed")
+    long_before = gw.metric("too_long")
     rng = random.Random(20261129)
     burst = _malformed_datagrams(rng, 1000)
     for d in burst:                            # self-check: none of them decodes
@@ -114,6 +115,11 @@ def test_malformed_burst_gateway_survives(broker, gateway, broker_client):
         for extra in (b"", bytes.fromhex("02 03"), bytes.fromhex("02 ff"),
                       sn.encode_connect("leaf-bad-proto", 60, protocol_id=0x02)):
             s.sendto(extra, gw.addr)
+        # Longer than any LAN datagram the gateway takes (2048 bytes): three
+        # well-framed PUBLISHes of 2,049 to 9,000 bytes are dropped unread
+        # and counted apart from the decoder's rejects.
+        for size in (2049, 4000, 9000):
+            s.sendto(b"\x01" + size.to_bytes(2, "big") + b"\x0c" + b"\x00" * (size - 4), gw.addr)
     finally:
         s.close()
     time.sleep(0.5)
@@ -125,6 +131,7 @@ def test_malformed_burst_gateway_survives(broker, gateway, broker_client):
     delta = gw.metric("malformed") - before
     # Loopback UDP does not drop at this pace; allow a little slack anyway.
     assert delta >= 950, delta
+    assert gw.metric("too_long") - long_before == 3
 
 
 def test_client_id_longer_than_23_rejected_by_default(broker, gateway):
