@@ -88,7 +88,8 @@ void uconn_close_cb(uv_handle_t *h)
   if (current)
     u->conn = NULL;
   tls_conn_free(c->tls);
-  free(c->inbuf);
+  mqtt_stream_reset(&c->stream); /* a packet half read: its storage comes back too */
+  free(mqtt_stream_take_back(&c->stream));
   free(c);
   u->nconns--;
   if (current)
@@ -130,7 +131,7 @@ static struct conn *conn_new(struct upstream *u)
     return NULL;
   }
   /* No input buffer until a packet arrives split across reads. */
-  mqtt_stream_init(&c->stream, NULL, 0);
+  mqtt_stream_init_lazy(&c->stream, u->o.max_packet);
   c->tcp.data = c;
   c->u = u;
   u->nconns++;
@@ -346,124 +347,19 @@ static void send_connect(struct upstream *u, struct conn *c)
 
 /* ---- connecting ---- */
 
-/* The size of the packet that starts at data when its fixed header is all
- * there (0 otherwise: incomplete, or malformed for the stream to report). */
-static uint64_t whole_packet_size(const uint8_t *data, size_t n)
-{
-  uint32_t rl;
-  int k;
-
-  if (n < 2)
-    return 0;
-  k = mqtt_varint_decode(data + 1, n - 1 < 4 ? n - 1 : 4, &rl);
-  return k > 0 ? 1 + (uint64_t)k + rl : 0;
-}
-
-/* Grows the MQTT input buffer before feeding when the packet that starts
- * here is larger than the buffer but allowed (<= max_packet).  The header
- * may be split: bytes already buffered by the stream come first. */
-static int inbuf_reserve(struct upstream *u, struct conn *c, const uint8_t *data, size_t n)
-{
-  struct mqtt_stream *s = &c->stream;
-  uint8_t hdr[5];
-  size_t h = 0, partial = 0;
-  uint64_t total;
-  uint8_t *nb;
-
-  if (s->need != 0 && s->have < s->need)
-    return 0; /* inside a packet whose size was already accepted */
-  if (s->need == 0) {
-    partial = s->have < 4 ? s->have : 4;
-    if (partial)
-      memcpy(hdr, s->buf, partial);
-    h = partial;
-  }
-  while (h < 5 && h - partial < n) {
-    hdr[h] = data[h - partial];
-    h++;
-  }
-  total = whole_packet_size(hdr, h);
-  if (total == 0)
-    return 0; /* incomplete or malformed: the stream decides */
-  if (total <= s->cap || total > u->o.max_packet)
-    return 0; /* fits, or the stream refuses it as too big */
-  nb = malloc((size_t)total);
-  if (!nb)
-    return -1;
-  free(c->inbuf);
-  c->inbuf = nb;
-  mqtt_stream_init(s, nb, (size_t)total);
-  if (partial) {
-    const uint8_t *p;
-    size_t plen;
-    (void)mqtt_stream_feed(s, hdr, partial, &p, &plen);
-  }
-  return 0;
-}
-
-static bool stream_between(const struct mqtt_stream *s)
-{
-  return (s->need == 0 && s->have == 0) || (s->need != 0 && s->have == s->need);
-}
-
-/* Between packets the stream needs no storage: the buffer is freed, so an
- * idle connection holds none (thousands of them would hold 512 bytes each). */
-static void inbuf_release(struct conn *c)
-{
-  if (!c->inbuf || !stream_between(&c->stream))
-    return;
-  free(c->inbuf);
-  c->inbuf = NULL;
-  mqtt_stream_init(&c->stream, NULL, 0);
-}
-
-/* The stream is about to buffer a packet that did not come whole. */
-static int inbuf_small(struct upstream *u, struct conn *c)
-{
-  size_t small = u->o.max_packet < INBUF_SMALL ? u->o.max_packet : INBUF_SMALL;
-  if (c->inbuf)
-    return 0;
-  c->inbuf = malloc(small);
-  if (!c->inbuf)
-    return -1;
-  mqtt_stream_init(&c->stream, c->inbuf, small);
-  return 0;
-}
-
-/* MQTT plaintext from the broker: frame and handle packets.  A packet that
- * is whole in data is handled where it is; only one split across reads is
- * assembled in the stream's buffer. */
+/* MQTT plaintext from the broker: frame and handle packets.  The stream
+ * (protocol/mqtt_stream, lazy storage) returns a packet that is whole in
+ * data where it lies and keeps a split acknowledgement in itself; only a
+ * larger packet split across reads wants storage, of exactly its size, which
+ * is freed once the packet is handled, so an idle connection holds no input
+ * buffer. */
 static void process_plain(struct upstream *u, struct conn *c, const uint8_t *data, size_t n)
 {
+  struct mqtt_stream *s = &c->stream;
   while (n > 0) {
     const uint8_t *pkt;
-    size_t plen;
-    int used;
-
-    if (stream_between(&c->stream)) {
-      uint64_t total = whole_packet_size(data, n);
-      inbuf_release(c);
-      if (total > u->o.max_packet) {
-        LOGW(MOD, "%s: bad packet from the broker: %s", u->o.client_id,
-             proto_strerror(PROTO_TOO_BIG));
-        uconn_abort(c, UPSTREAM_R_PROTOCOL, 0);
-        return;
-      }
-      if (total != 0 && total <= n) {
-        u->own->packet(u, c, data, (size_t)total);
-        if (!uconn_alive(u, c))
-          return;
-        data += total;
-        n -= (size_t)total;
-        continue;
-      }
-    }
-    if (inbuf_reserve(u, c, data, n) < 0 || inbuf_small(u, c) < 0) {
-      LOGW(MOD, "%s: out of memory for an incoming packet", u->o.client_id);
-      uconn_abort(c, UPSTREAM_R_TCP, 0);
-      return;
-    }
-    used = mqtt_stream_feed(&c->stream, data, n, &pkt, &plen);
+    size_t plen, want;
+    int used = mqtt_stream_feed(s, data, n, &pkt, &plen);
     if (used < 0) {
       LOGW(MOD, "%s: bad packet from the broker: %s", u->o.client_id, proto_strerror(used));
       uconn_abort(c, UPSTREAM_R_PROTOCOL, 0);
@@ -476,8 +372,18 @@ static void process_plain(struct upstream *u, struct conn *c, const uint8_t *dat
       if (!uconn_alive(u, c))
         return;
     }
+    if ((want = mqtt_stream_wants(s)) != 0) {
+      uint8_t *b;
+      free(mqtt_stream_take_back(s));
+      if (!(b = malloc(want))) {
+        LOGW(MOD, "%s: out of memory for an incoming packet", u->o.client_id);
+        uconn_abort(c, UPSTREAM_R_TCP, 0);
+        return;
+      }
+      mqtt_stream_give(s, b);
+    }
   }
-  inbuf_release(c);
+  free(mqtt_stream_take_back(s));
 }
 
 /* Ciphertext from the broker: handshake, then decrypt and process. */

@@ -45,7 +45,6 @@ struct conn {
   struct upstream *u;
   struct tls_conn *tls;        /* NULL for plain TCP */
   struct mqtt_stream stream;
-  uint8_t *inbuf;              /* storage of stream */
   bool closing;                /* uv_close called */
   enum upstream_reason why;    /* reported by lost() once closed */
   int connack_rc;
@@ -114,10 +113,6 @@ struct wreq {
 };
 
 #define MIN_MAX_PACKET 16u
-/* The MQTT input buffer for a packet whose fixed header arrived incomplete;
- * a packet of known size split across reads gets a buffer of its exact size,
- * and none is kept between packets (upstream_conn.c process_plain). */
-#define INBUF_SMALL 512u
 /* Ciphertext is fed to OpenSSL in slices so that its input BIO never grows
  * beyond this (BUF_MEM keeps its high-water mark). */
 #define TLS_FEED_CHUNK 4096u

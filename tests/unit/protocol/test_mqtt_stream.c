@@ -1,9 +1,13 @@
 /*
  * test_mqtt_stream.c - the streaming framer: a sequence of packets fed in
- * every possible split, byte by byte and all at once; oversize packets refused
+ * every possible split, byte by byte and all at once, with fixed storage and
+ * with lazy storage (none held between packets, a packet whole in a chunk
+ * returned in place, a split one assembled in storage of exactly its size,
+ * a split acknowledgement inside the stream); oversize packets refused
  * before their body; malformed Remaining Length; dead-stream behaviour.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mqtt.h"
@@ -56,11 +60,32 @@ static void build_sequence(void)
  * packet comes out whole, in order, equal to the original bytes, and
  * decodable.  Returns the number of packets produced.
  */
+static size_t g_gives;       /* lazy storage given, in the last feed_chunks */
+static size_t g_given_bytes;
+
+/* Lazy mode, as a caller does it: storage of exactly the size wanted. */
+static int lazy_storage(struct mqtt_stream *s)
+{
+  size_t want = mqtt_stream_wants(s);
+  uint8_t *b;
+  if (want == 0)
+    return 0;
+  free(mqtt_stream_take_back(s));
+  b = malloc(want);
+  if (b == NULL)
+    return -1;
+  mqtt_stream_give(s, b);
+  g_gives++;
+  g_given_bytes += want;
+  return 0;
+}
+
 static size_t feed_chunks(struct mqtt_stream *s, const uint8_t *data, size_t len,
                           const size_t *cuts, size_t ncuts, int *err)
 {
   size_t start = 0, got = 0, pkt_start = 0;
   *err = 0;
+  g_gives = g_given_bytes = 0;
   for (size_t c = 0; c <= ncuts; c++) {
     size_t end = c < ncuts ? cuts[c] : len;
     const uint8_t *p = data + start;
@@ -74,7 +99,7 @@ static size_t feed_chunks(struct mqtt_stream *s, const uint8_t *data, size_t len
         *err = used;
         return got;
       }
-      if (used == 0 && pkt == NULL) {
+      if (used == 0 && pkt == NULL && mqtt_stream_wants(s) == 0) {
         *err = 1; /* no progress: a framer bug */
         return got;
       }
@@ -90,7 +115,13 @@ static size_t feed_chunks(struct mqtt_stream *s, const uint8_t *data, size_t len
         pkt_start += pkt_len;
         got++;
       }
+      if (s->lazy && lazy_storage(s) != 0) {
+        *err = 3;
+        return got;
+      }
     }
+    /* Between reads a lazy stream gives back what it no longer needs. */
+    free(mqtt_stream_take_back(s));
     start = end;
   }
   return got;
@@ -193,17 +224,29 @@ static void test_oversize_refused_before_body(void)
 
 static void test_oversize_huge_declared_length(void)
 {
-  /* A peer declaring 256 MB gets refused after 5 bytes, with a 1 KB buffer. */
+  /* A peer declaring 256 MB is refused, with a 1 KB buffer, as soon as the
+   * header shows the packet must be larger: 0x30 0xFF could still be 255
+   * bytes, 0x30 0xFF 0xFF is at least 16,384. */
   static const uint8_t huge[] = {0x30, 0xFF, 0xFF, 0xFF, 0x7F, 0x00, 0x01};
   uint8_t store[1024];
   struct mqtt_stream s;
   const uint8_t *pkt;
   size_t pkt_len;
   mqtt_stream_init(&s, store, sizeof store);
-  ASSERT_EQ(mqtt_stream_feed(&s, huge, 4, &pkt, &pkt_len), 4);
+  ASSERT_EQ(mqtt_stream_feed(&s, huge, 2, &pkt, &pkt_len), 2);
   ASSERT_TRUE(pkt == NULL);
-  ASSERT_EQ(mqtt_stream_feed(&s, huge + 4, 3, &pkt, &pkt_len), PROTO_TOO_BIG);
+  ASSERT_EQ(mqtt_stream_feed(&s, huge + 2, 5, &pkt, &pkt_len), PROTO_TOO_BIG);
   ASSERT_EQ(s.have, 0);
+  /* All of it at once: refused from the whole header. */
+  mqtt_stream_reset(&s);
+  ASSERT_EQ(mqtt_stream_feed(&s, huge, sizeof huge, &pkt, &pkt_len), PROTO_TOO_BIG);
+  /* Lazy: refused before any storage is wanted. */
+  mqtt_stream_init_lazy(&s, 1024);
+  ASSERT_EQ(mqtt_stream_feed(&s, huge, 2, &pkt, &pkt_len), 2);
+  ASSERT_EQ(mqtt_stream_wants(&s), 0);
+  ASSERT_EQ(mqtt_stream_feed(&s, huge + 2, 1, &pkt, &pkt_len), PROTO_TOO_BIG);
+  ASSERT_EQ(mqtt_stream_wants(&s), 0);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == NULL);
 }
 
 static void test_tiny_buffer(void)
@@ -241,15 +284,142 @@ static void test_malformed_varint(void)
   ASSERT_EQ(mqtt_stream_feed(&s, five, sizeof five, &pkt, &pkt_len), PROTO_MALFORMED);
   ASSERT_EQ(mqtt_stream_feed(&s, five, 1, &pkt, &pkt_len), PROTO_MALFORMED);
 
-  /* Byte by byte: incomplete until the 4th continuation byte. */
-  mqtt_stream_reset(&s);
+  /* Byte by byte: incomplete until the 4th continuation byte.  (Lazy, with
+   * the protocol's largest packet as the limit: fixed storage of 64 KiB would
+   * refuse the header as too big at its 3rd byte.) */
+  mqtt_stream_init_lazy(&s, 1 + 4 + 268435455u);
   for (size_t i = 0; i < 4; i++)
     ASSERT_EQ(mqtt_stream_feed(&s, five + i, 1, &pkt, &pkt_len), 1);
   ASSERT_EQ(mqtt_stream_feed(&s, five + 4, 1, &pkt, &pkt_len), PROTO_MALFORMED);
 
-  mqtt_stream_reset(&s);
+  mqtt_stream_init(&s, store, sizeof store);
   ASSERT_EQ(mqtt_stream_feed(&s, overlong, sizeof overlong, &pkt, &pkt_len),
             PROTO_MALFORMED);
+}
+
+/* ---- lazy storage ---- */
+
+static bool inside(const uint8_t *p, size_t n, const uint8_t *base, size_t len)
+{
+  return p >= base && p + n <= base + len;
+}
+
+static void test_lazy_whole_in_place(void)
+{
+  /* All at once: every packet returned where it lies, no storage. */
+  struct mqtt_stream s;
+  const uint8_t *p = seq, *pkt;
+  size_t n = seq_len, pkt_len, got = 0;
+  mqtt_stream_init_lazy(&s, 512);
+  while (n > 0) {
+    int used = mqtt_stream_feed(&s, p, n, &pkt, &pkt_len);
+    ASSERT_TRUE(used > 0);
+    ASSERT_TRUE(pkt != NULL);
+    ASSERT_TRUE(pkt == p);
+    ASSERT_EQ(mqtt_stream_wants(&s), 0);
+    p += used;
+    n -= (size_t)used;
+    got++;
+  }
+  ASSERT_EQ(got, seq_count);
+  ASSERT_TRUE(s.buf == NULL);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == NULL);
+}
+
+static void test_lazy_every_split(void)
+{
+  /* Every single and double cut, lazy: the same packets as with fixed
+   * storage.  Only the 133-byte PUBLISH ever wants storage, 133 bytes, and
+   * only when a cut falls inside it; a cut inside one of the small
+   * acknowledgements is assembled in the stream itself.  Nothing is held
+   * after the last chunk. */
+  struct mqtt_stream s;
+  size_t pub_start = seq_ends[1], pub_end = seq_ends[2], bad = 0;
+  for (size_t a = 0; a <= seq_len; a++) {
+    for (size_t b = a; b <= seq_len; b++) {
+      size_t cuts[2] = {a, b};
+      size_t inside_pub = (a > pub_start && a < pub_end) || (b > pub_start && b < pub_end);
+      int err;
+      mqtt_stream_init_lazy(&s, 512);
+      if (feed_chunks(&s, seq, seq_len, cuts, 2, &err) != seq_count || err != 0)
+        bad++;
+      else if (g_gives != (inside_pub ? 1u : 0u) || g_given_bytes != (inside_pub ? 133u : 0u))
+        bad++;
+      else if (s.buf != NULL)
+        bad++;
+    }
+  }
+  ASSERT_EQ(bad, 0);
+}
+
+static void test_lazy_byte_by_byte(void)
+{
+  struct mqtt_stream s;
+  size_t cuts[256];
+  int err;
+  for (size_t i = 0; i + 1 < seq_len; i++)
+    cuts[i] = i + 1;
+  mqtt_stream_init_lazy(&s, 512);
+  ASSERT_EQ(feed_chunks(&s, seq, seq_len, cuts, seq_len - 1, &err), seq_count);
+  ASSERT_EQ(err, 0);
+  ASSERT_EQ(g_gives, 1);
+  ASSERT_TRUE(s.buf == NULL);
+}
+
+static void test_lazy_split_ack_inside(void)
+{
+  /* A PUBACK cut 1 | 3 and a SUBACK cut 3 | 3: assembled in the stream. */
+  static const uint8_t in[] = {0x40, 0x02, 0x00, 0x07, 0x90, 0x04, 0x00, 0x08, 0x01, 0x80};
+  struct mqtt_stream s;
+  const uint8_t *pkt;
+  size_t pkt_len;
+  mqtt_stream_init_lazy(&s, 512);
+  ASSERT_EQ(mqtt_stream_feed(&s, in, 1, &pkt, &pkt_len), 1);
+  ASSERT_TRUE(pkt == NULL);
+  ASSERT_EQ(mqtt_stream_feed(&s, in + 1, 6, &pkt, &pkt_len), 3);
+  ASSERT_EQ(pkt_len, 4);
+  ASSERT_MEM_EQ(pkt, in, 4);
+  ASSERT_TRUE(inside(pkt, 4, s.small, sizeof s.small));
+  ASSERT_EQ(mqtt_stream_feed(&s, in + 4, 3, &pkt, &pkt_len), 3);
+  ASSERT_TRUE(pkt == NULL);
+  ASSERT_EQ(mqtt_stream_wants(&s), 0);
+  ASSERT_EQ(mqtt_stream_feed(&s, in + 7, 3, &pkt, &pkt_len), 3);
+  ASSERT_EQ(pkt_len, 6);
+  ASSERT_MEM_EQ(pkt, in + 4, 6);
+  ASSERT_TRUE(s.buf == NULL);
+}
+
+static void test_lazy_wants_and_take_back(void)
+{
+  /* A 133-byte PUBLISH cut after 10 bytes: the stream wants 133 bytes, takes
+   * nothing until it has them, keeps them while the packet is assembled and
+   * gives them back once it has been returned. */
+  struct mqtt_stream s;
+  const uint8_t *pub = seq + seq_ends[1], *pkt;
+  size_t pkt_len;
+  uint8_t *b;
+  mqtt_stream_init_lazy(&s, 512);
+  ASSERT_EQ(mqtt_stream_feed(&s, pub, 10, &pkt, &pkt_len), 3); /* the header */
+  ASSERT_EQ(mqtt_stream_wants(&s), 133);
+  ASSERT_EQ(mqtt_stream_feed(&s, pub + 3, 7, &pkt, &pkt_len), 0);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == NULL); /* it holds none */
+  b = malloc(133);
+  ASSERT_TRUE(b != NULL);
+  mqtt_stream_give(&s, b);
+  ASSERT_EQ(mqtt_stream_wants(&s), 0);
+  ASSERT_EQ(mqtt_stream_feed(&s, pub + 3, 7, &pkt, &pkt_len), 7);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == NULL); /* in use */
+  ASSERT_EQ(mqtt_stream_feed(&s, pub + 10, 200, &pkt, &pkt_len), 123);
+  ASSERT_TRUE(pkt == b);
+  ASSERT_EQ(pkt_len, 133);
+  ASSERT_MEM_EQ(pkt, pub, 133);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == b);
+  free(b);
+  ASSERT_TRUE(mqtt_stream_take_back(&s) == NULL);
+  /* Oversize is refused before storage is wanted. */
+  mqtt_stream_init_lazy(&s, 132);
+  ASSERT_EQ(mqtt_stream_feed(&s, pub, 10, &pkt, &pkt_len), PROTO_TOO_BIG);
+  ASSERT_EQ(mqtt_stream_wants(&s), 0);
 }
 
 static void test_packet_valid_until_next_feed(void)
@@ -304,5 +474,10 @@ int main(void)
   RUN(test_malformed_varint);
   RUN(test_packet_valid_until_next_feed);
   RUN(test_stream_does_not_judge_content);
+  RUN(test_lazy_whole_in_place);
+  RUN(test_lazy_every_split);
+  RUN(test_lazy_byte_by_byte);
+  RUN(test_lazy_split_ack_inside);
+  RUN(test_lazy_wants_and_take_back);
   return TEST_END();
 }

@@ -875,7 +875,7 @@ static bool got_payload(const struct probe *p, int n, size_t len, uint8_t fill)
 
 /* The broker's bytes cut at every kind of place: packets whole and several
  * in one read, a fixed header split after its first byte and inside its
- * Remaining Length, a packet larger than the small buffer split in its
+ * Remaining Length, a packet of 1,500 bytes split in its
  * body, then one that declares more than max_packet (the connection is
  * dropped as a protocol error).  The writes are separate segments: the
  * test waits for each to be handled before the next. */
@@ -926,7 +926,7 @@ static void test_framing(void)
   WAIT_FOR(a.messages == 2, STEP_MS);
   ASSERT_TRUE(got_payload(&a, 2, 20, 'b'));
 
-  /* 1,500 bytes (larger than the 512-byte small buffer): the first byte of
+  /* 1,500 bytes (storage of exactly that size, given for it): the first byte of
    * its two-byte Remaining Length, then half the body, then the rest
    * followed by two whole small publishes in the same write. */
   n3 = make_publish(big, 1500, 'c');
