@@ -401,6 +401,7 @@ void ob_commit(struct outbox *ob)
 
   if (!list && !n_dels)
     return;
+  ob->last_commit_ms = uv_now(ob->env.loop);
   ob->staged = ob->staged_tail = NULL;
   ob->n_staged = 0;
   if (store_begin(st) != STORE_OK) {
@@ -510,10 +511,29 @@ static void arm_commit(struct outbox *ob, uint64_t ms)
 {
   if (ob->stopping || !ob->started)
     return;
-  if (ob->commit_armed && ms > 0)
+  /* Armed already: a later call moves the timer only to make it sooner,
+   * to now (a 0 that is already due stays as it is). */
+  if (ob->commit_armed && (ms > 0 || uv_timer_get_due_in(&ob->commit_timer) == 0))
     return;
   ob->commit_armed = true;
   uv_timer_start(&ob->commit_timer, on_commit_timer, ms, 0);
+}
+
+/* A message was staged: a leaf waits for the commit.  At most one commit
+ * every commit_ms, but not a timer's wait more: when the last commit is
+ * that old already (the first message after a quiet spell, or a light
+ * load), the commit runs at the start of the next loop turn, after the
+ * rest of this turn's datagrams have been staged with it.  Deletions of
+ * acknowledged messages wait for the timer (arm_commit): no leaf waits for
+ * them. */
+static void arm_commit_staged(struct outbox *ob)
+{
+  uint64_t every = ob->cfg->outbox.commit_ms, now = uv_now(ob->env.loop);
+  uint64_t due = ob->last_commit_ms + every;
+  if (ob->n_staged >= ob->cfg->outbox.commit_max || due <= now)
+    arm_commit(ob, 0);
+  else
+    arm_commit(ob, due - now);
 }
 
 /* ---- putting ------------------------------------------------------------ */
@@ -596,7 +616,7 @@ int outbox_put(struct ob_lane *l, void *owner, const char *topic, size_t topic_l
   l->bytes += size;
   ob->count++;
   ob->bytes += size;
-  arm_commit(ob, ob->n_staged >= ob->cfg->outbox.commit_max ? 0 : ob->cfg->outbox.commit_ms);
+  arm_commit_staged(ob);
   return OUTBOX_OK;
 }
 

@@ -73,6 +73,7 @@ struct outbox {
   double tokens;                /* rate_total bucket */
   uint64_t tokens_at;
   uv_timer_t commit_timer, tick_timer, sweep_timer;
+  uint64_t last_commit_ms;      /* loop time of the last commit that wrote */
   bool commit_armed, tick_armed, started, stopping;
   bool need_sinks;              /* a lane wants a sink (asked on the next commit timer) */
 };

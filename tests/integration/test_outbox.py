@@ -272,6 +272,26 @@ def test_the_drain_is_paced_per_connection(broker, gateway, link, broker_client)
     assert got[-1].t - got[0].t >= 1.5, got[-1].t - got[0].t
 
 
+def test_a_quiet_leaf_is_not_kept_waiting_by_the_commit_interval(broker, gateway, link,
+                                                                broker_client):
+    # outbox.commit_ms bounds how often the outbox commits, not how long a
+    # message waits: after a quiet spell a publish is committed (and
+    # acknowledged) in the next loop turn.  One that follows within the
+    # interval waits for it.  1,000 ms makes the two cases far apart.
+    _, gw, lf, tid = one_leaf(gateway, broker, link, broker_client, "q",
+                              outbox={"commit_ms": 1000})
+    time.sleep(1.2)                                    # nothing committed for > 1 s
+    t0 = time.monotonic()
+    assert lf.publish(tid, b"first", qos=1, timeout=5) == sn.RC_ACCEPTED
+    first = time.monotonic() - t0
+    t1 = time.monotonic()
+    assert lf.publish(tid, b"second", qos=1, timeout=5) == sn.RC_ACCEPTED
+    second = time.monotonic() - t1
+    assert first < 0.6, first                          # not the 1 s interval
+    assert second > 0.3, second                        # the rest of the interval
+    assert metric(gw, "outbox_messages") == 2
+
+
 def test_without_the_outbox_nothing_is_stored(broker, gateway, link, broker_client):
     _, gw, lf, tid = one_leaf(gateway, broker, link, broker_client, "off",
                               outbox={"enabled": False})
