@@ -93,6 +93,7 @@
   C(outbox_expired, "outbox messages deleted: older than outbox.ttl_s")       \
   C(outbox_commits, "outbox group commits (transactions)")                     \
   C(outbox_commit_failures, "outbox group commits that failed (their messages refused)") \
+  G(outbox_commit_max_us, "longest outbox group commit (its transaction, on the loop), us") \
   C(registry_checkpoints, "WAL checkpoints on the registry's checkpoint thread") \
   C(registry_checkpoint_fallbacks, "WAL checkpoints on the loop: the WAL at 10,000 pages, the thread behind") \
   G(registry_checkpoint_max_us, "longest WAL checkpoint on the checkpoint thread, us") \

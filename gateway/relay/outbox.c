@@ -398,10 +398,12 @@ void ob_commit(struct outbox *ob)
   struct ob_lane *pumps = NULL, **pumps_tail = &pumps; /* in the order of the commit */
   bool ok = true;
   size_t n_dels = ob->n_dels;
+  uint64_t t0, us;
 
   if (!list && !n_dels)
     return;
   ob->last_commit_ms = uv_now(ob->env.loop);
+  t0 = uv_hrtime();
   ob->staged = ob->staged_tail = NULL;
   ob->n_staged = 0;
   if (store_begin(st) != STORE_OK) {
@@ -428,6 +430,9 @@ void ob_commit(struct outbox *ob)
       store_rollback(st);
   }
   ob->m->outbox_commits++;
+  us = (uv_hrtime() - t0) / 1000u;
+  if (us > ob->m->outbox_commit_max_us)
+    ob->m->outbox_commit_max_us = us;
   if (ok) {
     ob->n_dels = 0;
   } else {

@@ -1,12 +1,17 @@
 """Whole-gateway behaviour: many leaves, hostile input, ClientId limits,
 discovery (SEARCHGW/GWINFO, ADVERTISE) and graceful shutdown."""
+import json
+import os
 import random
 import socket
 import struct
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mqttsn_leaf as sn
+import pytest
 from conftest import LOOPBACK
 
 
@@ -203,3 +208,37 @@ def test_sigterm_disconnects_leaves_and_exits_0(broker, gateway):
     assert time.monotonic() - t0 < 10
     for lf in leaves:
         lf.wait_for(sn.DISCONNECT, timeout=1, since=t0)
+
+
+LEAFSIM = Path(os.environ.get("BUILD_DIR", Path(__file__).resolve().parents[2] / "build")) \
+    / "tests" / "leaf" / "fleetgw-leafsim"
+
+
+@pytest.mark.skipif(not LEAFSIM.exists(), reason="needs BUILD_DIR's fleetgw-leafsim")
+def test_leafsim_start_together_holds_publishing_until_every_leaf_is_connected(broker,
+                                                                                gateway):
+    # The bench's QoS 1 figures start their clock as mqttload's does, once
+    # every leaf has its CONNACK (tests/bench/README.md §4): leafsim
+    # --start-together MS.  Three leaves connect 0.4 s apart.
+    gw = gateway(broker)
+
+    def run(*extra):
+        args = [LEAFSIM, "--gw", "%s:%d" % gw.addr, "-n", 3, "--prefix", "st-",
+                "--connect-rate", 2.5, "--qos", 1, "--rate", 20, "--duration", 1,
+                "--topic", "st/%s", "--stats"] + list(extra)
+        r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    own = run()
+    together = run("--start-together", 300)
+    for st in (own, together):
+        assert st["connected"] == 3 and st["publishes_acked"] > 0, st
+        assert st["publishes_acked"] == st["publishes_sent"], st
+    # Without it the first leaf publishes right after its own CONNACK, long
+    # before the last one connects; with it, 300 ms after the last CONNACK.
+    assert own["first_publish_ms"] < own["connect_last_ms"] - 200, own
+    assert together["first_publish_ms"] >= together["connect_last_ms"] + 300, together
+    # --duration counts from the start of publishing: a whole second of it.
+    assert together["publish_span_s"] >= 0.9, together
+

@@ -364,7 +364,9 @@ struct sim {
   struct leaf *leaves;
   uv_timer_t connect_timer;
   uv_timer_t stop_timer;
+  uv_timer_t hold_timer; /* --start-together */
   uv_signal_t sigint, sigterm;
+  bool held;             /* --start-together: publishing not started yet */
   unsigned started;      /* leaves whose first CONNECT went out */
   unsigned connected;    /* leaves that got CONNACK accepted at least once */
   unsigned done;         /* leaves in ST_DONE */
@@ -651,12 +653,10 @@ static void send_bye(struct leaf *l)
   send_request(l, w_finish(&w, SN_DISCONNECT), SN_DISCONNECT, 0, false);
 }
 
-/* Starts (or restarts) the publish schedule of an active phase. */
-static void enter_active(struct leaf *l)
+/* The publish schedule of an active phase starts at t. */
+static void start_schedule(struct leaf *l, uint64_t t)
 {
   struct sim *s = l->sim;
-  uint64_t t = now_ns();
-  set_state(l, ST_ACTIVE);
   l->pace_base = t;
   if (s->o.rate > 0) {
     /* Spread the leaves over one publish interval (a golden-ratio sequence
@@ -667,6 +667,15 @@ static void enter_active(struct leaf *l)
     l->pace_base += (uint64_t)(frac / s->o.rate * (double)NS_PER_S);
   }
   l->pace_sent = 0;
+}
+
+/* Starts (or restarts) the publish schedule of an active phase. */
+static void enter_active(struct leaf *l)
+{
+  struct sim *s = l->sim;
+  uint64_t t = now_ns();
+  set_state(l, ST_ACTIVE);
+  start_schedule(l, t);
   l->due = 0;
   if (s->o.sleep_s > 0) {
     /* Odd and even leaves alternate: the odd ones first sleep after half a
@@ -825,6 +834,33 @@ static void pub_done(struct leaf *l)
   l->req_active = false;
 }
 
+static void duration_cb(uv_timer_t *h);
+static void arm(struct leaf *l, uint64_t t);
+
+/* --start-together: every leaf has had its CONNACK and the wait is over (or
+ * the time-out for the stragglers): each active leaf's schedule starts now,
+ * and so does --duration. */
+static void hold_cb(uv_timer_t *h)
+{
+  struct sim *s = h->loop->data;
+  uint64_t t = now_ns();
+  if (!s->held || s->stop_phase > 0)
+    return;
+  s->held = false;
+  if (s->connected < s->o.leaves)
+    fprintf(stderr, "leafsim: %u of %u leaves connected; publishing starts anyway\n",
+            s->connected, s->o.leaves);
+  for (unsigned i = 0; i < s->o.leaves; i++) {
+    struct leaf *l = &s->leaves[i];
+    if (l->st == ST_ACTIVE) {
+      start_schedule(l, t);
+      arm(l, t);
+    }
+  }
+  if (s->o.duration > 0)
+    uv_timer_start(&s->stop_timer, duration_cb, (uint64_t)(s->o.duration * 1000.0), 0);
+}
+
 static void on_connack(struct leaf *l, const struct msg *m)
 {
   struct sim *s = l->sim;
@@ -839,6 +875,8 @@ static void on_connack(struct leaf *l, const struct msg *m)
       l->ever_connected = true;
       s->connected++;
       s->t_last_connack = now_ns();
+      if (s->held && s->connected == s->o.leaves)
+        uv_timer_start(&s->hold_timer, hold_cb, (uint64_t)s->o.start_together_ms, 0);
     }
     if (s->stop_phase > 0) {
       send_bye(l);
@@ -1107,7 +1145,7 @@ static void service(struct leaf *l)
       send_sleep(l);
       break;
     }
-    if (s->o.rate > 0 && (l->pub_topic_id || s->o.predefined)) {
+    if (s->o.rate > 0 && !s->held && (l->pub_topic_id || s->o.predefined)) {
       uint64_t due = pubs_due(l, t);
       if (s->o.qos >= 1) {
         if (l->pace_sent < due)
@@ -1156,7 +1194,7 @@ static void arm(struct leaf *l, uint64_t t)
       break;
     if (s->o.sleep_s > 0 && l->due && l->due < next)
       next = l->due;
-    if (s->o.rate > 0 && (l->pub_topic_id || s->o.predefined)) {
+    if (s->o.rate > 0 && !s->held && (l->pub_topic_id || s->o.predefined)) {
       uint64_t at = l->pace_base + (uint64_t)((double)l->pace_sent * (double)NS_PER_S / s->o.rate);
       if (at < next)
         next = at;
@@ -1406,6 +1444,7 @@ static void close_all(struct sim *s)
   }
   close_handle(s, (uv_handle_t *)&s->connect_timer);
   close_handle(s, (uv_handle_t *)&s->stop_timer);
+  close_handle(s, (uv_handle_t *)&s->hold_timer);
   close_handle(s, (uv_handle_t *)&s->sigint);
   close_handle(s, (uv_handle_t *)&s->sigterm);
 }
@@ -1602,6 +1641,11 @@ static void print_stats(struct sim *s)
   uint64_t done = s->o.qos >= 1 ? s->c.pub_acked : s->c.pub_sent;
   printf("\"publish_span_s\":%.3f,\"publish_rate\":%.1f,", span,
          span > 0 ? (double)done / span : 0.0);
+  /* From the first CONNECT to the first publish (-1: none). */
+  printf("\"first_publish_ms\":%.3f,",
+         s->t_first_pub && s->t_first_connect
+             ? (double)(s->t_first_pub - s->t_first_connect) / 1e6
+             : -1.0);
   printf("\"latency_us\":{\"count\":%" PRIu64 ",\"p50\":%" PRIu64 ",\"p90\":%" PRIu64
          ",\"p99\":%" PRIu64 ",\"max\":%" PRIu64 ",\"mean\":%.1f},",
          s->lat.n, hist_pct(&s->lat, 50), hist_pct(&s->lat, 90), hist_pct(&s->lat, 99), s->lat.max,
@@ -1685,17 +1729,23 @@ int main(int argc, char **argv)
   }
   uv_timer_init(s->loop, &s->connect_timer);
   uv_timer_init(s->loop, &s->stop_timer);
+  uv_timer_init(s->loop, &s->hold_timer);
   uv_signal_init(s->loop, &s->sigint);
   uv_signal_init(s->loop, &s->sigterm);
-  s->open_handles += 4;
+  s->open_handles += 5;
   if (s->exit_code != 0) {
     close_all(s);
   } else {
     uv_signal_start(&s->sigint, signal_cb, SIGINT);
     uv_signal_start(&s->sigterm, signal_cb, SIGTERM);
     s->t_start = now_ns();
-    if (s->o.duration > 0)
+    if (s->o.start_together_ms >= 0) {
+      /* Publishing waits for every CONNACK; stragglers get 60 s. */
+      s->held = true;
+      uv_timer_start(&s->hold_timer, hold_cb, 60000, 0);
+    } else if (s->o.duration > 0) {
       uv_timer_start(&s->stop_timer, duration_cb, (uint64_t)(s->o.duration * 1000.0), 0);
+    }
     connect_cb(&s->connect_timer);
   }
   uv_run(s->loop, UV_RUN_DEFAULT);

@@ -41,6 +41,9 @@ static const char usage[] =
     "  --retry-ms MS         T_retry for the leaf's own requests (default 2000)\n"
     "  --retries N           N_retry: retransmissions before giving up (default 3)\n"
     "  --congestion-ms MS    wait after CONNACK/PUBACK \"congestion\" (default 1000)\n"
+    "  --start-together MS   hold every leaf's publishing until all have their CONNACK,\n"
+    "                        then MS ms more (the gateway's upstreams come up); --duration\n"
+    "                        and the latency figures count from then, as mqttload's do\n"
     "  --stats               print a JSON summary on stdout at exit\n"
     "  -v, --verbose         log state changes on stderr\n"
     "\n"
@@ -129,6 +132,7 @@ enum {
   OPT_RETRY_MS,
   OPT_RETRIES,
   OPT_CONG_MS,
+  OPT_START_TOGETHER,
   OPT_STATS,
   OPT_DTLS,
   OPT_PSK_FILE,
@@ -187,6 +191,7 @@ int leafsim_parse_args(int argc, char **argv, struct opts *o)
       {"retry-ms", required_argument, NULL, OPT_RETRY_MS},
       {"retries", required_argument, NULL, OPT_RETRIES},
       {"congestion-ms", required_argument, NULL, OPT_CONG_MS},
+      {"start-together", required_argument, NULL, OPT_START_TOGETHER},
       {"stats", no_argument, NULL, OPT_STATS},
       {"dtls", no_argument, NULL, OPT_DTLS},
       {"psk-file", required_argument, NULL, OPT_PSK_FILE},
@@ -214,6 +219,7 @@ int leafsim_parse_args(int argc, char **argv, struct opts *o)
                      .retry_ms = 2000,
                      .retries = 3,
                      .congestion_ms = 1000,
+                     .start_together_ms = -1,
                      .mtu = 1200,
                      .handshake_ms = 10000};
   while ((c = getopt_long(argc, argv, "n:vh", lopts, NULL)) != -1) {
@@ -294,6 +300,11 @@ int leafsim_parse_args(int argc, char **argv, struct opts *o)
       if (parse_uint(optarg, 3600000, &u) != 0)
         bad = "--congestion-ms: expected 0..3600000";
       o->congestion_ms = (unsigned)u;
+      break;
+    case OPT_START_TOGETHER:
+      if (parse_uint(optarg, 600000, &u) != 0)
+        bad = "--start-together: expected 0..600000";
+      o->start_together_ms = (int)u;
       break;
     case OPT_STATS:
       o->stats = true;

@@ -25,6 +25,7 @@ struct opts {
   unsigned retry_ms;
   unsigned retries;
   unsigned congestion_ms;
+  int start_together_ms; /* -1: each leaf publishes from its own CONNACK */
   unsigned predefined;
   unsigned first_index;
   bool verbose;
