@@ -67,7 +67,8 @@ static int set_pragmas(struct store *st, const struct store_opts *opts)
     return err;
   /* A burst (an outage's outbox, a fleet provisioning) can grow the -wal
    * file far past what the checkpoints keep it at; when a checkpoint lets
-   * it start over, it is cut back to this (docs/outbox.md §9). */
+   * it start over, it is cut back to this (docs/outbox.md §9).  The
+   * checkpoint thread raises it to its own bound (store_ckpt_start). */
   return store_exec(st, "PRAGMA journal_size_limit = " STORE_WAL_KEEP_BYTES);
 }
 

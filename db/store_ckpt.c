@@ -27,6 +27,7 @@
 #include "store_int.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -120,6 +121,19 @@ static void ckpt_free(struct store_ckpt *c)
   free(c);
 }
 
+/* The database's page size (4096 when it cannot be read). */
+static long long page_size(struct store *st)
+{
+  sqlite3_stmt *s;
+  long long n = 4096;
+  if (store_stmt(st, "PRAGMA page_size", &s) != STORE_OK)
+    return n;
+  if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 0) > 0)
+    n = sqlite3_column_int64(s, 0);
+  store_stmt_done(s);
+  return n;
+}
+
 int store_ckpt_start(struct store *st, int pages, int cap_pages)
 {
   struct store_ckpt *c;
@@ -167,6 +181,20 @@ int store_ckpt_start(struct store *st, int pages, int cap_pages)
   if ((err = store_exec(st, "PRAGMA wal_autocheckpoint = 0")) != STORE_OK) {
     ckpt_free(c);
     return err;
+  }
+  /* The WAL is bounded by cap_pages now, so it keeps the size it reached up
+   * to that bound: the writer that starts it over then neither truncates
+   * the file (an ftruncate of megabytes, milliseconds on the loop) nor makes
+   * the next frames extend it again.  Only what is past the bound is cut. */
+  {
+    char sql[80];
+    long long keep = ((long long)cap_pages + pages) * (page_size(st) + 24);
+    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld", keep);
+    if ((err = store_exec(st, sql)) != STORE_OK) {
+      ckpt_free(c);
+      (void)store_exec(st, "PRAGMA wal_autocheckpoint = 1000");
+      return err;
+    }
   }
   if (pthread_create(&c->thread, NULL, ckpt_main, c) != 0) {
     ckpt_free(c);

@@ -908,6 +908,17 @@ static void test_checkpoint_thread(void)
    * kept the writer from falling back ends (4 KiB pages plus headers). */
   ASSERT_TRUE(ck.wal_pages_max < 2 * 4000);
   ASSERT_TRUE(wal_max < 2 * 4000 * 4200LL);
+  /* Within the cap the WAL keeps the size it reached: starting it over cut
+   * nothing (no ftruncate on the writer's thread), unlike a store without
+   * the thread (test_wal_cut_back_after_a_burst).  Only a WAL past the
+   * bound (threshold + cap pages, with their frame headers) is cut to it. */
+  {
+    long long keep = (100 + 4000) * (4096LL + 24), end = file_size(wal);
+    fprintf(stderr, "  WAL file %lld bytes at the end, %lld at most, kept up to %lld\n", end,
+            wal_max, keep);
+    ASSERT_TRUE(wal_max > 1100LL * 1024);
+    ASSERT_TRUE(end >= (wal_max < keep ? wal_max : keep));
+  }
   store_close(st);
   ASSERT_TRUE(file_size(wal) <= 0); /* TRUNCATE at close, or removed */
 
