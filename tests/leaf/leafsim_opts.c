@@ -372,8 +372,9 @@ int leafsim_parse_args(int argc, char **argv, struct opts *o)
   }
   if (check_dtls(o) != 0)
     return -1;
-  if (o->qos == -1 && (o->sub_fmt || o->sleep_s > 0)) {
-    fprintf(stderr, "fleetgw-leafsim: --qos -1 leaves never connect: no --subscribe or --sleep\n");
+  if (o->qos == -1 && (o->sub_fmt || o->sleep_s > 0 || o->start_together_ms >= 0)) {
+    fprintf(stderr, "fleetgw-leafsim: --qos -1 leaves never connect: no --subscribe, --sleep "
+                    "or --start-together\n");
     return -1;
   }
   return 0;
