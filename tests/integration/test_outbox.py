@@ -237,16 +237,25 @@ def test_a_lost_leaf_has_its_backlog_and_then_its_will_delivered(broker, gateway
     bc = broker_client(broker)
     bc.subscribe("ob/w/#", qos=1)
     gw = through(gateway, broker, link)
+    # A known identity first (no will, a graceful end), then the link cut
+    # before the leaf connects with its will: no upstream ever carries that
+    # CONNECT to the broker, so the broker has no will of its own to publish
+    # when a connection drops (had one been up at the cut, it would publish
+    # it then, ahead of everything: a race this test used to have).
+    lf = gw.connected_leaf("ob-w")
+    lf.disconnect()
+    assert wait_until(lambda: metric(gw, "upstreams_up") == 0, 10)
+    link.cut()
     lf = gw.leaf("ob-w")
     assert lf.connect(keepalive=2, will=("ob/w/will", b"gone")) == sn.RC_ACCEPTED
     tid = lf.register("ob/w/t")
-    link.cut()
     for i in range(3):
         assert lf.publish(tid, b"%d" % i, qos=1, timeout=2) == sn.RC_ACCEPTED
     lf.close()   # silent: lost after the keep-alive
     assert wait_until(lambda: metric(gw, "leaves_lost") == 1, 10)
     link.restore()
     assert payloads(bc, 4) == [b"0", b"1", b"2", b"gone"]
+    bc.expect_none(0.5)      # and the will only once
 
 
 def test_messages_older_than_the_ttl_expire(broker, gateway, link, broker_client):

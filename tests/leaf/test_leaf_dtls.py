@@ -566,7 +566,7 @@ def test_leafsim_option_checks():
 PLAIN_KEYS = ["leaves", "connected", "connect_all_ms", "connect_last_ms", "connects_sent",
               "connack_congestion", "connack_refused", "qos", "elapsed_s", "publishes_sent",
               "publishes_acked", "publishes_rejected", "publish_span_s", "publish_rate",
-              "latency_us", "received", "retransmissions", "timeouts", "gw_disconnects",
+              "first_publish_ms", "latency_us", "received", "retransmissions", "timeouts", "gw_disconnects",
               "sleeps", "wakes", "errors"]
 
 
