@@ -101,19 +101,21 @@ uint8_t *mqtt_stream_take_back(struct mqtt_stream *s)
 }
 
 /* The header is whole (small[0..hlen)) and the packet is total bytes: where
- * it is assembled. */
-static void start_body(struct mqtt_stream *s, size_t total)
+ * it is assembled.  False when that needs storage first (lazy: the stream
+ * now wants total bytes). */
+static bool start_body(struct mqtt_stream *s, size_t total)
 {
   s->need = total;
   s->have = s->hlen;
   if (total <= sizeof s->small)
-    return;
+    return true;
   if (s->buf != NULL && s->cap >= total) {
     memcpy(s->buf, s->small, s->hlen);
     s->in_buf = true;
-    return;
+    return true;
   }
   s->have = 0; /* lazy: mqtt_stream_wants() */
+  return false;
 }
 
 /* The smallest packet a fixed header of hlen bytes whose Remaining Length
@@ -169,8 +171,7 @@ int mqtt_stream_feed(struct mqtt_stream *s, const uint8_t *data, size_t len,
           memcpy(s->small, data + used, 1 + (size_t)n);
           s->hlen = (uint8_t)(1 + n);
           used += 1 + (size_t)n;
-          start_body(s, total);
-          if (mqtt_stream_wants(s) != 0)
+          if (!start_body(s, total))
             return (int)used;
           continue;
         }
@@ -191,8 +192,7 @@ int mqtt_stream_feed(struct mqtt_stream *s, const uint8_t *data, size_t len,
         return die(s, PROTO_MALFORMED);
       if ((uint64_t)s->hlen + remaining > s->max)
         return die(s, PROTO_TOO_BIG);
-      start_body(s, s->hlen + (size_t)remaining);
-      if (mqtt_stream_wants(s) != 0)
+      if (!start_body(s, s->hlen + (size_t)remaining))
         return (int)used;
     } else {
       uint8_t *dst = s->in_buf ? s->buf : s->small;

@@ -83,7 +83,8 @@ int mqtt_stream_feed(struct mqtt_stream *s, const uint8_t *data, size_t len,
  * size of the packet being assembled, <= max_packet), or 0. */
 size_t mqtt_stream_wants(const struct mqtt_stream *s);
 /* Lazy mode: gives storage of mqtt_stream_wants() bytes, which the stream
- * uses until the caller takes it back. */
+ * uses until the caller takes it back.  Ignored while the stream wants none
+ * (the storage then stays the caller's). */
 void mqtt_stream_give(struct mqtt_stream *s, uint8_t *storage);
 /* Lazy mode: hands the storage back (for the caller to free) when the stream
  * no longer needs what is in it: between packets (a packet returned from it

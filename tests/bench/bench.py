@@ -348,7 +348,9 @@ class Bench:
         return last_json(p.text())
 
     def leafsim_cmd(self, gw, leaves, prefix, *extra):
-        return [self.leafsim, "--gw", gw.addr, "-n", leaves, "--prefix", prefix, "--stats"] + \
+        """gw: a Gateway, or a "host:port" string."""
+        addr = gw if isinstance(gw, str) else gw.addr
+        return [self.leafsim, "--gw", addr, "-n", leaves, "--prefix", prefix, "--stats"] + \
             [str(e) for e in extra]
 
 
@@ -565,21 +567,17 @@ def section_qos1(b, broker, gw):
         d5 = b.run([b.mqttload, "pub", "--port", broker.port, "-n", n, "--qos", 1, "--rate",
                     rate, "--duration", secs, "--topic", "q5d/%s", "--prefix", "direct-"],
                    timeout=secs + 60)
-        r5 = b.run(b.leafsim_cmd(gw, n, "leaf-", "--qos", 1, "--rate", "%g" % (rate / n),
-                                 "--connect-rate", 10000, "--duration", secs, "--topic",
-                                 "q5r/%s", "--start-together", START_TOGETHER_MS),
-                   timeout=secs + 120)
+        paced = ["--qos", 1, "--rate", "%g" % (rate / n), "--connect-rate", 10000,
+                 "--duration", secs, "--start-together", START_TOGETHER_MS]
+        r5 = b.run(b.leafsim_cmd(gw, n, "leaf-", "--topic", "q5r/%s", *paced), timeout=secs + 120)
         # The floor: the same leafsim against snfloor, a responder that
         # answers at once with no broker behind it (two UDP hops, two
         # wake-ups, leafsim's own loop).
         port = free_port(socket.SOCK_DGRAM)
         fl = Proc([b.snfloor, "--port", port], b.work / ("snfloor-%d.log" % rate))
         try:
-            f5 = b.run([b.leafsim, "--gw", "%s:%d" % (LOOPBACK, port), "-n", n, "--prefix",
-                        "leaf-", "--stats", "--qos", 1, "--rate", "%g" % (rate / n),
-                        "--connect-rate", 10000, "--duration", secs, "--topic", "q5f/%s",
-                        "--start-together", START_TOGETHER_MS],
-                       timeout=secs + 120)
+            f5 = b.run(b.leafsim_cmd("%s:%d" % (LOOPBACK, port), n, "leaf-", "--topic", "q5f/%s",
+                                     *paced), timeout=secs + 120)
         finally:
             fl.stop()
         fp50, fp99 = f5["latency_us"]["p50"] / 1e3, f5["latency_us"]["p99"] / 1e3
