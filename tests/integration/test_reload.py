@@ -30,6 +30,8 @@ def http_status(port, token):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+    except (urllib.error.URLError, OSError):
+        return None   # not listening yet: start() polls until it is
 
 
 def write_token(path, token):
