@@ -138,7 +138,7 @@ struct gw_config {
 
   struct {                     /* "outbox": store and forward (docs/outbox.md) */
     bool enabled;              /* "outbox.enabled": QoS 1/2 acknowledged once on disk */
-    uint32_t commit_ms;        /* "outbox.commit_ms": group commit interval */
+    uint32_t commit_ms;        /* "outbox.commit_ms": least time between commits (0: each loop turn) */
     uint32_t commit_max;       /* "outbox.commit_max": messages per transaction */
     uint32_t max_messages_per_leaf; /* "outbox.max_messages_per_leaf" */
     uint64_t max_bytes_per_leaf;    /* "outbox.max_bytes_per_leaf": topic + payload */

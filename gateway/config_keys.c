@@ -181,7 +181,7 @@ static const struct key_spec registry_keys[] = {
  * flight (docs/protocol-notes.md §4.6). */
 static const struct key_spec outbox_keys[] = {
     BOOL_KEY("enabled", outbox.enabled, true),
-    UINT_KEY("commit_ms", outbox.commit_ms, 1, 1000, 1),
+    UINT_KEY("commit_ms", outbox.commit_ms, 0, 1000, 0),
     UINT_KEY("commit_max", outbox.commit_max, 1, 100000, 512),
     UINT_KEY("max_messages_per_leaf", outbox.max_messages_per_leaf, 1, 100000000, 10000),
     UINT_KEY("max_bytes_per_leaf", outbox.max_bytes_per_leaf, 1024, JSON_INT_MAX, 16u << 20),

@@ -109,6 +109,16 @@ void *outbox_sink(const struct ob_lane *l)
 
 static void arm_commit(struct outbox *ob, uint64_t ms);
 
+/* How long queued deletions wait for a commit when no staged message
+ * brings one sooner: commit_ms, or OB_DELETE_MS when that is 0, so that a
+ * drain with no new publishes deletes in batches, not a transaction per
+ * broker PUBACK.  (A deletion lost in a crash is only a duplicate.) */
+#define OB_DELETE_MS 1
+static uint64_t ob_delete_wait(const struct outbox *ob)
+{
+  return ob->cfg->outbox.commit_ms ? ob->cfg->outbox.commit_ms : OB_DELETE_MS;
+}
+
 /* A message leaves the lane's count (delivered, refused, dropped, expired). */
 void ob_gone(struct ob_lane *l, uint64_t size)
 {
@@ -361,7 +371,7 @@ void ob_queue_delete(struct outbox *ob, int64_t seq)
     ob->cap_dels = cap;
   }
   ob->dels[ob->n_dels++] = seq;
-  arm_commit(ob, ob->cfg->outbox.commit_ms);
+  arm_commit(ob, ob_delete_wait(ob));
 }
 
 static int cmp_seq(const void *a, const void *b)
@@ -524,13 +534,16 @@ static void arm_commit(struct outbox *ob, uint64_t ms)
   uv_timer_start(&ob->commit_timer, on_commit_timer, ms, 0);
 }
 
-/* A message was staged: a leaf waits for the commit.  At most one commit
- * every commit_ms, but not a timer's wait more: when the last commit is
- * that old already (the first message after a quiet spell, or a light
- * load), the commit runs at the start of the next loop turn, after the
- * rest of this turn's datagrams have been staged with it.  Deletions of
- * acknowledged messages wait for the timer (arm_commit): no leaf waits for
- * them. */
+/* A message was staged: a leaf waits for the commit.  It runs at the start
+ * of the next loop turn, after the rest of this turn's datagrams have been
+ * staged with it: the batch is what arrived while the loop was busy, so it
+ * grows with the load (and with a slow commit: an fsync under
+ * registry.synchronous "full" holds the loop, and what arrives meanwhile
+ * goes in the next one) and costs a lone message no wait.  With commit_ms
+ * set, at most one commit every commit_ms: a message staged sooner after
+ * the last one waits for the rest of the interval.  Deletions of
+ * acknowledged messages wait for a timer (ob_delete_wait): no leaf waits
+ * for them. */
 static void arm_commit_staged(struct outbox *ob)
 {
   uint64_t every = ob->cfg->outbox.commit_ms, now = uv_now(ob->env.loop);

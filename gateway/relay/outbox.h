@@ -15,8 +15,10 @@
  *      --outbox_refused (the cloud refused it)--> deleted, counted
  *
  * Group commit: staged messages and deletions go to the registry in one
- * transaction every outbox.commit_ms, or on the next loop turn once
- * outbox.commit_max are staged; never one transaction per message.
+ * transaction, in the loop turn after they were staged (everything the
+ * turn before took in goes in it), at most one every outbox.commit_ms when
+ * that is set, and on the next loop turn once outbox.commit_max are staged.
+ * Deletions alone wait at least a millisecond (OB_DELETE_MS).
  *
  * A lane sends through its sink (the relay's link to the leaf's upstream)
  * while the sink is up, at most outbox.max_inflight at once, within

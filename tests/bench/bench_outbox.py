@@ -37,7 +37,7 @@ Four runs, all on one plain mosquitto:
            was on disk: every acknowledged message must arrive
 BENCH_OUTBOX_RUNS picks some of closed,open,outage,kill (default all);
 BENCH_OUTBOX_COMMIT_MS sets outbox.commit_ms for every run (default the
-gateway's, 1 ms).
+gateway's, 0: a commit every loop turn that staged something).
 BENCH_OUTBOX_BACKOFF_CAP_MS sets upstream.backoff_cap_ms for every run (default
 the gateway's, 60 s: after an outage the upstreams come back when their
 back-off says, which the outage run shows).  Parts 1-2 run without a
@@ -149,8 +149,8 @@ def upstream_cfg(port, connect_rate):
 def start_gw(b, work, name, port, outbox, leaves, connect_rate):
     extra = {"upstream": upstream_cfg(port, connect_rate),
              "outbox": {"enabled": outbox}}
-    if os.environ.get("BENCH_OUTBOX_COMMIT_MS"):  # default: the gateway's (1 ms)
-        extra["outbox"]["commit_ms"] = B.env_int("BENCH_OUTBOX_COMMIT_MS", 1)
+    if os.environ.get("BENCH_OUTBOX_COMMIT_MS"):  # default: the gateway's (0)
+        extra["outbox"]["commit_ms"] = B.env_int("BENCH_OUTBOX_COMMIT_MS", 0)
     return B.Gateway(b.fleetgw, work, Via(port), name=name, extra=extra,
                      lan_extra={"max_leaves": max(2 * leaves, 10000)})
 

@@ -301,6 +301,25 @@ def test_a_quiet_leaf_is_not_kept_waiting_by_the_commit_interval(broker, gateway
     assert metric(gw, "outbox_messages") == 2
 
 
+def test_by_default_each_publish_is_committed_in_the_next_loop_turn(broker, gateway, link,
+                                                                    broker_client):
+    # outbox.commit_ms 0 (the default): no interval between commits, so a
+    # leaf that publishes again as soon as it has its PUBACK waits for its
+    # own commit only, every time.  With an interval (the test above, 1 s)
+    # every publish after the first would wait for the rest of it.
+    _, gw, lf, tid = one_leaf(gateway, broker, link, broker_client, "t")
+    assert gw.config.get("outbox", {}).get("commit_ms") is None   # the default
+    before = metric(gw, "outbox_commits")
+    waits = []
+    for i in range(5):
+        t0 = time.monotonic()
+        assert lf.publish(tid, b"m%d" % i, qos=1, timeout=5) == sn.RC_ACCEPTED
+        waits.append(time.monotonic() - t0)
+    assert max(waits) < 0.3, waits
+    assert metric(gw, "outbox_messages") == 5
+    assert metric(gw, "outbox_commits") - before >= 5              # one each
+
+
 def test_without_the_outbox_nothing_is_stored(broker, gateway, link, broker_client):
     _, gw, lf, tid = one_leaf(gateway, broker, link, broker_client, "off",
                               outbox={"enabled": False})
