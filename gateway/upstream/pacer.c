@@ -20,6 +20,13 @@ struct pacer {
   void *done_ud;
 };
 
+uint32_t pacer_burst(uint32_t rate_per_s)
+{
+  if (rate_per_s == 0)
+    return 0;
+  return rate_per_s >= 200 ? rate_per_s / 100 : 1; /* 10 ms' worth, at least one */
+}
+
 /* Takes a token if one is there; otherwise says how long until one is. */
 static bool take_token(struct pacer *p, uint64_t *wait_ms)
 {
@@ -27,8 +34,8 @@ static bool take_token(struct pacer *p, uint64_t *wait_ms)
   if (p->rate_per_s == 0)
     return true;
   p->tokens += (double)(now - p->tokens_at) * p->rate_per_s / 1000.0;
-  if (p->tokens > p->rate_per_s)
-    p->tokens = p->rate_per_s; /* a burst of at most one second's worth */
+  if (p->tokens > pacer_burst(p->rate_per_s))
+    p->tokens = pacer_burst(p->rate_per_s);
   p->tokens_at = now;
   if (p->tokens >= 1.0) {
     p->tokens -= 1.0;
@@ -116,7 +123,7 @@ int pacer_new(uv_loop_t *loop, uint32_t max_connecting, uint32_t rate_per_s, str
   p->loop = loop;
   p->max_connecting = max_connecting;
   p->rate_per_s = rate_per_s;
-  p->tokens = rate_per_s;
+  p->tokens = pacer_burst(rate_per_s);
   p->tokens_at = uv_now(loop);
   uv_timer_init(loop, &p->timer);
   p->timer.data = p;

@@ -9,6 +9,12 @@
  * limits connects per second per account: docs/protocol-notes.md §4.6).  0 means
  * unlimited for either bound.
  *
+ * The rate is a token bucket that holds at most pacer_burst(rate_per_s)
+ * tokens, 10 ms' worth and at least one: any second then sees at most
+ * rate_per_s + pacer_burst starts, also right after an idle spell (a bucket
+ * of a whole second's worth let twice the rate through in the first second
+ * after an outage, over a per-second quota).
+ *
  * The pacer knows nothing of what it paces: a user embeds a struct
  * pacer_slot, asks for a turn with pacer_wait() and gets slot->go(slot) when
  * its turn comes (never from inside pacer_wait's caller's frame unless the
@@ -35,6 +41,9 @@ struct pacer_slot {
   bool waiting;
   bool holding;
 };
+
+/* The most attempts the rate lets start at once (0 for rate 0: unlimited). */
+uint32_t pacer_burst(uint32_t rate_per_s);
 
 /* Returns 0, or -1 when out of memory. */
 int pacer_new(uv_loop_t *loop, uint32_t max_connecting, uint32_t rate_per_s,

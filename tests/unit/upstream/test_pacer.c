@@ -255,12 +255,25 @@ static void test_done_inside_go(void)
   close_pacer();
 }
 
-/* rate_per_s = N (no bound on attempts): the bucket starts full (one
- * second's worth), then refills at N per second, so the k-th start (k from
- * 1) happens no earlier than (k - N) * 1000 / N ms after the pacer was made. */
+/* The burst is 10 ms' worth of the rate, at least one. */
+static void test_burst_size(void)
+{
+  ASSERT_EQ(pacer_burst(0), 0);
+  ASSERT_EQ(pacer_burst(1), 1);
+  ASSERT_EQ(pacer_burst(50), 1);
+  ASSERT_EQ(pacer_burst(199), 1);
+  ASSERT_EQ(pacer_burst(500), 5); /* the default, AWS IoT's quota */
+  ASSERT_EQ(pacer_burst(100000), 1000);
+}
+
+/* rate_per_s = N (no bound on attempts): the bucket starts full (B =
+ * pacer_burst(N) tokens), then refills at N per second, so the k-th start
+ * (k from 1) happens no earlier than (k - B) * 1000 / N ms after the pacer
+ * was made. */
 static void test_rate(void)
 {
   enum { RATE = 20, COUNT = 26 };
+  const int B = (int)pacer_burst(RATE);
   struct tslot s[COUNT];
   uint64_t t0;
 
@@ -269,11 +282,11 @@ static void test_rate(void)
   t0 = uv_now(&g_loop); /* the pacer's bucket time: the same cached loop time */
   for (int i = 0; i < COUNT; i++)
     pacer_wait(g_pacer, &s[i].slot);
-  /* The burst: RATE at once, the rest wait for tokens. */
-  ASSERT_EQ(g_norder, RATE);
-  ASSERT_EQ(pacer_connecting(g_pacer), RATE);
-  ASSERT_EQ(pacer_waiting(g_pacer), COUNT - RATE);
-  for (int i = RATE; i < COUNT; i++)
+  /* The burst: B at once, the rest wait for tokens. */
+  ASSERT_EQ(g_norder, B);
+  ASSERT_EQ(pacer_connecting(g_pacer), B);
+  ASSERT_EQ(pacer_waiting(g_pacer), COUNT - B);
+  for (int i = B; i < COUNT; i++)
     ASSERT_EQ(s[i].gos, 0);
 
   /* The pacer's timer keeps the loop alive until the queue is empty. */
@@ -285,13 +298,20 @@ static void test_rate(void)
     ASSERT_EQ(g_order[i], i);
     ASSERT_EQ(s[i].gos, 1);
     int k = i + 1;
-    uint64_t min_ms = k > RATE ? (uint64_t)(k - RATE) * 1000u / RATE : 0;
+    uint64_t min_ms = k > B ? (uint64_t)(k - B) * 1000u / RATE : 0;
     if (s[i].go_at - t0 < min_ms)
       fprintf(stderr, "slot %d started after %llu ms, bucket allows %llu\n", i,
               (unsigned long long)(s[i].go_at - t0), (unsigned long long)min_ms);
     ASSERT_TRUE(s[i].go_at - t0 >= min_ms);
     if (i > 0)
       ASSERT_TRUE(s[i].go_at >= s[i - 1].go_at);
+  }
+  /* Any one-second window holds at most RATE + B starts. */
+  for (int i = 0; i < COUNT; i++) {
+    int in_window = 0;
+    for (int j = i; j < COUNT && s[j].go_at < s[i].go_at + 1000u; j++)
+      in_window++;
+    ASSERT_TRUE(in_window <= RATE + B);
   }
   for (int i = 0; i < COUNT; i++)
     pacer_done(g_pacer, &s[i].slot);
@@ -304,6 +324,7 @@ static void test_rate(void)
 static void test_rate_and_max(void)
 {
   enum { RATE = 50 }; /* one token per 20 ms once the burst is spent */
+  const int B = (int)pacer_burst(RATE);
   struct tslot s[RATE + 4];
   uint64_t t0;
   const int n = RATE + 4;
@@ -311,20 +332,20 @@ static void test_rate_and_max(void)
   init_slots(s, n);
   ASSERT_EQ(pacer_new(&g_loop, 0, RATE, &g_pacer), 0);
   t0 = uv_now(&g_loop);
-  for (int i = 0; i < RATE; i++)
+  for (int i = 0; i < B; i++)
     pacer_wait(g_pacer, &s[i].slot);
-  ASSERT_EQ(g_norder, RATE); /* the burst is spent */
-  pacer_wait(g_pacer, &s[RATE].slot);
-  pacer_wait(g_pacer, &s[RATE + 1].slot);
+  ASSERT_EQ(g_norder, B); /* the burst is spent */
+  pacer_wait(g_pacer, &s[B].slot);
+  pacer_wait(g_pacer, &s[B + 1].slot);
   ASSERT_EQ(pacer_waiting(g_pacer), 2);
-  pacer_done(g_pacer, &s[RATE].slot); /* leaves while the timer is armed */
+  pacer_done(g_pacer, &s[B].slot); /* leaves while the timer is armed */
   ASSERT_EQ(pacer_waiting(g_pacer), 1);
   uv_run(&g_loop, UV_RUN_DEFAULT);
-  ASSERT_EQ(s[RATE].gos, 0);
-  ASSERT_EQ(s[RATE + 1].gos, 1);
-  ASSERT_TRUE(s[RATE + 1].go_at - t0 >= 1000u / RATE);
+  ASSERT_EQ(s[B].gos, 0);
+  ASSERT_EQ(s[B + 1].gos, 1);
+  ASSERT_TRUE(s[B + 1].go_at - t0 >= 1000u / RATE);
   ASSERT_EQ(pacer_waiting(g_pacer), 0);
-  for (int i = 0; i <= RATE + 1; i++)
+  for (int i = 0; i <= B + 1; i++)
     pacer_done(g_pacer, &s[i].slot);
   ASSERT_EQ(pacer_connecting(g_pacer), 0);
   close_pacer();
@@ -337,14 +358,14 @@ static void test_rate_and_max(void)
     s[i].done_in_go = true;
   for (int i = 0; i < n; i++)
     pacer_wait(g_pacer, &s[i].slot);
-  ASSERT_EQ(g_norder, RATE);
-  ASSERT_EQ(pacer_waiting(g_pacer), 4);
+  ASSERT_EQ(g_norder, B);
+  ASSERT_EQ(pacer_waiting(g_pacer), n - B);
   uv_run(&g_loop, UV_RUN_DEFAULT);
   ASSERT_EQ(g_norder, n);
   for (int i = 0; i < n; i++) {
     ASSERT_EQ(g_order[i], i);
     int k = i + 1;
-    uint64_t min_ms = k > RATE ? (uint64_t)(k - RATE) * 1000u / RATE : 0;
+    uint64_t min_ms = k > B ? (uint64_t)(k - B) * 1000u / RATE : 0;
     ASSERT_TRUE(s[i].go_at - t0 >= min_ms);
   }
   ASSERT_EQ(pacer_connecting(g_pacer), 0);
@@ -357,21 +378,23 @@ static void idle_cb(uv_timer_t *t)
   (void)t;
 }
 
-/* The bucket refills only up to one second's worth: after an idle spell
- * longer than a second, at most RATE start at once. */
+/* The bucket refills only up to the burst: after an idle spell of more
+ * than a second, B start at once, not a second's worth (RATE).  RATE 500
+ * (the default) has a burst of 5. */
 static void test_burst_cap(void)
 {
-  enum { RATE = 5 };
-  struct tslot s[2 * RATE + 1];
-  const int n = 2 * RATE + 1;
+  enum { RATE = 500, B = 5 };
+  struct tslot s[2 * B + 1];
+  const int n = 2 * B + 1;
   uv_timer_t idle;
   uint64_t t1;
 
+  ASSERT_EQ(pacer_burst(RATE), B);
   init_slots(s, n);
   ASSERT_EQ(pacer_new(&g_loop, 0, RATE, &g_pacer), 0);
-  for (int i = 0; i < RATE; i++)
+  for (int i = 0; i < B; i++)
     pacer_wait(g_pacer, &s[i].slot);
-  ASSERT_EQ(g_norder, RATE);
+  ASSERT_EQ(g_norder, B);
   /* Let 1.3 s of loop time pass with nothing waiting. */
   uv_timer_init(&g_loop, &idle);
   uv_timer_start(&idle, idle_cb, 1300, 0);
@@ -379,13 +402,13 @@ static void test_burst_cap(void)
   uv_close((uv_handle_t *)&idle, NULL);
   uv_run(&g_loop, UV_RUN_NOWAIT);
   t1 = uv_now(&g_loop);
-  for (int i = RATE; i < n; i++)
+  for (int i = B; i < n; i++)
     pacer_wait(g_pacer, &s[i].slot);
-  /* 1.3 s would be 6.5 tokens; the cap keeps RATE. */
-  ASSERT_EQ(g_norder, 2 * RATE);
+  /* 1.3 s would be 650 tokens; the cap keeps B. */
+  ASSERT_EQ(g_norder, 2 * B);
   ASSERT_EQ(pacer_waiting(g_pacer), 1);
   ASSERT_EQ(s[n - 1].gos, 0);
-  /* The last one waits for a fresh token: one fifth of a second. */
+  /* The last one waits for a fresh token: 2 ms. */
   uv_run(&g_loop, UV_RUN_DEFAULT);
   ASSERT_EQ(s[n - 1].gos, 1);
   ASSERT_TRUE(s[n - 1].go_at - t1 >= 1000u / RATE);
@@ -421,6 +444,7 @@ int main(void)
   RUN(test_max_connecting);
   RUN(test_leave_queue);
   RUN(test_done_inside_go);
+  RUN(test_burst_size);
   RUN(test_rate);
   RUN(test_rate_and_max);
   RUN(test_burst_cap);
